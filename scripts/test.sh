@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs exactly this via .ci/run).
+#
+#   scripts/test.sh
+#
+# 1. cargo unit/integration tests (all targets, then doc tests)
+# 2. the upstream Durable Streams conformance suite against the release
+#    binary, once per storage backend in $DS_BACKENDS (space separated,
+#    default "memory"; e.g. DS_BACKENDS="memory file acid").
+#
+# Fails fast on the first failure. Ends with a plain
+# "total: N passed, N failed, N skipped" line.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+BACKENDS="${DS_BACKENDS:-memory}"
+SUMMARY_LOG="$(mktemp "${TMPDIR:-/tmp}/ds-test-summary.XXXXXX")"
+trap 'rm -f "$SUMMARY_LOG"' EXIT
+
+echo "==> cargo test --all-targets --locked"
+cargo test --all-targets --locked 2>&1 | tee -a "$SUMMARY_LOG"
+
+echo "==> cargo test --doc --locked"
+cargo test --doc --locked 2>&1 | tee -a "$SUMMARY_LOG"
+
+for backend in $BACKENDS; do
+  echo "==> conformance suite: $backend"
+  "$ROOT/scripts/conformance.sh" "$backend" 2>&1 | tee -a "$SUMMARY_LOG"
+done
+
+# Sum cargo's "test result: ok. N passed; N failed; N ignored; ..." lines and
+# conformance.sh's "conformance-BACKEND: N passed, N failed, N skipped" lines.
+sed 's/\x1b\[[0-9;]*m//g' "$SUMMARY_LOG" | awk '
+  /^test result: / {
+    for (i = 1; i <= NF; i++) {
+      v = $(i - 1) + 0; w = $i; gsub(/[;,.]/, "", w)
+      if (w == "passed") p += v; else if (w == "failed") f += v; else if (w == "ignored") s += v
+    }
+  }
+  /^conformance-[A-Za-z0-9_]+: [0-9]+ passed, [0-9]+ failed/ {
+    for (i = 1; i <= NF; i++) {
+      v = $(i - 1) + 0; w = $i; gsub(/[;,.]/, "", w)
+      if (w == "passed") p += v; else if (w == "failed") f += v; else if (w == "skipped") s += v
+    }
+  }
+  END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }
+'

@@ -1,0 +1,172 @@
+//! The HTTP surface: routing, shared state, and the helpers handlers share.
+//!
+//! Request flow: [`router`] → a thin handler in [`write`], [`read`] or
+//! [`sse`] → parsing in [`headers`] → [`Storage`] (off the async workers when
+//! the backend may block) → response. [`error::ApiError`] is the single place
+//! errors become HTTP.
+
+pub mod error;
+pub mod headers;
+pub mod read;
+pub mod sse;
+pub mod write;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::ServerConfig;
+use crate::notify::WakeHub;
+use crate::storage::{Storage, StorageError, StreamInfo};
+use error::ApiError;
+
+/// Where streams are mounted.
+pub const MOUNT: &str = "/v1/stream/";
+
+/// State shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub hub: Arc<WakeHub>,
+    pub config: Arc<ServerConfig>,
+    /// Cancelled when the server shuts down; live reads finish early.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Runs a storage call, on a blocking thread when the backend may block.
+    pub async fn storage<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    {
+        if !self.storage.may_block() {
+            return f(&*self.storage).map_err(ApiError::from);
+        }
+        let storage = Arc::clone(&self.storage);
+        match tokio::task::spawn_blocking(move || f(&*storage)).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(e) => {
+                tracing::error!(error = %e, "storage task failed");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL_ERROR",
+                    "internal storage error",
+                ))
+            }
+        }
+    }
+}
+
+/// Builds the application router.
+pub fn router(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods(AllowMethods::list([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ]))
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(
+            headers::EXPOSED
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect::<Vec<_>>(),
+        )
+        .max_age(std::time::Duration::from_secs(86400));
+    Router::new()
+        .route("/v1/stream/__ds", any(reserved))
+        .route("/v1/stream/__ds/{*rest}", any(reserved))
+        .route("/v1/stream/{*path}", any(stream))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("cross-origin"),
+        ))
+}
+
+/// Dispatches a request on a stream URL by method.
+async fn stream(State(state): State<AppState>, req: Request) -> Response {
+    let path = req.uri().path();
+    let raw = path.strip_prefix(MOUNT).unwrap_or(path);
+    let name = match headers::stream_name(raw, state.config.limits.max_name_bytes) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    let result = match *req.method() {
+        Method::GET => read::get(state, name, req).await,
+        Method::HEAD => write::head(state, name).await,
+        Method::PUT => write::put(state, name, req).await,
+        Method::POST => write::post(state, name, req).await,
+        Method::DELETE => write::delete(state, name).await,
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "streams support GET, HEAD, PUT, POST and DELETE",
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `__ds` prefix is reserved for the subscription APIs; it never names a
+/// stream.
+async fn reserved() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "RESERVED_PATH",
+        "paths under __ds are reserved for the subscription APIs, which this server does not offer yet",
+    )
+    .into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "streams live under /v1/stream/{name}",
+    )
+    .into_response()
+}
+
+/// Starts a response carrying a stream's standard headers.
+pub fn stream_response(status: StatusCode, info: &StreamInfo) -> axum::http::response::Builder {
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, info.content_type.as_str())
+        .header(headers::STREAM_NEXT_OFFSET, info.tail.to_string());
+    if info.closed {
+        b = b.header(headers::STREAM_CLOSED, "true");
+    }
+    b
+}
+
+/// Finishes a builder; a header value that cannot be encoded is a bug, not
+/// a client error, so it is logged and answered 500.
+pub fn finish(builder: axum::http::response::Builder, body: Body) -> Result<Response, ApiError> {
+    builder.body(body).map_err(|e| {
+        tracing::error!(error = %e, "could not build response");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "could not build the response",
+        )
+    })
+}

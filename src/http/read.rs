@@ -1,0 +1,233 @@
+//! `GET` on a stream: catch-up reads and long-polls (SSE lives in [`super::sse`]).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::headers::{self as h, Live, ReadQuery};
+use super::{AppState, finish};
+use crate::cursor::next_cursor;
+use crate::offset::ReadFrom;
+use crate::storage::{ReadOutcome, ReadRequest, now_ms};
+
+/// Cache policy for data that will never change at these offsets.
+const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
+
+/// Dispatches a `GET` by live mode.
+pub async fn get(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let query = h::read_query(req.uri().query())?;
+    match query.live {
+        Live::Sse => super::sse::serve(state, name, query).await,
+        Live::CatchUp => catch_up(state, name, query, req.headers()).await,
+        Live::LongPoll => long_poll(state, name, query).await,
+    }
+}
+
+/// Reads one chunk from storage.
+pub async fn read_chunk(
+    state: &AppState,
+    name: &str,
+    from: ReadFrom,
+) -> Result<ReadOutcome, ApiError> {
+    let name = name.to_string();
+    let req = ReadRequest {
+        from,
+        max_bytes: state.config.limits.chunk_bytes,
+        now: now_ms(),
+    };
+    state.storage(move |s| s.read(&name, req)).await
+}
+
+/// The body of a read: JSON streams as an array, others as raw bytes.
+pub fn body_chunks(out: &ReadOutcome) -> Vec<Bytes> {
+    if !out.info.is_json() {
+        return out.chunks.clone();
+    }
+    // Stored JSON messages are each followed by ','; drop the last one.
+    let mut parts = Vec::with_capacity(out.chunks.len() + 2);
+    parts.push(Bytes::from_static(b"["));
+    let n = out.chunks.len();
+    for (i, c) in out.chunks.iter().enumerate() {
+        if i + 1 == n {
+            parts.push(c.slice(..c.len().saturating_sub(1)));
+        } else {
+            parts.push(c.clone());
+        }
+    }
+    parts.push(Bytes::from_static(b"]"));
+    parts
+}
+
+/// The entity tag of a read: stream incarnation, range, and closure.
+fn etag(out: &ReadOutcome) -> String {
+    let closed = if out.at_eof() { ":c" } else { "" };
+    format!("\"{}:{}:{}{}\"", out.info.id, out.start, out.next, closed)
+}
+
+fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == tag || t == "*" || t.strip_prefix("W/") == Some(tag))
+}
+
+/// Headers every data-bearing read response carries.
+fn read_response(status: StatusCode, out: &ReadOutcome) -> axum::http::response::Builder {
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, out.info.content_type.as_str())
+        .header(h::STREAM_NEXT_OFFSET, out.next.to_string());
+    if out.up_to_date() {
+        b = b.header(h::STREAM_UP_TO_DATE, "true");
+    }
+    if out.at_eof() {
+        b = b.header(h::STREAM_CLOSED, "true");
+    }
+    b
+}
+
+async fn catch_up(
+    state: AppState,
+    name: String,
+    query: ReadQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let out = read_chunk(&state, &name, query.from).await?;
+    if query.from == ReadFrom::Tail {
+        // `offset=now`: no data, never cached, no ETag.
+        let body = if out.info.is_json() { "[]" } else { "" };
+        let b = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, out.info.content_type.as_str())
+            .header(h::STREAM_NEXT_OFFSET, out.info.tail.to_string())
+            .header(h::STREAM_UP_TO_DATE, "true")
+            .header(header::CACHE_CONTROL, "no-store");
+        let b = if out.info.closed {
+            b.header(h::STREAM_CLOSED, "true")
+        } else {
+            b
+        };
+        return finish(b, Body::from(body));
+    }
+    let tag = etag(&out);
+    if if_none_match(headers, &tag) {
+        let b = read_response(StatusCode::NOT_MODIFIED, &out).header(header::ETAG, &tag);
+        return finish(b, Body::empty());
+    }
+    // An empty answer at the tail of an open stream changes as soon as data
+    // arrives, so caches must revalidate it; everything else is immutable.
+    let cache = if out.is_empty() && !out.at_eof() {
+        "no-cache"
+    } else {
+        CACHEABLE
+    };
+    let b = read_response(StatusCode::OK, &out)
+        .header(header::ETAG, &tag)
+        .header(header::CACHE_CONTROL, cache);
+    finish(b, chunks_body(body_chunks(&out)))
+}
+
+async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
+    // Subscribe before reading so that no append slips between the read
+    // and the wait.
+    let mut sub = state.hub.subscribe(&name);
+    let mut from = query.from;
+    let mut expired = false;
+    loop {
+        // `now` resolves to the tail on the first read, so it never returns
+        // data that existed before the request.
+        let out = read_chunk(&state, &name, from).await?;
+        if !out.is_empty() {
+            let mut b = read_response(StatusCode::OK, &out)
+                .header(header::ETAG, etag(&out))
+                .header(header::CACHE_CONTROL, CACHEABLE);
+            if !out.at_eof() {
+                b = b.header(h::STREAM_CURSOR, cursor(&state, query.cursor));
+            }
+            return finish(b, chunks_body(body_chunks(&out)));
+        }
+        if out.at_eof() || expired {
+            return timeout_response(&state, &out, query.cursor);
+        }
+        from = ReadFrom::At(out.next);
+        tokio::select! {
+            _ = sub.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => expired = true,
+            _ = state.shutdown.cancelled() => expired = true,
+        }
+    }
+}
+
+/// `204` at the tail: the client is caught up (and at EOF when closed).
+fn timeout_response(
+    state: &AppState,
+    out: &ReadOutcome,
+    client_cursor: Option<u64>,
+) -> Result<Response, ApiError> {
+    let mut b = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(h::STREAM_NEXT_OFFSET, out.info.tail.to_string())
+        .header(h::STREAM_UP_TO_DATE, "true")
+        .header(header::CACHE_CONTROL, "no-store");
+    if out.info.closed {
+        b = b.header(h::STREAM_CLOSED, "true");
+    } else {
+        b = b.header(h::STREAM_CURSOR, cursor(state, client_cursor));
+    }
+    finish(b, Body::empty())
+}
+
+pub fn cursor(state: &AppState, client: Option<u64>) -> String {
+    next_cursor(now_ms(), state.config.cursor_interval, client).to_string()
+}
+
+/// A body made of ready chunks, with an exact length (so responses carry
+/// `Content-Length`) and no copying.
+pub fn chunks_body(chunks: Vec<Bytes>) -> Body {
+    Body::new(ChunksBody {
+        remaining: chunks.iter().map(|c| c.len() as u64).sum(),
+        chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+    })
+}
+
+struct ChunksBody {
+    chunks: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChunksBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.chunks.pop_front() {
+            Some(c) => {
+                self.remaining -= c.len() as u64;
+                Poll::Ready(Some(Ok(http_body::Frame::data(c))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+

@@ -1,0 +1,200 @@
+//! `GET ?live=sse`: Server-Sent Events.
+//!
+//! Each chunk read from storage becomes one `data` event (a JSON array for
+//! JSON streams, base64 for binary streams, text lines otherwise) followed by
+//! one `control` event with the next offset. At the tail the connection waits
+//! for wakes, sends keep-alive comments, and ends after the reconnect
+//! interval, at EOF, or at shutdown. Events are produced one at a time and
+//! only when the connection has room, so a slow consumer holds at most one
+//! chunk in memory.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use base64::Engine;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::headers::{self as h, ReadQuery};
+use super::read::{body_chunks, cursor, read_chunk};
+use super::{AppState, finish};
+use crate::offset::ReadFrom;
+use crate::storage::ReadOutcome;
+
+/// How data events are encoded for a stream's content type.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Text,
+    Base64,
+}
+
+impl Encoding {
+    fn for_type(content_type: &str) -> Self {
+        let essence = crate::storage::model::essence(content_type);
+        if essence == "application/json" {
+            Encoding::Json
+        } else if essence.starts_with("text/") {
+            Encoding::Text
+        } else {
+            Encoding::Base64
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Control {
+    stream_next_offset: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_cursor: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    up_to_date: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream_closed: bool,
+}
+
+/// Writes `text` as the `data:` lines of one event; every kind of line
+/// break in the payload starts a new `data:` line, so payload bytes can
+/// never end the event or inject fields.
+fn push_data_lines(out: &mut Vec<u8>, text: &str) {
+    let mut rest = text;
+    loop {
+        let cut = rest.find(['\r', '\n']);
+        let (line, tail) = match cut {
+            Some(i) => {
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                (&rest[..i], Some(&rest[i + skip..]))
+            }
+            None => (rest, None),
+        };
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        match tail {
+            Some(t) => rest = t,
+            None => break,
+        }
+    }
+}
+
+/// Encodes one `data` event for a chunk.
+fn data_event(out: &ReadOutcome, enc: Encoding) -> Vec<u8> {
+    let mut ev = Vec::with_capacity(out.len() + 64);
+    ev.extend_from_slice(b"event: data\n");
+    match enc {
+        Encoding::Base64 => {
+            let raw: Vec<u8> = out.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+            // Lines of at most 76 characters keep proxies happy.
+            if b64.is_empty() {
+                ev.extend_from_slice(b"data: \n");
+            }
+            for line in b64.as_bytes().chunks(76) {
+                ev.extend_from_slice(b"data: ");
+                ev.extend_from_slice(line);
+                ev.push(b'\n');
+            }
+        }
+        Encoding::Json | Encoding::Text => {
+            let raw: Vec<u8> = body_chunks(out)
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect();
+            push_data_lines(&mut ev, &String::from_utf8_lossy(&raw));
+        }
+    }
+    ev.push(b'\n');
+    ev
+}
+
+fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>) -> Vec<u8> {
+    let eof = out.at_eof();
+    let control = Control {
+        stream_next_offset: out.next.to_string(),
+        stream_cursor: (!eof).then(|| cursor(state, client_cursor)),
+        up_to_date: out.up_to_date(),
+        stream_closed: eof,
+    };
+    let json = serde_json::to_string(&control).unwrap_or_default();
+    format!("event: control\ndata: {json}\n\n").into_bytes()
+}
+
+/// Serves an SSE connection. The first read happens before the response
+/// starts, so a missing stream is an ordinary 404.
+pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    let mut sub = state.hub.subscribe(&name);
+    let first = read_chunk(&state, &name, query.from).await?;
+    let enc = Encoding::for_type(&first.info.content_type);
+    let client_cursor = query.cursor;
+    let reconnect = tokio::time::Instant::now() + state.config.sse_reconnect;
+    let keepalive = state.config.sse_keepalive;
+
+    let events = async_stream::stream! {
+        let mut out = first;
+        // The first answer always gets a control event, even when empty.
+        let mut announce = true;
+        loop {
+            if !out.is_empty() {
+                yield Ok::<Bytes, Infallible>(Bytes::from(data_event(&out, enc)));
+                yield Ok(Bytes::from(control_event(&state, &out, client_cursor)));
+            } else if announce || out.at_eof() {
+                yield Ok(Bytes::from(control_event(&state, &out, client_cursor)));
+            }
+            if out.at_eof() {
+                break;
+            }
+            if out.is_empty() {
+                // At the tail: wait for a wake, with keep-alives meanwhile.
+                loop {
+                    tokio::select! {
+                        _ = sub.changed() => break,
+                        _ = tokio::time::sleep(keepalive) => {
+                            yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                        }
+                        _ = tokio::time::sleep_until(reconnect) => return,
+                        _ = state.shutdown.cancelled() => return,
+                    }
+                }
+            } else if tokio::time::Instant::now() >= reconnect || state.shutdown.is_cancelled() {
+                break;
+            }
+            let from = ReadFrom::At(out.next);
+            out = match read_chunk(&state, &name, from).await {
+                Ok(o) => o,
+                // Deleted or expired meanwhile: end the stream; the client's
+                // reconnect gets the error as an HTTP status.
+                Err(_) => break,
+            };
+            // A wake without new data (e.g. a lagged receiver) is not news.
+            announce = false;
+        }
+    };
+
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no");
+    if enc == Encoding::Base64 {
+        b = b.header(h::STREAM_SSE_DATA_ENCODING, "base64");
+    }
+    finish(b, Body::from_stream(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_breaks_become_data_lines() {
+        let mut out = Vec::new();
+        push_data_lines(&mut out, "a\r\n\r\nevent: x\rb\nc");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: a\ndata: \ndata: event: x\ndata: b\ndata: c\n"
+        );
+    }
+}

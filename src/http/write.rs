@@ -1,0 +1,154 @@
+//! Handlers that change or describe a stream: PUT (create / fork), POST
+//! (append / close), DELETE and HEAD.
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::headers as h;
+use super::{AppState, finish, stream_response};
+use crate::storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Expiry, StreamInfo, now_ms,
+};
+
+/// Reads the whole request body, refusing more than the configured limit.
+async fn body(state: &AppState, req: Request) -> Result<(HeaderMap, Bytes, String), ApiError> {
+    let limit = state.config.limits.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+    Ok((parts.headers, bytes, parts.uri.path().to_string()))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!("request bodies are limited to {limit} bytes; split the data into several appends"),
+    )
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(h::text(headers, header::CONTENT_TYPE.as_str())?
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string))
+}
+
+/// Adds `Stream-TTL` / `Stream-Expires-At` for a stream's expiry.
+fn with_expiry(
+    b: axum::http::response::Builder,
+    info: &StreamInfo,
+) -> axum::http::response::Builder {
+    match info.expiry {
+        Expiry::Never => b,
+        Expiry::Ttl(secs) => b.header(h::STREAM_TTL, secs),
+        Expiry::At(at) => b.header(h::STREAM_EXPIRES_AT, h::format_expires_at(at)),
+    }
+}
+
+/// The absolute URL of the stream, for `Location`.
+fn location(headers: &HeaderMap, path: &str) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    Some(format!("{scheme}://{host}{path}"))
+}
+
+/// `PUT`: create a stream (or a fork), or confirm an existing one.
+pub async fn put(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let (headers, body, path) = body(&state, req).await?;
+    let create = CreateRequest {
+        content_type: content_type(&headers)?,
+        expiry: h::expiry(&headers)?,
+        closed: h::stream_closed(&headers),
+        fork: h::fork(&headers, super::MOUNT)?,
+        body,
+        now: now_ms(),
+    };
+    let outcome = state
+        .storage(move |s| s.create(&name, create))
+        .await?;
+    let (status, info) = match &outcome {
+        CreateOutcome::Created(info) => (StatusCode::CREATED, info),
+        CreateOutcome::Exists(info) => (StatusCode::OK, info),
+    };
+    let mut b = with_expiry(stream_response(status, info), info);
+    if status == StatusCode::CREATED
+        && let Some(loc) = location(&headers, &path)
+    {
+        b = b.header(header::LOCATION, loc);
+    }
+    finish(b, Body::empty())
+}
+
+/// `POST`: append, append-and-close, or close.
+pub async fn post(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let (headers, body, _) = body(&state, req).await?;
+    let append = AppendRequest {
+        content_type: content_type(&headers)?,
+        close: h::stream_closed(&headers),
+        stream_seq: h::stream_seq(&headers)?,
+        producer: h::producer(&headers)?,
+        body,
+        now: now_ms(),
+    };
+    let has_data = !append.body.is_empty();
+    let outcome = state
+        .storage(move |s| s.append(&name, append))
+        .await?;
+    let (status, info, producer) = match &outcome {
+        // A producer's new data is 200 (so it can tell it from a duplicate);
+        // everything else that succeeds is 204.
+        AppendOutcome::Appended {
+            info,
+            producer: Some(p),
+        } if has_data => (StatusCode::OK, info, Some(*p)),
+        AppendOutcome::Appended { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
+        AppendOutcome::Duplicate { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
+    };
+    let mut b = axum::http::Response::builder()
+        .status(status)
+        .header(h::STREAM_NEXT_OFFSET, info.tail.to_string());
+    if info.closed {
+        b = b.header(h::STREAM_CLOSED, "true");
+    }
+    if let Some((epoch, seq)) = producer {
+        b = b.header(h::PRODUCER_EPOCH, epoch).header(h::PRODUCER_SEQ, seq);
+    }
+    finish(b, Body::empty())
+}
+
+/// `DELETE`.
+pub async fn delete(state: AppState, name: String) -> Result<Response, ApiError> {
+    let now = now_ms();
+    state.storage(move |s| s.delete(&name, now)).await?;
+    finish(
+        axum::http::Response::builder().status(StatusCode::NO_CONTENT),
+        Body::empty(),
+    )
+}
+
+/// `HEAD`: metadata, never cached, does not renew TTL.
+pub async fn head(state: AppState, name: String) -> Result<Response, ApiError> {
+    let now = now_ms();
+    let info = state.storage(move |s| s.head(&name, now)).await?;
+    let b = with_expiry(stream_response(StatusCode::OK, &info), &info)
+        .header(header::CACHE_CONTROL, "no-store");
+    finish(b, Body::empty())
+}

@@ -1,0 +1,28 @@
+//! A durable, standalone server for the Durable Streams protocol: append-only,
+//! offset-addressable byte streams at URLs, read by catch-up, long-poll and
+//! Server-Sent Events.
+//!
+//! # Layout
+//!
+//! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
+//! - [`cursor`]: live-read cursors (interval numbers with jitter).
+//! - [`config`]: server settings, limits and their defaults.
+//! - [`notify`]: per-stream broadcast channels that wake live readers.
+//! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
+//!   [`storage::model`] holds the protocol decisions (producers, closure,
+//!   config matching, JSON framing) as pure functions shared by all backends;
+//!   [`storage::view`] the position arithmetic over a stream's own records;
+//!   [`storage::memory`] the in-memory backend.
+//! - [`http`]: the axum router and thin handlers ([`http::write`] for
+//!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
+//!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
+//!   error-to-HTTP mapping ([`http::error`]).
+//! - [`server`]: opening storage, background tasks, binding and serving.
+
+pub mod config;
+pub mod cursor;
+pub mod http;
+pub mod notify;
+pub mod offset;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,153 @@
+//! Wake-ups for live readers: one broadcast channel per watched stream.
+//!
+//! A channel exists only while someone waits on the stream: the first
+//! [`WakeHub::subscribe`] creates it and dropping the last [`Subscription`]
+//! removes it, so a million idle streams cost nothing here. Backends call
+//! [`WakeHub::wake`] after a change of tail or closure is durable (or, for a
+//! shared database, when another node reports one). A wake is a hint: readers
+//! subscribe *before* they read and re-read storage after every wake, so a
+//! lagged receiver loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::broadcast;
+
+use crate::offset::Offset;
+
+/// What changed: the stream's new tail and closure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wake {
+    pub tail: Offset,
+    pub closed: bool,
+}
+
+/// Capacity of each stream's channel; a receiver that falls further behind
+/// sees `Lagged` and simply re-reads.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// The registry of watched streams.
+#[derive(Default)]
+pub struct WakeHub {
+    // A parking_lot RwLock, not tokio's: it is held only for a map lookup or
+    // insert, never across an await.
+    channels: RwLock<HashMap<String, broadcast::Sender<Wake>>>,
+}
+
+impl WakeHub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(WakeHub::default())
+    }
+
+    /// Wakes every reader waiting on `stream`. Cheap when nobody waits.
+    pub fn wake(&self, stream: &str, wake: Wake) {
+        let channels = self.channels.read();
+        if let Some(tx) = channels.get(stream) {
+            // An error only means every receiver just left.
+            let _ = tx.send(wake);
+        }
+    }
+
+    /// Starts watching `stream`. Subscribe before reading, then re-read on
+    /// every wake.
+    pub fn subscribe(self: &Arc<Self>, stream: &str) -> Subscription {
+        let rx = {
+            let mut channels = self.channels.write();
+            channels
+                .entry(stream.to_string())
+                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe()
+        };
+        Subscription {
+            rx: Some(rx),
+            hub: Arc::clone(self),
+            stream: stream.to_string(),
+        }
+    }
+
+    /// Number of streams with at least one waiting reader.
+    pub fn watched(&self) -> usize {
+        self.channels.read().len()
+    }
+}
+
+/// A reader's interest in one stream; removes the channel when the last one
+/// is dropped.
+pub struct Subscription {
+    rx: Option<broadcast::Receiver<Wake>>,
+    hub: Arc<WakeHub>,
+    stream: String,
+}
+
+impl Subscription {
+    /// Waits for the next change. `None` means the reader should simply
+    /// re-read (it lagged behind, or the channel went away).
+    pub async fn changed(&mut self) -> Option<Wake> {
+        let rx = self.rx.as_mut()?;
+        match rx.recv().await {
+            Ok(w) => Some(w),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => {
+                // Cannot happen while the hub holds the sender; wait forever
+                // rather than spin, callers always race this with a timeout.
+                std::future::pending::<()>().await;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut channels = self.hub.channels.write();
+        if let Some(tx) = channels.get(&self.stream)
+            && tx.receiver_count() == 0
+        {
+            channels.remove(&self.stream);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakes_subscribers_and_cleans_up() {
+        let hub = WakeHub::new();
+        let mut a = hub.subscribe("s");
+        let mut b = hub.subscribe("s");
+        assert_eq!(hub.watched(), 1);
+        let w = Wake {
+            tail: Offset::new(1, 5),
+            closed: false,
+        };
+        hub.wake("s", w);
+        hub.wake("other", w);
+        assert_eq!(a.changed().await, Some(w));
+        assert_eq!(b.changed().await, Some(w));
+        drop(a);
+        assert_eq!(hub.watched(), 1);
+        drop(b);
+        assert_eq!(hub.watched(), 0);
+    }
+
+    #[tokio::test]
+    async fn lagged_receiver_is_told_to_reread() {
+        let hub = WakeHub::new();
+        let mut a = hub.subscribe("s");
+        for i in 0..(CHANNEL_CAPACITY as u64 + 5) {
+            hub.wake(
+                "s",
+                Wake {
+                    tail: Offset::new(i, i),
+                    closed: false,
+                },
+            );
+        }
+        assert_eq!(a.changed().await, None);
+        assert!(a.changed().await.is_some());
+    }
+}

@@ -1,0 +1,87 @@
+//! Putting it together: open storage, start background tasks, bind, serve,
+//! and shut down cleanly.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ServerConfig, StorageKind};
+use crate::http::{AppState, router};
+use crate::notify::WakeHub;
+use crate::storage::memory::MemoryStorage;
+use crate::storage::{Storage, now_ms};
+
+/// Opens the configured backend.
+pub fn open_storage(
+    config: &ServerConfig,
+    hub: Arc<WakeHub>,
+) -> Result<Arc<dyn Storage>, Box<dyn std::error::Error + Send + Sync>> {
+    match config.storage {
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
+        StorageKind::File | StorageKind::Acid => Err(format!(
+            "storage {:?} is not available in this build; use --storage memory",
+            config.storage
+        )
+        .into()),
+    }
+}
+
+/// Builds the application state around an opened backend.
+pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>) -> AppState {
+    AppState {
+        storage,
+        hub,
+        config: Arc::new(config),
+        shutdown: CancellationToken::new(),
+    }
+}
+
+/// Periodically removes expired streams until shutdown.
+fn spawn_sweeper(state: &AppState) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state.config.sweep_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+            let now = now_ms();
+            if let Err(e) = state.storage(move |s| s.sweep_expired(now)).await {
+                tracing::warn!(error = ?e, "expiry sweep failed");
+            }
+        }
+    });
+}
+
+/// Serves until `stop` resolves, then ends live reads, drains connections and
+/// flushes storage.
+pub async fn run(
+    config: ServerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let hub = WakeHub::new();
+    let storage = open_storage(&config, Arc::clone(&hub))?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let state = state(config, storage, hub);
+    spawn_sweeper(&state);
+    let app = router(state.clone());
+    // Tests and scripts wait for exactly this line.
+    println!("durable-streams listening on http://{addr}");
+    tracing::info!(%addr, storage = ?state.config.storage, "listening");
+    let token = state.shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("shutting down");
+            token.cancel();
+        })
+        .await?;
+    let storage = Arc::clone(&state.storage);
+    tokio::task::spawn_blocking(move || storage.shutdown()).await??;
+    Ok(())
+}

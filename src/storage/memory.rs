@@ -1,0 +1,442 @@
+//! The in-memory backend: everything lives in process memory and is lost on
+//! exit. For development and tests, and the reference the durable backends
+//! are checked against.
+//!
+//! Locking: a map lock (held only to find, insert or remove a stream) and a
+//! mutex per stream (held for one operation on it). Both are `parking_lot`
+//! locks held for short, non-async critical sections; no I/O happens here.
+//! Fork creation and deletion hold the map's write lock so that a source
+//! cannot disappear while a fork is being attached to it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::model::{self, AppendPlan, ForkLink, StreamMeta};
+use super::view::{Budget, Layout};
+use super::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
+    Storage, StorageError, StreamInfo,
+};
+use crate::notify::{Wake, WakeHub};
+use crate::offset::{Offset, ReadFrom};
+
+/// One stream: its metadata and its own records.
+struct Stream {
+    meta: StreamMeta,
+    /// Byte position where each own record starts.
+    starts: Vec<u64>,
+    records: Vec<Bytes>,
+}
+
+impl Stream {
+    fn layout(&self) -> Layout<'_, [u64]> {
+        Layout {
+            base: self.meta.base,
+            tail: self.meta.tail,
+            index: &self.starts[..],
+        }
+    }
+
+    fn push(&mut self, records: Vec<Bytes>) {
+        let mut pos = self.meta.tail.pos;
+        for r in records {
+            self.starts.push(pos);
+            pos += r.len() as u64;
+            self.records.push(r);
+        }
+    }
+}
+
+type StreamRef = Arc<Mutex<Stream>>;
+
+/// The in-memory [`Storage`].
+pub struct MemoryStorage {
+    streams: RwLock<HashMap<String, StreamRef>>,
+    next_id: AtomicU64,
+    hub: Arc<WakeHub>,
+}
+
+impl MemoryStorage {
+    pub fn new(hub: Arc<WakeHub>) -> Self {
+        MemoryStorage {
+            streams: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            hub,
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<StreamRef, StorageError> {
+        self.streams
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or(StorageError::NotFound)
+    }
+
+    fn wake(&self, name: &str, meta: &StreamMeta) {
+        self.hub.wake(
+            name,
+            Wake {
+                tail: meta.tail,
+                closed: meta.closed,
+            },
+        );
+    }
+
+    /// Reads `[from, limit)` of the view of `stream`, walking up the fork
+    /// chain for inherited positions. `from` has been validated.
+    fn read_view(
+        &self,
+        stream: &StreamRef,
+        from: Offset,
+        limit: u64,
+        budget: Budget,
+    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
+        let s = stream.lock();
+        if from.pos < s.meta.base.pos {
+            let link = s.meta.fork.clone().ok_or_else(|| {
+                StorageError::Corrupt("position before base of a stream that is not a fork".into())
+            })?;
+            let limit = limit.min(s.meta.base.pos);
+            drop(s);
+            let source = self.get(&link.source)?;
+            return self.read_view(&source, from, limit, budget);
+        }
+        let layout = s.layout();
+        let (pieces, next) = layout.plan(from, limit, budget);
+        let chunks = pieces
+            .iter()
+            .map(|p| {
+                let r = &s.records[p.index as usize];
+                r.slice(p.skip as usize..(p.skip + p.len) as usize)
+            })
+            .collect();
+        Ok((chunks, next))
+    }
+
+    /// Checks that `from` is a position of the view of `stream`.
+    fn validate_view(&self, stream: &StreamRef, from: Offset, whole: bool) -> Result<(), StorageError> {
+        let s = stream.lock();
+        if from.pos < s.meta.base.pos {
+            let link = s.meta.fork.clone().ok_or(StorageError::InvalidOffset)?;
+            drop(s);
+            let source = self.get(&link.source)?;
+            return self.validate_view(&source, from, whole);
+        }
+        s.layout().validate(from, whole)
+    }
+
+    /// Reads the whole of `[from, tail)` of a view with a budget, stitching
+    /// inherited and own ranges.
+    fn read_stitched(
+        &self,
+        stream: &StreamRef,
+        from: Offset,
+        tail: Offset,
+        json: bool,
+        max_bytes: usize,
+    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
+        let mut chunks = Vec::new();
+        let mut at = from;
+        let mut taken = 0usize;
+        while at.pos < tail.pos && taken < max_bytes.max(1) {
+            let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
+            let (more, next) = self.read_view(stream, at, tail.pos, budget)?;
+            if next == at {
+                break;
+            }
+            taken += more.iter().map(Bytes::len).sum::<usize>();
+            chunks.extend(more);
+            at = next;
+        }
+        Ok((chunks, at))
+    }
+
+    /// Resolves a fork request against its (locked by the caller's map
+    /// write lock) source: the base offset where the fork's own data starts.
+    fn resolve_fork_base(
+        &self,
+        source: &StreamRef,
+        anchor: Offset,
+        sub_offset: u64,
+    ) -> Result<Offset, StorageError> {
+        let (tail, json) = {
+            let s = source.lock();
+            (s.meta.tail, model::is_json(&s.meta.content_type))
+        };
+        if anchor.pos > tail.pos {
+            return Err(StorageError::ForkOffsetBeyondTail);
+        }
+        self.validate_view(source, anchor, json)?;
+        if sub_offset == 0 {
+            return Ok(anchor);
+        }
+        if json {
+            // Each flattened message is one record: step over `sub_offset` of them.
+            let budget = Budget {
+                bytes: usize::MAX,
+                records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
+                split: false,
+            };
+            let mut at = anchor;
+            let mut left = sub_offset;
+            while left > 0 {
+                if at.pos >= tail.pos {
+                    return Err(StorageError::SubOffsetOutOfRange);
+                }
+                let (chunks, next) = self.read_view(source, at, tail.pos, budget)?;
+                left = left.saturating_sub(chunks.len() as u64);
+                at = next;
+            }
+            Ok(at)
+        } else {
+            // Bytes within the record that contains the anchor.
+            let one = Budget {
+                bytes: 1,
+                records: 1,
+                split: false,
+            };
+            let (chunks, next) = self.read_view(source, anchor, tail.pos, one)?;
+            let rest = chunks.first().map_or(0, |c| c.len() as u64);
+            if sub_offset > rest {
+                Err(StorageError::SubOffsetOutOfRange)
+            } else if sub_offset == rest {
+                Ok(next)
+            } else {
+                Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
+            }
+        }
+    }
+
+    /// Removes a stream whose refcount is zero, then releases its source,
+    /// cascading through hidden sources. Caller holds the map write lock.
+    fn remove_cascade(&self, streams: &mut HashMap<String, StreamRef>, name: &str, now: Millis) {
+        let mut next = Some(name.to_string());
+        while let Some(name) = next.take() {
+            let Some(stream) = streams.remove(&name) else {
+                break;
+            };
+            let link = {
+                let s = stream.lock();
+                self.wake(&name, &s.meta);
+                s.meta.fork.clone()
+            };
+            let Some(link) = link else { break };
+            let Some(source) = streams.get(&link.source).cloned() else {
+                break;
+            };
+            let mut src = source.lock();
+            if src.meta.id != link.source_id {
+                break;
+            }
+            src.meta.refcount = src.meta.refcount.saturating_sub(1);
+            if src.meta.refcount == 0 && src.meta.is_hidden(now) {
+                next = Some(link.source.clone());
+            }
+        }
+    }
+
+    fn create_fork(
+        &self,
+        streams: &HashMap<String, StreamRef>,
+        req: &CreateRequest,
+        spec: &super::ForkSpec,
+    ) -> Result<Stream, StorageError> {
+        let source = streams
+            .get(&spec.source)
+            .cloned()
+            .ok_or(StorageError::ForkSourceNotFound)?;
+        let (src_meta_id, src_ct, src_expiry, src_tail) = {
+            let s = source.lock();
+            if s.meta.soft_deleted {
+                return Err(StorageError::ForkSourceGone);
+            }
+            if s.meta.is_expired(req.now) {
+                return Err(StorageError::ForkSourceNotFound);
+            }
+            (s.meta.id, s.meta.content_type.clone(), s.meta.expiry, s.meta.tail)
+        };
+        if let Some(ct) = &req.content_type
+            && !model::same_type(ct, &src_ct)
+        {
+            return Err(StorageError::ContentTypeMismatch { expected: src_ct });
+        }
+        let anchor = spec.offset.unwrap_or(src_tail);
+        let base = self.resolve_fork_base(&source, anchor, spec.sub_offset)?;
+        let (expiry, inherited) = model::fork_expiry(src_expiry, req.expiry);
+        let records = model::frame_records(model::is_json(&src_ct), &req.body, false)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut meta = StreamMeta::new(id, src_ct, expiry, base, req.now);
+        meta.expiry_inherited = inherited;
+        meta.fork = Some(ForkLink {
+            source: spec.source.clone(),
+            source_id: src_meta_id,
+            anchor,
+            sub_offset: spec.sub_offset,
+        });
+        let mut stream = Stream {
+            meta,
+            starts: Vec::new(),
+            records: Vec::new(),
+        };
+        let tail = model::advance(base, &records);
+        stream.push(records);
+        stream.meta.tail = tail;
+        stream.meta.closed = req.closed;
+        // Only now, with nothing left to fail, take the reference.
+        source.lock().meta.refcount += 1;
+        Ok(stream)
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn may_block(&self) -> bool {
+        false
+    }
+
+    fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        let mut streams = self.streams.write();
+        if let Some(existing) = streams.get(name).cloned() {
+            let s = existing.lock();
+            if s.meta.soft_deleted || (s.meta.is_expired(req.now) && s.meta.refcount > 0) {
+                return Err(StorageError::PathReserved);
+            }
+            if !s.meta.is_expired(req.now) {
+                return if model::create_matches(&s.meta, &req) {
+                    Ok(CreateOutcome::Exists(s.meta.info()))
+                } else {
+                    Err(StorageError::ConfigMismatch)
+                };
+            }
+            drop(s);
+            // Expired and unreferenced: it is gone; the name is free again.
+            self.remove_cascade(&mut streams, name, req.now);
+        }
+        let stream = if let Some(spec) = &req.fork {
+            self.create_fork(&streams, &req, spec)?
+        } else {
+            let content_type = req
+                .content_type
+                .clone()
+                .unwrap_or_else(|| model::DEFAULT_CONTENT_TYPE.to_string());
+            let records = model::frame_records(model::is_json(&content_type), &req.body, false)?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let expiry = req.expiry.unwrap_or_default();
+            let mut stream = Stream {
+                meta: StreamMeta::new(id, content_type, expiry, Offset::ZERO, req.now),
+                starts: Vec::new(),
+                records: Vec::new(),
+            };
+            let tail = model::advance(Offset::ZERO, &records);
+            stream.push(records);
+            stream.meta.tail = tail;
+            stream.meta.closed = req.closed;
+            stream
+        };
+        let info = stream.meta.info();
+        streams.insert(name.to_string(), Arc::new(Mutex::new(stream)));
+        Ok(CreateOutcome::Created(info))
+    }
+
+    fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        let stream = self.get(name)?;
+        let mut s = stream.lock();
+        s.meta.check_visible(req.now)?;
+        match model::plan_append(&s.meta, &req)? {
+            AppendPlan::Duplicate(producer) => Ok(AppendOutcome::Duplicate {
+                info: s.meta.info(),
+                producer,
+            }),
+            AppendPlan::Write(plan) => {
+                let echo = plan.producer.as_ref().map(|(_, st)| (st.epoch, st.last_seq));
+                s.push(plan.records.clone());
+                model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
+                self.wake(name, &s.meta);
+                Ok(AppendOutcome::Appended {
+                    info: s.meta.info(),
+                    producer: echo,
+                })
+            }
+        }
+    }
+
+    fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+        let stream = self.get(name)?;
+        let (info, json) = {
+            let mut s = stream.lock();
+            s.meta.check_visible(req.now)?;
+            s.meta.last_access = req.now;
+            (s.meta.info(), model::is_json(&s.meta.content_type))
+        };
+        let start = match req.from {
+            ReadFrom::Start => Offset::ZERO,
+            ReadFrom::Tail => info.tail,
+            ReadFrom::At(o) => {
+                if o.pos > info.tail.pos {
+                    return Err(StorageError::InvalidOffset);
+                }
+                self.validate_view(&stream, o, json)?;
+                o
+            }
+        };
+        let (chunks, next) = self.read_stitched(&stream, start, info.tail, json, req.max_bytes)?;
+        Ok(ReadOutcome {
+            info,
+            start,
+            chunks,
+            next,
+        })
+    }
+
+    fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
+        let stream = self.get(name)?;
+        let s = stream.lock();
+        s.meta.check_visible(now)?;
+        Ok(s.meta.info())
+    }
+
+    fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+        let mut streams = self.streams.write();
+        let stream = streams.get(name).cloned().ok_or(StorageError::NotFound)?;
+        let mut s = stream.lock();
+        s.meta.check_visible(now)?;
+        if s.meta.refcount > 0 {
+            s.meta.soft_deleted = true;
+            self.wake(name, &s.meta);
+            return Ok(());
+        }
+        drop(s);
+        self.remove_cascade(&mut streams, name, now);
+        Ok(())
+    }
+
+    fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+        let expired: Vec<String> = self
+            .streams
+            .read()
+            .iter()
+            .filter(|(_, s)| {
+                let s = s.lock();
+                s.meta.is_expired(now) && s.meta.refcount == 0
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut streams = self.streams.write();
+        let mut removed = 0;
+        for name in expired {
+            let still = streams.get(&name).is_some_and(|s| {
+                let s = s.lock();
+                s.meta.is_expired(now) && s.meta.refcount == 0
+            });
+            if still {
+                self.remove_cascade(&mut streams, &name, now);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

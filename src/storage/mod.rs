@@ -1,0 +1,283 @@
+//! The storage contract every backend fulfils, and the types that cross it.
+//!
+//! The HTTP layer speaks only to [`Storage`]. The trait is synchronous: a
+//! backend that does I/O blocks the calling thread, and callers run such
+//! backends off the async workers (see [`Storage::may_block`]).
+//!
+//! # What every backend guarantees
+//!
+//! * **Per-stream linearizability.** Operations on one stream take effect in
+//!   one total order; a successful call is visible to every call that starts
+//!   after it returns.
+//! * **Atomic appends.** An append's records, the stream's new tail, the
+//!   producer state it updates, its `Stream-Seq` and its close flag take
+//!   effect together or not at all. On a durable backend they also reach the
+//!   disk together: a crash never keeps the data without the producer state
+//!   that deduplicates a retry of it, and never the reverse.
+//! * **Acknowledged means durable.** When a mutating call returns `Ok` on a
+//!   durable backend (in its default sync mode), the change survives a crash.
+//! * **Readers see only durable data**, and the backend wakes the stream's
+//!   readers through the [`WakeHub`](crate::notify::WakeHub) it was given
+//!   after every change of tail or closure. Where the wake comes from is the
+//!   backend's business (its own commit, or another node's); a wake is a
+//!   hint, readers re-read.
+//! * **Offsets are minted by the backend** and are strictly increasing within
+//!   a stream's offset space (shared by a fork chain).
+//! * **Expired streams are absent**: every call treats a stream past its
+//!   TTL or expiry time as if it did not exist, whether or not the sweeper
+//!   has reclaimed it yet.
+//!
+//! The protocol decisions themselves (producer fencing, closure, config
+//! matching, JSON framing) live in [`model`] as pure functions so that every
+//! backend makes the same ones.
+
+pub mod memory;
+pub mod model;
+pub mod view;
+
+use bytes::Bytes;
+
+use crate::offset::{Offset, ReadFrom};
+
+pub use model::{Expiry, ProducerState, StreamMeta};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// The current wall-clock time in milliseconds.
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis().max(0) as Millis
+}
+
+/// A fork request, as the client sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkSpec {
+    /// Name of the source stream (path under the stream mount).
+    pub source: String,
+    /// `Stream-Fork-Offset`; `None` means the source's current tail.
+    pub offset: Option<Offset>,
+    /// `Stream-Fork-Sub-Offset` (0 when absent).
+    pub sub_offset: u64,
+}
+
+/// Everything a `PUT` asks for.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    /// `Content-Type`; `None` means the default, or the source's type for a fork.
+    pub content_type: Option<String>,
+    /// `Stream-TTL` / `Stream-Expires-At`; `None` when neither was sent.
+    pub expiry: Option<Expiry>,
+    /// `Stream-Closed: true`.
+    pub closed: bool,
+    pub fork: Option<ForkSpec>,
+    /// The initial body (may be empty).
+    pub body: Bytes,
+    pub now: Millis,
+}
+
+/// The idempotent-producer headers of an append.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProducerHeaders {
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Everything a `POST` asks for.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    /// `Content-Type` as sent (checked only when the body is non-empty).
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// `Stream-Closed: true`.
+    pub close: bool,
+    /// `Stream-Seq`.
+    pub stream_seq: Option<String>,
+    pub producer: Option<ProducerHeaders>,
+    pub now: Millis,
+}
+
+/// A read of stored bytes.
+#[derive(Clone, Debug)]
+pub struct ReadRequest {
+    pub from: ReadFrom,
+    /// Soft limit on the bytes returned; at least one record (binary: at
+    /// least one byte) is returned when data exists.
+    pub max_bytes: usize,
+    pub now: Millis,
+}
+
+/// What a client may learn about a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Identifies this incarnation of the name: a stream deleted and created
+    /// again gets a new id (used in ETags).
+    pub id: u64,
+    pub content_type: String,
+    pub tail: Offset,
+    pub closed: bool,
+    pub expiry: Expiry,
+}
+
+impl StreamInfo {
+    /// True for `application/json` streams (message framing, array responses).
+    pub fn is_json(&self) -> bool {
+        model::is_json(&self.content_type)
+    }
+}
+
+/// The result of a `PUT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(StreamInfo),
+    /// The stream already existed with the same configuration.
+    Exists(StreamInfo),
+}
+
+/// The result of a `POST` that did not fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// New data (and/or the close) was committed.
+    Appended {
+        info: StreamInfo,
+        /// `(epoch, seq)` accepted for the producer, when producer headers were sent.
+        producer: Option<(u64, u64)>,
+    },
+    /// A producer retry of something already committed: nothing was written.
+    Duplicate {
+        info: StreamInfo,
+        /// The producer's current epoch and highest accepted seq.
+        producer: Option<(u64, u64)>,
+    },
+}
+
+/// Stored bytes returned by a read.
+#[derive(Clone, Debug)]
+pub struct ReadOutcome {
+    pub info: StreamInfo,
+    /// The resolved start position.
+    pub start: Offset,
+    /// Stored bytes in order. For JSON streams each message is stored
+    /// followed by one `,`; the concatenation therefore ends with `,` when
+    /// non-empty.
+    pub chunks: Vec<Bytes>,
+    /// Where the next read continues.
+    pub next: Offset,
+}
+
+impl ReadOutcome {
+    /// True when the read reached the stream's tail.
+    pub fn up_to_date(&self) -> bool {
+        self.next == self.info.tail
+    }
+
+    /// True when the read reached the tail of a closed stream (EOF).
+    pub fn at_eof(&self) -> bool {
+        self.info.closed && self.up_to_date()
+    }
+
+    /// Total stored bytes returned.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Bytes::is_empty)
+    }
+}
+
+/// A storage failure or a protocol rejection decided under the stream's lock.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("stream not found")]
+    NotFound,
+    #[error("stream was deleted and is retained only for its forks")]
+    Gone,
+    #[error("a stream already exists here with a different configuration")]
+    ConfigMismatch,
+    #[error("the path belongs to a deleted stream that forks still reference")]
+    PathReserved,
+    #[error("stream is closed")]
+    Closed { tail: Offset },
+    #[error("content type does not match the stream's ({expected})")]
+    ContentTypeMismatch { expected: String },
+    #[error("Content-Type is required when the body is not empty")]
+    MissingContentType,
+    #[error("Stream-Seq {received:?} is not greater than the last one ({last:?})")]
+    SeqRegression { last: String, received: String },
+    #[error("producer epoch {received} is older than the current epoch {current}")]
+    StaleEpoch { current: u64, received: u64 },
+    #[error("a new producer epoch must start at Producer-Seq 0")]
+    EpochMustStartAtZero,
+    #[error("producer sequence gap: expected {expected}, received {received}")]
+    SeqGap { expected: u64, received: u64 },
+    #[error("an append needs a body, unless it closes the stream")]
+    EmptyBody,
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("an append of an empty JSON array has no messages")]
+    EmptyJsonArray,
+    #[error("fork source not found")]
+    ForkSourceNotFound,
+    #[error("fork source was deleted")]
+    ForkSourceGone,
+    #[error("fork offset is beyond the source's tail")]
+    ForkOffsetBeyondTail,
+    #[error("offset does not name a position in this stream")]
+    InvalidOffset,
+    #[error("fork sub-offset names a position past the next data boundary")]
+    SubOffsetOutOfRange,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("no space left on the storage device")]
+    NoSpace,
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage I/O failure: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage corrupted: {0}")]
+    Corrupt(String),
+}
+
+/// The contract between the HTTP layer and a backend. See the module docs for
+/// the guarantees that hold for every method.
+pub trait Storage: Send + Sync + 'static {
+    /// True when calls may block on I/O; callers then run them on a blocking
+    /// thread. The memory backend answers false.
+    fn may_block(&self) -> bool;
+
+    /// Creates a stream, or confirms an existing one with the same
+    /// configuration (content type, expiry, closure, fork source, fork offset
+    /// and sub-offset). The initial body and the closure are committed
+    /// atomically with the creation. A fork increments its source's
+    /// reference count in the same step.
+    fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError>;
+
+    /// Appends and/or closes, deciding with [`model::plan_append`] under the
+    /// stream's lock. Serialized per stream (hence per producer). Renews a
+    /// sliding TTL on success.
+    fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+
+    /// Reads stored bytes from a position, stitching a fork's inherited range
+    /// from its sources. Never returns bytes past the durable tail. Renews a
+    /// sliding TTL.
+    fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError>;
+
+    /// The stream's metadata. Does not renew TTL.
+    fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError>;
+
+    /// Deletes a stream. With live forks it becomes soft-deleted (its data
+    /// kept for them, its name answering `Gone`); otherwise it is removed and
+    /// its source's reference count drops, cascading up soft-deleted sources.
+    fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError>;
+
+    /// Removes streams whose TTL or expiry has passed; returns how many.
+    fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError>;
+
+    /// Makes everything acknowledged so far durable and releases resources.
+    /// Called once at shutdown; later calls may fail.
+    fn shutdown(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}

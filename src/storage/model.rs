@@ -1,0 +1,576 @@
+//! The protocol's decisions about a stream, as pure functions over its state.
+//!
+//! Every backend keeps a [`StreamMeta`] per stream and, under that stream's
+//! lock, asks these functions what a request does: whether a `PUT` matches
+//! the existing configuration, and what an append writes (records, new
+//! producer state, close) or why it is refused. The backend then commits the
+//! plan atomically. Keeping the decisions here means every backend answers
+//! every request the same way.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{AppendRequest, CreateRequest, ForkSpec, Millis, ProducerHeaders, StorageError};
+use crate::offset::Offset;
+
+/// The content type a stream gets when a `PUT` names none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// How a stream expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Expiry {
+    #[default]
+    Never,
+    /// Sliding window in seconds, renewed by reads and writes.
+    Ttl(u64),
+    /// Absolute deadline, milliseconds since the Unix epoch.
+    At(Millis),
+}
+
+impl Expiry {
+    /// True once a stream last accessed at `last_access` is past its expiry.
+    pub fn is_expired(&self, last_access: Millis, now: Millis) -> bool {
+        match *self {
+            Expiry::Never => false,
+            Expiry::Ttl(secs) => now >= last_access.saturating_add(secs.saturating_mul(1000)),
+            Expiry::At(at) => now >= at,
+        }
+    }
+}
+
+/// One idempotent producer's state on one stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub epoch: u64,
+    /// Highest accepted `Producer-Seq` in `epoch`.
+    pub last_seq: u64,
+}
+
+/// Where a fork's inherited data comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkLink {
+    /// Name of the source stream.
+    pub source: String,
+    /// The source incarnation's id (a name can be reused after a delete).
+    pub source_id: u64,
+    /// The resolved `Stream-Fork-Offset` (the anchor, before the sub-offset).
+    pub anchor: Offset,
+    /// The `Stream-Fork-Sub-Offset` as requested.
+    pub sub_offset: u64,
+}
+
+/// Everything a backend keeps about a stream besides its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    /// Incarnation id, unique within the store.
+    pub id: u64,
+    pub content_type: String,
+    pub expiry: Expiry,
+    /// True when the expiry was inherited from a fork source, not requested.
+    pub expiry_inherited: bool,
+    /// Last read or write, for sliding TTL.
+    pub last_access: Millis,
+    pub closed: bool,
+    /// The producer tuple whose append closed the stream, if any.
+    pub closed_by: Option<ProducerHeaders>,
+    /// The first position that belongs to this stream's own records;
+    /// everything before it is inherited from the fork source.
+    pub base: Offset,
+    /// The durable tail.
+    pub tail: Offset,
+    pub fork: Option<ForkLink>,
+    /// Number of live forks whose source is this stream.
+    pub refcount: u64,
+    /// Deleted by a client, kept only for its forks.
+    pub soft_deleted: bool,
+    /// Last `Stream-Seq` accepted (scope: the stream).
+    pub last_stream_seq: Option<String>,
+    pub producers: HashMap<String, ProducerState>,
+}
+
+impl StreamMeta {
+    /// A fresh, empty, open stream.
+    pub fn new(id: u64, content_type: String, expiry: Expiry, base: Offset, now: Millis) -> Self {
+        StreamMeta {
+            id,
+            content_type,
+            expiry,
+            expiry_inherited: false,
+            last_access: now,
+            closed: false,
+            closed_by: None,
+            base,
+            tail: base,
+            fork: None,
+            refcount: 0,
+            soft_deleted: false,
+            last_stream_seq: None,
+            producers: HashMap::new(),
+        }
+    }
+
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expiry.is_expired(self.last_access, now)
+    }
+
+    /// True when clients can no longer see the stream (deleted or expired)
+    /// but it is kept because forks read from it.
+    pub fn is_hidden(&self, now: Millis) -> bool {
+        self.soft_deleted || self.is_expired(now)
+    }
+
+    pub fn info(&self) -> super::StreamInfo {
+        super::StreamInfo {
+            id: self.id,
+            content_type: self.content_type.clone(),
+            tail: self.tail,
+            closed: self.closed,
+            expiry: self.expiry,
+        }
+    }
+
+    /// Checks a client-facing access: expired streams are absent, soft-deleted
+    /// ones are gone.
+    pub fn check_visible(&self, now: Millis) -> Result<(), StorageError> {
+        if self.soft_deleted {
+            Err(StorageError::Gone)
+        } else if self.is_expired(now) {
+            Err(StorageError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The media type without parameters, lowercased: what stream types compare by.
+pub fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// True for the JSON mode content type.
+pub fn is_json(content_type: &str) -> bool {
+    essence(content_type) == "application/json"
+}
+
+/// True when two content types name the same media type.
+pub fn same_type(a: &str, b: &str) -> bool {
+    essence(a) == essence(b)
+}
+
+/// Splits a body into stored records.
+///
+/// Binary streams store the body as one record (none when empty). JSON streams
+/// validate the body and store each message followed by `,`; a top-level
+/// array is flattened one level. An empty array is an error on append and no
+/// records on create. The client's bytes are kept exactly (no re-encoding).
+pub fn frame_records(json: bool, body: &Bytes, append: bool) -> Result<Vec<Bytes>, StorageError> {
+    if !json {
+        return Ok(if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![body.clone()]
+        });
+    }
+    if body.is_empty() {
+        return if append {
+            Err(StorageError::EmptyBody)
+        } else {
+            Ok(Vec::new())
+        };
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| StorageError::InvalidJson(format!("body is not UTF-8: {e}")))?;
+    let value: &RawValue =
+        serde_json::from_str(text).map_err(|e| StorageError::InvalidJson(e.to_string()))?;
+    let raw = value.get();
+    let messages: Vec<&RawValue> = if raw.starts_with('[') {
+        serde_json::from_str(raw).map_err(|e| StorageError::InvalidJson(e.to_string()))?
+    } else {
+        vec![value]
+    };
+    if messages.is_empty() {
+        return if append {
+            Err(StorageError::EmptyJsonArray)
+        } else {
+            Ok(Vec::new())
+        };
+    }
+    let total: usize = messages.iter().map(|m| m.get().len() + 1).sum();
+    let mut buf = BytesMut::with_capacity(total);
+    let mut ends = Vec::with_capacity(messages.len());
+    for m in &messages {
+        buf.put_slice(m.get().as_bytes());
+        buf.put_u8(b',');
+        ends.push(buf.len());
+    }
+    let mut all = buf.freeze();
+    let mut records = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for end in ends {
+        records.push(all.split_to(end - start));
+        start = end;
+    }
+    Ok(records)
+}
+
+/// The tail after appending `records` at `tail`.
+pub fn advance(tail: Offset, records: &[Bytes]) -> Offset {
+    let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+    Offset::new(tail.seq + records.len() as u64, tail.pos + bytes)
+}
+
+/// What a fork request resolves to, given its source.
+pub fn fork_expiry(source: Expiry, requested: Option<Expiry>) -> (Expiry, bool) {
+    match requested {
+        Some(e) => (e, false),
+        None => (source, source != Expiry::Never),
+    }
+}
+
+/// True when an existing stream matches a `PUT`'s configuration (the
+/// idempotent-create rule): content type, expiry, closure and fork origin.
+pub fn create_matches(meta: &StreamMeta, req: &CreateRequest) -> bool {
+    let type_ok = match (&req.content_type, &req.fork) {
+        (Some(ct), _) => same_type(ct, &meta.content_type),
+        (None, Some(_)) => true,
+        (None, None) => same_type(DEFAULT_CONTENT_TYPE, &meta.content_type),
+    };
+    let expiry_ok = match req.expiry {
+        Some(e) => e == meta.expiry,
+        None => meta.expiry == Expiry::Never || meta.expiry_inherited,
+    };
+    let fork_ok = match (&req.fork, &meta.fork) {
+        (None, None) => true,
+        (Some(spec), Some(link)) => fork_matches(spec, link),
+        _ => false,
+    };
+    type_ok && expiry_ok && fork_ok && req.closed == meta.closed
+}
+
+fn fork_matches(spec: &ForkSpec, link: &ForkLink) -> bool {
+    spec.source == link.source
+        && spec.sub_offset == link.sub_offset
+        && spec.offset.is_none_or(|o| o == link.anchor)
+}
+
+/// What an accepted append commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WritePlan {
+    /// Records to store, in order (possibly none for a close-only request).
+    pub records: Vec<Bytes>,
+    /// The tail after the records.
+    pub new_tail: Offset,
+    /// Close the stream in the same step.
+    pub close: bool,
+    /// Producer state to store, keyed by producer id.
+    pub producer: Option<(String, ProducerState)>,
+    /// New `Stream-Seq` to remember.
+    pub stream_seq: Option<String>,
+}
+
+/// The decision about an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendPlan {
+    Write(WritePlan),
+    /// Nothing to write: a producer retry, or a close of a closed stream.
+    /// Carries the producer's `(epoch, highest seq)` to echo, if any.
+    Duplicate(Option<(u64, u64)>),
+}
+
+enum ProducerCheck {
+    Accept(ProducerState),
+    Duplicate(ProducerState),
+}
+
+fn check_producer(
+    state: Option<&ProducerState>,
+    p: &ProducerHeaders,
+) -> Result<ProducerCheck, StorageError> {
+    let Some(state) = state else {
+        // A producer the stream has not seen starts at seq 0 in any epoch.
+        return if p.seq == 0 {
+            Ok(ProducerCheck::Accept(ProducerState {
+                epoch: p.epoch,
+                last_seq: 0,
+            }))
+        } else {
+            Err(StorageError::SeqGap {
+                expected: 0,
+                received: p.seq,
+            })
+        };
+    };
+    if p.epoch < state.epoch {
+        return Err(StorageError::StaleEpoch {
+            current: state.epoch,
+            received: p.epoch,
+        });
+    }
+    if p.epoch > state.epoch {
+        return if p.seq == 0 {
+            Ok(ProducerCheck::Accept(ProducerState {
+                epoch: p.epoch,
+                last_seq: 0,
+            }))
+        } else {
+            Err(StorageError::EpochMustStartAtZero)
+        };
+    }
+    if p.seq <= state.last_seq {
+        Ok(ProducerCheck::Duplicate(*state))
+    } else if p.seq == state.last_seq + 1 {
+        Ok(ProducerCheck::Accept(ProducerState {
+            epoch: p.epoch,
+            last_seq: p.seq,
+        }))
+    } else {
+        Err(StorageError::SeqGap {
+            expected: state.last_seq + 1,
+            received: p.seq,
+        })
+    }
+}
+
+/// Decides what an append does to a visible stream (the caller has already
+/// answered `NotFound` / `Gone`). Precedence follows the protocol: closure,
+/// then content type, then producer fencing and dedup, then `Stream-Seq`,
+/// then the body itself.
+pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan, StorageError> {
+    let producer_state = req
+        .producer
+        .as_ref()
+        .map(|p| (p, meta.producers.get(&p.id)));
+
+    if meta.closed {
+        if let Some((p, state)) = producer_state {
+            // A retry of the closing request (or of anything older) is a
+            // duplicate; a fenced producer learns it is fenced.
+            match check_producer(state, p) {
+                Ok(ProducerCheck::Duplicate(s)) => {
+                    return Ok(AppendPlan::Duplicate(Some((s.epoch, s.last_seq))));
+                }
+                Err(e @ StorageError::StaleEpoch { .. }) => return Err(e),
+                _ => {}
+            }
+        }
+        if req.body.is_empty() && req.close {
+            let echo = producer_state.and_then(|(_, s)| s.map(|s| (s.epoch, s.last_seq)));
+            return Ok(AppendPlan::Duplicate(echo));
+        }
+        return Err(StorageError::Closed { tail: meta.tail });
+    }
+
+    if req.body.is_empty() && !req.close {
+        return Err(StorageError::EmptyBody);
+    }
+    if !req.body.is_empty() {
+        match &req.content_type {
+            None => return Err(StorageError::MissingContentType),
+            Some(ct) if !same_type(ct, &meta.content_type) => {
+                return Err(StorageError::ContentTypeMismatch {
+                    expected: meta.content_type.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+
+    let mut producer = None;
+    if let Some((p, state)) = producer_state {
+        match check_producer(state, p)? {
+            ProducerCheck::Duplicate(s) => {
+                return Ok(AppendPlan::Duplicate(Some((s.epoch, s.last_seq))));
+            }
+            ProducerCheck::Accept(s) => producer = Some((p.id.clone(), s)),
+        }
+    }
+
+    if let Some(seq) = &req.stream_seq
+        && let Some(last) = &meta.last_stream_seq
+        && seq.as_bytes() <= last.as_bytes()
+    {
+        return Err(StorageError::SeqRegression {
+            last: last.clone(),
+            received: seq.clone(),
+        });
+    }
+
+    let records = frame_records(is_json(&meta.content_type), &req.body, true)?;
+    Ok(AppendPlan::Write(WritePlan {
+        new_tail: advance(meta.tail, &records),
+        records,
+        close: req.close,
+        producer,
+        stream_seq: req.stream_seq.clone(),
+    }))
+}
+
+/// Applies a committed plan to the in-memory metadata.
+pub fn apply_write(meta: &mut StreamMeta, plan: &WritePlan, closer: Option<&ProducerHeaders>, now: Millis) {
+    meta.tail = plan.new_tail;
+    meta.last_access = now;
+    if let Some((id, state)) = &plan.producer {
+        meta.producers.insert(id.clone(), *state);
+    }
+    if let Some(seq) = &plan.stream_seq {
+        meta.last_stream_seq = Some(seq.clone());
+    }
+    if plan.close {
+        meta.closed = true;
+        meta.closed_by = closer.cloned();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ct: &str) -> StreamMeta {
+        StreamMeta::new(1, ct.to_string(), Expiry::Never, Offset::ZERO, 0)
+    }
+
+    fn append(body: &str) -> AppendRequest {
+        AppendRequest {
+            content_type: Some("text/plain".into()),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            close: false,
+            stream_seq: None,
+            producer: None,
+            now: 0,
+        }
+    }
+
+    fn with_producer(mut req: AppendRequest, epoch: u64, seq: u64) -> AppendRequest {
+        req.producer = Some(ProducerHeaders {
+            id: "p".into(),
+            epoch,
+            seq,
+        });
+        req
+    }
+
+    fn commit(m: &mut StreamMeta, req: &AppendRequest) -> AppendPlan {
+        let plan = plan_append(m, req).expect("accepted");
+        if let AppendPlan::Write(w) = &plan {
+            apply_write(m, w, req.producer.as_ref(), 0);
+        }
+        plan
+    }
+
+    #[test]
+    fn json_flattens_one_level_and_keeps_bytes() {
+        let body = Bytes::from_static(br#"[{"b":1, "a":2.50}, [1,2], "x"]"#);
+        let recs = frame_records(true, &body, true).unwrap();
+        let recs: Vec<&[u8]> = recs.iter().map(|r| r.as_ref()).collect();
+        assert_eq!(recs, vec![&br#"{"b":1, "a":2.50},"#[..], b"[1,2],", b"\"x\","]);
+        let single = frame_records(true, &Bytes::from_static(b" {\"k\":1} "), true).unwrap();
+        assert_eq!(single, vec![Bytes::from_static(b"{\"k\":1},")]);
+        let nested = frame_records(true, &Bytes::from_static(b"[[[1,2,3]]]"), true).unwrap();
+        assert_eq!(nested, vec![Bytes::from_static(b"[[1,2,3]],")]);
+    }
+
+    #[test]
+    fn json_rejects_invalid_and_empty_arrays_on_append_only() {
+        assert!(matches!(
+            frame_records(true, &Bytes::from_static(b"{"), true),
+            Err(StorageError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            frame_records(true, &Bytes::from_static(b"[1] x"), true),
+            Err(StorageError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            frame_records(true, &Bytes::from_static(b" [ ] "), true),
+            Err(StorageError::EmptyJsonArray)
+        ));
+        assert!(frame_records(true, &Bytes::from_static(b"[]"), false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn producer_lifecycle_follows_the_spec_table() {
+        let mut m = meta("text/plain");
+        assert!(matches!(commit(&mut m, &with_producer(append("a"), 0, 0)), AppendPlan::Write(_)));
+        assert!(matches!(commit(&mut m, &with_producer(append("b"), 0, 1)), AppendPlan::Write(_)));
+        // Duplicate echoes the highest accepted seq, not the request's.
+        assert_eq!(
+            plan_append(&m, &with_producer(append("a"), 0, 0)).unwrap(),
+            AppendPlan::Duplicate(Some((0, 1)))
+        );
+        assert!(matches!(
+            plan_append(&m, &with_producer(append("c"), 0, 5)),
+            Err(StorageError::SeqGap { expected: 2, received: 5 })
+        ));
+        assert!(matches!(
+            plan_append(&m, &with_producer(append("c"), 1, 3)),
+            Err(StorageError::EpochMustStartAtZero)
+        ));
+        assert!(matches!(commit(&mut m, &with_producer(append("c"), 1, 0)), AppendPlan::Write(_)));
+        assert!(matches!(
+            plan_append(&m, &with_producer(append("z"), 0, 2)),
+            Err(StorageError::StaleEpoch { current: 1, received: 0 })
+        ));
+        assert_eq!(m.tail, Offset::new(3, 3));
+    }
+
+    #[test]
+    fn closed_stream_precedence() {
+        let mut m = meta("text/plain");
+        let mut close = with_producer(append("final"), 0, 0);
+        close.close = true;
+        commit(&mut m, &close);
+        assert!(m.closed);
+        // Retry of the closing tuple, even with another body, is a duplicate.
+        let mut retry = with_producer(append("other"), 0, 0);
+        retry.close = true;
+        assert_eq!(plan_append(&m, &retry).unwrap(), AppendPlan::Duplicate(Some((0, 0))));
+        // Closure is checked before content type.
+        let mut wrong_type = append("x");
+        wrong_type.content_type = Some("application/json".into());
+        assert!(matches!(plan_append(&m, &wrong_type), Err(StorageError::Closed { .. })));
+        // Close-only is idempotent.
+        let mut close_only = append("");
+        close_only.close = true;
+        assert_eq!(plan_append(&m, &close_only).unwrap(), AppendPlan::Duplicate(None));
+    }
+
+    #[test]
+    fn stream_seq_is_bytewise_and_strict() {
+        let mut m = meta("text/plain");
+        let mut r = append("a");
+        r.stream_seq = Some("2".into());
+        commit(&mut m, &r);
+        r.stream_seq = Some("10".into());
+        assert!(matches!(plan_append(&m, &r), Err(StorageError::SeqRegression { .. })));
+        r.stream_seq = Some("2".into());
+        assert!(matches!(plan_append(&m, &r), Err(StorageError::SeqRegression { .. })));
+        r.stream_seq = Some("3".into());
+        assert!(matches!(plan_append(&m, &r), Ok(AppendPlan::Write(_))));
+    }
+
+    #[test]
+    fn create_matching_compares_type_expiry_closure_and_fork() {
+        let mut m = meta("application/json");
+        let req = CreateRequest {
+            content_type: Some("APPLICATION/JSON; charset=utf-8".into()),
+            expiry: None,
+            closed: false,
+            fork: None,
+            body: Bytes::new(),
+            now: 0,
+        };
+        assert!(create_matches(&m, &req));
+        assert!(!create_matches(&m, &CreateRequest { closed: true, ..req.clone() }));
+        assert!(!create_matches(&m, &CreateRequest { expiry: Some(Expiry::Ttl(5)), ..req.clone() }));
+        m.expiry = Expiry::Ttl(5);
+        assert!(create_matches(&m, &CreateRequest { expiry: Some(Expiry::Ttl(5)), ..req.clone() }));
+        assert!(!create_matches(&m, &req));
+    }
+}

@@ -1,0 +1,241 @@
+//! Position arithmetic over one stream's own records, shared by backends.
+//!
+//! A stream's own records start at its `base` offset (the fork point, or zero)
+//! and run to its tail. Given an index of where each record starts, these
+//! functions turn "read from offset X, at most N bytes, not past L" into the
+//! list of record slices to return and the offset where the next read starts,
+//! and validate client offsets on the way. Backends only fetch bytes.
+
+use super::StorageError;
+use crate::offset::Offset;
+
+/// Where a stream's own records start, by record index (0 = first own record).
+pub trait RecordIndex {
+    /// Number of own records.
+    fn count(&self) -> u64;
+    /// Byte position where own record `i` starts.
+    fn start(&self, i: u64) -> u64;
+    /// Index of the own record containing byte position `pos` (the last
+    /// record starting at or before it). Only called with `pos` inside the
+    /// stream's own range.
+    fn locate(&self, pos: u64) -> u64 {
+        // Binary search over `start`; backends with a native lookup override.
+        let (mut lo, mut hi) = (0u64, self.count());
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.start(mid) <= pos {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+impl RecordIndex for [u64] {
+    fn count(&self) -> u64 {
+        self.len() as u64
+    }
+    fn start(&self, i: u64) -> u64 {
+        self[i as usize]
+    }
+    fn locate(&self, pos: u64) -> u64 {
+        (self.partition_point(|&s| s <= pos).max(1) - 1) as u64
+    }
+}
+
+/// How much one read may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Stop once this many bytes are collected (at least one record or byte
+    /// is always returned when data exists).
+    pub bytes: usize,
+    /// Stop after this many records.
+    pub records: usize,
+    /// May a record be cut to honour `bytes`? (binary streams: yes; JSON
+    /// streams: never, messages are indivisible).
+    pub split: bool,
+}
+
+impl Budget {
+    pub fn bytes(bytes: usize, split: bool) -> Self {
+        Budget {
+            bytes,
+            records: usize::MAX,
+            split,
+        }
+    }
+}
+
+/// A slice of one own record: bytes `[skip, skip + len)` of record `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub index: u64,
+    pub skip: u64,
+    pub len: u64,
+}
+
+/// The own-record layout of one stream.
+pub struct Layout<'a, I: RecordIndex + ?Sized> {
+    pub base: Offset,
+    pub tail: Offset,
+    pub index: &'a I,
+}
+
+impl<I: RecordIndex + ?Sized> Layout<'_, I> {
+    fn end_of(&self, i: u64) -> u64 {
+        if i + 1 < self.index.count() {
+            self.index.start(i + 1)
+        } else {
+            self.tail.pos
+        }
+    }
+
+    /// The canonical offset of byte position `pos` within the own range.
+    pub fn offset_at(&self, pos: u64) -> Offset {
+        if pos >= self.tail.pos {
+            return self.tail;
+        }
+        let i = self.index.locate(pos);
+        Offset::new(self.base.seq + i, pos)
+    }
+
+    /// Checks that `from` is a position this stream minted (or would mint)
+    /// in its own range: within `[base, tail]` and with the right record
+    /// index. `whole` additionally requires a record boundary.
+    pub fn validate(&self, from: Offset, whole: bool) -> Result<(), StorageError> {
+        if from.pos < self.base.pos || from.pos > self.tail.pos {
+            return Err(StorageError::InvalidOffset);
+        }
+        if from.pos == self.tail.pos {
+            return if from == self.tail {
+                Ok(())
+            } else {
+                Err(StorageError::InvalidOffset)
+            };
+        }
+        if from.pos == self.base.pos {
+            return if from == self.base {
+                Ok(())
+            } else {
+                Err(StorageError::InvalidOffset)
+            };
+        }
+        let i = self.index.locate(from.pos);
+        let start = self.index.start(i);
+        if from.seq != self.base.seq + i || (whole && start != from.pos) {
+            return Err(StorageError::InvalidOffset);
+        }
+        Ok(())
+    }
+
+    /// Plans a read of own records from `from` up to `limit` (exclusive
+    /// position, at most the tail). Returns the pieces and the next offset.
+    pub fn plan(&self, from: Offset, limit: u64, budget: Budget) -> (Vec<Piece>, Offset) {
+        let limit = limit.min(self.tail.pos);
+        let mut pieces = Vec::new();
+        let mut pos = from.pos;
+        if pos >= limit || self.index.count() == 0 {
+            return (pieces, self.offset_at(pos.min(self.tail.pos)));
+        }
+        let mut i = self.index.locate(pos);
+        let mut taken: u64 = 0;
+        while pos < limit && pieces.len() < budget.records {
+            let end = self.end_of(i).min(limit);
+            let mut len = end - pos;
+            let room = (budget.bytes as u64).saturating_sub(taken);
+            if budget.split && len > room {
+                len = room.max(1);
+            }
+            pieces.push(Piece {
+                index: i,
+                skip: pos - self.index.start(i),
+                len,
+            });
+            taken += len;
+            pos += len;
+            if taken >= budget.bytes as u64 {
+                break;
+            }
+            if pos >= self.end_of(i) {
+                i += 1;
+            }
+        }
+        let next = if pos == limit && limit < self.tail.pos && pos > self.index.start(self.index.locate(pos)) {
+            // Stopped inside a record at the limit.
+            Offset::new(self.base.seq + self.index.locate(pos), pos)
+        } else {
+            self.offset_at(pos)
+        };
+        (pieces, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Records "abc" "de" "fghi" starting at base (2, 10).
+    const STARTS: [u64; 3] = [10, 13, 15];
+    fn layout() -> Layout<'static, [u64]> {
+        Layout {
+            base: Offset::new(2, 10),
+            tail: Offset::new(5, 19),
+            index: &STARTS[..],
+        }
+    }
+
+    #[test]
+    fn canonical_offsets() {
+        let l = layout();
+        assert_eq!(l.offset_at(10), Offset::new(2, 10));
+        assert_eq!(l.offset_at(12), Offset::new(2, 12));
+        assert_eq!(l.offset_at(13), Offset::new(3, 13));
+        assert_eq!(l.offset_at(18), Offset::new(4, 18));
+        assert_eq!(l.offset_at(19), Offset::new(5, 19));
+    }
+
+    #[test]
+    fn validates_offsets() {
+        let l = layout();
+        assert!(l.validate(Offset::new(3, 13), true).is_ok());
+        assert!(l.validate(Offset::new(2, 11), false).is_ok());
+        assert!(l.validate(Offset::new(2, 11), true).is_err());
+        assert!(l.validate(Offset::new(2, 13), false).is_err());
+        assert!(l.validate(Offset::new(5, 19), true).is_ok());
+        assert!(l.validate(Offset::new(5, 20), true).is_err());
+        assert!(l.validate(Offset::new(1, 9), true).is_err());
+    }
+
+    #[test]
+    fn splits_binary_records_and_keeps_json_whole() {
+        let l = layout();
+        let (pieces, next) = l.plan(Offset::new(2, 10), 19, Budget::bytes(4, true));
+        assert_eq!(
+            pieces,
+            vec![
+                Piece { index: 0, skip: 0, len: 3 },
+                Piece { index: 1, skip: 0, len: 1 }
+            ]
+        );
+        assert_eq!(next, Offset::new(3, 14));
+        let (pieces, next) = l.plan(Offset::new(3, 13), 19, Budget::bytes(1, false));
+        assert_eq!(pieces, vec![Piece { index: 1, skip: 0, len: 2 }]);
+        assert_eq!(next, Offset::new(4, 15));
+        let (pieces, next) = l.plan(Offset::new(2, 10), 19, Budget::bytes(100, false));
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(next, l.tail);
+    }
+
+    #[test]
+    fn stops_at_a_limit_inside_a_record() {
+        let l = layout();
+        let (pieces, next) = l.plan(Offset::new(2, 10), 17, Budget::bytes(100, true));
+        assert_eq!(pieces.last(), Some(&Piece { index: 2, skip: 0, len: 2 }));
+        assert_eq!(next, Offset::new(4, 17));
+        let (pieces, next) = l.plan(Offset::new(5, 19), 19, Budget::bytes(100, true));
+        assert!(pieces.is_empty());
+        assert_eq!(next, l.tail);
+    }
+}
