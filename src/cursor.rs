@@ -51,7 +51,10 @@ mod tests {
             for _ in 0..200 {
                 let c = next_cursor(now, TWENTY, Some(client));
                 assert!(c > client);
-                assert!(c <= client + 180, "jitter is at most 3600 s = 180 intervals");
+                assert!(
+                    c <= client + 180,
+                    "jitter is at most 3600 s = 180 intervals"
+                );
             }
         }
     }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use durable_streams::config::{ServerConfig, StorageKind, SyncMode, parse_duration};
 
 #[derive(Parser)]
-#[command(name = "durable-streams", version, about = "A durable server for the Durable Streams protocol")]
+#[command(
+    name = "durable-streams",
+    version,
+    about = "A durable server for the Durable Streams protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

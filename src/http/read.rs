@@ -230,4 +230,3 @@ impl http_body::Body for ChunksBody {
         http_body::SizeHint::with_exact(self.remaining)
     }
 }
-

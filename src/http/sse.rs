@@ -70,7 +70,12 @@ fn push_data_lines(out: &mut Vec<u8>, text: &str) {
             }
             None => (rest, None),
         };
-        out.extend_from_slice(b"data: ");
+        // Parsers drop one space after the colon; keep a leading space.
+        out.extend_from_slice(if line.starts_with(' ') {
+            b"data: "
+        } else {
+            b"data:"
+        });
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
         match tail {
@@ -90,10 +95,10 @@ fn data_event(out: &ReadOutcome, enc: Encoding) -> Vec<u8> {
             let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
             // Lines of at most 76 characters keep proxies happy.
             if b64.is_empty() {
-                ev.extend_from_slice(b"data: \n");
+                ev.extend_from_slice(b"data:\n");
             }
             for line in b64.as_bytes().chunks(76) {
-                ev.extend_from_slice(b"data: ");
+                ev.extend_from_slice(b"data:");
                 ev.extend_from_slice(line);
                 ev.push(b'\n');
             }
@@ -119,7 +124,7 @@ fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>
         stream_closed: eof,
     };
     let json = serde_json::to_string(&control).unwrap_or_default();
-    format!("event: control\ndata: {json}\n\n").into_bytes()
+    format!("event: control\ndata:{json}\n\n").into_bytes()
 }
 
 /// Serves an SSE connection. The first read happens before the response
@@ -191,10 +196,10 @@ mod tests {
     #[test]
     fn line_breaks_become_data_lines() {
         let mut out = Vec::new();
-        push_data_lines(&mut out, "a\r\n\r\nevent: x\rb\nc");
+        push_data_lines(&mut out, "a\r\n\r\nevent: x\r b\nc");
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "data: a\ndata: \ndata: event: x\ndata: b\ndata: c\n"
+            "data:a\ndata:\ndata:event: x\ndata:  b\ndata:c\n"
         );
     }
 }

@@ -81,9 +81,7 @@ pub async fn put(state: AppState, name: String, req: Request) -> Result<Response
         body,
         now: now_ms(),
     };
-    let outcome = state
-        .storage(move |s| s.create(&name, create))
-        .await?;
+    let outcome = state.storage(move |s| s.create(&name, create)).await?;
     let (status, info) = match &outcome {
         CreateOutcome::Created(info) => (StatusCode::CREATED, info),
         CreateOutcome::Exists(info) => (StatusCode::OK, info),
@@ -109,9 +107,7 @@ pub async fn post(state: AppState, name: String, req: Request) -> Result<Respons
         now: now_ms(),
     };
     let has_data = !append.body.is_empty();
-    let outcome = state
-        .storage(move |s| s.append(&name, append))
-        .await?;
+    let outcome = state.storage(move |s| s.append(&name, append)).await?;
     let (status, info, producer) = match &outcome {
         // A producer's new data is 200 (so it can tell it from a duplicate);
         // everything else that succeeds is 204.
@@ -129,7 +125,9 @@ pub async fn post(state: AppState, name: String, req: Request) -> Result<Respons
         b = b.header(h::STREAM_CLOSED, "true");
     }
     if let Some((epoch, seq)) = producer {
-        b = b.header(h::PRODUCER_EPOCH, epoch).header(h::PRODUCER_SEQ, seq);
+        b = b
+            .header(h::PRODUCER_EPOCH, epoch)
+            .header(h::PRODUCER_SEQ, seq);
     }
     finish(b, Body::empty())
 }

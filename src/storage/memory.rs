@@ -53,6 +53,10 @@ impl Stream {
 
 type StreamRef = Arc<Mutex<Stream>>;
 
+/// Finds a stream by name: through the map lock for reads, or through the
+/// map a caller already holds (fork creation), so the lock is never taken twice.
+type Lookup<'a> = dyn Fn(&str) -> Option<StreamRef> + 'a;
+
 /// The in-memory [`Storage`].
 pub struct MemoryStorage {
     streams: RwLock<HashMap<String, StreamRef>>,
@@ -91,6 +95,7 @@ impl MemoryStorage {
     /// chain for inherited positions. `from` has been validated.
     fn read_view(
         &self,
+        lookup: &Lookup<'_>,
         stream: &StreamRef,
         from: Offset,
         limit: u64,
@@ -103,8 +108,8 @@ impl MemoryStorage {
             })?;
             let limit = limit.min(s.meta.base.pos);
             drop(s);
-            let source = self.get(&link.source)?;
-            return self.read_view(&source, from, limit, budget);
+            let source = lookup(&link.source).ok_or(StorageError::NotFound)?;
+            return self.read_view(lookup, &source, from, limit, budget);
         }
         let layout = s.layout();
         let (pieces, next) = layout.plan(from, limit, budget);
@@ -119,13 +124,19 @@ impl MemoryStorage {
     }
 
     /// Checks that `from` is a position of the view of `stream`.
-    fn validate_view(&self, stream: &StreamRef, from: Offset, whole: bool) -> Result<(), StorageError> {
+    fn validate_view(
+        &self,
+        lookup: &Lookup<'_>,
+        stream: &StreamRef,
+        from: Offset,
+        whole: bool,
+    ) -> Result<(), StorageError> {
         let s = stream.lock();
         if from.pos < s.meta.base.pos {
             let link = s.meta.fork.clone().ok_or(StorageError::InvalidOffset)?;
             drop(s);
-            let source = self.get(&link.source)?;
-            return self.validate_view(&source, from, whole);
+            let source = lookup(&link.source).ok_or(StorageError::InvalidOffset)?;
+            return self.validate_view(lookup, &source, from, whole);
         }
         s.layout().validate(from, whole)
     }
@@ -134,6 +145,7 @@ impl MemoryStorage {
     /// inherited and own ranges.
     fn read_stitched(
         &self,
+        lookup: &Lookup<'_>,
         stream: &StreamRef,
         from: Offset,
         tail: Offset,
@@ -145,7 +157,7 @@ impl MemoryStorage {
         let mut taken = 0usize;
         while at.pos < tail.pos && taken < max_bytes.max(1) {
             let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
-            let (more, next) = self.read_view(stream, at, tail.pos, budget)?;
+            let (more, next) = self.read_view(lookup, stream, at, tail.pos, budget)?;
             if next == at {
                 break;
             }
@@ -160,6 +172,7 @@ impl MemoryStorage {
     /// write lock) source: the base offset where the fork's own data starts.
     fn resolve_fork_base(
         &self,
+        lookup: &Lookup<'_>,
         source: &StreamRef,
         anchor: Offset,
         sub_offset: u64,
@@ -171,7 +184,7 @@ impl MemoryStorage {
         if anchor.pos > tail.pos {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
-        self.validate_view(source, anchor, json)?;
+        self.validate_view(lookup, source, anchor, json)?;
         if sub_offset == 0 {
             return Ok(anchor);
         }
@@ -188,7 +201,7 @@ impl MemoryStorage {
                 if at.pos >= tail.pos {
                     return Err(StorageError::SubOffsetOutOfRange);
                 }
-                let (chunks, next) = self.read_view(source, at, tail.pos, budget)?;
+                let (chunks, next) = self.read_view(lookup, source, at, tail.pos, budget)?;
                 left = left.saturating_sub(chunks.len() as u64);
                 at = next;
             }
@@ -200,7 +213,7 @@ impl MemoryStorage {
                 records: 1,
                 split: false,
             };
-            let (chunks, next) = self.read_view(source, anchor, tail.pos, one)?;
+            let (chunks, next) = self.read_view(lookup, source, anchor, tail.pos, one)?;
             let rest = chunks.first().map_or(0, |c| c.len() as u64);
             if sub_offset > rest {
                 Err(StorageError::SubOffsetOutOfRange)
@@ -258,7 +271,12 @@ impl MemoryStorage {
             if s.meta.is_expired(req.now) {
                 return Err(StorageError::ForkSourceNotFound);
             }
-            (s.meta.id, s.meta.content_type.clone(), s.meta.expiry, s.meta.tail)
+            (
+                s.meta.id,
+                s.meta.content_type.clone(),
+                s.meta.expiry,
+                s.meta.tail,
+            )
         };
         if let Some(ct) = &req.content_type
             && !model::same_type(ct, &src_ct)
@@ -266,7 +284,8 @@ impl MemoryStorage {
             return Err(StorageError::ContentTypeMismatch { expected: src_ct });
         }
         let anchor = spec.offset.unwrap_or(src_tail);
-        let base = self.resolve_fork_base(&source, anchor, spec.sub_offset)?;
+        let lookup = |n: &str| streams.get(n).cloned();
+        let base = self.resolve_fork_base(&lookup, &source, anchor, spec.sub_offset)?;
         let (expiry, inherited) = model::fork_expiry(src_expiry, req.expiry);
         let records = model::frame_records(model::is_json(&src_ct), &req.body, false)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -352,7 +371,10 @@ impl Storage for MemoryStorage {
                 producer,
             }),
             AppendPlan::Write(plan) => {
-                let echo = plan.producer.as_ref().map(|(_, st)| (st.epoch, st.last_seq));
+                let echo = plan
+                    .producer
+                    .as_ref()
+                    .map(|(_, st)| (st.epoch, st.last_seq));
                 s.push(plan.records.clone());
                 model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
                 self.wake(name, &s.meta);
@@ -366,6 +388,8 @@ impl Storage for MemoryStorage {
 
     fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
         let stream = self.get(name)?;
+        // Sources are looked up one at a time, never under another lock.
+        let lookup = |n: &str| self.streams.read().get(n).cloned();
         let (info, json) = {
             let mut s = stream.lock();
             s.meta.check_visible(req.now)?;
@@ -379,11 +403,12 @@ impl Storage for MemoryStorage {
                 if o.pos > info.tail.pos {
                     return Err(StorageError::InvalidOffset);
                 }
-                self.validate_view(&stream, o, json)?;
+                self.validate_view(&lookup, &stream, o, json)?;
                 o
             }
         };
-        let (chunks, next) = self.read_stitched(&stream, start, info.tail, json, req.max_bytes)?;
+        let (chunks, next) =
+            self.read_stitched(&lookup, &stream, start, info.tail, json, req.max_bytes)?;
         Ok(ReadOutcome {
             info,
             start,

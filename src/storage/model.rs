@@ -403,7 +403,11 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
         });
     }
 
-    let records = frame_records(is_json(&meta.content_type), &req.body, true)?;
+    let records = if req.body.is_empty() {
+        Vec::new() // close-only
+    } else {
+        frame_records(is_json(&meta.content_type), &req.body, true)?
+    };
     Ok(AppendPlan::Write(WritePlan {
         new_tail: advance(meta.tail, &records),
         records,
@@ -414,7 +418,12 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
 }
 
 /// Applies a committed plan to the in-memory metadata.
-pub fn apply_write(meta: &mut StreamMeta, plan: &WritePlan, closer: Option<&ProducerHeaders>, now: Millis) {
+pub fn apply_write(
+    meta: &mut StreamMeta,
+    plan: &WritePlan,
+    closer: Option<&ProducerHeaders>,
+    now: Millis,
+) {
     meta.tail = plan.new_tail;
     meta.last_access = now;
     if let Some((id, state)) = &plan.producer {
@@ -470,7 +479,10 @@ mod tests {
         let body = Bytes::from_static(br#"[{"b":1, "a":2.50}, [1,2], "x"]"#);
         let recs = frame_records(true, &body, true).unwrap();
         let recs: Vec<&[u8]> = recs.iter().map(|r| r.as_ref()).collect();
-        assert_eq!(recs, vec![&br#"{"b":1, "a":2.50},"#[..], b"[1,2],", b"\"x\","]);
+        assert_eq!(
+            recs,
+            vec![&br#"{"b":1, "a":2.50},"#[..], b"[1,2],", b"\"x\","]
+        );
         let single = frame_records(true, &Bytes::from_static(b" {\"k\":1} "), true).unwrap();
         assert_eq!(single, vec![Bytes::from_static(b"{\"k\":1},")]);
         let nested = frame_records(true, &Bytes::from_static(b"[[[1,2,3]]]"), true).unwrap();
@@ -491,14 +503,24 @@ mod tests {
             frame_records(true, &Bytes::from_static(b" [ ] "), true),
             Err(StorageError::EmptyJsonArray)
         ));
-        assert!(frame_records(true, &Bytes::from_static(b"[]"), false).unwrap().is_empty());
+        assert!(
+            frame_records(true, &Bytes::from_static(b"[]"), false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn producer_lifecycle_follows_the_spec_table() {
         let mut m = meta("text/plain");
-        assert!(matches!(commit(&mut m, &with_producer(append("a"), 0, 0)), AppendPlan::Write(_)));
-        assert!(matches!(commit(&mut m, &with_producer(append("b"), 0, 1)), AppendPlan::Write(_)));
+        assert!(matches!(
+            commit(&mut m, &with_producer(append("a"), 0, 0)),
+            AppendPlan::Write(_)
+        ));
+        assert!(matches!(
+            commit(&mut m, &with_producer(append("b"), 0, 1)),
+            AppendPlan::Write(_)
+        ));
         // Duplicate echoes the highest accepted seq, not the request's.
         assert_eq!(
             plan_append(&m, &with_producer(append("a"), 0, 0)).unwrap(),
@@ -506,16 +528,25 @@ mod tests {
         );
         assert!(matches!(
             plan_append(&m, &with_producer(append("c"), 0, 5)),
-            Err(StorageError::SeqGap { expected: 2, received: 5 })
+            Err(StorageError::SeqGap {
+                expected: 2,
+                received: 5
+            })
         ));
         assert!(matches!(
             plan_append(&m, &with_producer(append("c"), 1, 3)),
             Err(StorageError::EpochMustStartAtZero)
         ));
-        assert!(matches!(commit(&mut m, &with_producer(append("c"), 1, 0)), AppendPlan::Write(_)));
+        assert!(matches!(
+            commit(&mut m, &with_producer(append("c"), 1, 0)),
+            AppendPlan::Write(_)
+        ));
         assert!(matches!(
             plan_append(&m, &with_producer(append("z"), 0, 2)),
-            Err(StorageError::StaleEpoch { current: 1, received: 0 })
+            Err(StorageError::StaleEpoch {
+                current: 1,
+                received: 0
+            })
         ));
         assert_eq!(m.tail, Offset::new(3, 3));
     }
@@ -530,15 +561,24 @@ mod tests {
         // Retry of the closing tuple, even with another body, is a duplicate.
         let mut retry = with_producer(append("other"), 0, 0);
         retry.close = true;
-        assert_eq!(plan_append(&m, &retry).unwrap(), AppendPlan::Duplicate(Some((0, 0))));
+        assert_eq!(
+            plan_append(&m, &retry).unwrap(),
+            AppendPlan::Duplicate(Some((0, 0)))
+        );
         // Closure is checked before content type.
         let mut wrong_type = append("x");
         wrong_type.content_type = Some("application/json".into());
-        assert!(matches!(plan_append(&m, &wrong_type), Err(StorageError::Closed { .. })));
+        assert!(matches!(
+            plan_append(&m, &wrong_type),
+            Err(StorageError::Closed { .. })
+        ));
         // Close-only is idempotent.
         let mut close_only = append("");
         close_only.close = true;
-        assert_eq!(plan_append(&m, &close_only).unwrap(), AppendPlan::Duplicate(None));
+        assert_eq!(
+            plan_append(&m, &close_only).unwrap(),
+            AppendPlan::Duplicate(None)
+        );
     }
 
     #[test]
@@ -548,9 +588,15 @@ mod tests {
         r.stream_seq = Some("2".into());
         commit(&mut m, &r);
         r.stream_seq = Some("10".into());
-        assert!(matches!(plan_append(&m, &r), Err(StorageError::SeqRegression { .. })));
+        assert!(matches!(
+            plan_append(&m, &r),
+            Err(StorageError::SeqRegression { .. })
+        ));
         r.stream_seq = Some("2".into());
-        assert!(matches!(plan_append(&m, &r), Err(StorageError::SeqRegression { .. })));
+        assert!(matches!(
+            plan_append(&m, &r),
+            Err(StorageError::SeqRegression { .. })
+        ));
         r.stream_seq = Some("3".into());
         assert!(matches!(plan_append(&m, &r), Ok(AppendPlan::Write(_))));
     }
@@ -567,10 +613,28 @@ mod tests {
             now: 0,
         };
         assert!(create_matches(&m, &req));
-        assert!(!create_matches(&m, &CreateRequest { closed: true, ..req.clone() }));
-        assert!(!create_matches(&m, &CreateRequest { expiry: Some(Expiry::Ttl(5)), ..req.clone() }));
+        assert!(!create_matches(
+            &m,
+            &CreateRequest {
+                closed: true,
+                ..req.clone()
+            }
+        ));
+        assert!(!create_matches(
+            &m,
+            &CreateRequest {
+                expiry: Some(Expiry::Ttl(5)),
+                ..req.clone()
+            }
+        ));
         m.expiry = Expiry::Ttl(5);
-        assert!(create_matches(&m, &CreateRequest { expiry: Some(Expiry::Ttl(5)), ..req.clone() }));
+        assert!(create_matches(
+            &m,
+            &CreateRequest {
+                expiry: Some(Expiry::Ttl(5)),
+                ..req.clone()
+            }
+        ));
         assert!(!create_matches(&m, &req));
     }
 }

@@ -162,7 +162,10 @@ impl<I: RecordIndex + ?Sized> Layout<'_, I> {
                 i += 1;
             }
         }
-        let next = if pos == limit && limit < self.tail.pos && pos > self.index.start(self.index.locate(pos)) {
+        let next = if pos == limit
+            && limit < self.tail.pos
+            && pos > self.index.start(self.index.locate(pos))
+        {
             // Stopped inside a record at the limit.
             Offset::new(self.base.seq + self.index.locate(pos), pos)
         } else {
@@ -215,13 +218,28 @@ mod tests {
         assert_eq!(
             pieces,
             vec![
-                Piece { index: 0, skip: 0, len: 3 },
-                Piece { index: 1, skip: 0, len: 1 }
+                Piece {
+                    index: 0,
+                    skip: 0,
+                    len: 3
+                },
+                Piece {
+                    index: 1,
+                    skip: 0,
+                    len: 1
+                }
             ]
         );
         assert_eq!(next, Offset::new(3, 14));
         let (pieces, next) = l.plan(Offset::new(3, 13), 19, Budget::bytes(1, false));
-        assert_eq!(pieces, vec![Piece { index: 1, skip: 0, len: 2 }]);
+        assert_eq!(
+            pieces,
+            vec![Piece {
+                index: 1,
+                skip: 0,
+                len: 2
+            }]
+        );
         assert_eq!(next, Offset::new(4, 15));
         let (pieces, next) = l.plan(Offset::new(2, 10), 19, Budget::bytes(100, false));
         assert_eq!(pieces.len(), 3);
@@ -232,7 +250,14 @@ mod tests {
     fn stops_at_a_limit_inside_a_record() {
         let l = layout();
         let (pieces, next) = l.plan(Offset::new(2, 10), 17, Budget::bytes(100, true));
-        assert_eq!(pieces.last(), Some(&Piece { index: 2, skip: 0, len: 2 }));
+        assert_eq!(
+            pieces.last(),
+            Some(&Piece {
+                index: 2,
+                skip: 0,
+                len: 2
+            })
+        );
         assert_eq!(next, Offset::new(4, 17));
         let (pieces, next) = l.plan(Offset::new(5, 19), 19, Budget::bytes(100, true));
         assert!(pieces.is_empty());
