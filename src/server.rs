@@ -1,7 +1,9 @@
 //! Putting it together: open storage, start background tasks, bind, serve,
 //! and shut down cleanly.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +13,9 @@ use crate::http::{AppState, router};
 use crate::notify::WakeHub;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Storage, now_ms};
+
+/// How long shutdown waits for in-flight requests before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Opens the configured backend.
 pub fn open_storage(
@@ -74,14 +79,25 @@ pub async fn run(
     println!("durable-streams listening on http://{addr}");
     tracing::info!(%addr, storage = ?state.config.storage, "listening");
     let token = state.shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down");
+    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        res = &mut server => res??,
+        _ = stop => {
+            tracing::info!("shutting down: ending live reads and draining connections");
+            // Long-polls answer 204 and SSE streams end as soon as this fires.
             token.cancel();
-        })
-        .await?;
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(res) => res??,
+                Err(_) => {
+                    tracing::warn!("grace period over; closing remaining connections");
+                    server.abort();
+                }
+            }
+        }
+    }
     let storage = Arc::clone(&state.storage);
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;
+    tracing::info!("storage flushed; bye");
     Ok(())
 }
