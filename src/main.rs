@@ -47,6 +47,12 @@ struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Longest accepted stream name in bytes.
+    #[arg(long)]
+    max_name_bytes: Option<usize>,
+    /// Soft limit on the bytes one catch-up read returns.
+    #[arg(long)]
+    chunk_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -72,6 +78,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_body_bytes {
             c.limits.max_body_bytes = v;
+        }
+        if let Some(v) = self.max_name_bytes {
+            c.limits.max_name_bytes = v;
+        }
+        if let Some(v) = self.chunk_bytes {
+            c.limits.chunk_bytes = v.max(1);
         }
         c
     }

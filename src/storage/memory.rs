@@ -465,3 +465,216 @@ impl Storage for MemoryStorage {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{AppendOutcome, ForkSpec};
+
+    fn store() -> MemoryStorage {
+        MemoryStorage::new(WakeHub::new())
+    }
+
+    fn create(
+        s: &MemoryStorage,
+        name: &str,
+        ct: &str,
+        body: &str,
+        fork: Option<ForkSpec>,
+    ) -> Result<CreateOutcome, StorageError> {
+        s.create(
+            name,
+            CreateRequest {
+                content_type: Some(ct.into()),
+                expiry: None,
+                closed: false,
+                fork,
+                body: Bytes::copy_from_slice(body.as_bytes()),
+                now: 0,
+            },
+        )
+    }
+
+    fn append(s: &MemoryStorage, name: &str, ct: &str, body: &str) -> Offset {
+        let out = s
+            .append(
+                name,
+                AppendRequest {
+                    content_type: Some(ct.into()),
+                    body: Bytes::copy_from_slice(body.as_bytes()),
+                    close: false,
+                    stream_seq: None,
+                    producer: None,
+                    now: 0,
+                },
+            )
+            .unwrap();
+        match out {
+            AppendOutcome::Appended { info, .. } | AppendOutcome::Duplicate { info, .. } => {
+                info.tail
+            }
+        }
+    }
+
+    fn read_all(s: &MemoryStorage, name: &str) -> String {
+        let out = s
+            .read(
+                name,
+                ReadRequest {
+                    from: ReadFrom::Start,
+                    max_bytes: usize::MAX,
+                    now: 0,
+                },
+            )
+            .unwrap();
+        out.chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect()
+    }
+
+    fn fork(source: &str, offset: Option<Offset>, sub: u64) -> Option<ForkSpec> {
+        Some(ForkSpec {
+            source: source.into(),
+            offset,
+            sub_offset: sub,
+        })
+    }
+
+    #[test]
+    fn byte_sub_offsets_compose_along_a_chain() {
+        let s = store();
+        create(&s, "l0", "text/plain", "abcdef", None).unwrap();
+        create(
+            &s,
+            "l1",
+            "text/plain",
+            "",
+            fork("l0", Some(Offset::ZERO), 4),
+        )
+        .unwrap();
+        create(
+            &s,
+            "l2",
+            "text/plain",
+            "",
+            fork("l1", Some(Offset::ZERO), 2),
+        )
+        .unwrap();
+        assert_eq!(read_all(&s, "l1"), "abcd");
+        assert_eq!(read_all(&s, "l2"), "ab");
+        append(&s, "l2", "text/plain", "Z");
+        append(&s, "l0", "text/plain", "source-only");
+        assert_eq!(read_all(&s, "l2"), "abZ");
+        // Past the record containing the anchor is out of range.
+        assert!(matches!(
+            create(
+                &s,
+                "bad",
+                "text/plain",
+                "",
+                fork("l1", Some(Offset::ZERO), 5)
+            ),
+            Err(StorageError::SubOffsetOutOfRange)
+        ));
+    }
+
+    #[test]
+    fn json_sub_offsets_count_messages_and_reads_chunk_across_the_boundary() {
+        let s = store();
+        create(
+            &s,
+            "src",
+            "application/json",
+            r#"[{"a":1},{"b":2},{"c":3}]"#,
+            None,
+        )
+        .unwrap();
+        create(
+            &s,
+            "f",
+            "application/json",
+            r#"{"d":4}"#,
+            fork("src", Some(Offset::ZERO), 2),
+        )
+        .unwrap();
+        assert_eq!(read_all(&s, "f"), r#"{"a":1},{"b":2},{"d":4},"#);
+        // One message per chunk when the budget is tiny: boundaries line up.
+        let mut from = ReadFrom::Start;
+        let mut seen = Vec::new();
+        loop {
+            let out = s
+                .read(
+                    "f",
+                    ReadRequest {
+                        from,
+                        max_bytes: 1,
+                        now: 0,
+                    },
+                )
+                .unwrap();
+            if out.is_empty() {
+                break;
+            }
+            assert_eq!(out.chunks.len(), 1);
+            seen.push(String::from_utf8_lossy(&out.chunks[0]).into_owned());
+            from = ReadFrom::At(out.next);
+        }
+        assert_eq!(seen, vec![r#"{"a":1},"#, r#"{"b":2},"#, r#"{"d":4},"#]);
+        assert!(matches!(
+            create(
+                &s,
+                "g",
+                "application/json",
+                "",
+                fork("src", Some(Offset::ZERO), 4)
+            ),
+            Err(StorageError::SubOffsetOutOfRange)
+        ));
+    }
+
+    #[test]
+    fn soft_delete_keeps_data_for_forks_and_cascades() {
+        let s = store();
+        create(&s, "a", "text/plain", "1", None).unwrap();
+        create(&s, "b", "text/plain", "2", fork("a", None, 0)).unwrap();
+        create(&s, "c", "text/plain", "3", fork("b", None, 0)).unwrap();
+        s.delete("a", 0).unwrap();
+        s.delete("b", 0).unwrap();
+        assert!(matches!(s.head("a", 0), Err(StorageError::Gone)));
+        assert!(matches!(
+            create(&s, "a", "text/plain", "", None),
+            Err(StorageError::PathReserved)
+        ));
+        assert_eq!(read_all(&s, "c"), "123");
+        s.delete("c", 0).unwrap();
+        for name in ["a", "b", "c"] {
+            assert!(
+                matches!(s.head(name, 0), Err(StorageError::NotFound)),
+                "{name}"
+            );
+        }
+        assert!(s.streams.read().is_empty(), "the whole chain was reclaimed");
+    }
+
+    #[test]
+    fn expired_streams_are_absent_and_swept() {
+        let s = store();
+        s.create(
+            "t",
+            CreateRequest {
+                content_type: None,
+                expiry: Some(crate::storage::Expiry::Ttl(1)),
+                closed: false,
+                fork: None,
+                body: Bytes::new(),
+                now: 0,
+            },
+        )
+        .unwrap();
+        assert!(s.head("t", 999).is_ok());
+        assert!(matches!(s.head("t", 1000), Err(StorageError::NotFound)));
+        assert_eq!(s.sweep_expired(1000).unwrap(), 1);
+        assert!(s.streams.read().is_empty());
+    }
+}
