@@ -366,10 +366,14 @@ impl Storage for MemoryStorage {
         let mut s = stream.lock();
         s.meta.check_visible(req.now)?;
         match model::plan_append(&s.meta, &req)? {
-            AppendPlan::Duplicate(producer) => Ok(AppendOutcome::Duplicate {
-                info: s.meta.info(),
-                producer,
-            }),
+            AppendPlan::Duplicate(producer) => {
+                // A retried or repeated write still counts as access.
+                s.meta.last_access = req.now;
+                Ok(AppendOutcome::Duplicate {
+                    info: s.meta.info(),
+                    producer,
+                })
+            }
             AppendPlan::Write(plan) => {
                 let echo = plan
                     .producer
