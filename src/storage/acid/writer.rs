@@ -42,6 +42,14 @@ pub(super) const MAX_BATCH: usize = 512;
 pub(super) const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 type Reply<T> = Sender<Result<T, StorageError>>;
+/// The `data` table open in the batch's write transaction.
+type DataTableMut<'t> = Table<'t, (u64, u64), (u64, &'static [u8])>;
+/// What a committed batch leaves for the cache: metadata, wakes, next id.
+type Committed = (
+    HashMap<String, Option<StreamMeta>>,
+    Vec<(String, Wake)>,
+    u64,
+);
 
 /// One queued mutation and where to send its answer.
 pub(super) enum Op {
@@ -186,20 +194,12 @@ impl Writer {
         stop
     }
 
-    #[allow(clippy::type_complexity)]
     fn transact(
         &mut self,
         ops: Vec<Op>,
         renewed: &[String],
         answers: &mut Vec<Answer>,
-    ) -> Result<
-        (
-            HashMap<String, Option<StreamMeta>>,
-            Vec<(String, Wake)>,
-            u64,
-        ),
-        StorageError,
-    > {
+    ) -> Result<Committed, StorageError> {
         let txn: WriteTransaction = self.shared.db.begin_write().map_err(map_err)?;
         let (overlay, wakes, next_id, fatal_err) = {
             let mut b = Batch {
@@ -251,7 +251,7 @@ impl Writer {
 struct Batch<'s, 't> {
     shared: &'s Shared,
     streams: Table<'t, &'static str, &'static [u8]>,
-    data: Table<'t, (u64, u64), (u64, &'static [u8])>,
+    data: DataTableMut<'t>,
     counters: Table<'t, &'static str, u64>,
     overlay: HashMap<String, Option<StreamMeta>>,
     next_id: u64,
@@ -288,7 +288,7 @@ impl Batch<'_, '_> {
         }
     }
 
-    fn reader(&self) -> Reader<'_, Self, Table<'_, (u64, u64), (u64, &'static [u8])>> {
+    fn reader(&self) -> Reader<'_, Self, DataTableMut<'_>> {
         Reader {
             metas: self,
             data: &self.data,
