@@ -21,8 +21,9 @@ pub fn open_storage(
     match config.storage {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
         StorageKind::Acid => {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                format!("cannot create data dir {}: {e}", config.data_dir.display())
+            })?;
             Ok(Arc::new(AcidStorage::open(&config.data_dir, hub)?))
         }
         StorageKind::File => Err(format!(
