@@ -29,6 +29,7 @@ mod writer;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
@@ -57,6 +58,8 @@ pub(super) struct Shared {
     /// Streams with a sliding TTL whose read renewal is not yet persisted.
     touched: Mutex<HashSet<String>>,
     hub: Arc<WakeHub>,
+    /// Write transactions committed since open (group-commit statistics).
+    commits: AtomicU64,
 }
 
 impl Metas for Shared {
@@ -70,8 +73,17 @@ impl Shared {
         self.cache.read().get(name).map(|m| m.lock().clone())
     }
 
-    fn names(&self) -> Vec<String> {
-        self.cache.read().keys().cloned().collect()
+    /// Names of committed streams that are expired and unreferenced.
+    fn sweepable(&self, now: Millis) -> Vec<String> {
+        self.cache
+            .read()
+            .iter()
+            .filter(|(_, m)| {
+                let m = m.lock();
+                m.is_expired(now) && m.refcount == 0
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Applies a committed batch's metadata to the cache.
@@ -135,6 +147,7 @@ impl AcidStorage {
             cache: RwLock::new(cache),
             touched: Mutex::new(HashSet::new()),
             hub,
+            commits: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -298,6 +311,10 @@ impl Storage for AcidStorage {
     }
 
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+        // The sweeper runs every second: don't queue a write for nothing.
+        if self.shared.sweepable(now).is_empty() {
+            return Ok(0);
+        }
         self.call(|tx| Op::Sweep(now, tx))
     }
 

@@ -312,3 +312,61 @@ fn sweep_removes_expired_streams_and_their_data() {
     use redb::ReadableTableMetadata;
     assert_eq!(data.len().unwrap(), 1);
 }
+
+#[test]
+fn queued_appends_share_one_commit_and_see_each_other() {
+    use super::writer::Op;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("text/plain", "", 0)).unwrap();
+    let before = s.shared.commits.load(Ordering::Relaxed);
+    let producer = |seq| {
+        let mut req = append("text/plain", "xy", 1);
+        req.producer = Some(ProducerHeaders {
+            id: "p".into(),
+            epoch: 0,
+            seq,
+        });
+        req
+    };
+    // Seq 0, 1, a gap (5), a retry of 1, then 2: each must be decided against
+    // the ones queued before it, and the refused ones must not sink the batch.
+    let seqs = [0u64, 1, 5, 1, 2];
+    let replies: Vec<_> = {
+        // Holding the cache lock stalls the writer on its first op, so the
+        // rest queue up behind it and are drained into one transaction.
+        let _stall = s.shared.cache.write();
+        seqs.iter()
+            .map(|&seq| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                s.tx.send(Op::Append("s".into(), Box::new(producer(seq)), tx))
+                    .unwrap();
+                rx
+            })
+            .collect()
+    };
+    let outcomes: Vec<String> = replies
+        .into_iter()
+        .map(|rx| format!("{:?}", rx.recv().unwrap()))
+        .collect();
+    assert!(outcomes[0].starts_with("Ok(Appended"), "{outcomes:?}");
+    assert!(outcomes[1].starts_with("Ok(Appended"), "{outcomes:?}");
+    assert!(
+        outcomes[2].contains("SeqGap { expected: 2, received: 5 }"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[3].starts_with("Ok(Duplicate"), "{outcomes:?}");
+    assert!(outcomes[4].starts_with("Ok(Appended"), "{outcomes:?}");
+    let commits = s.shared.commits.load(Ordering::Relaxed) - before;
+    assert!(commits <= 2, "{commits} commits for {} appends", seqs.len());
+    assert_eq!(s.head("s", 2).unwrap().tail, Offset::new(3, 6));
+    // Refusals alone commit nothing.
+    let before = s.shared.commits.load(Ordering::Relaxed);
+    assert!(s.append("s", producer(9)).is_err());
+    assert_eq!(s.sweep_expired(10).unwrap(), 0);
+    assert_eq!(s.shared.commits.load(Ordering::Relaxed), before);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(read_all(&s, "s", ReadFrom::Start, 3).unwrap().0, "xyxyxy");
+}

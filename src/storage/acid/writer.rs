@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -201,7 +202,7 @@ impl Writer {
         answers: &mut Vec<Answer>,
     ) -> Result<Committed, StorageError> {
         let txn: WriteTransaction = self.shared.db.begin_write().map_err(map_err)?;
-        let (overlay, wakes, next_id, fatal_err) = {
+        let (overlay, wakes, next_id, fatal_err, changed) = {
             let mut b = Batch {
                 shared: &self.shared,
                 streams: txn.open_table(STREAMS).map_err(map_err)?,
@@ -231,17 +232,26 @@ impl Writer {
                 };
                 answers.push(answer);
             }
-            if fatal_err.is_none() {
+            // Every write of an op goes with an overlay entry, so an empty
+            // overlay means the ops changed nothing.
+            let changed = !b.overlay.is_empty() || !renewed.is_empty();
+            if fatal_err.is_none() && changed {
                 fatal_err = b.persist_overlay().err();
             }
-            (b.overlay, b.wakes, b.next_id, fatal_err)
+            (b.overlay, b.wakes, b.next_id, fatal_err, changed)
         };
+        if fatal_err.is_none() && !changed {
+            // Only rejections, duplicates or no-op sweeps: spare the fsync.
+            txn.abort().map_err(map_err)?;
+            return Ok((overlay, wakes, next_id));
+        }
         if let Some(e) = fatal_err {
             // Dropping the transaction aborts it: nothing of the batch is kept.
             let _ = txn.abort();
             return Err(e);
         }
         txn.commit().map_err(map_err)?;
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
         Ok((overlay, wakes, next_id))
     }
 }
@@ -522,14 +532,14 @@ impl Batch<'_, '_> {
 
     fn sweep(&mut self, now: Millis) -> Result<usize, Fail> {
         let expired = |m: &StreamMeta| m.is_expired(now) && m.refcount == 0;
-        let mut candidates: Vec<String> = self
-            .shared
-            .names()
-            .into_iter()
-            .filter(|n| !self.overlay.contains_key(n))
-            .chain(self.overlay.keys().cloned())
-            .collect();
-        candidates.retain(|n| self.meta(n).is_some_and(|m| expired(&m)));
+        let mut candidates = self.shared.sweepable(now);
+        candidates.retain(|n| !self.overlay.contains_key(n));
+        candidates.extend(
+            self.overlay
+                .iter()
+                .filter(|(_, m)| m.as_ref().is_some_and(expired))
+                .map(|(n, _)| n.clone()),
+        );
         let mut removed = 0;
         for name in candidates {
             if self.meta(&name).is_some_and(|m| expired(&m)) {
