@@ -60,6 +60,9 @@ pub(super) struct Shared {
     hub: Arc<WakeHub>,
     /// Write transactions committed since open (group-commit statistics).
     commits: AtomicU64,
+    /// Tests: make the next write transaction fail as if the disk were full.
+    #[cfg(test)]
+    inject_failure: std::sync::atomic::AtomicBool,
 }
 
 impl Metas for Shared {
@@ -148,6 +151,8 @@ impl AcidStorage {
             touched: Mutex::new(HashSet::new()),
             hub,
             commits: AtomicU64::new(0),
+            #[cfg(test)]
+            inject_failure: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let writer = {

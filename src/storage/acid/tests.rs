@@ -370,3 +370,50 @@ fn queued_appends_share_one_commit_and_see_each_other() {
     let s = open(dir.path());
     assert_eq!(read_all(&s, "s", ReadFrom::Start, 3).unwrap().0, "xyxyxy");
 }
+
+#[test]
+fn failed_transaction_changes_neither_disk_nor_cache() {
+    use futures_util::FutureExt;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = WakeHub::new();
+    let s = AcidStorage::open(dir.path(), Arc::clone(&hub)).unwrap();
+    s.create("s", create("text/plain", "a", 0)).unwrap();
+    let mut sub = hub.subscribe("s");
+    let mut req = append("text/plain", "b", 1);
+    req.producer = Some(ProducerHeaders {
+        id: "p".into(),
+        epoch: 0,
+        seq: 0,
+    });
+    s.shared.inject_failure.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        s.append("s", req.clone()),
+        Err(StorageError::NoSpace)
+    ));
+    // Nothing visible, nobody woken, and the producer state did not advance.
+    assert_eq!(s.head("s", 1).unwrap().tail, Offset::new(1, 1));
+    assert!(sub.changed().now_or_never().is_none());
+    assert!(matches!(
+        s.create("t", create("text/plain", "", 1)).map(|_| ()),
+        Ok(())
+    ));
+    // The retry is accepted as new, not a duplicate.
+    assert!(matches!(
+        s.append("s", req.clone()).unwrap(),
+        AppendOutcome::Appended { .. }
+    ));
+    let wake = sub
+        .changed()
+        .now_or_never()
+        .flatten()
+        .expect("woken after the commit");
+    assert_eq!(wake.tail, Offset::new(2, 2));
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(read_all(&s, "s", ReadFrom::Start, 2).unwrap().0, "ab");
+    assert!(matches!(
+        s.append("s", req).unwrap(),
+        AppendOutcome::Duplicate { .. }
+    ));
+}

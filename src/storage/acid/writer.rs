@@ -240,6 +240,11 @@ impl Writer {
             }
             (b.overlay, b.wakes, b.next_id, fatal_err, changed)
         };
+        #[cfg(test)]
+        let fatal_err = match self.shared.inject_failure.swap(false, Ordering::Relaxed) {
+            true => fatal_err.or(Some(StorageError::NoSpace)),
+            false => fatal_err,
+        };
         if fatal_err.is_none() && !changed {
             // Only rejections, duplicates or no-op sweeps: spare the fsync.
             txn.abort().map_err(map_err)?;
