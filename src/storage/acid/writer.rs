@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Table, WriteTransaction};
+use redb::Table;
 
 use super::Shared;
 use super::read::{Metas, Reader};
@@ -60,6 +60,20 @@ pub(super) enum Op {
     Sweep(Millis, Reply<usize>),
     /// Persist pending renewals, answer, and stop the writer.
     Shutdown(Reply<()>),
+}
+
+impl Op {
+    /// The answer slot of an op that never ran (its batch failed first).
+    fn unanswered(self) -> Answer {
+        let never = || StorageError::Unavailable("not run".into());
+        match self {
+            Op::Create(_, _, tx) => Answer::Create(tx, Err(never())),
+            Op::Append(_, _, tx) => Answer::Append(tx, Err(never())),
+            Op::Delete(_, _, tx) => Answer::Delete(tx, Err(never())),
+            Op::Sweep(_, tx) => Answer::Sweep(tx, Err(never())),
+            Op::Shutdown(tx) => Answer::Shutdown(tx),
+        }
+    }
 }
 
 /// An op's answer, held until the commit decides it.
@@ -201,7 +215,28 @@ impl Writer {
         renewed: &[String],
         answers: &mut Vec<Answer>,
     ) -> Result<Committed, StorageError> {
-        let txn: WriteTransaction = self.shared.db.begin_write().map_err(map_err)?;
+        let opened = self
+            .shared
+            .db
+            .begin_write()
+            .map_err(map_err)
+            .and_then(|txn| {
+                let tables = (
+                    txn.open_table(STREAMS).map_err(map_err)?,
+                    txn.open_table(DATA).map_err(map_err)?,
+                    txn.open_table(META).map_err(map_err)?,
+                );
+                drop(tables);
+                Ok(txn)
+            });
+        let txn = match opened {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Every op still gets an answer: the batch's error.
+                answers.extend(ops.into_iter().map(Op::unanswered));
+                return Err(e);
+            }
+        };
         let (overlay, wakes, next_id, fatal_err, changed) = {
             let mut b = Batch {
                 shared: &self.shared,
