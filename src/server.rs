@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ServerConfig, StorageKind};
 use crate::http::{AppState, router};
 use crate::notify::WakeHub;
+use crate::storage::acid::AcidStorage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Storage, now_ms};
 
@@ -24,7 +25,13 @@ pub fn open_storage(
 ) -> Result<Arc<dyn Storage>, Box<dyn std::error::Error + Send + Sync>> {
     match config.storage {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
-        StorageKind::File | StorageKind::Acid => Err(format!(
+        StorageKind::Acid => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                format!("cannot create data dir {}: {e}", config.data_dir.display())
+            })?;
+            Ok(Arc::new(AcidStorage::open(&config.data_dir, hub)?))
+        }
+        StorageKind::File => Err(format!(
             "storage {:?} is not available in this build; use --storage memory",
             config.storage
         )

@@ -1,0 +1,332 @@
+//! The redb backend ("acid"): every stream in one ACID key-value store,
+//! `DATA_DIR/streams.redb`.
+//!
+//! * **Schema**: see [`tables`]: `streams` (name → metadata), `data`
+//!   (`(stream id, start position)` → `(seq, record)`) and `meta` (format
+//!   version, id counter).
+//! * **Writes** go through one writer thread ([`writer`]) that group-commits
+//!   whatever is queued in a single write transaction. An append's records
+//!   and the stream's new metadata (tail, producer state, `Stream-Seq`,
+//!   closure) are written in the same transaction, so they reach the disk
+//!   together; a create (with its initial body, closure and the source's
+//!   refcount) and a delete (with its cascade) are likewise one step. With
+//!   the default durability every commit is fsynced before anyone is
+//!   answered.
+//! * **Metadata cache**: every stream's [`StreamMeta`] is loaded at open and
+//!   kept in memory; reads and validation never touch the `streams` table.
+//!   The cache changes only after a commit succeeds, so a failed transaction
+//!   leaves neither disk nor memory changed.
+//! * **Reads** take a redb read transaction after reading the metadata, so
+//!   everything up to the cached tail is visible in it; forks stitch their
+//!   sources' bytes exactly like the memory backend.
+//! * **Sliding TTL**: reads renew `last_access` in the cache only; the writer
+//!   persists renewals about once a second and at shutdown (see [`writer`]).
+
+mod read;
+mod tables;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableTable};
+
+use self::read::{Metas, Reader};
+use self::tables::{
+    DATA, FORMAT_VERSION, KEY_FORMAT, KEY_NEXT_ID, META, STREAMS, decode_meta, map_err,
+};
+use self::writer::Op;
+use super::model::{self, Expiry, StreamMeta};
+use super::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
+    Storage, StorageError, StreamInfo,
+};
+use crate::notify::WakeHub;
+use crate::offset::{Offset, ReadFrom};
+
+/// What the callers and the writer thread share.
+pub(super) struct Shared {
+    db: Database,
+    /// Committed metadata of every stream (including soft-deleted and
+    /// expired-but-unswept ones).
+    cache: RwLock<HashMap<String, Arc<Mutex<StreamMeta>>>>,
+    /// Streams with a sliding TTL whose read renewal is not yet persisted.
+    touched: Mutex<HashSet<String>>,
+    hub: Arc<WakeHub>,
+    /// Write transactions committed since open (group-commit statistics).
+    commits: AtomicU64,
+    /// Tests: make the next write transaction fail as if the disk were full.
+    #[cfg(test)]
+    inject_failure: std::sync::atomic::AtomicBool,
+}
+
+impl Metas for Shared {
+    fn meta(&self, name: &str) -> Option<StreamMeta> {
+        Shared::meta(self, name)
+    }
+}
+
+impl Shared {
+    fn meta(&self, name: &str) -> Option<StreamMeta> {
+        self.cache.read().get(name).map(|m| m.lock().clone())
+    }
+
+    /// Names of committed streams that are expired and unreferenced.
+    fn sweepable(&self, now: Millis) -> Vec<String> {
+        self.cache
+            .read()
+            .iter()
+            .filter(|(_, m)| {
+                let m = m.lock();
+                m.is_expired(now) && m.refcount == 0
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Applies a committed batch's metadata to the cache.
+    fn install(&self, overlay: HashMap<String, Option<StreamMeta>>) {
+        if overlay.is_empty() {
+            return;
+        }
+        let mut cache = self.cache.write();
+        for (name, meta) in overlay {
+            match meta {
+                None => {
+                    cache.remove(&name);
+                }
+                Some(mut meta) => match cache.get(&name) {
+                    Some(entry) => {
+                        let mut cur = entry.lock();
+                        if cur.id == meta.id {
+                            // Keep renewals that reads made during the batch.
+                            meta.last_access = meta.last_access.max(cur.last_access);
+                            *cur = meta;
+                        } else {
+                            drop(cur);
+                            cache.insert(name, Arc::new(Mutex::new(meta)));
+                        }
+                    }
+                    None => {
+                        cache.insert(name, Arc::new(Mutex::new(meta)));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The redb-backed [`Storage`].
+pub struct AcidStorage {
+    shared: Arc<Shared>,
+    tx: Sender<Op>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AcidStorage {
+    /// Opens (or creates) `dir/streams.redb` and starts the writer thread.
+    pub fn open(dir: &Path, hub: Arc<WakeHub>) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("streams.redb")).map_err(map_err)?;
+        let mut next_id = init_schema(&db)?;
+        let mut cache = HashMap::new();
+        {
+            let txn = db.begin_read().map_err(map_err)?;
+            let streams = txn.open_table(STREAMS).map_err(map_err)?;
+            for item in streams.iter().map_err(map_err)? {
+                let (name, bytes) = item.map_err(map_err)?;
+                let meta = decode_meta(bytes.value())?;
+                next_id = next_id.max(meta.id + 1);
+                cache.insert(name.value().to_string(), Arc::new(Mutex::new(meta)));
+            }
+        }
+        let shared = Arc::new(Shared {
+            db,
+            cache: RwLock::new(cache),
+            touched: Mutex::new(HashSet::new()),
+            hub,
+            commits: AtomicU64::new(0),
+            #[cfg(test)]
+            inject_failure: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("acid-writer".into())
+                .spawn(move || writer::run(shared, rx, next_id))?
+        };
+        Ok(AcidStorage {
+            shared,
+            tx,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Queues an op for the writer and waits for its answer.
+    fn call<T>(
+        &self,
+        op: impl FnOnce(Sender<Result<T, StorageError>>) -> Op,
+    ) -> Result<T, StorageError> {
+        let (tx, rx) = mpsc::channel();
+        let closed = || StorageError::Unavailable("acid storage is shut down".into());
+        self.tx.send(op(tx)).map_err(|_| closed())?;
+        rx.recv().map_err(|_| closed())?
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Mutex<StreamMeta>>, StorageError> {
+        self.shared
+            .cache
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or(StorageError::NotFound)
+    }
+
+    fn read_inner(
+        &self,
+        meta: &StreamMeta,
+        req: &ReadRequest,
+    ) -> Result<ReadOutcome, StorageError> {
+        let json = model::is_json(&meta.content_type);
+        let info = meta.info();
+        // Begun after the metadata was taken, so it sees every record below
+        // the cached tail (the cache changes only after commits).
+        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        let data = txn.open_table(DATA).map_err(map_err)?;
+        let reader = Reader {
+            metas: &*self.shared,
+            data: &data,
+        };
+        let start = match req.from {
+            ReadFrom::Start => Offset::ZERO,
+            ReadFrom::Tail => info.tail,
+            ReadFrom::At(o) => {
+                if o.pos > info.tail.pos {
+                    return Err(StorageError::InvalidOffset);
+                }
+                reader.validate_view(meta, o, json)?;
+                o
+            }
+        };
+        let (chunks, next) = reader.read_stitched(meta, start, info.tail, json, req.max_bytes)?;
+        Ok(ReadOutcome {
+            info,
+            start,
+            chunks,
+            next,
+        })
+    }
+
+    fn stop_writer(&self) -> Result<(), StorageError> {
+        let Some(handle) = self.writer.lock().take() else {
+            return Ok(());
+        };
+        let result = self.call(Op::Shutdown);
+        let _ = handle.join();
+        result
+    }
+}
+
+/// Creates the tables on first open, checks the format version, and returns
+/// the stored next stream id.
+fn init_schema(db: &Database) -> Result<u64, StorageError> {
+    let txn = db.begin_write().map_err(map_err)?;
+    let next_id = {
+        txn.open_table(STREAMS).map_err(map_err)?;
+        txn.open_table(DATA).map_err(map_err)?;
+        let mut meta = txn.open_table(META).map_err(map_err)?;
+        let version = meta.get(KEY_FORMAT).map_err(map_err)?.map(|v| v.value());
+        match version {
+            Some(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(StorageError::Corrupt(format!(
+                    "store format version {v} is not supported (this build reads {FORMAT_VERSION})"
+                )));
+            }
+            None => {
+                meta.insert(KEY_FORMAT, FORMAT_VERSION).map_err(map_err)?;
+            }
+        }
+        let next = meta.get(KEY_NEXT_ID).map_err(map_err)?.map(|v| v.value());
+        next.unwrap_or(1).max(1)
+    };
+    txn.commit().map_err(map_err)?;
+    Ok(next_id)
+}
+
+impl Drop for AcidStorage {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_writer() {
+            tracing::warn!(error = %e, "acid storage: final flush failed");
+        }
+    }
+}
+
+impl Storage for AcidStorage {
+    fn may_block(&self) -> bool {
+        true
+    }
+
+    fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        self.call(|tx| Op::Create(name.to_string(), Box::new(req), tx))
+    }
+
+    fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        self.call(|tx| Op::Append(name.to_string(), Box::new(req), tx))
+    }
+
+    fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+        let entry = self.entry(name)?;
+        let meta = {
+            let mut m = entry.lock();
+            m.check_visible(req.now)?;
+            m.last_access = req.now;
+            m.clone()
+        };
+        if matches!(meta.expiry, Expiry::Ttl(_)) {
+            self.shared.touched.lock().insert(name.to_string());
+        }
+        match self.read_inner(&meta, &req) {
+            // Records vanish only when a stream is removed; if that raced
+            // with this read, the stream is simply gone.
+            Err(StorageError::Corrupt(_))
+                if self.shared.meta(name).is_none_or(|m| m.id != meta.id) =>
+            {
+                Err(StorageError::NotFound)
+            }
+            other => other,
+        }
+    }
+
+    fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
+        let entry = self.entry(name)?;
+        let m = entry.lock();
+        m.check_visible(now)?;
+        Ok(m.info())
+    }
+
+    fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+        self.call(|tx| Op::Delete(name.to_string(), now, tx))
+    }
+
+    fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+        // The sweeper runs every second: don't queue a write for nothing.
+        if self.shared.sweepable(now).is_empty() {
+            return Ok(0);
+        }
+        self.call(|tx| Op::Sweep(now, tx))
+    }
+
+    fn shutdown(&self) -> Result<(), StorageError> {
+        self.stop_writer()
+    }
+}
+
+#[cfg(test)]
+mod tests;
