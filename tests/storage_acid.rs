@@ -121,11 +121,6 @@ fn run(seed: u64, steps: usize) {
     let mut acid = Some(open_acid(dir.path()));
     let mut now: u64 = 1_000_000;
     let mut seen: Vec<Offset> = vec![Offset::ZERO];
-    // Names ever created as forks. The memory backend deadlocks when a fork's
-    // source is itself a fork and the fork offset lies below that source's
-    // base (`create` holds the map's write lock while `validate_view` takes
-    // its read lock), so forks of these names use the source's tail.
-    let mut forks: Vec<String> = Vec::new();
     let mut stats = std::collections::BTreeMap::new();
     // Content type of each name's current stream, per the model.
     let mut types: HashMap<&str, String> = HashMap::new();
@@ -162,7 +157,7 @@ fn run(seed: u64, steps: usize) {
                     let source = NAMES[rng.random_range(0..NAMES.len())].to_string();
                     let offset = rng.random_bool(0.5).then(|| pick_offset(&mut rng, &seen));
                     ForkSpec {
-                        offset: offset.filter(|_| !forks.contains(&source)),
+                        offset,
                         source,
                         sub_offset: if rng.random_bool(0.8) {
                             0
@@ -171,9 +166,6 @@ fn run(seed: u64, steps: usize) {
                         },
                     }
                 });
-                if fork.is_some() && !forks.iter().any(|f| f == name) {
-                    forks.push(name.to_string());
-                }
                 let content_type = match &fork {
                     Some(f) if rng.random_bool(0.7) => {
                         None.or_else(|| types.get(f.source.as_str()).cloned())

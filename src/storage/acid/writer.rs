@@ -536,10 +536,13 @@ impl Batch<'_, '_> {
         let mut meta = self.meta(name).ok_or(StorageError::NotFound)?;
         meta.check_visible(req.now)?;
         match model::plan_append(&meta, req)? {
-            AppendPlan::Duplicate(producer) => Ok(AppendOutcome::Duplicate {
-                info: meta.info(),
-                producer,
-            }),
+            AppendPlan::Duplicate(producer) => {
+                // A retried or repeated write still counts as access.
+                meta.last_access = req.now;
+                let info = meta.info();
+                self.set(name, meta);
+                Ok(AppendOutcome::Duplicate { info, producer })
+            }
             AppendPlan::Write(plan) => {
                 let echo = plan
                     .producer
