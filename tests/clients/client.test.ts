@@ -4,7 +4,7 @@
 //
 // Every test uses its own stream and asserts exact bytes / messages, offsets
 // and the protocol mode the client really used (via RecordingFetch).
-import { describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import {
   DurableStream,
   FetchError,
@@ -532,5 +532,45 @@ describe("close and EOF", () => {
     await within("an SSE reader from the start ending", fromStart.closed, 5_000)
     expect(batches.flatMap((b) => b.items)).toEqual(["only", "last"])
     expect(batches.at(-1)!.offset).toBe(finalOffset)
+  })
+})
+
+describe("README example", () => {
+  afterEach(() => {
+    vi.restoreAllMocks()
+  })
+
+  // Keep in sync with "Browser and TypeScript clients" in README.md (only
+  // the URL differs).
+  it("runs as documented", async () => {
+    const logged: string[] = []
+    vi.spyOn(console, "log").mockImplementation((...args: unknown[]) => {
+      logged.push(args.map(String).join(" "))
+    })
+    const errors = vi.spyOn(console, "error")
+
+    const url = freshStreamUrl("readme")
+    // --- README snippet ---
+    const handle = await DurableStream.create({ url, contentType: "application/json" })
+
+    // Exactly-once writes: retries are deduplicated by (producer id, epoch, seq).
+    const producer = new IdempotentProducer(handle, "writer-1", { onError: console.error })
+    producer.append(JSON.stringify({ text: "hello" }))
+    await producer.flush()
+
+    // Catch up, then follow live over SSE (or live: "long-poll") until the stream closes.
+    const res = await stream<{ text: string }>({ url, live: "sse" })
+    res.subscribeJson((batch) => {
+      for (const message of batch.items) console.log(message.text)
+      if (batch.streamClosed) console.log("EOF")
+    })
+
+    await producer.close() // closes the stream: readers see streamClosed
+    // --- end of snippet ---
+
+    await waitFor("EOF to be logged", () => logged.includes("EOF"))
+    await within("the session ending", res.closed)
+    expect(logged).toEqual(["hello", "EOF"])
+    expect(errors).not.toHaveBeenCalled()
   })
 })
