@@ -221,6 +221,40 @@ describe("IdempotentProducer", () => {
     expect(await catchUpJson(url)).toEqual([{ i: 0 }, { i: 1 }, { i: 2 }, { i: 3 }, { i: 4 }])
   })
 
+  it("close with a final message survives a retried close: stored once, then EOF", async () => {
+    const url = freshStreamUrl("producer-close-retry")
+    const handle = await DurableStream.create({ url, contentType: "application/json" })
+    const seen: Array<{ seq: string | null; first: number; retry: number; closed: string | null }> = []
+    const producer = new IdempotentProducer(handle, "closer", {
+      maxInFlight: 1,
+      // Every producer request is sent twice; the first answer is lost.
+      fetch: async (input, init) => {
+        const first = await fetch(input, init)
+        await first.arrayBuffer()
+        const retry = await fetch(input, init)
+        seen.push({
+          seq: new Headers(init?.headers).get("producer-seq"),
+          first: first.status,
+          retry: retry.status,
+          closed: retry.headers.get("stream-closed"),
+        })
+        return retry
+      },
+    })
+    producer.append(JSON.stringify("body"))
+    await producer.flush()
+    const { finalOffset } = await producer.close(JSON.stringify({ done: true }))
+
+    expect(seen).toEqual([
+      { seq: "0", first: 200, retry: 204, closed: null },
+      { seq: "1", first: 200, retry: 204, closed: "true" },
+    ])
+    const res = await stream({ url, live: false })
+    expect(await res.json()).toEqual(["body", { done: true }])
+    expect(res.streamClosed).toBe(true)
+    expect(res.offset).toBe(finalOffset)
+  })
+
   it("a restarted producer replaying already-acknowledged seqs does not duplicate data", async () => {
     const url = freshStreamUrl("producer-replay")
     const handle = await DurableStream.create({ url, contentType: "text/plain" })
