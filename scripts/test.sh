@@ -7,6 +7,9 @@
 # 2. the upstream Durable Streams conformance suite against the release
 #    binary, once per storage backend in $DS_BACKENDS (space separated,
 #    default "memory"; e.g. DS_BACKENDS="memory file acid").
+# 3. real-client end-to-end tests (scripts/clients.sh: the official
+#    TypeScript client and examples/tail.html in headless Chromium) against
+#    the release binary (memory backend).
 #
 # Fails fast on the first failure. Ends with a plain
 # "total: N passed, N failed, N skipped" line.
@@ -30,8 +33,12 @@ for backend in $BACKENDS; do
   "$ROOT/scripts/conformance.sh" "$backend" 2>&1 | tee -a "$SUMMARY_LOG"
 done
 
+echo "==> client tests (TypeScript client, headless Chromium)"
+"$ROOT/scripts/clients.sh" memory 2>&1 | tee -a "$SUMMARY_LOG"
+
 # Sum cargo's "test result: ok. N passed; N failed; N ignored; ..." lines and
-# conformance.sh's "conformance-BACKEND: N passed, N failed, N skipped" lines.
+# conformance.sh's / clients.sh's "conformance-BACKEND: N passed, N failed,
+# N skipped" and "clients-BACKEND: ..." lines.
 sed 's/\x1b\[[0-9;]*m//g' "$SUMMARY_LOG" | awk '
   /^test result: / {
     for (i = 1; i <= NF; i++) {
@@ -39,7 +46,7 @@ sed 's/\x1b\[[0-9;]*m//g' "$SUMMARY_LOG" | awk '
       if (w == "passed") p += v; else if (w == "failed") f += v; else if (w == "ignored") s += v
     }
   }
-  /^conformance-[A-Za-z0-9_]+: [0-9]+ passed, [0-9]+ failed/ {
+  /^(conformance|clients)-[A-Za-z0-9_]+: [0-9]+ passed, [0-9]+ failed/ {
     for (i = 1; i <= NF; i++) {
       v = $(i - 1) + 0; w = $i; gsub(/[;,.]/, "", w)
       if (w == "passed") p += v; else if (w == "failed") f += v; else if (w == "skipped") s += v
