@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ServerConfig, StorageKind};
 use crate::http::{AppState, router};
 use crate::notify::WakeHub;
+use crate::storage::file::FileStorage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Storage, now_ms};
 
@@ -19,7 +20,14 @@ pub fn open_storage(
 ) -> Result<Arc<dyn Storage>, Box<dyn std::error::Error + Send + Sync>> {
     match config.storage {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
-        StorageKind::File | StorageKind::Acid => Err(format!(
+        StorageKind::File => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+            let storage = FileStorage::open(&config.data_dir, config.sync, config.sync_interval, hub)
+                .map_err(|e| format!("cannot open file storage in {}: {e}", config.data_dir.display()))?;
+            Ok(Arc::new(storage))
+        }
+        StorageKind::Acid => Err(format!(
             "storage {:?} is not available in this build; use --storage memory",
             config.storage
         )

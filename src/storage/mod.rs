@@ -31,6 +31,7 @@
 //! matching, JSON framing) live in [`model`] as pure functions so that every
 //! backend makes the same ones.
 
+pub mod file;
 pub mod memory;
 pub mod model;
 pub mod view;
