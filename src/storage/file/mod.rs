@@ -99,6 +99,7 @@ impl Stream {
 }
 
 type StreamRef = Arc<Mutex<Stream>>;
+type Streams = HashMap<String, StreamRef>;
 type Guard = ArcMutexGuard<RawMutex, Stream>;
 
 /// The changes of one multi-stream operation, applied in memory under the
@@ -313,6 +314,15 @@ impl Inner {
             .ok_or(StorageError::NotFound)
     }
 
+    /// Finds a fork source: in `map` when the caller holds the map's lock,
+    /// else by taking it.
+    fn lookup(&self, map: Option<&Streams>, name: &str) -> Result<StreamRef, StorageError> {
+        match map {
+            Some(m) => m.get(name).cloned().ok_or(StorageError::NotFound),
+            None => self.get(name),
+        }
+    }
+
     /// Answers `r` once everything it was based on (up to `lsn`) is durable.
     fn answer<T>(&self, lsn: u64, r: Result<T, StorageError>) -> Result<T, StorageError> {
         self.wal.wait(lsn)?;
@@ -425,6 +435,7 @@ impl Inner {
     /// chain for inherited positions. `from` has been validated.
     fn read_view(
         &self,
+        map: Option<&Streams>,
         stream: &StreamRef,
         from: Offset,
         limit: u64,
@@ -437,8 +448,8 @@ impl Inner {
             })?;
             let limit = limit.min(s.meta.base.pos);
             drop(s);
-            let source = self.get(&link.source)?;
-            return self.read_view(&source, from, limit, budget);
+            let source = self.lookup(map, &link.source)?;
+            return self.read_view(map, &source, from, limit, budget);
         }
         self.ensure_index(&mut s)?;
         let starts = s.starts.as_deref().unwrap_or_default();
@@ -482,6 +493,7 @@ impl Inner {
     /// Checks that `from` is a position of the view of `stream`.
     fn validate_view(
         &self,
+        map: Option<&Streams>,
         stream: &StreamRef,
         from: Offset,
         whole: bool,
@@ -490,8 +502,8 @@ impl Inner {
         if from.pos < s.meta.base.pos {
             let link = s.meta.fork.clone().ok_or(StorageError::InvalidOffset)?;
             drop(s);
-            let source = self.get(&link.source)?;
-            return self.validate_view(&source, from, whole);
+            let source = self.lookup(map, &link.source)?;
+            return self.validate_view(map, &source, from, whole);
         }
         self.ensure_index(&mut s)?;
         let layout = Layout {
@@ -517,7 +529,7 @@ impl Inner {
         let mut taken = 0usize;
         while at.pos < tail.pos && taken < max_bytes.max(1) {
             let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
-            let (more, next) = self.read_view(stream, at, tail.pos, budget)?;
+            let (more, next) = self.read_view(None, stream, at, tail.pos, budget)?;
             if next == at {
                 break;
             }
@@ -532,6 +544,7 @@ impl Inner {
     /// the fork's own data starts. Takes the source's lock only briefly.
     fn resolve_fork_base(
         &self,
+        map: &Streams,
         source: &StreamRef,
         anchor: Offset,
         sub_offset: u64,
@@ -543,7 +556,7 @@ impl Inner {
         if anchor.pos > tail.pos {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
-        self.validate_view(source, anchor, json)?;
+        self.validate_view(Some(map), source, anchor, json)?;
         if sub_offset == 0 {
             return Ok(anchor);
         }
@@ -559,7 +572,7 @@ impl Inner {
                 if at.pos >= tail.pos {
                     return Err(StorageError::SubOffsetOutOfRange);
                 }
-                let (chunks, next) = self.read_view(source, at, tail.pos, budget)?;
+                let (chunks, next) = self.read_view(Some(map), source, at, tail.pos, budget)?;
                 left = left.saturating_sub(chunks.len() as u64);
                 at = next;
             }
@@ -570,7 +583,7 @@ impl Inner {
                 records: 1,
                 split: false,
             };
-            let (chunks, next) = self.read_view(source, anchor, tail.pos, one)?;
+            let (chunks, next) = self.read_view(Some(map), source, anchor, tail.pos, one)?;
             let rest = chunks.first().map_or(0, |c| c.len() as u64);
             if sub_offset > rest {
                 Err(StorageError::SubOffsetOutOfRange)
@@ -615,7 +628,7 @@ impl Inner {
             return Err(StorageError::ContentTypeMismatch { expected: src_ct });
         }
         let anchor = spec.offset.unwrap_or(src_tail);
-        let base = self.resolve_fork_base(&source, anchor, spec.sub_offset)?;
+        let base = self.resolve_fork_base(streams, &source, anchor, spec.sub_offset)?;
         let (expiry, inherited) = model::fork_expiry(src_expiry, req.expiry);
         let records = model::frame_records(model::is_json(&src_ct), &req.body, false)?;
         let mut meta = StreamMeta::new(0, src_ct, expiry, base, req.now);
@@ -868,7 +881,7 @@ impl Inner {
                     if o.pos > info.tail.pos {
                         return Err(StorageError::InvalidOffset);
                     }
-                    self.validate_view(&stream, o, json)?;
+                    self.validate_view(None, &stream, o, json)?;
                     o
                 }
             };

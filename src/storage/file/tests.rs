@@ -361,3 +361,30 @@ fn interval_mode_round_trips() {
     }
     assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"ab");
 }
+
+#[test]
+fn fork_of_a_fork_at_an_inherited_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("a", create("text/plain", "0123")).unwrap();
+    s.append("a", append("4567")).unwrap();
+    let mut f1 = create("text/plain", "89");
+    f1.fork = Some(ForkSpec {
+        source: "a".into(),
+        offset: None,
+        sub_offset: 0,
+    });
+    s.create("f1", f1).unwrap();
+    // Taken inside "a"'s second record, which "f1" only inherits.
+    let mut f2 = create("text/plain", "x");
+    f2.fork = Some(ForkSpec {
+        source: "f1".into(),
+        offset: Some(Offset::new(1, 4)),
+        sub_offset: 2,
+    });
+    s.create("f2", f2).unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(read_all(&s, "f2").unwrap().0, b"012345x");
+    assert_eq!(read_all(&s, "f1").unwrap().0, b"0123456789");
+}
