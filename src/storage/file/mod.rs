@@ -113,6 +113,8 @@ struct Tx {
     records: Vec<Bytes>,
     wakes: Vec<(String, Wake)>,
     unlink: Vec<u64>,
+    /// An earlier entry this operation queued that callers must also wait for.
+    after: u64,
 }
 
 impl Tx {
@@ -137,7 +139,12 @@ impl Tx {
 
     /// The LSN a caller must wait for before answering about these streams.
     fn seen_lsn(&self) -> u64 {
-        self.held.iter().map(|g| g.last_lsn).max().unwrap_or(0)
+        self.held
+            .iter()
+            .map(|g| g.last_lsn)
+            .max()
+            .unwrap_or(0)
+            .max(self.after)
     }
 }
 
@@ -356,6 +363,7 @@ impl Inner {
                 );
             }
         }
+        self.pending_unlink.lock().extend(tx.unlink.drain(..));
         if ops.is_empty() {
             return (tx.seen_lsn(), tx.wakes);
         }
@@ -371,7 +379,6 @@ impl Inner {
         }) {
             self.map_lsn.fetch_max(lsn, Ordering::AcqRel);
         }
-        self.pending_unlink.lock().extend(tx.unlink.drain(..));
         (lsn, tx.wakes)
     }
 
@@ -704,6 +711,16 @@ impl Inner {
             replace = true;
             drop(tx.held.pop());
         }
+        if replace {
+            // Its own entry, queued first (as the memory backend removes it
+            // before looking at a fork source): the cascade may lock the
+            // very source the fork is about to read.
+            let mut removal = Tx::default();
+            self.remove_cascade(streams, &mut removal, name, req.now);
+            let (lsn, wakes) = self.commit(removal);
+            tx.after = lsn;
+            tx.wakes.extend(wakes);
+        }
         let planned = match &req.fork {
             Some(spec) => self
                 .plan_fork(streams, &req, spec)
@@ -727,9 +744,6 @@ impl Inner {
                 )
             }
         };
-        if replace {
-            self.remove_cascade(streams, tx, name, req.now);
-        }
         let (mut meta, records, source) = planned?;
         meta.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         meta.tail = model::advance(meta.base, &records);
