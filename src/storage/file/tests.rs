@@ -388,3 +388,14 @@ fn fork_of_a_fork_at_an_inherited_offset() {
     assert_eq!(read_all(&s, "f2").unwrap().0, b"012345x");
     assert_eq!(read_all(&s, "f1").unwrap().0, b"0123456789");
 }
+
+#[test]
+fn calls_after_shutdown_fail_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("text/plain", "a")).unwrap();
+    s.shutdown().unwrap();
+    assert!(s.append("s", append("b")).is_err());
+    drop(s);
+    assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"a");
+}

@@ -154,13 +154,13 @@ impl Wal {
     pub fn wait(&self, lsn: u64) -> Result<(), StorageError> {
         let mut d = self.done.lock();
         loop {
+            if d.committed >= lsn {
+                return Ok(());
+            }
             if let Some(e) = &d.failed {
                 return Err(StorageError::Unavailable(format!(
                     "the write-ahead log failed ({e}); restart the server to recover"
                 )));
-            }
-            if d.committed >= lsn {
-                return Ok(());
             }
             self.durable.wait(&mut d);
         }
@@ -247,6 +247,9 @@ impl Wal {
                 last_sync = Instant::now();
             }
             if stop && self.queue.lock().buf.is_empty() {
+                // Later calls fail instead of waiting for a committer that is gone.
+                self.done.lock().failed = Some("storage is shut down".into());
+                self.durable.notify_all();
                 return;
             }
         }
