@@ -6,7 +6,7 @@
 # 1. cargo unit/integration tests (all targets, then doc tests)
 # 2. the upstream Durable Streams conformance suite against the release
 #    binary, once per storage backend in $DS_BACKENDS (space separated,
-#    default "memory acid"; e.g. DS_BACKENDS="memory").
+#    default "memory file acid"; e.g. DS_BACKENDS="memory").
 # 3. real-client end-to-end tests (scripts/clients.sh: the official
 #    TypeScript client and examples/tail.html in headless Chromium) against
 #    the release binary (memory backend).
@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-BACKENDS="${DS_BACKENDS:-memory acid}"
+BACKENDS="${DS_BACKENDS:-memory file acid}"
 SUMMARY_LOG="$(mktemp "${TMPDIR:-/tmp}/ds-test-summary.XXXXXX")"
 trap 'rm -f "$SUMMARY_LOG"' EXIT
 

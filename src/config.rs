@@ -73,7 +73,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 4437)),
-            storage: StorageKind::Acid,
+            storage: StorageKind::File,
             data_dir: PathBuf::from("./data"),
             sync: SyncMode::Always,
             sync_interval: Duration::from_millis(100),

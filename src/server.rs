@@ -12,6 +12,7 @@ use crate::config::{ServerConfig, StorageKind};
 use crate::http::{AppState, router};
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
+use crate::storage::file::FileStorage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Storage, now_ms};
 
@@ -25,17 +26,25 @@ pub fn open_storage(
 ) -> Result<Arc<dyn Storage>, Box<dyn std::error::Error + Send + Sync>> {
     match config.storage {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
-        StorageKind::Acid => {
+        StorageKind::File | StorageKind::Acid => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                format!("cannot create data dir {}: {e}", config.data_dir.display())
+                format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                )
             })?;
-            Ok(Arc::new(AcidStorage::open(&config.data_dir, hub)?))
+            let opened: Arc<dyn Storage> = if config.storage == StorageKind::File {
+                Arc::new(FileStorage::open(
+                    &config.data_dir,
+                    config.sync,
+                    config.sync_interval,
+                    hub,
+                )?)
+            } else {
+                Arc::new(AcidStorage::open(&config.data_dir, hub)?)
+            };
+            Ok(opened)
         }
-        StorageKind::File => Err(format!(
-            "storage {:?} is not available in this build; use --storage memory",
-            config.storage
-        )
-        .into()),
     }
 }
 

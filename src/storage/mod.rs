@@ -32,6 +32,7 @@
 //! backend makes the same ones.
 
 pub mod acid;
+pub mod file;
 pub mod memory;
 pub mod model;
 pub mod view;

@@ -1,0 +1,298 @@
+//! Per-stream data and index files, behind a bounded cache of open handles.
+//!
+//! Each stream incarnation `id` owns `streams/{id:016x}.dat` (its own records,
+//! framed) and `streams/{id:016x}.idx` (the stream position where each own
+//! record starts). Both are written with positional writes at offsets derived
+//! from the stream's metadata, never synced here: the WAL holds the durable
+//! copy until a checkpoint syncs these files. At most `capacity` incarnations
+//! keep open handles; the least recently used is closed first.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+// A parking_lot mutex: held only for map bookkeeping, or for an `open(2)`
+// of one file pair, never across reads or writes.
+use parking_lot::Mutex;
+
+use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
+use crate::offset::Offset;
+use crate::storage::StorageError;
+
+/// An open data + index file pair.
+pub struct Handles {
+    pub data: File,
+    pub index: File,
+}
+
+struct Cache {
+    open: HashMap<u64, (Arc<Handles>, u64)>,
+    tick: u64,
+}
+
+/// The stream files of one store.
+pub struct Files {
+    dir: PathBuf,
+    capacity: usize,
+    cache: Mutex<Cache>,
+    /// Incarnations written since the last checkpoint (their files need a sync).
+    dirty: Mutex<HashSet<u64>>,
+}
+
+impl Files {
+    pub fn new(dir: PathBuf, capacity: usize) -> Self {
+        Files {
+            dir,
+            capacity: capacity.max(1),
+            cache: Mutex::new(Cache {
+                open: HashMap::new(),
+                tick: 0,
+            }),
+            dirty: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn data_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.dat"))
+    }
+
+    pub fn index_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.idx"))
+    }
+
+    /// Creates (or empties) the files of a new incarnation whose own records
+    /// start at `base`.
+    pub fn create(&self, id: u64, base: Offset) -> Result<(), StorageError> {
+        let data = open_rw(&self.data_path(id), true)?;
+        data.write_all_at(&format::header(DATA_MAGIC, &[id, base.seq, base.pos]), 0)?;
+        let index = open_rw(&self.index_path(id), true)?;
+        index.write_all_at(&format::header(INDEX_MAGIC, &[id]), 0)?;
+        self.insert(id, Arc::new(Handles { data, index }));
+        self.dirty.lock().insert(id);
+        Ok(())
+    }
+
+    /// The open handles of incarnation `id`, opening them if needed.
+    pub fn get(&self, id: u64) -> Result<Arc<Handles>, StorageError> {
+        {
+            let mut c = self.cache.lock();
+            c.tick += 1;
+            let tick = c.tick;
+            if let Some((h, used)) = c.open.get_mut(&id) {
+                *used = tick;
+                return Ok(Arc::clone(h));
+            }
+        }
+        let handles = Arc::new(Handles {
+            data: open_rw(&self.data_path(id), false)?,
+            index: open_rw(&self.index_path(id), false)?,
+        });
+        self.insert(id, Arc::clone(&handles));
+        Ok(handles)
+    }
+
+    fn insert(&self, id: u64, h: Arc<Handles>) {
+        let mut c = self.cache.lock();
+        c.tick += 1;
+        let tick = c.tick;
+        c.open.insert(id, (h, tick));
+        if c.open.len() > self.capacity {
+            // O(capacity), but only when a handle is opened past the bound.
+            if let Some(&old) = c
+                .open
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k)
+            {
+                c.open.remove(&old);
+            }
+        }
+    }
+
+    /// Closes the handles of `id` (before its files are unlinked).
+    pub fn forget(&self, id: u64) {
+        self.cache.lock().open.remove(&id);
+        self.dirty.lock().remove(&id);
+    }
+
+    /// Appends `records` as own records `count..` starting at stream
+    /// position `at` of an incarnation whose own records start at `base`.
+    pub fn append(
+        &self,
+        id: u64,
+        base: Offset,
+        count: u64,
+        at: u64,
+        records: &[Bytes],
+    ) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let h = self.get(id)?;
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.len() + FRAME_HEADER as usize)
+            .sum();
+        let mut data = Vec::with_capacity(bytes);
+        let mut index = Vec::with_capacity(records.len() * 8);
+        let mut pos = at;
+        for r in records {
+            data.extend_from_slice(&format::frame_header(r));
+            data.extend_from_slice(r);
+            index.extend_from_slice(&pos.to_le_bytes());
+            pos += r.len() as u64;
+        }
+        h.data
+            .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        h.index.write_all_at(&index, format::index_len(count))?;
+        self.dirty.lock().insert(id);
+        Ok(())
+    }
+
+    /// Loads the record start positions of an incarnation with `count` own
+    /// records spanning `[base.pos, tail_pos)`, checking that they are sane.
+    pub fn load_index(
+        &self,
+        id: u64,
+        base: Offset,
+        count: u64,
+        tail_pos: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        let h = self.get(id)?;
+        let mut buf = vec![0u8; (8 * count) as usize];
+        h.index.read_exact_at(&mut buf, INDEX_HEADER_LEN)?;
+        let starts: Vec<u64> = buf
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let sane = starts.first().is_none_or(|&s| s == base.pos)
+            && starts.windows(2).all(|w| w[0] < w[1])
+            && starts.last().is_none_or(|&s| s < tail_pos);
+        if !sane {
+            return Err(StorageError::Corrupt(format!(
+                "index file of stream {id:016x} is inconsistent"
+            )));
+        }
+        Ok(starts)
+    }
+
+    /// Reads `len` bytes at data-file offset `at` (a piece of one record).
+    pub fn read(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
+        let h = self.get(id)?;
+        let mut buf = vec![0u8; len as usize];
+        h.data.read_exact_at(&mut buf, at)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads a whole record framed at data-file offset `at` and checks its CRC.
+    pub fn read_record(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
+        let h = self.get(id)?;
+        let mut buf = vec![0u8; (len + FRAME_HEADER) as usize];
+        h.data.read_exact_at(&mut buf, at)?;
+        match format::get_frame(&buf) {
+            Ok((payload, _)) if payload.len() as u64 == len => {}
+            _ => {
+                return Err(StorageError::Corrupt(format!(
+                    "record at byte {at} of stream file {id:016x} fails its checksum"
+                )));
+            }
+        }
+        let mut b = Bytes::from(buf);
+        Ok(b.split_off(FRAME_HEADER as usize))
+    }
+
+    /// Records that the files of `id` need a sync at the next checkpoint.
+    pub fn mark_dirty(&self, id: u64) {
+        self.dirty.lock().insert(id);
+    }
+
+    /// Takes the set of incarnations written since the last call.
+    pub fn take_dirty(&self) -> HashSet<u64> {
+        std::mem::take(&mut *self.dirty.lock())
+    }
+
+    /// Makes the files of `id` durable.
+    pub fn sync(&self, id: u64) -> Result<(), StorageError> {
+        let h = self.get(id)?;
+        h.data.sync_data()?;
+        h.index.sync_data()?;
+        Ok(())
+    }
+
+    /// Removes the files of `id` (missing files are fine).
+    pub fn unlink(&self, id: u64) -> Result<(), StorageError> {
+        self.forget(id);
+        for p in [self.data_path(id), self.index_path(id)] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the files of `id` to `count` own records spanning `bytes`, after
+    /// checking that they hold at least that much (recovery).
+    pub fn truncate(
+        &self,
+        id: u64,
+        base: Offset,
+        count: u64,
+        bytes: u64,
+    ) -> Result<(), StorageError> {
+        let h = self
+            .get(id)
+            .map_err(|e| StorageError::Corrupt(format!("files of stream {id:016x}: {e}")))?;
+        let mut head = vec![0u8; format::DATA_HEADER_LEN as usize];
+        h.data.read_exact_at(&mut head, 0)?;
+        let words = format::check_header(&head, DATA_MAGIC, 3).map_err(StorageError::Corrupt)?;
+        if words != [id, base.seq, base.pos] {
+            return Err(StorageError::Corrupt(format!(
+                "data file {id:016x} belongs to another stream"
+            )));
+        }
+        let (dlen, ilen) = (format::data_len(count, bytes), format::index_len(count));
+        if h.data.metadata()?.len() < dlen || h.index.metadata()?.len() < ilen {
+            return Err(StorageError::Corrupt(format!(
+                "files of stream {id:016x} are shorter than the checkpoint says"
+            )));
+        }
+        h.data.set_len(dlen)?;
+        h.index.set_len(ilen)?;
+        self.dirty.lock().insert(id);
+        Ok(())
+    }
+
+    /// Ids of every incarnation with a file in the directory.
+    pub fn list(&self) -> Result<HashSet<u64>, StorageError> {
+        let mut ids = HashSet::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name
+                .strip_suffix(".dat")
+                .or_else(|| name.strip_suffix(".idx"))
+                && let Ok(id) = u64::from_str_radix(stem, 16)
+            {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .open(path)
+}

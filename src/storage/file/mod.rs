@@ -1,0 +1,1114 @@
+//! The append-log file backend: a shared, group-committed write-ahead log,
+//! per-stream data files, and periodic checkpoints.
+//!
+//! # Write path
+//!
+//! Under the stream's lock an append is planned with
+//! [`model::plan_append`], its records are written (page cache, no sync) past
+//! the stream's tail in its data file, and *one* WAL entry carrying the
+//! records together with the stream's whole new metadata (tail, producer
+//! state, `Stream-Seq`, closure) is queued. The lock is then released and the
+//! caller waits until the committer has synced that entry, so concurrent
+//! appends, to one stream or many, share one `fdatasync` ([`wal`]). Multi-stream
+//! changes (a fork and its source's refcount, a delete cascade) are one entry
+//! too: everything an operation changes is atomic on disk.
+//!
+//! # Readers see only durable data
+//!
+//! In-memory state runs ahead of the disk by at most the entries in flight.
+//! Every call remembers the LSN of the last entry that touched what it looked
+//! at and waits for it before answering, so nothing a client is told (data,
+//! tails, closure, existence) can be undone by a crash in `always` mode.
+//! Wakes are sent after that wait.
+//!
+//! # Checkpoints and recovery
+//!
+//! A background thread checkpoints when the WAL has grown or a while has
+//! passed: it briefly stops writers (the `gate`), waits for the log to drain,
+//! snapshots every stream's metadata and rotates to a new WAL segment; then,
+//! writers running again, it syncs the stream files written since the last
+//! checkpoint, writes the snapshot atomically (temp file, sync, rename, sync
+//! directory) and deletes the older WAL segments and the files of removed
+//! streams (this is when deletes and expiry give back disk space). Recovery
+//! ([`recover`]) loads the snapshot, cuts stream files back to it and replays
+//! the WAL. The byte layout is documented in `docs/file-format.md`.
+//!
+//! # Locks (in acquisition order)
+//!
+//! `gate` (read: any call that queues a WAL entry; write: a checkpoint's cut)
+//! → `streams` map (write: creates, deletes, sweeps) → stream mutexes (fork
+//! chains child before source) → WAL queue / file-handle cache (leaves). All
+//! are `parking_lot` locks: every caller is a blocking thread, and no lock
+//! but a stream's is held across file I/O.
+
+mod files;
+pub mod format;
+mod recover;
+mod wal;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{ArcMutexGuard, Condvar, Mutex, RawMutex, RwLock};
+
+use self::files::Files;
+use self::format::Op;
+use self::wal::Wal;
+use super::model::{self, AppendPlan, ForkLink, StreamMeta};
+use super::view::{Budget, Layout};
+use super::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, ReadOutcome,
+    ReadRequest, Storage, StorageError, StreamInfo,
+};
+use crate::config::SyncMode;
+use crate::notify::{Wake, WakeHub};
+use crate::offset::{Offset, ReadFrom};
+
+/// Open file-handle pairs kept at most.
+const HANDLE_CACHE: usize = 256;
+/// Checkpoint as soon as the current WAL segment is this large.
+const CHECKPOINT_WAL_BYTES: u64 = 64 << 20;
+/// Otherwise checkpoint this often when anything changed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// One stream incarnation in memory.
+struct Stream {
+    name: String,
+    meta: StreamMeta,
+    /// Start position of each own record; loaded from the index file on
+    /// first use, then kept in step with appends.
+    starts: Option<Vec<u64>>,
+    /// LSN of the last WAL entry that changed this stream.
+    last_lsn: u64,
+    /// Set (under the lock) when the stream leaves the map: a caller that
+    /// found it just before must not write to it.
+    removed: bool,
+}
+
+impl Stream {
+    fn own(&self) -> (u64, u64) {
+        recover::own(&self.meta)
+    }
+}
+
+type StreamRef = Arc<Mutex<Stream>>;
+type Streams = HashMap<String, StreamRef>;
+type Guard = ArcMutexGuard<RawMutex, Stream>;
+
+/// The changes of one multi-stream operation, applied in memory under the
+/// locks it holds and queued as one WAL entry.
+#[derive(Default)]
+struct Tx {
+    held: Vec<Guard>,
+    /// Indexes into `held` of streams whose metadata changed.
+    changed: Vec<usize>,
+    ops: Vec<Op>,
+    records: Vec<Bytes>,
+    wakes: Vec<(String, Wake)>,
+    unlink: Vec<u64>,
+    /// An earlier entry this operation queued that callers must also wait for.
+    after: u64,
+}
+
+impl Tx {
+    /// Locks `s` for the rest of the operation (once, however often asked).
+    fn lock(&mut self, s: &StreamRef) -> usize {
+        if let Some(i) = self
+            .held
+            .iter()
+            .position(|g| Arc::ptr_eq(ArcMutexGuard::mutex(g), s))
+        {
+            return i;
+        }
+        self.held.push(s.lock_arc());
+        self.held.len() - 1
+    }
+
+    fn change(&mut self, i: usize) {
+        if !self.changed.contains(&i) {
+            self.changed.push(i);
+        }
+    }
+
+    /// The LSN a caller must wait for before answering about these streams.
+    fn seen_lsn(&self) -> u64 {
+        self.held
+            .iter()
+            .map(|g| g.last_lsn)
+            .max()
+            .unwrap_or(0)
+            .max(self.after)
+    }
+}
+
+/// What a create decided.
+enum Created {
+    New(Box<Stream>),
+    Exists(StreamInfo),
+}
+
+fn wake_of(meta: &StreamMeta) -> Wake {
+    Wake {
+        tail: meta.tail,
+        closed: meta.closed,
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    wal_dir: PathBuf,
+    streams: RwLock<HashMap<String, StreamRef>>,
+    next_id: AtomicU64,
+    hub: Arc<WakeHub>,
+    wal: Arc<Wal>,
+    files: Files,
+    /// Writers hold it shared while they change state and queue its entry;
+    /// a checkpoint holds it exclusively to take a consistent cut.
+    gate: RwLock<()>,
+    /// LSN of the last entry that added or removed a stream.
+    map_lsn: AtomicU64,
+    /// Files of removed incarnations, unlinked after the next checkpoint.
+    pending_unlink: Mutex<Vec<u64>>,
+    /// Serializes checkpoints.
+    checkpointing: Mutex<()>,
+    /// Held for the store's lifetime: one process per data directory.
+    _lock: File,
+}
+
+/// The file [`Storage`]. See the module docs.
+pub struct FileStorage {
+    inner: Arc<Inner>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl FileStorage {
+    /// Opens (creating if needed) the store in `dir`, recovering whatever a
+    /// crash left behind.
+    pub fn open(
+        dir: &Path,
+        sync: SyncMode,
+        sync_interval: Duration,
+        hub: Arc<WakeHub>,
+    ) -> Result<Self, StorageError> {
+        let root = dir.to_path_buf();
+        let wal_dir = root.join("wal");
+        let streams_dir = root.join("streams");
+        std::fs::create_dir_all(&wal_dir)?;
+        std::fs::create_dir_all(&streams_dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            StorageError::Unavailable(format!("{} is in use by another process", root.display()))
+        })?;
+        let files = Files::new(streams_dir, HANDLE_CACHE);
+        let rec = recover::recover(&root, &wal_dir, &files)?;
+        let (wal, committer) =
+            Wal::start(wal_dir.clone(), rec.last_segment + 1, sync, sync_interval)?;
+        let live: HashSet<u64> = rec.streams.values().map(|m| m.id).collect();
+        let orphans: Vec<u64> = files
+            .list()?
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect();
+        let streams = rec
+            .streams
+            .into_iter()
+            .map(|(name, meta)| {
+                let s = Stream {
+                    name: name.clone(),
+                    meta,
+                    starts: None,
+                    last_lsn: 0,
+                    removed: false,
+                };
+                (name, Arc::new(Mutex::new(s)))
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            root,
+            wal_dir,
+            streams: RwLock::new(streams),
+            next_id: AtomicU64::new(rec.next_id),
+            hub,
+            wal,
+            files,
+            gate: RwLock::new(()),
+            map_lsn: AtomicU64::new(0),
+            pending_unlink: Mutex::new(orphans),
+            checkpointing: Mutex::new(()),
+            _lock: lock,
+        });
+        let store = FileStorage {
+            inner: Arc::clone(&inner),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            threads: Mutex::new(vec![committer]),
+        };
+        // Make the recovered state the new baseline: replayed data synced,
+        // old WAL segments and orphaned files deleted.
+        inner.checkpoint()?;
+        let weak = Arc::downgrade(&inner);
+        let stop = Arc::clone(&store.stop);
+        let t = std::thread::Builder::new()
+            .name("file-checkpointer".into())
+            .spawn(move || checkpointer(weak, stop))?;
+        store.threads.lock().push(t);
+        Ok(store)
+    }
+
+    /// Writes a checkpoint now (normally done in the background).
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.inner.checkpoint()
+    }
+
+    fn halt(&self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        self.inner.wal.stop();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn checkpointer(inner: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>) {
+    let mut last = Instant::now();
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if *stopped {
+                return;
+            }
+            stop.1.wait_for(&mut stopped, Duration::from_millis(500));
+            if *stopped {
+                return;
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let grown = inner.wal.segment_len();
+        let busy = grown > format::WAL_HEADER_LEN || !inner.pending_unlink.lock().is_empty();
+        if grown >= CHECKPOINT_WAL_BYTES || (busy && last.elapsed() >= CHECKPOINT_EVERY) {
+            if let Err(e) = inner.checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+            last = Instant::now();
+        }
+    }
+}
+
+impl Inner {
+    fn get(&self, name: &str) -> Result<StreamRef, StorageError> {
+        self.streams
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or(StorageError::NotFound)
+    }
+
+    /// Finds a fork source: in `map` when the caller holds the map's lock,
+    /// else by taking it.
+    fn lookup(&self, map: Option<&Streams>, name: &str) -> Result<StreamRef, StorageError> {
+        match map {
+            Some(m) => m.get(name).cloned().ok_or(StorageError::NotFound),
+            None => self.get(name),
+        }
+    }
+
+    /// Answers `r` once everything it was based on (up to `lsn`) is durable.
+    fn answer<T>(&self, lsn: u64, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        self.wal.wait(lsn)?;
+        r
+    }
+
+    /// A not-found answer, once the removal it reflects is durable.
+    fn absent<T>(&self, e: StorageError) -> Result<T, StorageError> {
+        self.answer(self.map_lsn.load(Ordering::Acquire), Err(e))
+    }
+
+    fn submit(&self, ops: &[Op], records: &[Bytes]) -> u64 {
+        self.wal.submit(&format::encode_entry(ops, records))
+    }
+
+    /// Queues a transaction's entry and releases its locks; returns the LSN
+    /// to wait for and the wakes to send after it.
+    fn commit(&self, mut tx: Tx) -> (u64, Vec<(String, Wake)>) {
+        let mut ops = std::mem::take(&mut tx.ops);
+        // Metadata puts of surviving, changed streams go after the removals.
+        for &i in &tx.changed {
+            let g = &tx.held[i];
+            if !g.removed {
+                ops.insert(
+                    0,
+                    Op::Put {
+                        name: g.name.clone(),
+                        meta: Box::new(g.meta.clone()),
+                        records: 0,
+                    },
+                );
+            }
+        }
+        self.pending_unlink.lock().extend(tx.unlink.drain(..));
+        if ops.is_empty() {
+            return (tx.seen_lsn(), tx.wakes);
+        }
+        // Puts with records (a new stream) must come after the record-less
+        // ones so that records line up in order; move those to the end.
+        ops.sort_by_key(|op| matches!(op, Op::Put { records, .. } if *records > 0));
+        let lsn = self.submit(&ops, &tx.records);
+        for g in &mut tx.held {
+            g.last_lsn = lsn;
+        }
+        if ops.iter().any(|op| {
+            matches!(op, Op::Remove { .. }) || matches!(op, Op::Put { records, .. } if *records > 0)
+        }) {
+            self.map_lsn.fetch_max(lsn, Ordering::AcqRel);
+        }
+        (lsn, tx.wakes)
+    }
+
+    /// Removes `name` (refcount zero) and releases its source, cascading
+    /// through hidden sources, as [`MemoryStorage`](super::memory) does.
+    fn remove_cascade(
+        &self,
+        streams: &mut HashMap<String, StreamRef>,
+        tx: &mut Tx,
+        name: &str,
+        now: Millis,
+    ) {
+        let mut next = Some(name.to_string());
+        while let Some(name) = next.take() {
+            let Some(stream) = streams.remove(&name) else {
+                break;
+            };
+            let i = tx.lock(&stream);
+            let link = {
+                let s = &mut tx.held[i];
+                s.removed = true;
+                let (id, w, link) = (s.meta.id, wake_of(&s.meta), s.meta.fork.clone());
+                tx.ops.push(Op::Remove {
+                    name: name.clone(),
+                    id,
+                });
+                tx.unlink.push(id);
+                tx.wakes.push((name.clone(), w));
+                link
+            };
+            let Some(link) = link else { break };
+            let Some(source) = streams.get(&link.source).cloned() else {
+                break;
+            };
+            let j = tx.lock(&source);
+            let src = &mut tx.held[j];
+            if src.meta.id != link.source_id {
+                break;
+            }
+            src.meta.refcount = src.meta.refcount.saturating_sub(1);
+            if src.meta.refcount == 0 && src.meta.is_hidden(now) {
+                next = Some(link.source.clone());
+            }
+            tx.change(j);
+        }
+    }
+
+    fn ensure_index(&self, s: &mut Stream) -> Result<(), StorageError> {
+        if s.starts.is_none() {
+            let (count, _) = s.own();
+            s.starts =
+                Some(
+                    self.files
+                        .load_index(s.meta.id, s.meta.base, count, s.meta.tail.pos)?,
+                );
+        }
+        Ok(())
+    }
+
+    /// Reads `[from, limit)` of the view of `stream`, walking up the fork
+    /// chain for inherited positions. `from` has been validated.
+    fn read_view(
+        &self,
+        map: Option<&Streams>,
+        stream: &StreamRef,
+        from: Offset,
+        limit: u64,
+        budget: Budget,
+    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
+        let mut s = stream.lock();
+        if from.pos < s.meta.base.pos {
+            let link = s.meta.fork.clone().ok_or_else(|| {
+                StorageError::Corrupt("position before base of a stream that is not a fork".into())
+            })?;
+            let limit = limit.min(s.meta.base.pos);
+            drop(s);
+            let source = self.lookup(map, &link.source)?;
+            return self.read_view(map, &source, from, limit, budget);
+        }
+        self.ensure_index(&mut s)?;
+        let starts = s.starts.as_deref().unwrap_or_default();
+        let layout = Layout {
+            base: s.meta.base,
+            tail: s.meta.tail,
+            index: starts,
+        };
+        let (pieces, next) = layout.plan(from, limit, budget);
+        // Plan the file reads under the lock, do them without it: bytes
+        // below the tail never change.
+        let reads: Vec<(u64, u64, bool)> = pieces
+            .iter()
+            .map(|p| {
+                let i = p.index as usize;
+                let start = starts[i];
+                let end = starts.get(i + 1).copied().unwrap_or(s.meta.tail.pos);
+                let at = format::data_offset(p.index, start, s.meta.base.pos);
+                if p.skip == 0 && p.len == end - start {
+                    (at, p.len, true)
+                } else {
+                    (at + format::FRAME_HEADER + p.skip, p.len, false)
+                }
+            })
+            .collect();
+        let id = s.meta.id;
+        drop(s);
+        let chunks = reads
+            .into_iter()
+            .map(|(at, len, whole)| {
+                if whole {
+                    self.files.read_record(id, at, len)
+                } else {
+                    self.files.read(id, at, len)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((chunks, next))
+    }
+
+    /// Checks that `from` is a position of the view of `stream`.
+    fn validate_view(
+        &self,
+        map: Option<&Streams>,
+        stream: &StreamRef,
+        from: Offset,
+        whole: bool,
+    ) -> Result<(), StorageError> {
+        let mut s = stream.lock();
+        if from.pos < s.meta.base.pos {
+            let link = s.meta.fork.clone().ok_or(StorageError::InvalidOffset)?;
+            drop(s);
+            let source = self.lookup(map, &link.source)?;
+            return self.validate_view(map, &source, from, whole);
+        }
+        self.ensure_index(&mut s)?;
+        let layout = Layout {
+            base: s.meta.base,
+            tail: s.meta.tail,
+            index: s.starts.as_deref().unwrap_or_default(),
+        };
+        layout.validate(from, whole)
+    }
+
+    /// Reads `[from, tail)` of a view with a budget, stitching inherited
+    /// and own ranges.
+    fn read_stitched(
+        &self,
+        stream: &StreamRef,
+        from: Offset,
+        tail: Offset,
+        json: bool,
+        max_bytes: usize,
+    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
+        let mut chunks = Vec::new();
+        let mut at = from;
+        let mut taken = 0usize;
+        while at.pos < tail.pos && taken < max_bytes.max(1) {
+            let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
+            let (more, next) = self.read_view(None, stream, at, tail.pos, budget)?;
+            if next == at {
+                break;
+            }
+            taken += more.iter().map(Bytes::len).sum::<usize>();
+            chunks.extend(more);
+            at = next;
+        }
+        Ok((chunks, at))
+    }
+
+    /// Resolves a fork request against its source: the base offset where
+    /// the fork's own data starts. Takes the source's lock only briefly.
+    fn resolve_fork_base(
+        &self,
+        map: &Streams,
+        source: &StreamRef,
+        anchor: Offset,
+        sub_offset: u64,
+    ) -> Result<Offset, StorageError> {
+        let (tail, json) = {
+            let s = source.lock();
+            (s.meta.tail, model::is_json(&s.meta.content_type))
+        };
+        if anchor.pos > tail.pos {
+            return Err(StorageError::ForkOffsetBeyondTail);
+        }
+        self.validate_view(Some(map), source, anchor, json)?;
+        if sub_offset == 0 {
+            return Ok(anchor);
+        }
+        if json {
+            let budget = Budget {
+                bytes: usize::MAX,
+                records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
+                split: false,
+            };
+            let mut at = anchor;
+            let mut left = sub_offset;
+            while left > 0 {
+                if at.pos >= tail.pos {
+                    return Err(StorageError::SubOffsetOutOfRange);
+                }
+                let (chunks, next) = self.read_view(Some(map), source, at, tail.pos, budget)?;
+                left = left.saturating_sub(chunks.len() as u64);
+                at = next;
+            }
+            Ok(at)
+        } else {
+            let one = Budget {
+                bytes: 1,
+                records: 1,
+                split: false,
+            };
+            let (chunks, next) = self.read_view(Some(map), source, anchor, tail.pos, one)?;
+            let rest = chunks.first().map_or(0, |c| c.len() as u64);
+            if sub_offset > rest {
+                Err(StorageError::SubOffsetOutOfRange)
+            } else if sub_offset == rest {
+                Ok(next)
+            } else {
+                Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
+            }
+        }
+    }
+
+    /// Validates a fork request and builds the new stream's metadata
+    /// (without an id) and records. Changes nothing.
+    fn plan_fork(
+        &self,
+        streams: &HashMap<String, StreamRef>,
+        req: &CreateRequest,
+        spec: &ForkSpec,
+    ) -> Result<(StreamMeta, Vec<Bytes>, StreamRef), StorageError> {
+        let source = streams
+            .get(&spec.source)
+            .cloned()
+            .ok_or(StorageError::ForkSourceNotFound)?;
+        let (src_id, src_ct, src_expiry, src_tail) = {
+            let s = source.lock();
+            if s.meta.soft_deleted {
+                return Err(StorageError::ForkSourceGone);
+            }
+            if s.meta.is_expired(req.now) {
+                return Err(StorageError::ForkSourceNotFound);
+            }
+            (
+                s.meta.id,
+                s.meta.content_type.clone(),
+                s.meta.expiry,
+                s.meta.tail,
+            )
+        };
+        if let Some(ct) = &req.content_type
+            && !model::same_type(ct, &src_ct)
+        {
+            return Err(StorageError::ContentTypeMismatch { expected: src_ct });
+        }
+        let anchor = spec.offset.unwrap_or(src_tail);
+        let base = self.resolve_fork_base(streams, &source, anchor, spec.sub_offset)?;
+        let (expiry, inherited) = model::fork_expiry(src_expiry, req.expiry);
+        let records = model::frame_records(model::is_json(&src_ct), &req.body, false)?;
+        let mut meta = StreamMeta::new(0, src_ct, expiry, base, req.now);
+        meta.expiry_inherited = inherited;
+        meta.fork = Some(ForkLink {
+            source: spec.source.clone(),
+            source_id: src_id,
+            anchor,
+            sub_offset: spec.sub_offset,
+        });
+        Ok((meta, records, source))
+    }
+
+    fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        let gate = self.gate.read();
+        let mut streams = self.streams.write();
+        let mut tx = Tx::default();
+        let r = self.create_locked(&mut streams, &mut tx, name, req);
+        let (lsn, wakes) = self.commit(tx);
+        let r = r.map(|created| match created {
+            Created::New(mut stream) => {
+                self.map_lsn.fetch_max(lsn, Ordering::AcqRel);
+                stream.last_lsn = lsn;
+                let info = stream.meta.info();
+                streams.insert(name.to_string(), Arc::new(Mutex::new(*stream)));
+                CreateOutcome::Created(info)
+            }
+            Created::Exists(info) => CreateOutcome::Exists(info),
+        });
+        drop(streams);
+        drop(gate);
+        self.deliver(lsn, wakes, r)
+    }
+
+    /// Waits for `lsn`, then wakes and answers.
+    fn deliver<T>(
+        &self,
+        lsn: u64,
+        wakes: Vec<(String, Wake)>,
+        r: Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        self.wal.wait(lsn)?;
+        for (n, w) in wakes {
+            self.hub.wake(&n, w);
+        }
+        r
+    }
+
+    /// The decisions and changes of a create, under the map's write lock;
+    /// the caller queues `tx` whatever the result.
+    fn create_locked(
+        &self,
+        streams: &mut HashMap<String, StreamRef>,
+        tx: &mut Tx,
+        name: &str,
+        req: CreateRequest,
+    ) -> Result<Created, StorageError> {
+        let mut replace = false;
+        if let Some(existing) = streams.get(name).cloned() {
+            let i = tx.lock(&existing);
+            let m = &tx.held[i].meta;
+            if m.soft_deleted || (m.is_expired(req.now) && m.refcount > 0) {
+                return Err(StorageError::PathReserved);
+            }
+            if !m.is_expired(req.now) {
+                return if model::create_matches(m, &req) {
+                    Ok(Created::Exists(m.info()))
+                } else {
+                    Err(StorageError::ConfigMismatch)
+                };
+            }
+            // Expired and unreferenced: it is gone; the name is free again.
+            replace = true;
+            drop(tx.held.pop());
+        }
+        if replace {
+            // Its own entry, queued first (as the memory backend removes it
+            // before looking at a fork source): the cascade may lock the
+            // very source the fork is about to read.
+            let mut removal = Tx::default();
+            self.remove_cascade(streams, &mut removal, name, req.now);
+            let (lsn, wakes) = self.commit(removal);
+            tx.after = lsn;
+            tx.wakes.extend(wakes);
+        }
+        let planned = match &req.fork {
+            Some(spec) => self
+                .plan_fork(streams, &req, spec)
+                .map(|(m, r, s)| (m, r, Some(s))),
+            None => {
+                let content_type = req
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| model::DEFAULT_CONTENT_TYPE.to_string());
+                model::frame_records(model::is_json(&content_type), &req.body, false).map(
+                    |records| {
+                        let meta = StreamMeta::new(
+                            0,
+                            content_type,
+                            req.expiry.unwrap_or_default(),
+                            Offset::ZERO,
+                            req.now,
+                        );
+                        (meta, records, None)
+                    },
+                )
+            }
+        };
+        let (mut meta, records, source) = planned?;
+        meta.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        meta.tail = model::advance(meta.base, &records);
+        meta.closed = req.closed;
+        // Files first: if they cannot be written nothing has changed yet.
+        let written = self.files.create(meta.id, meta.base).and_then(|()| {
+            self.files
+                .append(meta.id, meta.base, 0, meta.base.pos, &records)
+        });
+        if let Err(e) = written {
+            tx.unlink.push(meta.id);
+            return Err(e);
+        }
+        if let Some(source) = source {
+            // The cascade above may have removed the source after all.
+            let src_name = &meta.fork.as_ref().expect("a fork has a link").source;
+            if !streams
+                .get(src_name)
+                .is_some_and(|s| Arc::ptr_eq(s, &source))
+            {
+                tx.unlink.push(meta.id);
+                return Err(StorageError::ForkSourceNotFound);
+            }
+            let j = tx.lock(&source);
+            tx.held[j].meta.refcount += 1;
+            tx.change(j);
+        }
+        let mut starts = Vec::with_capacity(records.len());
+        let mut pos = meta.base.pos;
+        for r in &records {
+            starts.push(pos);
+            pos += r.len() as u64;
+        }
+        tx.ops.push(Op::Put {
+            name: name.to_string(),
+            meta: Box::new(meta.clone()),
+            records: records.len() as u32,
+        });
+        tx.records = records;
+        Ok(Created::New(Box::new(Stream {
+            name: name.to_string(),
+            meta,
+            starts: Some(starts),
+            last_lsn: 0,
+            removed: false,
+        })))
+    }
+
+    fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        let gate = self.gate.read();
+        let stream = match self.get(name) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(gate);
+                return self.absent(e);
+            }
+        };
+        let mut s = stream.lock();
+        if s.removed {
+            drop(s);
+            drop(gate);
+            return self.absent(StorageError::NotFound);
+        }
+        let seen = s.last_lsn;
+        if let Err(e) = s.meta.check_visible(req.now) {
+            drop(s);
+            drop(gate);
+            return self.answer(seen, Err(e));
+        }
+        let plan = match model::plan_append(&s.meta, &req) {
+            Ok(AppendPlan::Write(plan)) => plan,
+            Ok(AppendPlan::Duplicate(producer)) => {
+                // A retried write still counts as access (kept like a read's
+                // renewal). It answers only once what it duplicates is durable.
+                s.meta.last_access = req.now;
+                let info = s.meta.info();
+                drop(s);
+                drop(gate);
+                return self.answer(seen, Ok(AppendOutcome::Duplicate { info, producer }));
+            }
+            Err(e) => {
+                drop(s);
+                drop(gate);
+                return self.answer(seen, Err(e));
+            }
+        };
+        let (count, _) = s.own();
+        self.files.append(
+            s.meta.id,
+            s.meta.base,
+            count,
+            s.meta.tail.pos,
+            &plan.records,
+        )?;
+        let mut meta = s.meta.clone();
+        model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
+        let op = Op::Put {
+            name: name.to_string(),
+            meta: Box::new(meta.clone()),
+            records: plan.records.len() as u32,
+        };
+        let lsn = self.submit(std::slice::from_ref(&op), &plan.records);
+        let mut pos = s.meta.tail.pos;
+        if let Some(starts) = s.starts.as_mut() {
+            for r in &plan.records {
+                starts.push(pos);
+                pos += r.len() as u64;
+            }
+        }
+        s.meta = meta;
+        s.last_lsn = lsn;
+        let info = s.meta.info();
+        let wake = wake_of(&s.meta);
+        drop(s);
+        drop(gate);
+        self.wal.wait(lsn)?;
+        self.hub.wake(name, wake);
+        let producer = plan
+            .producer
+            .as_ref()
+            .map(|(_, st)| (st.epoch, st.last_seq));
+        Ok(AppendOutcome::Appended { info, producer })
+    }
+
+    fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+        let stream = match self.get(name) {
+            Ok(s) => s,
+            Err(e) => return self.absent(e),
+        };
+        let (info, json, seen) = {
+            let mut s = stream.lock();
+            if s.removed {
+                drop(s);
+                return self.absent(StorageError::NotFound);
+            }
+            let seen = s.last_lsn;
+            if let Err(e) = s.meta.check_visible(req.now) {
+                drop(s);
+                return self.answer(seen, Err(e));
+            }
+            // Kept in memory only (and in the next checkpoint): a crash may
+            // forget a read's TTL renewal, never data.
+            s.meta.last_access = req.now;
+            (s.meta.info(), model::is_json(&s.meta.content_type), seen)
+        };
+        let result = (|| {
+            let start = match req.from {
+                ReadFrom::Start => Offset::ZERO,
+                ReadFrom::Tail => info.tail,
+                ReadFrom::At(o) => {
+                    if o.pos > info.tail.pos {
+                        return Err(StorageError::InvalidOffset);
+                    }
+                    self.validate_view(None, &stream, o, json)?;
+                    o
+                }
+            };
+            let (chunks, next) =
+                self.read_stitched(&stream, start, info.tail, json, req.max_bytes)?;
+            Ok((start, chunks, next))
+        })();
+        self.answer(seen, result)
+            .map(|(start, chunks, next)| ReadOutcome {
+                info,
+                start,
+                chunks,
+                next,
+            })
+    }
+
+    fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
+        let stream = match self.get(name) {
+            Ok(s) => s,
+            Err(e) => return self.absent(e),
+        };
+        let s = stream.lock();
+        if s.removed {
+            drop(s);
+            return self.absent(StorageError::NotFound);
+        }
+        let seen = s.last_lsn;
+        let r = s.meta.check_visible(now).map(|()| s.meta.info());
+        drop(s);
+        self.answer(seen, r)
+    }
+
+    fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+        let _gate = self.gate.read();
+        let mut streams = self.streams.write();
+        let Some(stream) = streams.get(name).cloned() else {
+            drop(streams);
+            drop(_gate);
+            return self.absent(StorageError::NotFound);
+        };
+        let mut tx = Tx::default();
+        let i = tx.lock(&stream);
+        let r = tx.held[i].meta.check_visible(now);
+        if r.is_ok() {
+            if tx.held[i].meta.refcount > 0 {
+                tx.held[i].meta.soft_deleted = true;
+                let w = wake_of(&tx.held[i].meta);
+                tx.wakes.push((name.to_string(), w));
+                tx.change(i);
+            } else {
+                self.remove_cascade(&mut streams, &mut tx, name, now);
+            }
+        }
+        let (lsn, wakes) = self.commit(tx);
+        drop(streams);
+        drop(_gate);
+        self.deliver(lsn, wakes, r)
+    }
+
+    fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+        let expired: Vec<String> = self
+            .streams
+            .read()
+            .iter()
+            .filter(|(_, s)| {
+                let s = s.lock();
+                s.meta.is_expired(now) && s.meta.refcount == 0
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let _gate = self.gate.read();
+        let mut streams = self.streams.write();
+        let mut tx = Tx::default();
+        let mut removed = 0;
+        for name in expired {
+            let still = streams.get(&name).cloned().is_some_and(|s| {
+                let i = tx.lock(&s);
+                tx.held[i].meta.is_expired(now) && tx.held[i].meta.refcount == 0
+            });
+            if still {
+                self.remove_cascade(&mut streams, &mut tx, &name, now);
+                removed += 1;
+            }
+        }
+        let (lsn, wakes) = self.commit(tx);
+        drop(streams);
+        drop(_gate);
+        self.deliver(lsn, wakes, Ok(removed))
+    }
+
+    /// See the module docs: cut, sync stream files, write the snapshot,
+    /// then delete what it makes unnecessary.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let _one = self.checkpointing.lock();
+        self.wal.check()?;
+        let (snapshot, dirty, unlink) = {
+            let _gate = self.gate.write();
+            self.wal.wait(self.wal.last_submitted())?;
+            let streams: Vec<(String, StreamMeta)> = self
+                .streams
+                .read()
+                .iter()
+                .map(|(n, s)| (n.clone(), s.lock().meta.clone()))
+                .collect();
+            let segment = self.wal.rotate()?;
+            let snapshot = format::Checkpoint {
+                wal_segment: segment,
+                next_id: self.next_id.load(Ordering::Relaxed),
+                streams,
+            };
+            (
+                snapshot,
+                self.files.take_dirty(),
+                std::mem::take(&mut *self.pending_unlink.lock()),
+            )
+        };
+        let r = self.write_checkpoint(&snapshot, &dirty);
+        if r.is_err() {
+            // Try again next time with the same work.
+            self.pending_unlink.lock().extend(unlink);
+            let mut all = self.files.take_dirty();
+            all.extend(dirty);
+            for id in all {
+                self.files.mark_dirty(id);
+            }
+            return r;
+        }
+        for id in unlink {
+            if let Err(e) = self.files.unlink(id) {
+                tracing::warn!(error = %e, id, "could not delete the files of a removed stream");
+            }
+        }
+        for n in recover::segments(&self.wal_dir)? {
+            if n < snapshot.wal_segment {
+                std::fs::remove_file(wal::segment_path(&self.wal_dir, n))?;
+            }
+        }
+        wal::sync_dir(&self.wal_dir)?;
+        wal::sync_dir(self.files.dir())?;
+        Ok(())
+    }
+
+    fn write_checkpoint(
+        &self,
+        snapshot: &format::Checkpoint,
+        dirty: &HashSet<u64>,
+    ) -> Result<(), StorageError> {
+        let live: HashSet<u64> = snapshot.streams.iter().map(|(_, m)| m.id).collect();
+        for id in dirty.iter().filter(|id| live.contains(id)) {
+            self.files.sync(*id)?;
+        }
+        wal::sync_dir(self.files.dir())?;
+        let tmp = self.root.join("checkpoint.tmp");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)?;
+        f.write_all(&format::encode_checkpoint(snapshot))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, self.root.join("checkpoint"))?;
+        wal::sync_dir(&self.root)?;
+        Ok(())
+    }
+}
+
+impl Storage for FileStorage {
+    fn may_block(&self) -> bool {
+        true
+    }
+
+    fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.create(name, req)
+    }
+
+    fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.append(name, req)
+    }
+
+    fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.read(name, req)
+    }
+
+    fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.head(name, now)
+    }
+
+    fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+        self.inner.wal.check()?;
+        self.inner.delete(name, now)
+    }
+
+    fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.sweep_expired(now)
+    }
+
+    fn shutdown(&self) -> Result<(), StorageError> {
+        let r = self.inner.checkpoint();
+        self.halt();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+//! The shared write-ahead log and its group-commit thread.
+//!
+//! Callers [`Wal::submit`] an encoded entry and get its log sequence number
+//! (LSN); entries are framed into a shared buffer in LSN order. One committer
+//! thread takes everything buffered, writes it with one `write(2)` and, in
+//! [`SyncMode::Always`], one `fdatasync`, then publishes the highest LSN it
+//! covered and wakes every waiter: concurrent appends, to any stream, share
+//! one flush. In [`SyncMode::Interval`] the LSN is published after the write
+//! and the file is synced every `sync_interval` (the documented loss window).
+//!
+//! A failed write or sync poisons the log: the in-memory state may then be
+//! ahead of the disk, so every later call fails until the store is reopened
+//! and recovered from what is really on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+// std/parking_lot mutexes, not tokio's: every caller is a blocking thread.
+use parking_lot::{Condvar, Mutex};
+
+use super::format::{self, WAL_HEADER_LEN, WAL_MAGIC};
+use crate::config::SyncMode;
+use crate::storage::StorageError;
+
+/// Path of WAL segment `n` under `wal_dir`.
+pub fn segment_path(wal_dir: &Path, n: u64) -> PathBuf {
+    wal_dir.join(format!("{n:020}.log"))
+}
+
+/// Creates segment `n` durably (header written and synced, directory synced).
+pub fn create_segment(wal_dir: &Path, n: u64) -> std::io::Result<File> {
+    let path = segment_path(wal_dir, n);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    f.write_all(&format::header(WAL_MAGIC, &[n]))?;
+    f.sync_all()?;
+    sync_dir(wal_dir)?;
+    Ok(f)
+}
+
+/// Makes a directory's entries (creations, renames, unlinks) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct Queue {
+    /// Framed entries not yet handed to the committer.
+    buf: Vec<u8>,
+    /// LSN of the last submitted entry.
+    last: u64,
+    stop: bool,
+}
+
+struct Done {
+    /// Highest LSN that is committed (durable in `Always` mode).
+    committed: u64,
+    failed: Option<String>,
+}
+
+struct Segment {
+    file: File,
+    number: u64,
+    /// Bytes written to this segment, header included.
+    len: u64,
+    /// True when written bytes may not be synced yet (`Interval` mode).
+    unsynced: bool,
+}
+
+/// The log: a submission queue, the current segment and the commit state.
+pub struct Wal {
+    dir: PathBuf,
+    sync: SyncMode,
+    interval: Duration,
+    queue: Mutex<Queue>,
+    work: Condvar,
+    done: Mutex<Done>,
+    durable: Condvar,
+    segment: Mutex<Segment>,
+}
+
+impl Wal {
+    /// Starts a log whose next entries go to a fresh segment `n`, and its
+    /// committer thread.
+    pub fn start(
+        dir: PathBuf,
+        n: u64,
+        sync: SyncMode,
+        interval: Duration,
+    ) -> std::io::Result<(Arc<Wal>, JoinHandle<()>)> {
+        let file = create_segment(&dir, n)?;
+        let wal = Arc::new(Wal {
+            dir,
+            sync,
+            interval,
+            queue: Mutex::new(Queue {
+                buf: Vec::new(),
+                last: 0,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            done: Mutex::new(Done {
+                committed: 0,
+                failed: None,
+            }),
+            durable: Condvar::new(),
+            segment: Mutex::new(Segment {
+                file,
+                number: n,
+                len: WAL_HEADER_LEN,
+                unsynced: false,
+            }),
+        });
+        let w = Arc::clone(&wal);
+        let handle = std::thread::Builder::new()
+            .name("wal-committer".into())
+            .spawn(move || w.run())?;
+        Ok((wal, handle))
+    }
+
+    /// Fails when an earlier write or sync failed.
+    pub fn check(&self) -> Result<(), StorageError> {
+        match &self.done.lock().failed {
+            Some(e) => Err(StorageError::Unavailable(format!(
+                "the write-ahead log failed ({e}); restart the server to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues an entry payload; returns its LSN. Entries commit in LSN order.
+    pub fn submit(&self, payload: &[u8]) -> u64 {
+        let mut q = self.queue.lock();
+        format::put_frame(&mut q.buf, payload);
+        q.last += 1;
+        let lsn = q.last;
+        drop(q);
+        self.work.notify_one();
+        lsn
+    }
+
+    /// LSN of the last submitted entry.
+    pub fn last_submitted(&self) -> u64 {
+        self.queue.lock().last
+    }
+
+    /// Blocks until `lsn` is committed.
+    pub fn wait(&self, lsn: u64) -> Result<(), StorageError> {
+        let mut d = self.done.lock();
+        loop {
+            if d.committed >= lsn {
+                return Ok(());
+            }
+            if let Some(e) = &d.failed {
+                return Err(StorageError::Unavailable(format!(
+                    "the write-ahead log failed ({e}); restart the server to recover"
+                )));
+            }
+            self.durable.wait(&mut d);
+        }
+    }
+
+    /// Bytes in the current segment.
+    pub fn segment_len(&self) -> u64 {
+        self.segment.lock().len
+    }
+
+    /// Switches to a fresh segment. The caller guarantees that nothing is
+    /// queued (everything submitted is committed) and nothing is submitted
+    /// meanwhile. Returns the new segment's number.
+    pub fn rotate(&self) -> Result<u64, StorageError> {
+        let mut seg = self.segment.lock();
+        let n = seg.number + 1;
+        let file = create_segment(&self.dir, n)?;
+        *seg = Segment {
+            file,
+            number: n,
+            len: WAL_HEADER_LEN,
+            unsynced: false,
+        };
+        Ok(n)
+    }
+
+    /// Stops the committer after it has written everything queued.
+    pub fn stop(&self) {
+        self.queue.lock().stop = true;
+        self.work.notify_all();
+    }
+
+    fn fail(&self, e: std::io::Error) {
+        tracing::error!(error = %e, "write-ahead log write failed; refusing further writes");
+        self.done.lock().failed = Some(e.to_string());
+        self.durable.notify_all();
+    }
+
+    fn run(&self) {
+        let mut last_sync = Instant::now();
+        loop {
+            let (batch, upto, stop) = {
+                let mut q = self.queue.lock();
+                while q.buf.is_empty() && !q.stop {
+                    if self.sync == SyncMode::Interval {
+                        let left = self.interval.saturating_sub(last_sync.elapsed());
+                        if left.is_zero() {
+                            break;
+                        }
+                        self.work.wait_for(&mut q, left);
+                    } else {
+                        self.work.wait(&mut q);
+                    }
+                }
+                (std::mem::take(&mut q.buf), q.last, q.stop)
+            };
+            if !batch.is_empty() {
+                let mut seg = self.segment.lock();
+                let written = seg.file.write_all(&batch).and_then(|()| match self.sync {
+                    SyncMode::Always => seg.file.sync_data(),
+                    SyncMode::Interval => Ok(()),
+                });
+                if let Err(e) = written {
+                    drop(seg);
+                    self.fail(e);
+                    return;
+                }
+                seg.len += batch.len() as u64;
+                seg.unsynced = self.sync == SyncMode::Interval;
+                drop(seg);
+                self.done.lock().committed = upto;
+                self.durable.notify_all();
+            }
+            if self.sync == SyncMode::Interval && (last_sync.elapsed() >= self.interval || stop) {
+                let mut seg = self.segment.lock();
+                if seg.unsynced {
+                    if let Err(e) = seg.file.sync_data() {
+                        drop(seg);
+                        self.fail(e);
+                        return;
+                    }
+                    seg.unsynced = false;
+                }
+                last_sync = Instant::now();
+            }
+            if stop && self.queue.lock().buf.is_empty() {
+                // Later calls fail instead of waiting for a committer that is gone.
+                self.done.lock().failed = Some("storage is shut down".into());
+                self.durable.notify_all();
+                return;
+            }
+        }
+    }
+}
