@@ -6,7 +6,8 @@
 //!
 //! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
 //! - [`cursor`]: live-read cursors (interval numbers with jitter).
-//! - [`config`]: server settings, limits and their defaults.
+//! - [`config`]: server settings, limits and their defaults;
+//!   [`config::layers`] merges defaults < TOML file < `DS_*` environment.
 //! - [`notify`]: per-stream broadcast channels that wake live readers.
 //! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
 //!   [`storage::model`] holds the protocol decisions (producers, closure,

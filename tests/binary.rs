@@ -43,3 +43,96 @@ fn refuses_an_invalid_duration_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("long-poll-timeout"), "{err}");
 }
+
+fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_durable-streams"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn refuses_invalid_settings_naming_the_key_and_the_accepted_values() {
+    let out = run_binary(&["serve"], &[("DS_STORAGE", "floppy")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`storage`") && err.contains("DS_STORAGE"),
+        "{err}"
+    );
+    assert!(err.contains("memory, file, acid"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ds.toml");
+    std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+    let out = run_binary(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`log_format`") && err.contains("pretty, json"),
+        "{err}"
+    );
+
+    let out = run_binary(&["serve"], &[("DS_LONG_POLL_TIMEOUT", "soon")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`long_poll_timeout`") && err.contains("5s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn layers_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ds.toml");
+    // The file's bind is taken over by the flag from Server::start; its
+    // long-poll timeout by the environment, which in turn loses to nothing.
+    std::fs::write(
+        &file,
+        "bind = \"127.0.0.1:1\"\nlong_poll_timeout = \"1h\"\nmax_body_bytes = 4\n",
+    )
+    .unwrap();
+    let server = Server::start_with_env(
+        &["--config", file.to_str().unwrap(), "--max-body-bytes", "8"],
+        &[
+            ("DS_LONG_POLL_TIMEOUT", "200ms"),
+            ("DS_MAX_BODY_BYTES", "6"),
+        ],
+    );
+    let created = server.request(
+        "PUT",
+        "/v1/stream/l",
+        &[("Content-Type", "text/plain")],
+        b"",
+    );
+    assert_eq!(created.status, 201);
+    // Flag (8) beats environment (6) beats file (4).
+    let ok = server.request(
+        "POST",
+        "/v1/stream/l",
+        &[("Content-Type", "text/plain")],
+        b"12345678",
+    );
+    assert_eq!(ok.status, 204);
+    let big = server.request(
+        "POST",
+        "/v1/stream/l",
+        &[("Content-Type", "text/plain")],
+        b"123456789",
+    );
+    assert_eq!(big.status, 413);
+    // Environment (200ms) beats the file (1h): the long-poll answers quickly.
+    let tail = ok.header("stream-next-offset").unwrap().to_string();
+    let started = Instant::now();
+    let poll = server.request(
+        "GET",
+        &format!("/v1/stream/l?offset={tail}&live=long-poll"),
+        &[],
+        b"",
+    );
+    assert_eq!(poll.status, 204);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -69,7 +69,7 @@ impl AppState {
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
+        .allow_origin(allowed_origins(&state.config.cors_origins))
         .allow_methods(AllowMethods::list([
             Method::GET,
             Method::HEAD,
@@ -101,6 +101,20 @@ pub fn router(state: AppState) -> Router {
             HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
         ))
+}
+
+/// `*` anywhere in the list allows any origin; otherwise exactly the listed
+/// ones (values were checked when the configuration was loaded).
+fn allowed_origins(origins: &[String]) -> AllowOrigin {
+    if origins.iter().any(|o| o == "*") {
+        return AllowOrigin::any();
+    }
+    AllowOrigin::list(
+        origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Dispatches a request on a stream URL by method.

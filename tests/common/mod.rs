@@ -17,10 +17,16 @@ impl Server {
     /// Starts `durable-streams serve --bind 127.0.0.1:0 <args>` and waits for
     /// its `listening on http://HOST:PORT` line.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
             .arg("serve")
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
