@@ -17,12 +17,15 @@
 //! - [`http`]: the axum router and thin handlers ([`http::write`] for
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
-//!   error-to-HTTP mapping ([`http::error`]).
+//!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
+//!   `/healthz`, `/readyz`, `/metrics` and counts every request.
+//! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 
 pub mod config;
 pub mod cursor;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod offset;
 pub mod server;

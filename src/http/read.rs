@@ -137,6 +137,8 @@ async fn catch_up(
 }
 
 async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    // Dropped with this future, also when the client goes away mid-wait.
+    let _live = state.metrics.live(crate::metrics::Live::LongPoll);
     let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
     // Subscribe before reading so that no append slips between the read
     // and the wait.
