@@ -136,3 +136,53 @@ fn layers_file_then_environment_then_flags() {
     assert_eq!(poll.status, 204);
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn json_logs_one_line_per_request_without_secrets() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    // RUST_LOG overrides --log-level: with `error` alone nothing would show.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--log-level", "error"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.split("http://").nth(1).unwrap().trim().to_string();
+    let reply = request(
+        &addr,
+        "PUT",
+        "/v1/stream/logged",
+        &[
+            ("Content-Type", "text/plain"),
+            ("Authorization", "Bearer very-secret-token"),
+        ],
+        b"",
+    );
+    assert_eq!(reply.status, 201);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains("very-secret-token"), "{logs}");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let requests: Vec<_> = lines.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(requests.len(), 1, "{logs}");
+    let r = requests[0];
+    assert_eq!(r["method"], "PUT");
+    assert_eq!(r["path"], "/v1/stream/logged");
+    assert_eq!(r["status"], 201);
+    assert!(r["latency_ms"].is_number());
+}

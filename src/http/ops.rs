@@ -1,6 +1,8 @@
 //! Operations endpoints and the per-request observer: `/healthz`,
 //! `/readyz`, `/metrics`, and the middleware that counts every request.
 
+use std::time::Instant;
+
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -67,12 +69,25 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Counts every request by method, route kind and status once its response
-/// head is ready (live responses are counted when they start).
+/// Counts every request by method, route kind and status, and writes one
+/// log line for it, once its response head is ready (live responses are
+/// logged when they start; `latency_ms` is the time to the head). Probes
+/// and scrapes log at debug so they do not drown the rest. Only the method,
+/// path, status and latency are logged: never headers (Authorization), never
+/// the query.
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = Method::of(req.method());
-    let route = Route::of(req.uri().path());
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route = Route::of(&path);
     let res = next.run(req).await;
-    state.metrics.request(method, route, res.status().as_u16());
+    let status = res.status().as_u16();
+    state.metrics.request(Method::of(&method), route, status);
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if matches!(route, Route::Health | Route::Metrics) {
+        tracing::debug!(target: "durable_streams::request", %method, %path, status, latency_ms, "request");
+    } else {
+        tracing::info!(target: "durable_streams::request", %method, %path, status, latency_ms, "request");
+    }
     res
 }
