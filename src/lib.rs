@@ -18,7 +18,8 @@
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
 //!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
-//!   `/healthz`, `/readyz`, `/metrics` and counts every request.
+//!   `/healthz`, `/readyz`, `/metrics` and counts and logs every request;
+//!   [`http::auth`] checks bearer tokens and their scopes.
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 

@@ -186,3 +186,44 @@ fn json_logs_one_line_per_request_without_secrets() {
     assert_eq!(r["status"], 201);
     assert!(r["latency_ms"].is_number());
 }
+
+#[test]
+fn auth_tokens_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# writers\nwrite:file-writer\nread:file-reader\n").unwrap();
+    let server = Server::start_with_env(
+        &[],
+        &[
+            ("DS_AUTH_ENABLED", "true"),
+            ("DS_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+        ],
+    );
+    let ct = ("Content-Type", "text/plain");
+    assert_eq!(
+        server.request("PUT", "/v1/stream/f", &[ct], b"").status,
+        401
+    );
+    let auth = ("Authorization", "Bearer file-writer");
+    assert_eq!(
+        server
+            .request("PUT", "/v1/stream/f", &[ct, auth], b"")
+            .status,
+        201
+    );
+    let auth = ("Authorization", "Bearer file-reader");
+    assert_eq!(
+        server.request("GET", "/v1/stream/f", &[auth], b"").status,
+        200
+    );
+    assert_eq!(server.request("GET", "/healthz", &[], b"").status, 200);
+
+    // Auth on without any token cannot serve anyone: refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_durable-streams"))
+        .arg("serve")
+        .env("DS_AUTH_ENABLED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.enabled"));
+}

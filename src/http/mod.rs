@@ -5,6 +5,7 @@
 //! the backend may block) → response. [`error::ApiError`] is the single place
 //! errors become HTTP.
 
+pub mod auth;
 pub mod error;
 pub mod headers;
 pub mod ops;
@@ -103,6 +104,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
+        // Inside CORS: preflights never need a token, and 401/403 answers
+        // still carry the CORS headers browsers need to read them.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .layer(cors)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
