@@ -6,6 +6,7 @@
 //! errors become HTTP.
 
 pub mod auth;
+pub mod compress;
 pub mod error;
 pub mod headers;
 pub mod ops;
@@ -111,6 +112,10 @@ pub fn router(state: AppState) -> Router {
             auth::require,
         ))
         .layer(cors)
+        // Compresses only catch-up reads (see `compress`); the next layer
+        // sees the encoded response and weakens its ETag.
+        .layer(compress::layer(state.config.compression_min_bytes))
+        .layer(axum::middleware::map_response(compress::weaken_etag))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

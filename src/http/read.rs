@@ -132,7 +132,8 @@ async fn catch_up(
     };
     let b = read_response(StatusCode::OK, &out)
         .header(header::ETAG, &tag)
-        .header(header::CACHE_CONTROL, cache);
+        .header(header::CACHE_CONTROL, cache)
+        .extension(super::compress::CatchUp);
     finish(b, chunks_body(body_chunks(&out)))
 }
 
