@@ -1,8 +1,56 @@
 //! Server settings and their defaults.
+//!
+//! Settings come in layers, each overriding the one before: built-in
+//! defaults ([`ServerConfig::default`]) < a TOML file (`--config FILE`) <
+//! environment variables (`DS_*`) < command-line flags. [`layers`] holds the
+//! pure merging and validation; `config.example.toml` documents every key.
+
+pub mod layers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use layers::{ConfigError, KEYS, env_var, resolve, validate};
+
+/// Reads the TOML file (when given) and merges it over the defaults and
+/// under the environment. The only I/O of configuration besides
+/// [`load_tokens_file`].
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<ServerConfig, ConfigError> {
+    let text = match file {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|e| ConfigError {
+                key: "(file)".into(),
+                origin: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            })?,
+        )),
+        None => None,
+    };
+    resolve(text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())), env)
+}
+
+/// Adds the tokens of `auth.tokens_file`, if set, to the configured ones.
+pub fn load_tokens_file(c: &mut ServerConfig) -> Result<(), ConfigError> {
+    let Some(path) = c.auth.tokens_file.clone() else {
+        return Ok(());
+    };
+    let err = |message: String| ConfigError {
+        key: "auth.tokens_file".into(),
+        origin: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err(format!("cannot read the tokens file: {e}")))?;
+    let (read, write) = layers::parse_tokens_file(&text).map_err(err)?;
+    c.auth.read_tokens.extend(read);
+    c.auth.write_tokens.extend(write);
+    Ok(())
+}
 
 /// Which backend stores the streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,8 +73,55 @@ pub enum SyncMode {
     Interval,
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// A secret string (a bearer token) whose `Debug` output is redacted, so
+/// that logging a configuration never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Bearer-token authentication (off by default).
+///
+/// Scopes are separate: a read token allows GET and HEAD (and `/metrics`), a
+/// write token allows PUT, POST and DELETE. A token meant for both is listed
+/// in both (or given the `rw:` prefix in the tokens file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Require a bearer token on stream requests and `/metrics`.
+    pub enabled: bool,
+    /// With auth enabled, let anyone read (GET/HEAD and `/metrics`); only
+    /// writes need a token.
+    pub public_reads: bool,
+    /// Tokens with the read scope.
+    pub read_tokens: Vec<Secret>,
+    /// Tokens with the write scope.
+    pub write_tokens: Vec<Secret>,
+    /// A file of further tokens, one per line as `read:TOKEN`, `write:TOKEN`
+    /// or `rw:TOKEN`; `#` starts a comment. Read once at start.
+    pub tokens_file: Option<PathBuf>,
+}
+
 /// Limits on what a client may send and what one read returns.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request body accepted by a PUT or POST, in bytes (413 above).
     pub max_body_bytes: usize,
@@ -47,7 +142,7 @@ impl Default for Limits {
 }
 
 /// Everything the server needs to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub bind: SocketAddr,
     pub storage: StorageKind,
@@ -67,6 +162,19 @@ pub struct ServerConfig {
     /// How often expired streams are swept.
     pub sweep_interval: Duration,
     pub limits: Limits,
+    /// Intended cap on the bytes the memory backend holds (0: no cap).
+    /// Recorded and reported only: the memory backend does not enforce it yet.
+    pub memory_limit_bytes: u64,
+    /// Origins allowed by CORS; `*` (the default) allows any origin.
+    pub cors_origins: Vec<String>,
+    /// Default log level (trace, debug, info, warn, error, off); `RUST_LOG`,
+    /// when set, overrides it.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Catch-up read bodies at least this large are compressed when the
+    /// client accepts gzip or br (0: compress every catch-up read).
+    pub compression_min_bytes: u16,
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +191,12 @@ impl Default for ServerConfig {
             cursor_interval: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(1),
             limits: Limits::default(),
+            memory_limit_bytes: 0,
+            cors_origins: vec!["*".to_string()],
+            log_level: "info".to_string(),
+            log_format: LogFormat::Pretty,
+            compression_min_bytes: 1024,
+            auth: AuthConfig::default(),
         }
     }
 }

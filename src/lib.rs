@@ -6,7 +6,8 @@
 //!
 //! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
 //! - [`cursor`]: live-read cursors (interval numbers with jitter).
-//! - [`config`]: server settings, limits and their defaults.
+//! - [`config`]: server settings, limits and their defaults;
+//!   [`config::layers`] merges defaults < TOML file < `DS_*` environment.
 //! - [`notify`]: per-stream broadcast channels that wake live readers.
 //! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
 //!   [`storage::model`] holds the protocol decisions (producers, closure,
@@ -16,12 +17,16 @@
 //! - [`http`]: the axum router and thin handlers ([`http::write`] for
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
-//!   error-to-HTTP mapping ([`http::error`]).
+//!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
+//!   `/healthz`, `/readyz`, `/metrics` and counts and logs every request;
+//!   [`http::auth`] checks bearer tokens and their scopes.
+//! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 
 pub mod config;
 pub mod cursor;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod offset;
 pub mod server;

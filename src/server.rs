@@ -55,6 +55,7 @@ pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>)
         hub,
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
+        metrics: crate::metrics::Metrics::new(),
     }
 }
 

@@ -5,8 +5,11 @@
 //! the backend may block) → response. [`error::ApiError`] is the single place
 //! errors become HTTP.
 
+pub mod auth;
+pub mod compress;
 pub mod error;
 pub mod headers;
+pub mod ops;
 pub mod read;
 pub mod sse;
 pub mod write;
@@ -18,12 +21,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::notify::WakeHub;
 use crate::storage::{Storage, StorageError, StreamInfo};
 use error::ApiError;
@@ -39,37 +43,44 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Cancelled when the server shuts down; live reads finish early.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// Runs a storage call, on a blocking thread when the backend may block.
+    /// Failures are counted by their error code.
     pub async fn storage<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
     {
-        if !self.storage.may_block() {
-            return f(&*self.storage).map_err(ApiError::from);
-        }
-        let storage = Arc::clone(&self.storage);
-        match tokio::task::spawn_blocking(move || f(&*storage)).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(e) => {
-                tracing::error!(error = %e, "storage task failed");
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "INTERNAL_ERROR",
-                    "internal storage error",
-                ))
+        let result = if !self.storage.may_block() {
+            f(&*self.storage).map_err(ApiError::from)
+        } else {
+            let storage = Arc::clone(&self.storage);
+            match tokio::task::spawn_blocking(move || f(&*storage)).await {
+                Ok(r) => r.map_err(ApiError::from),
+                Err(e) => {
+                    tracing::error!(error = %e, "storage task failed");
+                    Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "INTERNAL_ERROR",
+                        "internal storage error",
+                    ))
+                }
             }
+        };
+        if let Err(e) = &result {
+            self.metrics.storage_error(e.code);
         }
+        result
     }
 }
 
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
+        .allow_origin(allowed_origins(&state.config.cors_origins))
         .allow_methods(AllowMethods::list([
             Method::GET,
             Method::HEAD,
@@ -90,9 +101,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(not_found)
-        .with_state(state)
+        // Inside CORS: preflights never need a token, and 401/403 answers
+        // still carry the CORS headers browsers need to read them.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .layer(cors)
+        // Compresses only catch-up reads (see `compress`); the next layer
+        // sees the encoded response and weakens its ETag.
+        .layer(compress::layer(state.config.compression_min_bytes))
+        .layer(axum::middleware::map_response(compress::weaken_etag))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -101,6 +124,26 @@ pub fn router(state: AppState) -> Router {
             HeaderName::from_static("cross-origin-resource-policy"),
             HeaderValue::from_static("cross-origin"),
         ))
+        // Outermost: sees every answer, including CORS preflights.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
+        .with_state(state)
+}
+
+/// `*` anywhere in the list allows any origin; otherwise exactly the listed
+/// ones (values were checked when the configuration was loaded).
+fn allowed_origins(origins: &[String]) -> AllowOrigin {
+    if origins.iter().any(|o| o == "*") {
+        return AllowOrigin::any();
+    }
+    AllowOrigin::list(
+        origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Dispatches a request on a stream URL by method.

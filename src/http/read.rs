@@ -132,11 +132,14 @@ async fn catch_up(
     };
     let b = read_response(StatusCode::OK, &out)
         .header(header::ETAG, &tag)
-        .header(header::CACHE_CONTROL, cache);
+        .header(header::CACHE_CONTROL, cache)
+        .extension(super::compress::CatchUp);
     finish(b, chunks_body(body_chunks(&out)))
 }
 
 async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    // Dropped with this future, also when the client goes away mid-wait.
+    let _live = state.metrics.live(crate::metrics::Live::LongPoll);
     let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
     // Subscribe before reading so that no append slips between the read
     // and the wait.

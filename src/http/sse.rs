@@ -136,8 +136,12 @@ pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Re
     let client_cursor = query.cursor;
     let reconnect = tokio::time::Instant::now() + state.config.sse_reconnect;
     let keepalive = state.config.sse_keepalive;
+    // Moved into the body stream: dropped when the connection ends for any
+    // reason, client disconnects included.
+    let live = state.metrics.live(crate::metrics::Live::Sse);
 
     let events = async_stream::stream! {
+        let _live = live;
         let mut out = first;
         // The first answer always gets a control event, even when empty.
         let mut announce = true;

@@ -9,6 +9,7 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::headers as h;
 use super::{AppState, finish, stream_response};
+use crate::metrics::{WriteOp, json_messages};
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Expiry, StreamInfo, now_ms,
 };
@@ -81,7 +82,12 @@ pub async fn put(state: AppState, name: String, req: Request) -> Result<Response
         body,
         now: now_ms(),
     };
-    let outcome = state.storage(move |s| s.create(&name, create)).await?;
+    let started = std::time::Instant::now();
+    let outcome = state.storage(move |s| s.create(&name, create)).await;
+    state
+        .metrics
+        .write_latency(WriteOp::Create, started.elapsed());
+    let outcome = outcome?;
     let (status, info) = match &outcome {
         CreateOutcome::Created(info) => (StatusCode::CREATED, info),
         CreateOutcome::Exists(info) => (StatusCode::OK, info),
@@ -106,8 +112,24 @@ pub async fn post(state: AppState, name: String, req: Request) -> Result<Respons
         body,
         now: now_ms(),
     };
-    let has_data = !append.body.is_empty();
-    let outcome = state.storage(move |s| s.append(&name, append)).await?;
+    let sent = append.body.clone();
+    let has_data = !sent.is_empty();
+    let started = std::time::Instant::now();
+    let outcome = state.storage(move |s| s.append(&name, append)).await;
+    state
+        .metrics
+        .write_latency(WriteOp::Append, started.elapsed());
+    let outcome = outcome?;
+    if let AppendOutcome::Appended { info, .. } = &outcome
+        && has_data
+    {
+        let messages = if info.is_json() {
+            json_messages(&sent)
+        } else {
+            1
+        };
+        state.metrics.appended(sent.len() as u64, messages);
+    }
     let (status, info, producer) = match &outcome {
         // A producer's new data is 200 (so it can tell it from a duplicate);
         // everything else that succeeds is 204.

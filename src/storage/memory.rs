@@ -317,6 +317,11 @@ impl Storage for MemoryStorage {
         false
     }
 
+    /// Includes soft-deleted streams kept for their forks.
+    fn stream_count(&self) -> Option<u64> {
+        Some(self.streams.read().len() as u64)
+    }
+
     fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
         let mut streams = self.streams.write();
         if let Some(existing) = streams.get(name).cloned() {

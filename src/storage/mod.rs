@@ -282,4 +282,10 @@ pub trait Storage: Send + Sync + 'static {
     fn shutdown(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// How many stream names the backend holds, when it knows cheaply
+    /// (without I/O or a scan); `None` otherwise. Used only for metrics.
+    fn stream_count(&self) -> Option<u64> {
+        None
+    }
 }

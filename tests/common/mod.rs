@@ -11,16 +11,28 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// A private data directory, used unless the test passes `--data-dir`,
+    /// so tests never share (or leave behind) `./data`.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts `durable-streams serve --bind 127.0.0.1:0 <args>` and waits for
     /// its `listening on http://HOST:PORT` line.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
-            .arg("serve")
-            .args(["--bind", "127.0.0.1:0"])
-            .args(args)
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("temp dir"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_durable-streams"));
+        cmd.arg("serve").args(["--bind", "127.0.0.1:0"]).args(args);
+        if let Some(d) = &data {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        let mut child = cmd
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -36,7 +48,11 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .trim()
             .to_string();
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            _data: data,
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.

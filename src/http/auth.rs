@@ -1,0 +1,161 @@
+//! Bearer-token authentication (RFC 6750), off unless `auth.enabled`.
+//!
+//! GET and HEAD (and `/metrics`) need a token with the read scope; every
+//! other method needs the write scope; `auth.public_reads` lets anyone read.
+//! `/healthz` and `/readyz` are always open, and CORS preflights never reach
+//! this layer (the CORS layer answers them outside it). A missing or unknown
+//! token is 401 with `WWW-Authenticate: Bearer`; a known token without the
+//! scope is 403. Tokens are compared in constant time, and never logged.
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::{Choice, ConstantTimeEq};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::{AuthConfig, Secret};
+
+/// What a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Read,
+    Write,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+        }
+    }
+}
+
+/// The scope a request needs, or `None` when it needs no token.
+fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<Scope> {
+    if !auth.enabled || path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
+        return None;
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return (!auth.public_reads).then_some(Scope::Read);
+    }
+    Some(Scope::Write)
+}
+
+/// True when `candidate` equals one of `tokens`. Every token is compared,
+/// each in constant time, so the answer's timing does not reveal which one
+/// (or how much of one) matched.
+fn listed(tokens: &[Secret], candidate: &[u8]) -> bool {
+    let mut found = Choice::from(0);
+    for t in tokens {
+        found |= t.expose().as_bytes().ct_eq(candidate);
+    }
+    found.into()
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = token.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+fn unauthorized(challenge: &'static str, detail: &str) -> Response {
+    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", detail)
+        .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
+        .into_response()
+}
+
+/// Middleware: lets a request through only with the scope it needs.
+pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &state.config.auth;
+    let Some(scope) = needed(auth, req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let Some(token) = bearer(&req) else {
+        return unauthorized(
+            "Bearer realm=\"durable-streams\"",
+            "this server needs `Authorization: Bearer TOKEN`",
+        );
+    };
+    // Check both lists unconditionally: the timing must not depend on which
+    // list (if any) holds the token.
+    let can_read = listed(&auth.read_tokens, token);
+    let can_write = listed(&auth.write_tokens, token);
+    let allowed = match scope {
+        Scope::Read => can_read,
+        Scope::Write => can_write,
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    if !can_read && !can_write {
+        return unauthorized(
+            "Bearer realm=\"durable-streams\", error=\"invalid_token\"",
+            "the bearer token is not valid",
+        );
+    }
+    let challenge = match scope {
+        Scope::Read => {
+            "Bearer realm=\"durable-streams\", error=\"insufficient_scope\", scope=\"read\""
+        }
+        Scope::Write => {
+            "Bearer realm=\"durable-streams\", error=\"insufficient_scope\", scope=\"write\""
+        }
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "INSUFFICIENT_SCOPE",
+        format!(
+            "this token lacks the {} scope this request needs",
+            scope.name()
+        ),
+    )
+    .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_by_method_and_path() {
+        let mut a = AuthConfig {
+            enabled: true,
+            ..AuthConfig::default()
+        };
+        assert_eq!(needed(&a, &Method::GET, "/v1/stream/x"), Some(Scope::Read));
+        assert_eq!(needed(&a, &Method::HEAD, "/v1/stream/x"), Some(Scope::Read));
+        assert_eq!(needed(&a, &Method::GET, "/metrics"), Some(Scope::Read));
+        for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
+            assert_eq!(needed(&a, &m, "/v1/stream/x"), Some(Scope::Write));
+        }
+        assert_eq!(needed(&a, &Method::OPTIONS, "/v1/stream/x"), None);
+        assert_eq!(needed(&a, &Method::GET, "/healthz"), None);
+        assert_eq!(needed(&a, &Method::GET, "/readyz"), None);
+        a.public_reads = true;
+        assert_eq!(needed(&a, &Method::GET, "/v1/stream/x"), None);
+        assert_eq!(
+            needed(&a, &Method::POST, "/v1/stream/x"),
+            Some(Scope::Write)
+        );
+        a.enabled = false;
+        assert_eq!(needed(&a, &Method::POST, "/v1/stream/x"), None);
+    }
+
+    #[test]
+    fn token_lists() {
+        let tokens = [Secret("alpha".into()), Secret("beta".into())];
+        assert!(listed(&tokens, b"beta"));
+        assert!(!listed(&tokens, b"bet"));
+        assert!(!listed(&tokens, b"betaa"));
+        assert!(!listed(&[], b"beta"));
+    }
+}
