@@ -13,7 +13,10 @@
 //!   [`storage::model`] holds the protocol decisions (producers, closure,
 //!   config matching, JSON framing) as pure functions shared by all backends;
 //!   [`storage::view`] the position arithmetic over a stream's own records;
-//!   [`storage::memory`] the in-memory backend.
+//!   [`storage::memory`] the in-memory backend; [`storage::file`] the
+//!   append-log backend (group-committed WAL, per-stream data files,
+//!   checkpoints; format in `docs/file-format.md`); [`storage::acid`] the
+//!   redb backend (one writer thread batching transactions; `docs/acid-format.md`).
 //! - [`http`]: the axum router and thin handlers ([`http::write`] for
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
