@@ -132,7 +132,17 @@ impl AcidStorage {
     /// Opens (or creates) `dir/streams.redb` and starts the writer thread.
     pub fn open(dir: &Path, hub: Arc<WakeHub>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("streams.redb")).map_err(map_err)?;
+        let path = dir.join("streams.redb");
+        // redb asserts on some damaged files instead of returning an error;
+        // a damaged store must stop the server with a message, not a panic.
+        let db = std::panic::catch_unwind(|| Database::create(&path))
+            .map_err(|_| {
+                StorageError::Corrupt(format!(
+                    "{} is damaged beyond what redb can repair; restore it from a backup",
+                    path.display()
+                ))
+            })?
+            .map_err(map_err)?;
         let mut next_id = init_schema(&db)?;
         let mut cache = HashMap::new();
         {
