@@ -162,8 +162,8 @@ pub struct ServerConfig {
     /// How often expired streams are swept.
     pub sweep_interval: Duration,
     pub limits: Limits,
-    /// Intended cap on the bytes the memory backend holds (0: no cap).
-    /// Recorded and reported only: the memory backend does not enforce it yet.
+    /// Cap on the stream bytes the memory backend holds (0: no cap); writes
+    /// past it answer 507 until deletes or expiry free room.
     pub memory_limit_bytes: u64,
     /// Origins allowed by CORS; `*` (the default) allows any origin.
     pub cors_origins: Vec<String>,

@@ -67,7 +67,7 @@ struct ServeArgs {
     /// Soft limit on the bytes one catch-up read returns.
     #[arg(long)]
     chunk_bytes: Option<usize>,
-    /// Intended cap on the memory backend's data (recorded, not enforced yet).
+    /// Cap on the memory backend's stream bytes (0: none); writes past it get 507.
     #[arg(long)]
     memory_limit_bytes: Option<u64>,
     /// An origin allowed by CORS ("*" for any); repeat for several.
@@ -174,12 +174,6 @@ async fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&config);
-    if config.memory_limit_bytes > 0 {
-        tracing::warn!(
-            memory_limit_bytes = config.memory_limit_bytes,
-            "memory_limit_bytes is recorded but not enforced by the memory backend yet"
-        );
-    }
     match durable_streams::server::run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -25,7 +25,10 @@ pub fn open_storage(
     hub: Arc<WakeHub>,
 ) -> Result<Arc<dyn Storage>, Box<dyn std::error::Error + Send + Sync>> {
     match config.storage {
-        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(hub))),
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::with_limit(
+            hub,
+            config.memory_limit_bytes,
+        ))),
         StorageKind::File | StorageKind::Acid => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                 format!(

@@ -62,15 +62,42 @@ pub struct MemoryStorage {
     streams: RwLock<HashMap<String, StreamRef>>,
     next_id: AtomicU64,
     hub: Arc<WakeHub>,
+    /// Cap on stored bytes (0: none); writes past it answer `NoSpace` (507).
+    limit: u64,
+    /// Bytes of records currently stored.
+    used: AtomicU64,
 }
 
 impl MemoryStorage {
     pub fn new(hub: Arc<WakeHub>) -> Self {
+        Self::with_limit(hub, 0)
+    }
+
+    /// A store that refuses writes (with `NoSpace`) once it holds
+    /// `limit_bytes` of stream data; 0 means no limit.
+    pub fn with_limit(hub: Arc<WakeHub>, limit_bytes: u64) -> Self {
         MemoryStorage {
             streams: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             hub,
+            limit: limit_bytes,
+            used: AtomicU64::new(0),
         }
+    }
+
+    /// Accounts for `records` about to be stored, or refuses them.
+    fn reserve(&self, records: &[Bytes]) -> Result<(), StorageError> {
+        let n: u64 = records.iter().map(|r| r.len() as u64).sum();
+        if self.limit == 0 {
+            self.used.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|_| StorageError::NoSpace)
     }
 
     fn get(&self, name: &str) -> Result<StreamRef, StorageError> {
@@ -236,6 +263,8 @@ impl MemoryStorage {
             let link = {
                 let s = stream.lock();
                 self.wake(&name, &s.meta);
+                self.used
+                    .fetch_sub(s.meta.tail.pos - s.meta.base.pos, Ordering::Relaxed);
                 s.meta.fork.clone()
             };
             let Some(link) = link else { break };
@@ -288,6 +317,7 @@ impl MemoryStorage {
         let base = self.resolve_fork_base(&lookup, &source, anchor, spec.sub_offset)?;
         let (expiry, inherited) = model::fork_expiry(src_expiry, req.expiry);
         let records = model::frame_records(model::is_json(&src_ct), &req.body, false)?;
+        self.reserve(&records)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut meta = StreamMeta::new(id, src_ct, expiry, base, req.now);
         meta.expiry_inherited = inherited;
@@ -348,6 +378,7 @@ impl Storage for MemoryStorage {
                 .clone()
                 .unwrap_or_else(|| model::DEFAULT_CONTENT_TYPE.to_string());
             let records = model::frame_records(model::is_json(&content_type), &req.body, false)?;
+            self.reserve(&records)?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let expiry = req.expiry.unwrap_or_default();
             let mut stream = Stream {
@@ -384,6 +415,7 @@ impl Storage for MemoryStorage {
                     .producer
                     .as_ref()
                     .map(|(_, st)| (st.epoch, st.last_seq));
+                self.reserve(&plan.records)?;
                 s.push(plan.records.clone());
                 model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
                 self.wake(name, &s.meta);
@@ -664,6 +696,31 @@ mod tests {
             );
         }
         assert!(s.streams.read().is_empty(), "the whole chain was reclaimed");
+    }
+
+    #[test]
+    fn the_memory_limit_refuses_writes_and_deletes_give_room_back() {
+        let s = MemoryStorage::with_limit(WakeHub::new(), 10);
+        create(&s, "a", "text/plain", "12345678", None).unwrap();
+        let err = s.append(
+            "a",
+            AppendRequest {
+                content_type: Some("text/plain".into()),
+                body: Bytes::from_static(b"abc"),
+                close: false,
+                stream_seq: None,
+                producer: None,
+                now: 0,
+            },
+        );
+        assert!(matches!(err, Err(StorageError::NoSpace)));
+        assert_eq!(
+            read_all(&s, "a"),
+            "12345678",
+            "a refused write leaves nothing behind"
+        );
+        s.delete("a", 0).unwrap();
+        create(&s, "b", "text/plain", "0123456789", None).unwrap();
     }
 
     #[test]
