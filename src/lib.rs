@@ -25,9 +25,11 @@
 //!   [`http::auth`] checks bearer tokens and their scopes.
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
+//! - [`healthcheck`]: the `durable-streams health` probe used by the container.
 
 pub mod config;
 pub mod cursor;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -25,6 +25,16 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve(ServeArgs),
+    /// Probe a running server's health endpoint; exit 0 when it answers 200
+    /// (for container HEALTHCHECKs).
+    Health {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:4437/healthz")]
+        url: String,
+        /// Give up after this long (e.g. 2s).
+        #[arg(long, value_parser = parse_duration, default_value = "3s")]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Command-line flags: the last configuration layer. Every flag is optional
@@ -164,6 +174,15 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
+        Some(Command::Health { url, timeout }) => {
+            return match durable_streams::healthcheck::probe(&url, timeout) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("durable-streams health: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => ServeArgs::default(),
     };
     let config = match configure(args) {

@@ -26,12 +26,22 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("temp dir"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_durable-streams"));
-        cmd.arg("serve").args(["--bind", "127.0.0.1:0"]).args(args);
+        let mut full = vec!["--bind", "127.0.0.1:0"];
+        full.extend_from_slice(args);
         if let Some(d) = &data {
-            cmd.arg("--data-dir").arg(d.path());
+            full.extend(["--data-dir", d.path().to_str().expect("utf-8 temp dir")]);
         }
-        let mut child = cmd
+        let mut server = Self::start_raw(&full, env);
+        server._data = data;
+        server
+    }
+
+    /// Starts `durable-streams serve <args>` exactly as given (no port or
+    /// data directory added): the caller must make it listen on port 0.
+    pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
+            .arg("serve")
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -51,7 +61,7 @@ impl Server {
         Server {
             child,
             addr,
-            _data: data,
+            _data: None,
         }
     }
 
