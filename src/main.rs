@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Probe a running server's health endpoint; exit 0 when it answers 200
     /// (for container HEALTHCHECKs).
     Health {
@@ -173,7 +173,7 @@ async fn shutdown_signal() {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(a)) => a,
+        Some(Command::Serve(a)) => *a,
         Some(Command::Health { url, timeout }) => {
             return match durable_streams::healthcheck::probe(&url, timeout) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
