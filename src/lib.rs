@@ -25,7 +25,10 @@
 //!   [`http::auth`] checks bearer tokens and their scopes.
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
+//! - [`backup`]: `export` / `import` / `list` over any backend; the portable
+//!   archive format is documented in `docs/archive-format.md`.
 
+pub mod backup;
 pub mod config;
 pub mod cursor;
 pub mod http;
