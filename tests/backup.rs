@@ -572,3 +572,47 @@ fn binary_export_import_list() {
     );
     assert_eq!(snapshot(&open_file(&piped_dir)), expected);
 }
+
+#[test]
+fn restore_rejects_what_it_cannot_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = open_file(&dir.path().join("file"));
+    let acid = open_acid(&dir.path().join("acid"));
+    let mem = MemoryStorage::new(WakeHub::new());
+    let stores: [&dyn Storage; 3] = [&mem, &file, &acid];
+    for s in stores {
+        create(s, "a", "text/plain", "abc", None);
+        let (meta, records) = s.export_stream("a").unwrap();
+        let r = s.restore_stream("a", meta.clone(), records.clone());
+        assert!(matches!(r, Err(StorageError::AlreadyExists)), "{r:?}");
+        // Records that do not lead to the tail.
+        let r = s.restore_stream("b", meta.clone(), vec![Bytes::from_static(b"ab")]);
+        assert!(matches!(r, Err(StorageError::InvalidRestore(_))), "{r:?}");
+        // A fork whose source is absent, or too short for its base.
+        let mut f = meta.clone();
+        f.base = Offset::new(1, 3);
+        f.tail = Offset::new(2, 5);
+        f.fork = Some(durable_streams::storage::model::ForkLink {
+            source: "missing".into(),
+            source_id: 99,
+            anchor: Offset::new(1, 3),
+            sub_offset: 0,
+        });
+        let two = vec![Bytes::from_static(b"de")];
+        let r = s.restore_stream("c", f.clone(), two.clone());
+        assert!(matches!(r, Err(StorageError::ForkSourceNotFound)), "{r:?}");
+        f.fork.as_mut().unwrap().source = "a".into();
+        f.base = Offset::new(1, 4);
+        f.tail = Offset::new(2, 6);
+        let r = s.restore_stream("c", f.clone(), two.clone());
+        assert!(matches!(r, Err(StorageError::InvalidRestore(_))), "{r:?}");
+        // Nothing of the refused restores remains; a valid one works.
+        assert_eq!(s.list_streams().unwrap().len(), 1);
+        f.base = Offset::new(1, 3);
+        f.tail = Offset::new(2, 5);
+        let info = s.restore_stream("c", f, two).unwrap();
+        assert_eq!(info.tail, Offset::new(2, 5));
+        assert_eq!(read_at(s, "c", now_ms()).unwrap().0, b"abcde");
+        assert_eq!(s.export_stream("a").unwrap().0.refcount, 1);
+    }
+}
