@@ -26,7 +26,10 @@
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
+//! - [`backup`]: `export` / `import` / `list` over any backend; the portable
+//!   archive format is documented in `docs/archive-format.md`.
 
+pub mod backup;
 pub mod config;
 pub mod cursor;
 pub mod healthcheck;

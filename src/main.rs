@@ -1,11 +1,14 @@
 //! The `durable-streams` binary: gather the configuration layers, set up
 //! logging, serve.
 
+use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use durable_streams::backup::{self, Existing};
 use durable_streams::config::{
     self, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,
 };
@@ -35,6 +38,51 @@ enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "3s")]
         timeout: std::time::Duration,
     },
+    /// Write every stream to a portable archive (docs/archive-format.md).
+    /// The server must not be running on the same data directory.
+    Export(ExportArgs),
+    /// Restore an archive into a store (any backend). The server must not be
+    /// running on the same data directory.
+    Import(ImportArgs),
+    /// Show every stream: name, content type, own and total bytes, flags.
+    List(StoreArgs),
+}
+
+/// Which store a maintenance command opens: the `serve` configuration
+/// layers (defaults < TOML file < `DS_*` environment), then these flags.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// TOML configuration file (its storage and data_dir are used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Storage backend (file or acid).
+    #[arg(long, value_enum)]
+    storage: Option<StorageKind>,
+    /// The backend's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Archive to write ("-" for standard output). Written to FILE.partial
+    /// and renamed into place once complete.
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Archive to read ("-" for standard input).
+    #[arg(long, short)]
+    input: PathBuf,
+    /// What to do with a stream whose name already exists in the target.
+    #[arg(long, value_enum, default_value_t = Existing::Fail)]
+    existing: Existing,
 }
 
 /// Command-line flags: the last configuration layer. Every flag is optional
@@ -169,6 +217,113 @@ async fn shutdown_signal() {
     }
 }
 
+/// Opens the store a maintenance command names.
+fn open_store(
+    args: StoreArgs,
+) -> Result<Arc<dyn durable_streams::storage::Storage>, Box<dyn std::error::Error>> {
+    let env = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DS_"))
+        .collect();
+    let mut c = config::load(args.config.as_deref(), &env)?;
+    if let Some(s) = args.storage {
+        c.storage = s;
+    }
+    if let Some(d) = args.data_dir {
+        c.data_dir = d;
+    }
+    if c.storage == StorageKind::Memory {
+        return Err(
+            "the memory backend keeps nothing between runs; use --storage file or acid".into(),
+        );
+    }
+    init_logging(&c);
+    let hub = durable_streams::notify::WakeHub::new();
+    durable_streams::server::open_storage(&c, hub).map_err(|e| {
+        let hint = if e.to_string().contains("another process") {
+            " (is a server running on it? stop it first)"
+        } else {
+            ""
+        };
+        format!(
+            "cannot open the {:?} store in {}: {e}{hint}",
+            c.storage,
+            c.data_dir.display()
+        )
+        .into()
+    })
+}
+
+/// Runs `export`, `import` or `list`; the store is flushed and closed after.
+fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    let now = durable_streams::storage::now_ms();
+    match command {
+        Command::Serve(_) | Command::Health { .. } => {
+            unreachable!("main handles serve and health itself")
+        }
+        Command::List(store) => {
+            let store = open_store(store)?;
+            let entries = backup::list(&*store, now)?;
+            let mut out = std::io::stdout().lock();
+            for e in entries {
+                writeln!(out, "{e}")?;
+            }
+            store.shutdown()?;
+        }
+        Command::Export(args) => {
+            let store = open_store(args.store)?;
+            let summary = if args.output.as_os_str() == "-" {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                backup::export(&*store, &mut out, now)?
+            } else {
+                let mut partial = args.output.clone().into_os_string();
+                partial.push(".partial");
+                let partial = PathBuf::from(partial);
+                let file = std::fs::File::create(&partial)
+                    .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+                let mut out = std::io::BufWriter::new(file);
+                let summary = backup::export(&*store, &mut out, now)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                std::fs::rename(&partial, &args.output)?;
+                summary
+            };
+            store.shutdown()?;
+            eprintln!(
+                "exported {} streams ({} records, {} bytes)",
+                summary.streams, summary.records, summary.bytes
+            );
+        }
+        Command::Import(args) => {
+            let mut input: Box<dyn ReadSeek> = if args.input.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().lock().read_to_end(&mut buf)?;
+                Box::new(std::io::Cursor::new(buf))
+            } else {
+                Box::new(
+                    std::fs::File::open(&args.input)
+                        .map_err(|e| format!("cannot open {}: {e}", args.input.display()))?,
+                )
+            };
+            let store = open_store(args.store)?;
+            let result = backup::import(&*store, &mut input, args.existing, now);
+            store.shutdown()?;
+            let summary = result?;
+            for (name, why) in &summary.skipped {
+                eprintln!("skipped {name}: {why}");
+            }
+            eprintln!(
+                "imported {} streams ({} replaced, {} skipped)",
+                summary.restored.len(),
+                summary.replaced.len(),
+                summary.skipped.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -184,6 +339,23 @@ async fn main() -> std::process::ExitCode {
             };
         }
         None => ServeArgs::default(),
+        Some(other) => {
+            // Blocking storage calls: keep them off the async workers.
+            let r =
+                tokio::task::spawn_blocking(move || maintenance(other).map_err(|e| e.to_string()))
+                    .await;
+            return match r {
+                Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+                Ok(Err(e)) => {
+                    eprintln!("durable-streams: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("durable-streams: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
     };
     let config = match configure(args) {
         Ok(c) => c,

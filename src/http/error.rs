@@ -89,6 +89,8 @@ impl From<StorageError> for ApiError {
             E::Gone => ApiError::new(S::GONE, "STREAM_GONE", detail),
             E::ConfigMismatch => ApiError::new(S::CONFLICT, "CONFIG_MISMATCH", detail),
             E::PathReserved => ApiError::new(S::CONFLICT, "PATH_RESERVED", detail),
+            E::AlreadyExists => ApiError::new(S::CONFLICT, "STREAM_EXISTS", detail),
+            E::InvalidRestore(_) => ApiError::bad_request("INVALID_RESTORE", detail),
             E::Closed { tail } => ApiError::new(S::CONFLICT, "STREAM_CLOSED", detail)
                 .with_header(h::STREAM_CLOSED, "true")
                 .with_header(h::STREAM_NEXT_OFFSET, tail),

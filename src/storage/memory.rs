@@ -480,6 +480,72 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
+        let mut all: Vec<(String, StreamMeta)> = self
+            .streams
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.lock().meta.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
+        let stream = self.get(name)?;
+        let s = stream.lock();
+        Ok((s.meta.clone(), s.records.clone()))
+    }
+
+    fn restore_stream(
+        &self,
+        name: &str,
+        mut meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<StreamInfo, StorageError> {
+        super::check_restore(&meta, &records)?;
+        let mut streams = self.streams.write();
+        if streams.contains_key(name) {
+            return Err(StorageError::AlreadyExists);
+        }
+        let source = match &meta.fork {
+            Some(link) => {
+                let source = streams
+                    .get(&link.source)
+                    .cloned()
+                    .ok_or(StorageError::ForkSourceNotFound)?;
+                let src = source.lock();
+                super::check_restore_source(&meta, &src.meta)?;
+                drop(src);
+                Some(source)
+            }
+            None => None,
+        };
+        self.reserve(&records)?;
+        meta.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        meta.refcount = 0;
+        if let Some(source) = &source {
+            let mut src = source.lock();
+            src.meta.refcount += 1;
+            if let Some(link) = meta.fork.as_mut() {
+                link.source_id = src.meta.id;
+            }
+        }
+        let tail = meta.tail;
+        meta.tail = meta.base;
+        let mut stream = Stream {
+            meta,
+            starts: Vec::with_capacity(records.len()),
+            records: Vec::with_capacity(records.len()),
+        };
+        stream.push(records);
+        stream.meta.tail = tail;
+        let info = stream.meta.info();
+        self.wake(name, &stream.meta);
+        streams.insert(name.to_string(), Arc::new(Mutex::new(stream)));
+        Ok(info)
+    }
+
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
         let expired: Vec<String> = self
             .streams

@@ -51,6 +51,50 @@ pub fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis().max(0) as Millis
 }
 
+/// Checks that `records` lead from `meta.base` exactly to `meta.tail`, as a
+/// restore requires.
+pub fn check_restore(meta: &StreamMeta, records: &[Bytes]) -> Result<(), StorageError> {
+    if meta.tail.seq < meta.base.seq || meta.tail.pos < meta.base.pos {
+        return Err(StorageError::InvalidRestore("tail is before base".into()));
+    }
+    if model::advance(meta.base, records) != meta.tail {
+        return Err(StorageError::InvalidRestore(format!(
+            "{} records of {} bytes do not lead from base {} to tail {}",
+            records.len(),
+            records.iter().map(|r| r.len() as u64).sum::<u64>(),
+            meta.base,
+            meta.tail
+        )));
+    }
+    if meta.fork.is_none() && meta.base != Offset::ZERO {
+        return Err(StorageError::InvalidRestore(
+            "a stream that is not a fork must start at offset zero".into(),
+        ));
+    }
+    if model::is_json(&meta.content_type) && records.iter().any(|r| !r.ends_with(b",")) {
+        return Err(StorageError::InvalidRestore(
+            "a JSON stream's records must each end with ','".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a fork being restored against its (present) source.
+pub fn check_restore_source(meta: &StreamMeta, source: &StreamMeta) -> Result<(), StorageError> {
+    if source.tail.pos < meta.base.pos || source.tail.seq < meta.base.seq {
+        return Err(StorageError::InvalidRestore(format!(
+            "fork base {} is beyond its source's tail {}",
+            meta.base, source.tail
+        )));
+    }
+    if !model::same_type(&meta.content_type, &source.content_type) {
+        return Err(StorageError::InvalidRestore(
+            "a fork's content type must match its source's".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A fork request, as the client sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkSpec {
@@ -240,6 +284,12 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("storage corrupted: {0}")]
     Corrupt(String),
+    /// A restore named a stream that already exists (in any state).
+    #[error("a stream with this name already exists")]
+    AlreadyExists,
+    /// A restore's metadata and records do not describe a valid stream.
+    #[error("cannot restore the stream: {0}")]
+    InvalidRestore(String),
 }
 
 /// The contract between the HTTP layer and a backend. See the module docs for
@@ -282,6 +332,40 @@ pub trait Storage: Send + Sync + 'static {
     fn shutdown(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Every stream the backend holds, with its metadata, sorted by name:
+    /// visible streams, soft-deleted ones kept for their forks, and expired
+    /// ones the sweeper has not removed yet (callers that want only live
+    /// streams check [`StreamMeta::is_expired`]). Renews nothing. Used by
+    /// backup and listing tools, not by the HTTP layer.
+    fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError>;
+
+    /// A stream's metadata and its OWN records (from `meta.base` to
+    /// `meta.tail`, record boundaries kept), taken at one consistent point,
+    /// whatever its state (soft-deleted and expired streams included). A
+    /// fork's inherited range is not copied: it belongs to the source. Only
+    /// durable data is returned. Renews nothing.
+    fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError>;
+
+    /// Recreates a stream exactly as exported: same base, tail and record
+    /// boundaries (so every offset is the same), content type, expiry and
+    /// last access, closure and closing producer, `Stream-Seq`, producer
+    /// states and soft-delete flag. Committed atomically, like a create.
+    ///
+    /// The backend assigns a fresh incarnation id (`meta.id` is ignored).
+    /// For a fork, `meta.fork.source` must name a stream already present
+    /// (restore sources first); `source_id` is replaced by that stream's id,
+    /// its tail must reach the fork's `base`, and its reference count is
+    /// incremented in the same step. `meta.refcount` is ignored: the
+    /// restored stream starts unreferenced and gains references as its
+    /// forks are restored, so counts stay consistent. Fails with
+    /// [`StorageError::AlreadyExists`] when the name is taken (in any state).
+    fn restore_stream(
+        &self,
+        name: &str,
+        meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<StreamInfo, StorageError>;
 
     /// How many stream names the backend holds, when it knows cheaply
     /// (without I/O or a scan); `None` otherwise. Used only for metrics.

@@ -33,6 +33,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable};
 
@@ -331,6 +332,59 @@ impl Storage for AcidStorage {
             return Ok(0);
         }
         self.call(|tx| Op::Sweep(now, tx))
+    }
+
+    fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
+        let mut all: Vec<(String, StreamMeta)> = self
+            .shared
+            .cache
+            .read()
+            .iter()
+            .map(|(n, m)| (n.clone(), m.lock().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
+        let meta = self.shared.meta(name).ok_or(StorageError::NotFound)?;
+        // Begun after the metadata was taken: it holds every record below
+        // the cached tail (and perhaps later ones, which are left out).
+        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        let data = txn.open_table(DATA).map_err(map_err)?;
+        let mut records = Vec::with_capacity((meta.tail.seq - meta.base.seq) as usize);
+        let mut at = meta.base;
+        let range = (meta.id, meta.base.pos)..(meta.id, meta.tail.pos);
+        for item in data.range(range).map_err(map_err)? {
+            let (k, v) = item.map_err(map_err)?;
+            let (seq, bytes) = v.value();
+            if k.value().1 != at.pos || seq != at.seq {
+                break;
+            }
+            at = Offset::new(at.seq + 1, at.pos + bytes.len() as u64);
+            records.push(Bytes::copy_from_slice(bytes));
+        }
+        if at != meta.tail {
+            // Records vanish only when a stream is removed.
+            return if self.shared.meta(name).is_none_or(|m| m.id != meta.id) {
+                Err(StorageError::NotFound)
+            } else {
+                Err(StorageError::Corrupt(format!(
+                    "stream {name:?} has records up to {at}, not to its tail {}",
+                    meta.tail
+                )))
+            };
+        }
+        Ok((meta, records))
+    }
+
+    fn restore_stream(
+        &self,
+        name: &str,
+        meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<StreamInfo, StorageError> {
+        self.call(|tx| Op::Restore(name.to_string(), Box::new((meta, records)), tx))
     }
 
     fn shutdown(&self) -> Result<(), StorageError> {

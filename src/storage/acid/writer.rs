@@ -35,6 +35,7 @@ use crate::offset::Offset;
 use crate::storage::model::{self, AppendPlan, ForkLink, StreamMeta};
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
+    StreamInfo,
 };
 
 /// Most ops committed together.
@@ -58,6 +59,8 @@ pub(super) enum Op {
     Append(String, Box<AppendRequest>, Reply<AppendOutcome>),
     Delete(String, Millis, Reply<()>),
     Sweep(Millis, Reply<usize>),
+    /// Restore a stream from its metadata and own records.
+    Restore(String, Box<(StreamMeta, Vec<Bytes>)>, Reply<StreamInfo>),
     /// Persist pending renewals, answer, and stop the writer.
     Shutdown(Reply<()>),
 }
@@ -71,6 +74,7 @@ impl Op {
             Op::Append(_, _, tx) => Answer::Append(tx, Err(never())),
             Op::Delete(_, _, tx) => Answer::Delete(tx, Err(never())),
             Op::Sweep(_, tx) => Answer::Sweep(tx, Err(never())),
+            Op::Restore(_, _, tx) => Answer::Restore(tx, Err(never())),
             Op::Shutdown(tx) => Answer::Shutdown(tx),
         }
     }
@@ -82,6 +86,7 @@ enum Answer {
     Append(Reply<AppendOutcome>, Result<AppendOutcome, StorageError>),
     Delete(Reply<()>, Result<(), StorageError>),
     Sweep(Reply<usize>, Result<usize, StorageError>),
+    Restore(Reply<StreamInfo>, Result<StreamInfo, StorageError>),
     Shutdown(Reply<()>),
 }
 
@@ -103,6 +108,7 @@ impl Answer {
             Answer::Append(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Delete(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Sweep(tx, r) => drop(tx.send(pick(r, failed))),
+            Answer::Restore(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Shutdown(tx) => drop(tx.send(pick(Ok(()), failed))),
         }
     }
@@ -262,6 +268,13 @@ impl Writer {
                     }
                     Op::Sweep(now, tx) => {
                         Answer::Sweep(tx, b.run(|b| b.sweep(now), &mut fatal_err))
+                    }
+                    Op::Restore(name, restore, tx) => {
+                        let (meta, records) = *restore;
+                        Answer::Restore(
+                            tx,
+                            b.run(|b| b.restore(&name, meta, &records), &mut fatal_err),
+                        )
                     }
                     Op::Shutdown(tx) => Answer::Shutdown(tx),
                 };
@@ -571,6 +584,44 @@ impl Batch<'_, '_> {
             return Ok(());
         }
         self.remove_cascade(name, now)
+    }
+
+    /// Recreates a stream with a fresh id, its records and metadata, and
+    /// takes a reference on its fork source, in this transaction.
+    fn restore(
+        &mut self,
+        name: &str,
+        mut meta: StreamMeta,
+        records: &[Bytes],
+    ) -> Result<StreamInfo, Fail> {
+        crate::storage::check_restore(&meta, records)?;
+        if self.meta(name).is_some() {
+            return Err(StorageError::AlreadyExists.into());
+        }
+        let source = match &meta.fork {
+            Some(link) => {
+                let src = self
+                    .meta(&link.source)
+                    .ok_or(StorageError::ForkSourceNotFound)?;
+                crate::storage::check_restore_source(&meta, &src)?;
+                Some((link.source.clone(), src))
+            }
+            None => None,
+        };
+        meta.id = self.take_id();
+        meta.refcount = 0;
+        self.insert_records(meta.id, meta.base, records)?;
+        if let Some((src_name, mut src)) = source {
+            src.refcount += 1;
+            if let Some(link) = meta.fork.as_mut() {
+                link.source_id = src.id;
+            }
+            self.set(&src_name, src);
+        }
+        self.wake(name, &meta);
+        let info = meta.info();
+        self.set(name, meta);
+        Ok(info)
     }
 
     fn sweep(&mut self, now: Millis) -> Result<usize, Fail> {

@@ -991,6 +991,150 @@ impl Inner {
         self.deliver(lsn, wakes, Ok(removed))
     }
 
+    /// Every stream's metadata, once everything it reflects is durable.
+    fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
+        let mut seen = self.map_lsn.load(Ordering::Acquire);
+        let mut all: Vec<(String, StreamMeta)> = self
+            .streams
+            .read()
+            .iter()
+            .map(|(n, s)| {
+                let s = s.lock();
+                seen = seen.max(s.last_lsn);
+                (n.clone(), s.meta.clone())
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        self.answer(seen, Ok(all))
+    }
+
+    /// A stream's metadata and own records, read from its data file.
+    fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
+        let stream = match self.get(name) {
+            Ok(s) => s,
+            Err(e) => return self.absent(e),
+        };
+        let mut s = stream.lock();
+        if s.removed {
+            drop(s);
+            return self.absent(StorageError::NotFound);
+        }
+        self.ensure_index(&mut s)?;
+        let meta = s.meta.clone();
+        let starts = s.starts.clone().unwrap_or_default();
+        let seen = s.last_lsn;
+        drop(s);
+        // Bytes below the tail never change; read them without the lock.
+        let records = (0..starts.len())
+            .map(|i| {
+                let start = starts[i];
+                let end = starts.get(i + 1).copied().unwrap_or(meta.tail.pos);
+                let at = format::data_offset(i as u64, start, meta.base.pos);
+                self.files.read_record(meta.id, at, end - start)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        self.answer(seen, records.map(|r| (meta, r)))
+    }
+
+    /// Restores a stream as one WAL entry (a `Put` carrying every record and
+    /// the whole metadata), exactly like a create.
+    fn restore_stream(
+        &self,
+        name: &str,
+        meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<StreamInfo, StorageError> {
+        super::check_restore(&meta, &records)?;
+        // The entry must fit in one WAL frame (recovery rejects larger ones).
+        let header = serde_json::to_vec(&meta).map_or(0, |v| v.len()) + name.len() + 1024;
+        let size: u64 = records.iter().map(|r| r.len() as u64 + 4).sum::<u64>() + header as u64;
+        if size >= u64::from(format::MAX_FRAME) || records.len() > u32::MAX as usize {
+            return Err(StorageError::TooLarge(format!(
+                "stream {name:?} holds {size} bytes; the file backend restores at most {} \
+                 bytes per stream in one atomic step",
+                format::MAX_FRAME
+            )));
+        }
+        let gate = self.gate.read();
+        let mut streams = self.streams.write();
+        let mut tx = Tx::default();
+        let r = self.restore_locked(&streams, &mut tx, name, meta, records);
+        let (lsn, wakes) = self.commit(tx);
+        let r = r.map(|mut stream| {
+            self.map_lsn.fetch_max(lsn, Ordering::AcqRel);
+            stream.last_lsn = lsn;
+            let info = stream.meta.info();
+            streams.insert(name.to_string(), Arc::new(Mutex::new(*stream)));
+            info
+        });
+        drop(streams);
+        drop(gate);
+        self.deliver(lsn, wakes, r)
+    }
+
+    fn restore_locked(
+        &self,
+        streams: &Streams,
+        tx: &mut Tx,
+        name: &str,
+        mut meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<Box<Stream>, StorageError> {
+        if streams.contains_key(name) {
+            return Err(StorageError::AlreadyExists);
+        }
+        let source = match &meta.fork {
+            Some(link) => {
+                let src = streams
+                    .get(&link.source)
+                    .cloned()
+                    .ok_or(StorageError::ForkSourceNotFound)?;
+                let j = tx.lock(&src);
+                super::check_restore_source(&meta, &tx.held[j].meta)?;
+                Some(j)
+            }
+            None => None,
+        };
+        meta.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        meta.refcount = 0;
+        // Files first: if they cannot be written nothing has changed yet.
+        let written = self.files.create(meta.id, meta.base).and_then(|()| {
+            self.files
+                .append(meta.id, meta.base, 0, meta.base.pos, &records)
+        });
+        if let Err(e) = written {
+            tx.unlink.push(meta.id);
+            return Err(e);
+        }
+        if let Some(j) = source {
+            tx.held[j].meta.refcount += 1;
+            if let Some(link) = meta.fork.as_mut() {
+                link.source_id = tx.held[j].meta.id;
+            }
+            tx.change(j);
+        }
+        let mut starts = Vec::with_capacity(records.len());
+        let mut pos = meta.base.pos;
+        for r in &records {
+            starts.push(pos);
+            pos += r.len() as u64;
+        }
+        tx.wakes.push((name.to_string(), wake_of(&meta)));
+        tx.ops.push(Op::Put {
+            name: name.to_string(),
+            meta: Box::new(meta.clone()),
+            records: records.len() as u32,
+        });
+        tx.records = records;
+        Ok(Box::new(Stream {
+            name: name.to_string(),
+            meta,
+            starts: Some(starts),
+            last_lsn: 0,
+            removed: false,
+        }))
+    }
+
     /// See the module docs: cut, sync stream files, write the snapshot,
     /// then delete what it makes unnecessary.
     fn checkpoint(&self) -> Result<(), StorageError> {
@@ -1101,6 +1245,26 @@ impl Storage for FileStorage {
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
         self.inner.wal.check()?;
         self.inner.sweep_expired(now)
+    }
+
+    fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.list_streams()
+    }
+
+    fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
+        self.inner.wal.check()?;
+        self.inner.export_stream(name)
+    }
+
+    fn restore_stream(
+        &self,
+        name: &str,
+        meta: StreamMeta,
+        records: Vec<Bytes>,
+    ) -> Result<StreamInfo, StorageError> {
+        self.inner.wal.check()?;
+        self.inner.restore_stream(name, meta, records)
     }
 
     fn shutdown(&self) -> Result<(), StorageError> {
