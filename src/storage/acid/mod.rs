@@ -284,6 +284,11 @@ impl Storage for AcidStorage {
         true
     }
 
+    /// From the in-memory map: includes soft-deleted streams kept for forks.
+    fn stream_count(&self) -> Option<u64> {
+        Some(self.shared.cache.read().len() as u64)
+    }
+
     fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
         self.call(|tx| Op::Create(name.to_string(), Box::new(req), tx))
     }

@@ -1217,6 +1217,11 @@ impl Storage for FileStorage {
         true
     }
 
+    /// From the in-memory map: includes soft-deleted streams kept for forks.
+    fn stream_count(&self) -> Option<u64> {
+        Some(self.inner.streams.read().len() as u64)
+    }
+
     fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
         self.inner.wal.check()?;
         self.inner.create(name, req)
