@@ -218,6 +218,26 @@ impl Files {
         std::mem::take(&mut *self.dirty.lock())
     }
 
+    /// Makes the files of every id in `ids` durable: one by one for a few,
+    /// with a single `syncfs(2)` of the file system when there are many (a
+    /// checkpoint after creating thousands of streams would otherwise pay
+    /// two `fdatasync` per stream).
+    pub fn sync_many(&self, ids: &[u64]) -> Result<(), StorageError> {
+        const SYNCFS_ABOVE: usize = 32;
+        if ids.len() > SYNCFS_ABOVE {
+            let dir = File::open(&self.dir)?;
+            // SAFETY: `dir` is an open descriptor for the whole call.
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } == 0 {
+                return Ok(());
+            }
+            // Fall back to per-file syncs if syncfs is refused.
+        }
+        for id in ids {
+            self.sync(*id)?;
+        }
+        Ok(())
+    }
+
     /// Makes the files of `id` durable.
     pub fn sync(&self, id: u64) -> Result<(), StorageError> {
         let h = self.get(id)?;
@@ -264,9 +284,20 @@ impl Files {
                 "files of stream {id:016x} are shorter than the checkpoint says"
             )));
         }
-        h.data.set_len(dlen)?;
-        h.index.set_len(ilen)?;
-        self.dirty.lock().insert(id);
+        // Only files that ran ahead of the log need cutting (and syncing);
+        // after a clean stop none do, so a restart touches no file contents.
+        let mut cut = false;
+        if h.data.metadata()?.len() > dlen {
+            h.data.set_len(dlen)?;
+            cut = true;
+        }
+        if h.index.metadata()?.len() > ilen {
+            h.index.set_len(ilen)?;
+            cut = true;
+        }
+        if cut {
+            self.dirty.lock().insert(id);
+        }
         Ok(())
     }
 

@@ -1193,9 +1193,12 @@ impl Inner {
         dirty: &HashSet<u64>,
     ) -> Result<(), StorageError> {
         let live: HashSet<u64> = snapshot.streams.iter().map(|(_, m)| m.id).collect();
-        for id in dirty.iter().filter(|id| live.contains(id)) {
-            self.files.sync(*id)?;
-        }
+        let ids: Vec<u64> = dirty
+            .iter()
+            .copied()
+            .filter(|id| live.contains(id))
+            .collect();
+        self.files.sync_many(&ids)?;
         wal::sync_dir(self.files.dir())?;
         let tmp = self.root.join("checkpoint.tmp");
         let mut f = OpenOptions::new()
