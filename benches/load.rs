@@ -7,7 +7,7 @@
 //!
 //! Environment:
 //! - `DS_LOAD_TARGET`   host:port of the server (required to do anything)
-//! - `DS_LOAD_WORKLOAD` append | producer | catchup | fanout | create
+//! - `DS_LOAD_WORKLOAD` append | producer | catchup | fanout | create | idle
 //! - `DS_LOAD_PREFIX`   path prefix of streams (default `/v1/stream/`)
 //! - `DS_LOAD_CONNS`    connections (default 64)
 //! - `DS_LOAD_STREAMS`  streams the appends are spread over (default 1)
@@ -538,6 +538,43 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     Ok(())
 }
 
+/// RSS of N idle keep-alive connections that each made one POST: the
+/// HTTP stack's own cost per connection, to read the SSE figure against.
+async fn idle(cfg: Arc<Cfg>) -> Res<()> {
+    let n: usize = env_or("DS_LOAD_SUBS", 1000);
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    let mut setup = Conn::connect(&cfg.addr).await?;
+    cfg.create(&mut setup, "idle", "application/octet-stream")
+        .await?;
+    let path = cfg.path("idle");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = pid.as_deref().and_then(vm_rss_kib);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = Conn::connect(&cfg.addr).await?;
+        c.request(
+            "POST",
+            &path,
+            &[("Content-Type", "application/octet-stream")],
+            b"x",
+        )
+        .await?;
+        conns.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = pid.as_deref().and_then(vm_rss_kib);
+    let per = match (rss0, rss1) {
+        (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / n as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "RESULT workload=idle conns={n} rss_per_conn_kib={per} load1={}",
+        uptime_load()
+    );
+    drop(conns);
+    Ok(())
+}
+
 /// Creates `DS_LOAD_COUNT` streams over `DS_LOAD_CONNS` connections.
 async fn create(cfg: Arc<Cfg>) -> Res<()> {
     let count: usize = env_or("DS_LOAD_COUNT", 100_000);
@@ -596,6 +633,7 @@ fn main() {
             "catchup" => catchup(cfg).await,
             "fanout" => fanout(cfg).await,
             "create" => create(cfg).await,
+            "idle" => idle(cfg).await,
             w => Err(format!("unknown workload {w}").into()),
         }
     });

@@ -19,7 +19,7 @@ PEER_ROOT=${PEER_ROOT:-/tmp/peer}
 NODE_DIR=${NODE_DIR:-/tmp/perf-node}
 CREATE_COUNT=${BENCH_CREATE_COUNT:-100000}
 TARGETS=${BENCH_TARGETS:-"ours-memory ours-file ours-acid axum-baseline node-memory peer-memory peer-wal"}
-WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 producer catchup fanout create"}
+WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 producer catchup fanout idle create"}
 PORT=${BENCH_PORT:-18400}
 
 # 1,000 SSE subscribers need 1,000 sockets on each side.
@@ -101,10 +101,11 @@ start_server() {
   return 1
 }
 
+# stop_server [GRACE_S]: SIGTERM, then SIGKILL after GRACE_S (default 10) s.
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
   kill "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 1 200); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+  for _ in $(seq 1 $((${1:-10} * 20))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
   kill -9 "$SERVER_PID" 2>/dev/null
   wait "$SERVER_PID" 2>/dev/null
   SERVER_PID=
@@ -123,7 +124,7 @@ trap stop_server EXIT
 
 for name in $TARGETS; do
   for w in $WORKLOADS; do
-    [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 ]] && continue
+    [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
     [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
     dir=$SCRATCH/$name-$w
     rm -rf "$dir"
@@ -135,18 +136,24 @@ for name in $TARGETS; do
       producer) load "$name" producer DS_LOAD_WORKLOAD=producer DS_LOAD_STREAMS=1 ;;
       catchup) load "$name" catchup DS_LOAD_WORKLOAD=catchup ;;
       fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout ;;
+      idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
       create)
         load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
-        stop_server
-        # Restart time: from exec until a stream created before the restart answers.
+        # Graceful stop (up to 120 s, timed), then restart time: from exec
+        # until the listening line, and until a stream created before the
+        # restart answers.
+        t0=$(date +%s%N)
+        stop_server 120
+        stop_ms=$((($(date +%s%N) - t0) / 1000000))
         t0=$(date +%s%N)
         if start_server "$name" "$dir"; then
+          listen_ms=$((($(date +%s%N) - t0) / 1000000))
           until curl -sf -o /dev/null "http://$ADDR/v1/stream/bench-c$((CREATE_COUNT - 1))?offset=-1"; do
             kill -0 "$SERVER_PID" 2>/dev/null || break
             sleep 0.01
           done
           t1=$(date +%s%N)
-          echo "RESULT server=$name label=restart streams=$CREATE_COUNT restart_ms=$(((t1 - t0) / 1000000)) data_kib=$(du -sk "$dir" | cut -f1) load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS" >&2
+          echo "RESULT server=$name label=restart streams=$CREATE_COUNT stop_ms=$stop_ms listen_ms=$listen_ms restart_ms=$(((t1 - t0) / 1000000)) data_kib=$(du -sk "$dir" | cut -f1) load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS" >&2
         fi
         ;;
     esac
