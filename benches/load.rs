@@ -1,0 +1,644 @@
+//! HTTP load generator for Durable Streams servers (ours and peers).
+//!
+//! Does nothing unless `DS_LOAD_TARGET=host:port` is set, so that
+//! `cargo test --all-targets` runs it instantly. Raw HTTP/1.1 over tokio
+//! `TcpStream`s: keep-alive, one request in flight per connection (no
+//! pipelining), `TCP_NODELAY`.
+//!
+//! Environment:
+//! - `DS_LOAD_TARGET`   host:port of the server (required to do anything)
+//! - `DS_LOAD_WORKLOAD` append | producer | catchup | fanout | create | idle
+//! - `DS_LOAD_PREFIX`   path prefix of streams (default `/v1/stream/`)
+//! - `DS_LOAD_CONNS`    connections (default 64)
+//! - `DS_LOAD_STREAMS`  streams the appends are spread over (default 1)
+//! - `DS_LOAD_SECS`     measured seconds (default 5, after 1 s of warm-up)
+//! - `DS_LOAD_BODY`     append body bytes (default 100)
+//! - `DS_LOAD_MIB`      catch-up stream size in MiB (default 64)
+//! - `DS_LOAD_SUBS`     SSE subscribers (default 1000)
+//! - `DS_LOAD_MSGS`     fan-out messages (default 100, one every 50 ms)
+//! - `DS_LOAD_COUNT`    streams to create (default 100000)
+//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out)
+//!
+//! Prints one `RESULT key=value ...` line per run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    io: BufReader<TcpStream>,
+    host: String,
+    req: Vec<u8>,
+}
+
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Conn {
+    async fn connect(addr: &str) -> Res<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            io: BufReader::with_capacity(64 * 1024, s),
+            host: addr.to_string(),
+            req: Vec::with_capacity(512),
+        })
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Res<()> {
+        use std::io::Write;
+        self.req.clear();
+        write!(
+            self.req,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
+            self.host
+        )?;
+        if method != "GET" || !body.is_empty() {
+            write!(self.req, "Content-Length: {}\r\n", body.len())?;
+        }
+        for (k, v) in headers {
+            write!(self.req, "{k}: {v}\r\n")?;
+        }
+        self.req.extend_from_slice(b"\r\n");
+        self.req.extend_from_slice(body);
+        self.io.get_mut().write_all(&self.req).await?;
+        Ok(())
+    }
+
+    async fn read_line(&mut self, line: &mut String) -> Res<()> {
+        line.clear();
+        if self.io.read_line(line).await? == 0 {
+            return Err("connection closed".into());
+        }
+        while line.ends_with('\n') || line.ends_with('\r') {
+            line.pop();
+        }
+        Ok(())
+    }
+
+    async fn read_head(&mut self) -> Res<Head> {
+        let mut line = String::new();
+        self.read_line(&mut line).await?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut headers = Vec::new();
+        loop {
+            self.read_line(&mut line).await?;
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        Ok(Head { status, headers })
+    }
+
+    /// Reads (and counts, optionally keeps) the body of a non-streaming response.
+    async fn read_body(&mut self, head: &Head, mut keep: Option<&mut Vec<u8>>) -> Res<u64> {
+        if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        let chunked = head
+            .get("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if chunked {
+            let mut line = String::new();
+            loop {
+                self.read_line(&mut line).await?;
+                let hex = line.split(';').next().unwrap_or("").trim();
+                let mut size = usize::from_str_radix(hex, 16)?;
+                if size == 0 {
+                    loop {
+                        self.read_line(&mut line).await?;
+                        if line.is_empty() {
+                            return Ok(total);
+                        }
+                    }
+                }
+                while size > 0 {
+                    let n = size.min(buf.len());
+                    self.io.read_exact(&mut buf[..n]).await?;
+                    if let Some(k) = keep.as_deref_mut() {
+                        k.extend_from_slice(&buf[..n]);
+                    }
+                    size -= n;
+                    total += n as u64;
+                }
+                self.read_line(&mut line).await?;
+            }
+        }
+        let mut left: u64 = match head.get("content-length") {
+            Some(v) => v.parse()?,
+            None => u64::MAX, // until close
+        };
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = self.io.read(&mut buf[..want]).await?;
+            if n == 0 {
+                if left == u64::MAX || head.get("content-length").is_none() {
+                    break;
+                }
+                return Err("eof in body".into());
+            }
+            if let Some(k) = keep.as_deref_mut() {
+                k.extend_from_slice(&buf[..n]);
+            }
+            total += n as u64;
+            left = left.saturating_sub(n as u64);
+        }
+        Ok(total)
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Res<(Head, u64)> {
+        self.send(method, path, headers, body).await?;
+        let head = self.read_head().await?;
+        let n = self.read_body(&head, None).await?;
+        Ok((head, n))
+    }
+}
+
+struct Cfg {
+    addr: String,
+    prefix: String,
+    run: String,
+}
+
+impl Cfg {
+    fn path(&self, name: &str) -> String {
+        format!("{}{}-{}", self.prefix, self.run, name)
+    }
+
+    async fn create(&self, conn: &mut Conn, name: &str, ct: &str) -> Res<()> {
+        let (head, _) = conn
+            .request("PUT", &self.path(name), &[("Content-Type", ct)], b"")
+            .await?;
+        if !(200..300).contains(&head.status) {
+            return Err(format!("PUT {name}: {}", head.status).into());
+        }
+        Ok(())
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn uptime_load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn vm_rss_kib(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Closed-loop appends: every connection sends its next append as soon as the
+/// previous one is answered.
+async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
+    let conns: usize = env_or("DS_LOAD_CONNS", 64);
+    let streams: usize = env_or("DS_LOAD_STREAMS", 1);
+    let secs: f64 = env_or("DS_LOAD_SECS", 5.0);
+    let body = Arc::new(vec![b'x'; env_or("DS_LOAD_BODY", 100)]);
+    let ct = "application/octet-stream";
+    let mut setup = Conn::connect(&cfg.addr).await?;
+    let paths: Arc<Vec<String>> =
+        Arc::new((0..streams).map(|i| cfg.path(&format!("s{i}"))).collect());
+    for i in 0..streams {
+        cfg.create(&mut setup, &format!("s{i}"), ct).await?;
+    }
+    let start = Instant::now() + Duration::from_secs(1);
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let (cfg, paths, body) = (cfg.clone(), paths.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut conn = Conn::connect(&cfg.addr).await?;
+            let pid = format!("{}-p{w}", cfg.run);
+            let mut k = 0usize;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let path = &paths[(w + k) % paths.len()];
+                let seq = k.to_string();
+                let hs: &[(&str, &str)] = if producer {
+                    &[
+                        ("Content-Type", ct),
+                        ("Producer-Id", &pid),
+                        ("Producer-Epoch", "0"),
+                        ("Producer-Seq", &seq),
+                    ]
+                } else {
+                    &[("Content-Type", ct)]
+                };
+                let (head, _) = conn.request("POST", path, hs, &body).await?;
+                let t1 = Instant::now();
+                k += 1;
+                if t0 >= start && t1 <= end {
+                    if (200..300).contains(&head.status) {
+                        lat.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                } else if !(200..300).contains(&head.status) {
+                    errors += 1;
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((lat, errors))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort_unstable();
+    println!(
+        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} load1={}",
+        if producer { "producer" } else { "append" },
+        lat.len() as f64 / secs,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        uptime_load()
+    );
+    Ok(())
+}
+
+/// Fills one stream with `DS_LOAD_MIB` MiB (1 MiB appends), then reads it
+/// front to back from `offset=-1`, following `Stream-Next-Offset` until
+/// `Stream-Up-To-Date: true`.
+async fn catchup(cfg: Arc<Cfg>) -> Res<()> {
+    let mib: usize = env_or("DS_LOAD_MIB", 64);
+    let rounds: usize = env_or("DS_LOAD_ROUNDS", 3);
+    let mut conn = Conn::connect(&cfg.addr).await?;
+    let ct = "application/octet-stream";
+    cfg.create(&mut conn, "big", ct).await?;
+    let path = cfg.path("big");
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    for _ in 0..mib {
+        let (head, _) = conn
+            .request("POST", &path, &[("Content-Type", ct)], &chunk)
+            .await?;
+        if !(200..300).contains(&head.status) {
+            return Err(format!("fill append: {}", head.status).into());
+        }
+    }
+    let mut best = 0f64;
+    let mut all = Vec::new();
+    let mut requests = 0;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let mut offset = "-1".to_string();
+        let mut total = 0u64;
+        requests = 0;
+        loop {
+            conn.send("GET", &format!("{path}?offset={offset}"), &[], b"")
+                .await?;
+            let head = conn.read_head().await?;
+            if head.status != 200 {
+                return Err(format!("catch-up GET: {}", head.status).into());
+            }
+            total += conn.read_body(&head, None).await?;
+            requests += 1;
+            let next = head.get("stream-next-offset").unwrap_or("").to_string();
+            let done = head
+                .get("stream-up-to-date")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            if done || next.is_empty() || next == offset {
+                break;
+            }
+            offset = next;
+        }
+        let el = t0.elapsed().as_secs_f64();
+        if total != (mib as u64) << 20 {
+            return Err(format!("read {total} bytes, expected {}", (mib as u64) << 20).into());
+        }
+        let mbps = total as f64 / el / 1e6;
+        best = best.max(mbps);
+        all.push(format!("{mbps:.0}"));
+    }
+    println!(
+        "RESULT workload=catchup mib={mib} best_mbps={best:.0} rounds_mbps={} requests_per_read={requests} load1={}",
+        all.join(","),
+        uptime_load()
+    );
+    Ok(())
+}
+
+/// Finds `seq-<n>;` markers in SSE bytes; `carry` keeps a partial marker.
+fn scan(carry: &mut Vec<u8>, data: &[u8], mut hit: impl FnMut(usize)) {
+    carry.extend_from_slice(data);
+    let mut i = 0;
+    let mut partial = None;
+    while let Some(p) = carry[i..].windows(4).position(|w| w == b"seq-") {
+        let s = i + p + 4;
+        let mut e = s;
+        while e < carry.len() && carry[e].is_ascii_digit() {
+            e += 1;
+        }
+        if e == carry.len() {
+            partial = Some(i + p);
+            break;
+        }
+        if carry[e] == b';'
+            && let Ok(n) = std::str::from_utf8(&carry[s..e]).unwrap_or("x").parse()
+        {
+            hit(n);
+        }
+        i = e;
+    }
+    // Everything before `i` is scanned; only a marker's first 3 bytes can hide
+    // in the tail.
+    let keep_from = partial.unwrap_or_else(|| i.max(carry.len().saturating_sub(3)));
+    carry.drain(..keep_from);
+}
+
+/// 1 writer, N SSE subscribers on one `text/plain` stream. Delay = time the
+/// subscriber saw message k minus the time the writer got the append's ack.
+async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
+    let subs: usize = env_or("DS_LOAD_SUBS", 1000);
+    let msgs: usize = env_or("DS_LOAD_MSGS", 100);
+    let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    let ct = "text/plain";
+    let mut writer = Conn::connect(&cfg.addr).await?;
+    cfg.create(&mut writer, "fan", ct).await?;
+    let path = Arc::new(cfg.path("fan"));
+    // Let the server settle after creation before the baseline reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = pid.as_deref().and_then(vm_rss_kib);
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..subs {
+        let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
+            let go = async {
+                let mut conn = Conn::connect(&cfg.addr).await?;
+                conn.send(
+                    "GET",
+                    &format!("{path}?offset=now&live=sse"),
+                    &[("Accept", "text/event-stream")],
+                    b"",
+                )
+                .await?;
+                let head = conn.read_head().await?;
+                if head.status != 200 {
+                    return Err::<(), Box<dyn std::error::Error + Send + Sync>>(
+                        format!("SSE status {}", head.status).into(),
+                    );
+                }
+                ready.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut carry = Vec::new();
+                loop {
+                    let n = conn.io.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let now = Instant::now();
+                    let mut last = false;
+                    scan(&mut carry, &buf[..n], |k| {
+                        seen.push((k, now));
+                        last |= k + 1 == msgs;
+                    });
+                    if last {
+                        return Ok(());
+                    }
+                }
+            };
+            let r = tokio::time::timeout(Duration::from_secs(60), go).await;
+            if !matches!(r, Ok(Ok(()))) {
+                failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(Err(e)) = &r
+                    && failed.load(Ordering::SeqCst) == 1
+                {
+                    eprintln!("subscriber error: {e}");
+                }
+            }
+            seen
+        }));
+        // Do not overrun the accept backlog.
+        if tasks.len() % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let t_connect = Instant::now();
+    while ready.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < subs
+        && t_connect.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = pid.as_deref().and_then(vm_rss_kib);
+    let connected = ready.load(Ordering::SeqCst);
+    let mut acks = Vec::with_capacity(msgs);
+    for k in 0..msgs {
+        let body = format!("seq-{k};{}", "x".repeat(90));
+        let (head, _) = writer
+            .request("POST", &path, &[("Content-Type", ct)], body.as_bytes())
+            .await?;
+        acks.push(Instant::now());
+        if !(200..300).contains(&head.status) {
+            return Err(format!("fan-out append: {}", head.status).into());
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let mut delays: Vec<u32> = Vec::with_capacity(subs * msgs);
+    let mut early = 0u64;
+    for t in tasks {
+        for (k, at) in t.await? {
+            if k < msgs {
+                match at.checked_duration_since(acks[k]) {
+                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
+                    None => {
+                        early += 1;
+                        delays.push(0);
+                    }
+                }
+            }
+        }
+    }
+    delays.sort_unstable();
+    let per_sub = match (rss0, rss1) {
+        (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / connected.max(1) as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} load1={}",
+        delays.len(),
+        subs * msgs,
+        pct(&delays, 0.5),
+        pct(&delays, 0.99),
+        delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
+        rss0.map_or("n/a".into(), |v| v.to_string()),
+        rss1.map_or("n/a".into(), |v| v.to_string()),
+        uptime_load()
+    );
+    Ok(())
+}
+
+/// RSS of N idle keep-alive connections that each made one POST: the
+/// HTTP stack's own cost per connection, to read the SSE figure against.
+async fn idle(cfg: Arc<Cfg>) -> Res<()> {
+    let n: usize = env_or("DS_LOAD_SUBS", 1000);
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    let mut setup = Conn::connect(&cfg.addr).await?;
+    cfg.create(&mut setup, "idle", "application/octet-stream")
+        .await?;
+    let path = cfg.path("idle");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = pid.as_deref().and_then(vm_rss_kib);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = Conn::connect(&cfg.addr).await?;
+        c.request(
+            "POST",
+            &path,
+            &[("Content-Type", "application/octet-stream")],
+            b"x",
+        )
+        .await?;
+        conns.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = pid.as_deref().and_then(vm_rss_kib);
+    let per = match (rss0, rss1) {
+        (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / n as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "RESULT workload=idle conns={n} rss_per_conn_kib={per} load1={}",
+        uptime_load()
+    );
+    drop(conns);
+    Ok(())
+}
+
+/// Creates `DS_LOAD_COUNT` streams over `DS_LOAD_CONNS` connections.
+async fn create(cfg: Arc<Cfg>) -> Res<()> {
+    let count: usize = env_or("DS_LOAD_COUNT", 100_000);
+    let conns: usize = env_or("DS_LOAD_CONNS", 64);
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (cfg, next) = (cfg.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&cfg.addr).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                }
+                cfg.create(&mut conn, &format!("c{i}"), "application/octet-stream")
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let el = t0.elapsed().as_secs_f64();
+    println!(
+        "RESULT workload=create count={count} secs={el:.2} creates_per_s={:.0} run={} load1={}",
+        count as f64 / el,
+        cfg.run,
+        uptime_load()
+    );
+    Ok(())
+}
+
+fn main() {
+    let Ok(addr) = std::env::var("DS_LOAD_TARGET") else {
+        return;
+    };
+    let run = std::env::var("DS_LOAD_RUN").unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("r{}", t.as_millis())
+    });
+    let cfg = Arc::new(Cfg {
+        addr,
+        prefix: std::env::var("DS_LOAD_PREFIX").unwrap_or_else(|_| "/v1/stream/".into()),
+        run,
+    });
+    let workload = std::env::var("DS_LOAD_WORKLOAD").unwrap_or_else(|_| "append".into());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let r = rt.block_on(async move {
+        match workload.as_str() {
+            "append" => append(cfg, false).await,
+            "producer" => append(cfg, true).await,
+            "catchup" => catchup(cfg).await,
+            "fanout" => fanout(cfg).await,
+            "create" => create(cfg).await,
+            "idle" => idle(cfg).await,
+            w => Err(format!("unknown workload {w}").into()),
+        }
+    });
+    if let Err(e) = r {
+        println!("RESULT error={e:?}");
+        std::process::exit(1);
+    }
+}

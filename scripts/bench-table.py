@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's results.txt into the Markdown tables of BENCHMARKS.md."""
+import sys
+
+path = sys.argv[1] if len(sys.argv) > 1 else "target/bench/results.txt"
+rows = {}
+for line in open(path):
+    if not line.startswith("RESULT "):
+        continue
+    kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+    if "label" in kv:
+        rows[(kv["server"], kv["label"])] = kv
+
+SERVERS = ["ours-memory", "ours-file", "ours-acid", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+
+
+def f(server, label, key):
+    r = rows.get((server, label))
+    if not r or key not in r:
+        return None
+    try:
+        return float(r[key])
+    except ValueError:
+        return None
+
+
+def fmt(v, nd=0):
+    return "—" if v is None else f"{v:,.{nd}f}"
+
+
+def ratio(a, b):
+    return "—" if a is None or not b else f"{a / b:.2f}×"
+
+
+for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
+                     ("append256", "Appends, 100 B, 64 connections, 256 streams"),
+                     ("producer", "Idempotent-producer appends, 64 producers, 1 stream")]:
+    print(f"### {title}\n")
+    print("| server | req/s | p50 ms | p99 ms | errors | load1 | ours-memory / it | ours-file / it | ours-acid / it |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    om, of, oa = (f(s, label, "rps") for s in ("ours-memory", "ours-file", "ours-acid"))
+    for s in SERVERS:
+        v = f(s, label, "rps")
+        if v is None:
+            continue
+        print(f"| {s} | {fmt(v)} | {fmt(f(s, label, 'p50_ms'), 2)} | {fmt(f(s, label, 'p99_ms'), 2)} | "
+              f"{fmt(f(s, label, 'errors'))} | {rows[(s, label)].get('load1', '')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
+    print()
+
+print("### Catch-up read of a 64 MiB stream (best of 3 reads)\n")
+print("| server | MB/s (best) | each read | requests per read | ours-memory / it | ours-file / it | ours-acid / it |")
+print("|---|---:|---|---:|---:|---:|---:|")
+om, of, oa = (f(s, "catchup", "best_mbps") for s in ("ours-memory", "ours-file", "ours-acid"))
+for s in SERVERS:
+    v = f(s, "catchup", "best_mbps")
+    if v is None:
+        continue
+    r = rows[(s, "catchup")]
+    print(f"| {s} | {fmt(v)} | {r.get('rounds_mbps')} | {r.get('requests_per_read')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
+print()
+
+print("### SSE fan-out: 1 writer, 1,000 subscribers, 100 appends 50 ms apart\n")
+print("Delay = subscriber receipt − writer's ack (0 when the event beat the ack; counted in *before ack*).\n")
+print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack | RSS before KiB | RSS after KiB | KiB per idle subscriber | KiB per idle keep-alive conn |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for s in SERVERS:
+    r = rows.get((s, "fanout"))
+    idle = rows.get((s, "idle"), {}).get("rss_per_conn_kib", "—")
+    if not r:
+        if idle != "—":
+            print(f"| {s} | — | — | — | — | — | — | — | — | {idle} |")
+        continue
+    print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | "
+          f"{r.get('before_ack')} | {r.get('rss_before_kib')} | {r.get('rss_after_kib')} | {r.get('rss_per_sub_kib')} | {idle} |")
+print()
+
+print("### Create 10,000 streams (64 connections), then graceful stop and restart\n")
+print("| server | creates/s | graceful stop ms | restart: listening ms | restart: first read ms | data KiB |")
+print("|---|---:|---:|---:|---:|---:|")
+for s in SERVERS:
+    c = rows.get((s, "create"))
+    r = rows.get((s, "restart"), {})
+    if not c:
+        continue
+    print(f"| {s} | {fmt(f(s, 'create', 'creates_per_s'))} | {r.get('stop_ms', '—')} | {r.get('listen_ms', '—')} | {r.get('restart_ms', '—')} | {r.get('data_kib', '—')} |")
+print()

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# End-to-end HTTP benchmark: builds our server, the load generator
+# (benches/load.rs) and a bare axum baseline (benches/axum_baseline.rs) in
+# release mode, installs the peers into scratch directories, then starts each
+# server in turn and runs every workload against it, all in ONE run, so the
+# ratios in BENCHMARKS.md compare figures taken on the same machine, same load.
+#
+#   scripts/bench.sh                 # everything
+#   BENCH_SECS=3 BENCH_TARGETS="ours-memory peer-memory" scripts/bench.sh
+#
+# Results: one `RESULT server=... workload=...` line each in $BENCH_OUT/results.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+SECS=${BENCH_SECS:-5}
+SCRATCH=${BENCH_SCRATCH:-/tmp/ds-bench}
+PEER_ROOT=${PEER_ROOT:-/tmp/peer}
+NODE_DIR=${NODE_DIR:-/tmp/perf-node}
+CREATE_COUNT=${BENCH_CREATE_COUNT:-100000}
+TARGETS=${BENCH_TARGETS:-"ours-memory ours-file ours-acid axum-baseline node-memory peer-memory peer-wal"}
+WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 producer catchup fanout idle create"}
+PORT=${BENCH_PORT:-18400}
+
+# 1,000 SSE subscribers need 1,000 sockets on each side.
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT" "$SCRATCH"
+RESULTS=$OUT/results.txt
+: >"$RESULTS"
+log() { echo "== $*" >&2; }
+
+{
+  echo "MACHINE nproc=$(nproc) mem=\"$(free -m | awk '/Mem:/{print $2" MiB"}')\" kernel=$(uname -r) date=$(date -u +%FT%TZ)"
+  echo "MACHINE uptime=\"$(uptime)\""
+} >>"$RESULTS"
+
+log "building (release)"
+cargo build --release --bin durable-streams >&2 || exit 1
+mapfile -t EXES < <(cargo bench --no-run --bench load --bench axum_baseline --message-format=json 2>/dev/null |
+  jq -r 'select(.executable != null) | .executable')
+LOAD=$(printf '%s\n' "${EXES[@]}" | grep '/load-')
+BASE=$(printf '%s\n' "${EXES[@]}" | grep '/axum_baseline-')
+[ -x "$LOAD" ] && [ -x "$BASE" ] || { log "bench binaries not found"; exit 1; }
+OURS=$ROOT/target/release/durable-streams
+
+# Peers. Failure to install one is recorded and the run goes on.
+PEER=$PEER_ROOT/bin/durable-streams-server
+if [[ " $TARGETS " == *" peer-"* && ! -x $PEER ]]; then
+  log "installing crates.io durable-streams into $PEER_ROOT"
+  cargo install durable-streams --root "$PEER_ROOT" >&2 ||
+    echo "RESULT server=peer error=\"cargo install durable-streams failed\"" >>"$RESULTS"
+fi
+if [[ " $TARGETS " == *" node-"* ]]; then
+  if [ ! -d "$NODE_DIR/node_modules/@durable-streams/server" ]; then
+    log "installing @durable-streams/server into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    (cd "$NODE_DIR" && { [ -f package.json ] || npm init -y >/dev/null; } && npm install @durable-streams/server >&2) ||
+      echo "RESULT server=node error=\"npm install @durable-streams/server failed\"" >>"$RESULTS"
+  fi
+  # The package exports a DurableStreamTestServer class (no bin); in-memory
+  # when no dataDir is given.
+  cat >"$NODE_DIR/bench-start.mjs" <<'JS'
+import { DurableStreamTestServer } from "@durable-streams/server"
+const port = Number(process.argv[2])
+const server = new DurableStreamTestServer({ port, host: "127.0.0.1" })
+await server.start()
+console.log(`listening on http://127.0.0.1:${port}`)
+process.on("SIGTERM", async () => { await server.stop(); process.exit(0) })
+JS
+  echo "MACHINE node=$(node --version) node_server=$(jq -r .version "$NODE_DIR/node_modules/@durable-streams/server/package.json" 2>/dev/null)" >>"$RESULTS"
+fi
+[ -x "$PEER" ] && echo "MACHINE peer=$("$PEER" --version 2>/dev/null || echo durable-streams-0.1.5)" >>"$RESULTS"
+
+SERVER_PID=
+ADDR=
+# start_server NAME DATA_DIR: starts target NAME on a fresh port; waits for
+# its "listening on http://" line. DATA_DIR is reused when it exists.
+start_server() {
+  local name=$1 dir=$2
+  PORT=$((PORT + 1))
+  local logf=$OUT/$name.log
+  case $name in
+    ours-memory) "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --log-level warn >"$logf" 2>&1 & ;;
+    ours-file) "$OURS" serve --bind 127.0.0.1:$PORT --storage file --data-dir "$dir" --log-level warn >"$logf" 2>&1 & ;;
+    ours-acid) "$OURS" serve --bind 127.0.0.1:$PORT --storage acid --data-dir "$dir" --log-level warn >"$logf" 2>&1 & ;;
+    axum-baseline) DS_BASELINE_BIND=127.0.0.1:$PORT "$BASE" >"$logf" 2>&1 & ;;
+    node-memory) (cd "$NODE_DIR" && exec node bench-start.mjs $PORT) >"$logf" 2>&1 & ;;
+    peer-memory) "$PEER" --port $PORT --data-dir "$dir" --durability memory >"$logf" 2>&1 & ;;
+    peer-wal) "$PEER" --port $PORT --data-dir "$dir" >"$logf" 2>&1 & ;;
+    *) log "unknown target $name"; return 1 ;;
+  esac
+  SERVER_PID=$!
+  ADDR=127.0.0.1:$PORT
+  for _ in $(seq 1 600); do
+    grep -q "listening on http://" "$logf" 2>/dev/null && return 0
+    kill -0 $SERVER_PID 2>/dev/null || break
+    sleep 0.05
+  done
+  log "$name did not start: $(tail -n 5 "$logf")"
+  echo "RESULT server=$name error=\"did not start: $(tail -n 1 "$logf" | tr '"' "'")\"" >>"$RESULTS"
+  return 1
+}
+
+# stop_server [GRACE_S]: SIGTERM, then SIGKILL after GRACE_S (default 10) s.
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill "$SERVER_PID" 2>/dev/null
+  for _ in $(seq 1 $((${1:-10} * 20))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -9 "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=
+}
+
+# load NAME WORKLOAD_LABEL VAR=VALUE...: runs the load generator once.
+load() {
+  local name=$1 label=$2
+  shift 2
+  log "$name $label ($(cut -d' ' -f1-3 /proc/loadavg))"
+  env DS_LOAD_TARGET="$ADDR" DS_SERVER_PID="$SERVER_PID" DS_LOAD_SECS="$SECS" "$@" "$LOAD" 2>>"$OUT/$name.load.err" |
+    grep '^RESULT' | sed "s/^RESULT /RESULT server=$name label=$label /" | tee -a "$RESULTS" >&2
+}
+
+trap stop_server EXIT
+
+for name in $TARGETS; do
+  for w in $WORKLOADS; do
+    [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
+    [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
+    dir=$SCRATCH/$name-$w
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    start_server "$name" "$dir" || continue
+    case $w in
+      append1) load "$name" append1 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=1 ;;
+      append256) load "$name" append256 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=256 ;;
+      producer) load "$name" producer DS_LOAD_WORKLOAD=producer DS_LOAD_STREAMS=1 ;;
+      catchup) load "$name" catchup DS_LOAD_WORKLOAD=catchup ;;
+      fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout ;;
+      idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
+      create)
+        load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
+        # Graceful stop (up to 120 s, timed), then restart time: from exec
+        # until the listening line, and until a stream created before the
+        # restart answers.
+        t0=$(date +%s%N)
+        stop_server 120
+        stop_ms=$((($(date +%s%N) - t0) / 1000000))
+        t0=$(date +%s%N)
+        if start_server "$name" "$dir"; then
+          listen_ms=$((($(date +%s%N) - t0) / 1000000))
+          until curl -sf -o /dev/null "http://$ADDR/v1/stream/bench-c$((CREATE_COUNT - 1))?offset=-1"; do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.01
+          done
+          t1=$(date +%s%N)
+          echo "RESULT server=$name label=restart streams=$CREATE_COUNT stop_ms=$stop_ms listen_ms=$listen_ms restart_ms=$(((t1 - t0) / 1000000)) data_kib=$(du -sk "$dir" | cut -f1) load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS" >&2
+        fi
+        ;;
+    esac
+    stop_server
+    rm -rf "$dir"
+  done
+done
+echo "MACHINE uptime_end=\"$(uptime)\"" >>"$RESULTS"
+log "results in $RESULTS"
