@@ -23,6 +23,7 @@ pub struct SubError {
     code: &'static str,
     message: String,
     extra: Option<(&'static str, String)>,
+    generation: Option<u64>,
 }
 
 impl SubError {
@@ -32,6 +33,7 @@ impl SubError {
             code,
             message: message.into(),
             extra: None,
+            generation: None,
         }
     }
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
@@ -51,6 +53,9 @@ impl IntoResponse for SubError {
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some((k, v)) = self.extra {
             error[k] = Value::String(v);
+        }
+        if let Some(g) = self.generation {
+            error["generation"] = json!(g);
         }
         let body = json!({
             "type": "about:blank",
@@ -359,9 +364,7 @@ async fn apply_ack(state: &AppState, id: &str, headers: &HeaderMap, body: &Bytes
     let v = parse_json(body)?;
     let wake_id = v["wake_id"].as_str().unwrap_or_default();
     let generation = v["generation"].as_u64().unwrap_or(0);
-    if claims["wake_id"] != wake_id {
-        return Err(fenced());
-    }
+    check_claims(&claims, wake_id, generation)?;
     let mut acks = Vec::new();
     for a in v["acks"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let (Some(p), Some(o)) = (a["stream"].as_str(), a["offset"].as_str()) else {
@@ -385,6 +388,26 @@ async fn apply_ack(state: &AppState, id: &str, headers: &HeaderMap, body: &Bytes
         Err(AckError::Fenced) => Err(fenced()),
         Err(AckError::NotFound) => Err(SubError::not_found()),
     }
+}
+
+/// The token must be for this wake and generation, and unexpired.
+fn check_claims(claims: &Value, wake_id: &str, generation: u64) -> Result<(), SubError> {
+    if claims["exp"].as_u64().is_some_and(|exp| exp < now_ms()) {
+        return Err(SubError::new(
+            StatusCode::UNAUTHORIZED,
+            "TOKEN_EXPIRED",
+            "the subscription token has expired",
+        ));
+    }
+    if claims["wake_id"] != wake_id || claims["generation"] != generation {
+        return Err(fenced());
+    }
+    Ok(())
+}
+
+/// Token lifetime: long enough for a slow worker, bounded anyway.
+fn token_exp(lease_ttl_ms: u64) -> u64 {
+    now_ms() + (lease_ttl_ms * 10).max(10 * 60 * 1000)
 }
 
 fn fenced() -> SubError {
@@ -457,6 +480,7 @@ pub async fn claim(State(state): State<AppState>, Path(id): Path<String>, body: 
                             "another worker holds this wake",
                         );
                         e.extra = Some(("current_holder", h.clone()));
+                        e.generation = Some(w.generation);
                         return Err(e);
                     }
                     w.holder = Some(worker.clone());
@@ -474,6 +498,7 @@ pub async fn claim(State(state): State<AppState>, Path(id): Path<String>, body: 
     };
     let token = s.keys.token(&json!({
         "sub": id, "wake_id": wake.wake_id, "generation": wake.generation, "scope": "ack",
+        "exp": token_exp(ttl),
     }));
     Ok(Json(json!({
         "subscription_id": id,
@@ -506,18 +531,18 @@ pub async fn release(
     let v = parse_json(&body)?;
     let wake_id = v["wake_id"].as_str().unwrap_or_default();
     let generation = v["generation"].as_u64().unwrap_or(0);
-    if claims["wake_id"] != wake_id {
-        return Err(fenced());
-    }
+    check_claims(&claims, wake_id, generation)?;
     s.registry
         .with(&id, |sub| match &mut sub.wake {
             Some(w) if w.wake_id == wake_id && w.generation == generation => {
-                w.holder = None;
+                // The wake ends; pending work gets a new wake event.
+                sub.wake = None;
                 Ok(())
             }
             _ => Err(fenced()),
         })
         .ok_or_else(SubError::not_found)??;
+    s.notify_sub(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -589,10 +614,11 @@ fn expire_leases(state: &AppState) -> Vec<String> {
                 match s.config.delivery {
                     // An unanswered webhook wake is retried with a new generation.
                     Delivery::Webhook { .. } => s.wake = None,
-                    // A pull-wake claim lapses; the wake stays for another worker.
+                    // A lapsed claim ends the wake; pending work is woken
+                    // again. An unclaimed wake waits for a worker.
                     Delivery::PullWake { .. } => {
-                        if let Some(w) = s.wake.as_mut() {
-                            w.holder = None;
+                        if s.wake.as_ref().is_some_and(|w| w.holder.is_some()) {
+                            s.wake = None;
                         }
                     }
                 }
@@ -617,15 +643,17 @@ async fn maybe_wake(state: &AppState, id: &str) {
             w,
             s.wake_streams(),
             s.base_url.clone(),
+            s.config.lease_ttl_ms,
         ))
     });
-    let Some(Some((delivery, wake, streams, base))) = started else {
+    let Some(Some((delivery, wake, streams, base, ttl))) = started else {
         return;
     };
     match delivery {
         Delivery::Webhook { url } => {
             let token = state.subs.keys.token(&json!({
                 "sub": id, "wake_id": wake.wake_id, "generation": wake.generation, "scope": "callback",
+                "exp": token_exp(ttl),
             }));
             let body = json!({
                 "subscription_id": id,
@@ -641,8 +669,16 @@ async fn maybe_wake(state: &AppState, id: &str) {
             tokio::spawn(async move { deliver(state, id, url, wake, Bytes::from(body)).await });
         }
         Delivery::PullWake { wake_stream } => {
+            let first_pending = streams
+                .as_array()
+                .and_then(|a| a.iter().find(|l| l["has_pending"] == true))
+                .map(|l| l["path"].clone())
+                .unwrap_or(Value::Null);
             let event = json!({
+                "type": "wake",
                 "subscription_id": id,
+                "stream": first_pending,
+                "ts": now_ms(),
                 "wake_id": wake.wake_id,
                 "generation": wake.generation,
                 "streams": streams,
@@ -667,7 +703,8 @@ async fn maybe_wake(state: &AppState, id: &str) {
 /// Delivers one webhook wake, retrying with backoff while the wake is
 /// still current; `{"done": true}` in the answer acks the snapshot.
 async fn deliver(state: AppState, id: String, url: String, wake: WakeState, body: Bytes) {
-    let mut backoff = Duration::from_millis(200);
+    // 1 s doubling to 60 s, with ±20% jitter (PROTOCOL.md §7.1).
+    let mut backoff = Duration::from_secs(1);
     for attempt in 0..6 {
         let still_current = state
             .subs
@@ -708,11 +745,12 @@ async fn deliver(state: AppState, id: String, url: String, wake: WakeState, body
                     // Keep the wake alive while retrying.
                     let lease = s.lease();
                     if let Some(w) = s.wake.as_mut() {
-                        w.lease_until = Instant::now() + backoff + lease;
+                        w.lease_until = Instant::now() + backoff.mul_f64(1.2) + lease;
                     }
                 });
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let jitter = 0.8 + rand::random::<f64>() * 0.4;
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
     }

@@ -141,6 +141,7 @@ impl Sub {
                 .map(|(p, l)| {
                     json!({
                         "path": p,
+                        "link_type": if l.explicit { "explicit" } else { "glob" },
                         "tail_offset": l.tail.to_string(),
                         "acked_offset": l.acked.to_string(),
                         "has_pending": l.tail != l.acked,
