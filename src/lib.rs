@@ -26,6 +26,8 @@
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
+//! - [`subscriptions`]: the reserved `__ds` subscription APIs (registry,
+//!   glob links, webhook signing and delivery, pull-wake leases).
 //! - [`backup`]: `export` / `import` / `list` over any backend; the portable
 //!   archive format is documented in `docs/archive-format.md`.
 
@@ -39,3 +41,4 @@ pub mod notify;
 pub mod offset;
 pub mod server;
 pub mod storage;
+pub mod subscriptions;

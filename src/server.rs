@@ -59,6 +59,7 @@ pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>)
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         metrics: crate::metrics::Metrics::new(),
+        subs: crate::subscriptions::Subscriptions::new(),
     }
 }
 
@@ -94,6 +95,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let state = state(config, storage, hub);
     spawn_sweeper(&state);
+    crate::subscriptions::api::spawn_worker(state.clone());
     let app = router(state.clone());
     // Tests and scripts wait for exactly this line.
     println!("durable-streams listening on http://{addr}");

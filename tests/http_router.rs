@@ -259,10 +259,11 @@ async fn bad_input_gets_problem_json_not_500() {
         ("GET", "/v1/stream/a%00b", StatusCode::BAD_REQUEST),
         ("GET", "/v1/stream/missing", StatusCode::NOT_FOUND),
         ("PATCH", "/v1/stream/s", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/v1/stream/__ds/other", StatusCode::NOT_FOUND),
         (
             "PUT",
             "/v1/stream/__ds/subscriptions/x",
-            StatusCode::NOT_FOUND,
+            StatusCode::BAD_REQUEST,
         ),
     ];
     for (method, uri, status) in cases {

@@ -38,10 +38,31 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<Scope> {
     if !auth.enabled || path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
         return None;
     }
+    if self_authenticated(method, path) {
+        return None;
+    }
     if method == Method::GET || method == Method::HEAD {
         return (!auth.public_reads).then_some(Scope::Read);
     }
     Some(Scope::Write)
+}
+
+/// Subscription requests that carry their own proof instead of a server
+/// token: the public JWKS, and callback / ack / release, which the
+/// subscription handlers check against a signed, wake-scoped token.
+fn self_authenticated(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/stream/__ds/") else {
+        return false;
+    };
+    if rest == "jwks.json" {
+        return method == Method::GET || method == Method::HEAD;
+    }
+    let Some(rest) = rest.strip_prefix("subscriptions/") else {
+        return false;
+    };
+    method == Method::POST
+        && matches!(rest.split_once('/'), Some((id, action))
+            if !id.is_empty() && matches!(action, "callback" | "ack" | "release"))
 }
 
 /// True when `candidate` equals one of `tokens`. Every token is compared,
@@ -148,6 +169,29 @@ mod tests {
         );
         a.enabled = false;
         assert_eq!(needed(&a, &Method::POST, "/v1/stream/x"), None);
+    }
+
+    #[test]
+    fn subscription_tokens_bypass_server_tokens_only_where_scoped() {
+        let a = AuthConfig {
+            enabled: true,
+            ..AuthConfig::default()
+        };
+        let p = "/v1/stream/__ds/subscriptions/s1";
+        for action in ["callback", "ack", "release"] {
+            assert_eq!(needed(&a, &Method::POST, &format!("{p}/{action}")), None);
+        }
+        assert_eq!(needed(&a, &Method::GET, "/v1/stream/__ds/jwks.json"), None);
+        assert_eq!(
+            needed(&a, &Method::POST, &format!("{p}/claim")),
+            Some(Scope::Write)
+        );
+        assert_eq!(needed(&a, &Method::PUT, p), Some(Scope::Write));
+        assert_eq!(needed(&a, &Method::GET, p), Some(Scope::Read));
+        assert_eq!(
+            needed(&a, &Method::POST, "/v1/stream/__ds/subscriptions/s1/x/ack"),
+            Some(Scope::Write)
+        );
     }
 
     #[test]

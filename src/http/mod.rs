@@ -21,7 +21,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -30,6 +30,7 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::notify::WakeHub;
 use crate::storage::{Storage, StorageError, StreamInfo};
+use crate::subscriptions::api as sub_api;
 use error::ApiError;
 
 /// Where streams are mounted.
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down; live reads finish early.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// The subscription registry and wake worker's inbox.
+    pub subs: Arc<crate::subscriptions::Subscriptions>,
 }
 
 impl AppState {
@@ -98,6 +101,32 @@ pub fn router(state: AppState) -> Router {
         )
         .max_age(std::time::Duration::from_secs(86400));
     Router::new()
+        .route("/v1/stream/__ds/jwks.json", get(sub_api::jwks))
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}",
+            get(sub_api::get).put(sub_api::put).delete(sub_api::delete),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/streams",
+            post(sub_api::add_streams),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/streams/{*path}",
+            axum::routing::delete(sub_api::remove_stream),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/callback",
+            post(sub_api::callback),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/claim",
+            post(sub_api::claim),
+        )
+        .route("/v1/stream/__ds/subscriptions/{id}/ack", post(sub_api::ack))
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/release",
+            post(sub_api::release),
+        )
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))
@@ -157,8 +186,20 @@ async fn stream(State(state): State<AppState>, req: Request) -> Response {
     let result = match *req.method() {
         Method::GET => read::get(state, name, req).await,
         Method::HEAD => write::head(state, name).await,
-        Method::PUT => write::put(state, name, req).await,
-        Method::POST => write::post(state, name, req).await,
+        Method::PUT | Method::POST => {
+            let subs = Arc::clone(&state.subs);
+            let changed = name.to_string();
+            let res = if req.method() == Method::PUT {
+                write::put(state, name, req).await
+            } else {
+                write::post(state, name, req).await
+            };
+            // A hint to the subscription worker; never blocks the append.
+            if res.as_ref().is_ok_and(|r| r.status().is_success()) {
+                subs.notify(&changed);
+            }
+            res
+        }
         Method::DELETE => write::delete(state, name).await,
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -170,12 +211,12 @@ async fn stream(State(state): State<AppState>, req: Request) -> Response {
 }
 
 /// The `__ds` prefix is reserved for the subscription APIs; it never names a
-/// stream.
+/// stream, and paths there that are not an API are not found.
 async fn reserved() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "RESERVED_PATH",
-        "paths under __ds are reserved for the subscription APIs, which this server does not offer yet",
+        "paths under __ds are reserved for the subscription APIs",
     )
     .into_response()
 }
