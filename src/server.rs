@@ -71,8 +71,13 @@ pub fn state_with(
     hub: Arc<WakeHub>,
     subs: Arc<Subscriptions>,
 ) -> AppState {
-    let observer = Arc::clone(&subs);
-    hub.observe(move |name| observer.notify(name));
+    // Weak: the backend owns the hub, and the engine owns the backend.
+    let observer = Arc::downgrade(&subs);
+    hub.observe(move |name| {
+        if let Some(subs) = observer.upgrade() {
+            subs.notify(name);
+        }
+    });
     AppState {
         storage,
         hub,

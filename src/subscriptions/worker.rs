@@ -375,3 +375,80 @@ async fn deliver(state: &AppState, id: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::subscriptions::registry::Config;
+
+    fn sub(pattern: Option<&str>) -> Sub {
+        let config = Config {
+            delivery: Delivery::PullWake {
+                wake_stream: "w".into(),
+            },
+            pattern: pattern.map(str::to_string),
+            streams: vec![],
+            lease_ttl_ms: 1000,
+            description: None,
+        };
+        Sub::new(
+            "s".into(),
+            config,
+            String::new(),
+            String::new(),
+            BTreeMap::new(),
+        )
+    }
+
+    const T: Offset = Offset::new(2, 20);
+
+    #[test]
+    fn a_stream_appearing_later_is_linked_at_its_start() {
+        let mut s = sub(Some("e/*"));
+        apply(&mut s, "e/a", Some((7, T)));
+        let l = &s.links()["e/a"];
+        assert_eq!(
+            (l.acked, l.tail, l.incarnation, l.glob),
+            (Offset::ZERO, T, 7, true)
+        );
+        assert!(s.pending());
+        // Not matched, not linked: ignored.
+        apply(&mut s, "f/a", Some((8, T)));
+        assert!(!s.links().contains_key("f/a"));
+    }
+
+    #[test]
+    fn deleted_glob_links_go_and_explicit_ones_reset() {
+        let mut s = sub(Some("e/*"));
+        s.link("e/a", Link::new(false, T, 7));
+        s.link("x", Link::new(true, T, 9));
+        apply(&mut s, "e/a", None);
+        apply(&mut s, "x", None);
+        assert!(!s.links().contains_key("e/a"));
+        let x = &s.links()["x"];
+        assert_eq!(
+            (x.acked, x.tail, x.incarnation, x.explicit),
+            (Offset::ZERO, Offset::ZERO, 0, true)
+        );
+        // Created again: pending from its start.
+        apply(&mut s, "x", Some((10, Offset::new(1, 5))));
+        assert!(s.links()["x"].pending());
+        assert_eq!(s.links()["x"].acked, Offset::ZERO);
+    }
+
+    #[test]
+    fn a_new_incarnation_restarts_the_cursor_even_if_the_delete_was_missed() {
+        let mut s = sub(None);
+        s.link("x", Link::new(true, T, 9));
+        apply(&mut s, "x", Some((9, Offset::new(3, 30))));
+        assert_eq!(s.links()["x"].acked, T, "same incarnation keeps the cursor");
+        apply(&mut s, "x", Some((11, Offset::new(1, 4))));
+        let x = &s.links()["x"];
+        assert_eq!(
+            (x.acked, x.tail, x.incarnation),
+            (Offset::ZERO, Offset::new(1, 4), 11)
+        );
+    }
+}
