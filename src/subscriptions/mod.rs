@@ -135,7 +135,9 @@ impl Subscriptions {
     /// blocks: if the worker is behind, the hint is dropped and the worker
     /// resyncs every link on its next tick.
     pub fn notify(&self, path: &str) {
-        if self.registry.live_count() == 0 {
+        // Only streams some subscription links or matches reach the queue,
+        // so appends to unrelated streams cannot flood it.
+        if !self.registry.any_interested(path) {
             return;
         }
         if self.tx.try_send(Msg::Stream(path.to_string())).is_err() {

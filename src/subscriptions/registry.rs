@@ -364,6 +364,36 @@ impl Index {
         }
     }
 
+    /// Whether any subscription links or matches `path` (no allocation
+    /// beyond the prefix keys).
+    fn any(&self, path: &str) -> bool {
+        if self.links.contains_key(path) {
+            return true;
+        }
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let mut prefix = String::with_capacity(path.len());
+        let check = |prefix: &str| {
+            self.patterns
+                .get(prefix)
+                .is_some_and(|pats| pats.iter().any(|(_, p)| glob::matches(p, path)))
+        };
+        if check("") {
+            return true;
+        }
+        for seg in path.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(seg);
+            if check(&prefix) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn interested(&self, path: &str) -> Vec<String> {
         let mut out: HashSet<String> = self.links.get(path).cloned().unwrap_or_default();
         let segs: Vec<&str> = path.split('/').collect();
@@ -490,6 +520,12 @@ impl Registry {
         s.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         self.live.fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// Whether any live subscription links or matches `path`: the cheap
+    /// check made on the backend's commit path.
+    pub fn any_interested(&self, path: &str) -> bool {
+        self.live_count() > 0 && self.inner.lock().index.any(path)
     }
 
     /// Ids of live subscriptions that link or match `path`.
@@ -687,6 +723,7 @@ mod tests {
                 .map(|(i, _)| format!("s{i}"))
                 .collect();
             want.sort();
+            assert_eq!(r.any_interested(path), !want.is_empty(), "{path}");
             assert_eq!(r.interested(path), want, "{path}");
         }
     }

@@ -70,10 +70,15 @@ async fn head(state: &AppState, path: &str) -> Result<Seen, StorageError> {
 /// - a stream that is gone: a glob link is removed (the pattern links the
 ///   name again if it comes back), an explicit link stays, reset to zero,
 ///   so a stream created again under the name is pending from its start.
-pub fn apply(s: &mut Sub, path: &str, seen: Seen) {
+///
+/// Returns true when that changed more than the tail: a link added, removed
+/// or reset is worth saving; a tail alone is a hint that the startup resync
+/// re-reads anyway, so saving it would only cost writes.
+pub fn apply(s: &mut Sub, path: &str, seen: Seen) -> bool {
+    let before = s.links().get(path).map(|l| (l.acked, l.incarnation));
     match seen {
         Some((inc, tail)) => {
-            if s.links().get(path).is_none() && s.config.matches(path) {
+            if before.is_none() && s.config.matches(path) {
                 s.link(path, Link::new(false, Offset::ZERO, inc));
             }
             if let Some(l) = s.link_mut(path) {
@@ -102,6 +107,7 @@ pub fn apply(s: &mut Sub, path: &str, seen: Seen) {
             }
         }
     }
+    before != s.links().get(path).map(|l| (l.acked, l.incarnation))
 }
 
 async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
@@ -117,8 +123,9 @@ async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
         }
     };
     for id in &ids {
-        state.subs.registry.update(id, |s| apply(s, path, seen));
-        state.subs.mark_dirty(id);
+        if state.subs.registry.update(id, |s| apply(s, path, seen)) == Some(true) {
+            state.subs.mark_dirty(id);
+        }
     }
     ids
 }
@@ -135,20 +142,24 @@ async fn resync(state: &AppState) -> Result<(), StorageError> {
         .map(|(n, m)| (n, (m.id, m.tail)))
         .collect();
     for id in state.subs.registry.live_ids() {
-        state.subs.registry.update(&id, |s| {
+        let changed = state.subs.registry.update(&id, |s| {
+            let mut changed = false;
             let linked: Vec<String> = s.links().keys().cloned().collect();
             for path in linked {
-                apply(s, &path, live.get(&path).copied());
+                changed |= apply(s, &path, live.get(&path).copied());
             }
             if s.config.pattern.is_some() {
                 for (path, seen) in &live {
                     if s.links().get(path).is_none() && s.config.matches(path) {
-                        apply(s, path, Some(*seen));
+                        changed |= apply(s, path, Some(*seen));
                     }
                 }
             }
+            changed
         });
-        state.subs.mark_dirty(&id);
+        if changed == Some(true) {
+            state.subs.mark_dirty(&id);
+        }
     }
     Ok(())
 }
@@ -407,7 +418,7 @@ mod tests {
     #[test]
     fn a_stream_appearing_later_is_linked_at_its_start() {
         let mut s = sub(Some("e/*"));
-        apply(&mut s, "e/a", Some((7, T)));
+        assert!(apply(&mut s, "e/a", Some((7, T))));
         let l = &s.links()["e/a"];
         assert_eq!(
             (l.acked, l.tail, l.incarnation, l.glob),
@@ -442,9 +453,10 @@ mod tests {
     fn a_new_incarnation_restarts_the_cursor_even_if_the_delete_was_missed() {
         let mut s = sub(None);
         s.link("x", Link::new(true, T, 9));
-        apply(&mut s, "x", Some((9, Offset::new(3, 30))));
+        let changed = apply(&mut s, "x", Some((9, Offset::new(3, 30))));
+        assert!(!changed, "a new tail alone is not worth a write");
         assert_eq!(s.links()["x"].acked, T, "same incarnation keeps the cursor");
-        apply(&mut s, "x", Some((11, Offset::new(1, 4))));
+        assert!(apply(&mut s, "x", Some((11, Offset::new(1, 4)))));
         let x = &s.links()["x"];
         assert_eq!(
             (x.acked, x.tail, x.incarnation),
