@@ -2,8 +2,9 @@
 //! that wake workers by webhook or pull-wake.
 //!
 //! - [`glob`]: pattern matching and normalized-config hashing (pure).
-//! - [`registry`]: subscription state, the in-memory registry and its
-//!   path → subscription index.
+//! - [`registry`]: subscription state and the in-memory registry.
+//! - [`index`]: which subscriptions link or match a path (exact paths, and
+//!   patterns grouped by literal prefix).
 //! - [`store`]: the layout of that state in the backend's control space.
 //! - [`clock`]: the engine's wall clock and the retry backoff.
 //! - [`signing`]: the Ed25519 webhook key, JWKS, signatures, scoped tokens.
@@ -33,6 +34,7 @@ pub mod api;
 pub mod clock;
 pub mod delivery;
 pub mod glob;
+pub mod index;
 pub mod registry;
 pub mod signing;
 pub mod ssrf;
