@@ -262,3 +262,101 @@ async fn a_lapsed_pull_wake_claim_ends_and_pending_work_is_woken_again() {
     .await;
     assert_eq!((s, &body["error"]["code"]), (409, &json!("FENCED")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_retry_schedule_is_resumed_not_restarted() {
+    use durable_streams::offset::Offset;
+    use durable_streams::storage::{CreateRequest, Storage, now_ms};
+    use durable_streams::subscriptions::registry::{Config, Delivery, Link, Retry, Sub, WakeState};
+    use durable_streams::subscriptions::store;
+
+    // What a previous run left: a wake in generation 3 that failed three
+    // times, its next attempt due in 5 s.
+    let hub = WakeHub::new();
+    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
+    let info = match storage
+        .create(
+            "e/a",
+            CreateRequest {
+                content_type: Some("text/plain".into()),
+                expiry: None,
+                closed: false,
+                fork: None,
+                body: Bytes::from_static(b"data"),
+                now: now_ms(),
+            },
+        )
+        .unwrap()
+    {
+        durable_streams::storage::CreateOutcome::Created(i) => i,
+        other => panic!("{other:?}"),
+    };
+    let config = Config {
+        delivery: Delivery::Webhook {
+            url: "http://localhost:9/hook".into(),
+        },
+        pattern: None,
+        streams: vec!["e/a".into()],
+        lease_ttl_ms: 30_000,
+        description: None,
+    };
+    let mut link = Link::new(true, Offset::ZERO, info.id);
+    link.tail = info.tail;
+    let mut sub = Sub::new(
+        "hook".into(),
+        config,
+        "2026-01-01T00:00:00.000Z".into(),
+        "http://localhost/v1/stream/".into(),
+        [("e/a".to_string(), link)].into_iter().collect(),
+    );
+    let now = now_ms();
+    sub.generation = 3;
+    sub.wake = Some(WakeState {
+        wake_id: "w_saved".into(),
+        generation: 3,
+        snapshot: vec![("e/a".into(), info.tail)],
+        holder: None,
+        lease_until: now + 60_000,
+    });
+    sub.retry = Some(Retry {
+        failures: 3,
+        next_attempt_at: now + 5_000,
+    });
+    storage
+        .control_put(store::NS_SUBS, "hook", &store::encode_sub(&sub))
+        .unwrap();
+
+    // "Restart": load it and run the worker against a receiver still down.
+    let st = state(ServerConfig::default(), storage, hub);
+    let fake = Arc::new(Fake {
+        attempts: Mutex::new(Vec::new()),
+        answer: Box::new(|_| Err("still down".into())),
+    });
+    st.subs.set_transport(fake.clone());
+    let start = Instant::now();
+    worker::spawn(st.clone());
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert!(
+        fake.attempts.lock().unwrap().is_empty(),
+        "the schedule is honoured, not reset"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let attempts = fake.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let first = attempts[0].0 - start;
+    assert!(
+        first >= Duration::from_millis(4_900) && first <= Duration::from_millis(5_100),
+        "{first:?}"
+    );
+    assert_eq!(
+        (&attempts[0].1["wake_id"], &attempts[0].1["generation"]),
+        (&json!("w_saved"), &json!(3))
+    );
+    // The fourth failure waits 8 s ± 20 %, continuing the stored count.
+    let gap = attempts[1].0 - attempts[0].0;
+    assert!(
+        gap >= Duration::from_millis(6_400) && gap <= Duration::from_millis(9_602),
+        "{gap:?}"
+    );
+}
