@@ -186,7 +186,8 @@ impl Subscriptions {
     }
 
     /// Writes `id` as it is now to the store, unless that version (or a
-    /// later one) is already there. Returns once it is durable.
+    /// later one) is already there. Returns once it is durable; on failure
+    /// the subscription stays dirty and the worker's tick retries.
     pub async fn save(&self, id: &str) -> Result<(), StorageError> {
         let mut saved = self.saved.lock().await;
         let Some(sub) = self.registry.snapshot(id) else {
@@ -197,10 +198,15 @@ impl Subscriptions {
         }
         let bytes = store::encode_sub(&sub);
         let key = id.to_string();
-        run_storage(&self.storage, move |s| {
+        let put = run_storage(&self.storage, move |s| {
             s.control_put(store::NS_SUBS, &key, &bytes)
         })
-        .await?;
+        .await;
+        if put.is_err() {
+            // The working copy is ahead of the store: the tick tries again.
+            self.mark_dirty(id);
+        }
+        put?;
         saved.insert(id.to_string(), sub.version);
         Ok(())
     }

@@ -232,10 +232,12 @@ async fn maybe_wake(state: &AppState, id: &str) {
     let Some(Some((delivery, wake, streams))) = started else {
         return;
     };
-    // The generation is durable before anyone hears of it.
+    // The generation is saved before anyone hears of it. Should the store
+    // fail, the wake goes out anyway (the tick keeps saving): its wake id is
+    // random, so even a generation number reused after a crash cannot let a
+    // stale callback through.
     if let Err(e) = subs.save(id).await {
         tracing::warn!(subscription = id, error = %e, "cannot save a new wake");
-        subs.mark_dirty(id);
     }
     match delivery {
         Delivery::Webhook { .. } => spawn_delivery(state, id),
@@ -379,7 +381,6 @@ async fn deliver(state: &AppState, id: &str) {
         // Cursors and the retry schedule are durable before the next step.
         if let Err(e) = subs.save(id).await {
             tracing::warn!(subscription = id, error = %e, "cannot save delivery state");
-            subs.mark_dirty(id);
         }
         if next {
             subs.notify_sub(id);
