@@ -174,6 +174,9 @@ pub struct ServerConfig {
     /// Catch-up read bodies at least this large are compressed when the
     /// client accepts gzip or br (0: compress every catch-up read).
     pub compression_min_bytes: u16,
+    /// A PEM file of CA certificates trusted for `https://` webhooks in
+    /// addition to the built-in (Mozilla) roots; read once at start.
+    pub webhook_ca_file: Option<PathBuf>,
     pub auth: AuthConfig,
 }
 
@@ -196,6 +199,7 @@ impl Default for ServerConfig {
             log_level: "info".to_string(),
             log_format: LogFormat::Pretty,
             compression_min_bytes: 1024,
+            webhook_ca_file: None,
             auth: AuthConfig::default(),
         }
     }

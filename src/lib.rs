@@ -8,7 +8,8 @@
 //! - [`cursor`]: live-read cursors (interval numbers with jitter).
 //! - [`config`]: server settings, limits and their defaults;
 //!   [`config::layers`] merges defaults < TOML file < `DS_*` environment.
-//! - [`notify`]: per-stream broadcast channels that wake live readers.
+//! - [`notify`]: per-stream broadcast channels that wake live readers, and
+//!   the observer that tells the subscription engine about every change.
 //! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
 //!   [`storage::model`] holds the protocol decisions (producers, closure,
 //!   config matching, JSON framing) as pure functions shared by all backends;
@@ -26,8 +27,10 @@
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
 //! - [`server`]: opening storage, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
-//! - [`subscriptions`]: the reserved `__ds` subscription APIs (registry,
-//!   glob links, webhook signing and delivery, pull-wake leases).
+//! - [`subscriptions`]: the reserved `__ds` subscription APIs: registry and
+//!   its path index, durable state in the backend's control space
+//!   ([`storage::Storage::control_put`]), the wake worker, Ed25519 webhook
+//!   signing, http(s) delivery with retry backoff, pull-wake leases.
 //! - [`backup`]: `export` / `import` / `list` over any backend; the portable
 //!   archive format is documented in `docs/archive-format.md`.
 

@@ -9,7 +9,7 @@
 //! lagged receiver loses nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
@@ -27,12 +27,18 @@ pub struct Wake {
 /// sees `Lagged` and simply re-reads.
 const CHANNEL_CAPACITY: usize = 16;
 
+/// Told the name of every stream woken.
+type Observer = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The registry of watched streams.
 #[derive(Default)]
 pub struct WakeHub {
     // A parking_lot RwLock, not tokio's: it is held only for a map lookup or
     // insert, never across an await.
     channels: RwLock<HashMap<String, broadcast::Sender<Wake>>>,
+    /// Told the name of every woken stream (the subscription engine). It is
+    /// called on the backend's commit path, so it must not block.
+    observer: OnceLock<Observer>,
 }
 
 impl WakeHub {
@@ -42,11 +48,22 @@ impl WakeHub {
 
     /// Wakes every reader waiting on `stream`. Cheap when nobody waits.
     pub fn wake(&self, stream: &str, wake: Wake) {
-        let channels = self.channels.read();
-        if let Some(tx) = channels.get(stream) {
-            // An error only means every receiver just left.
-            let _ = tx.send(wake);
+        {
+            let channels = self.channels.read();
+            if let Some(tx) = channels.get(stream) {
+                // An error only means every receiver just left.
+                let _ = tx.send(wake);
+            }
         }
+        if let Some(observe) = self.observer.get() {
+            observe(stream);
+        }
+    }
+
+    /// Installs the observer told about every wake (once; later calls are
+    /// ignored and return false). It must return quickly and never block.
+    pub fn observe(&self, f: impl Fn(&str) + Send + Sync + 'static) -> bool {
+        self.observer.set(Box::new(f)).is_ok()
     }
 
     /// Starts watching `stream`. Subscribe before reading, then re-read on

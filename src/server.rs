@@ -15,6 +15,8 @@ use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Storage, now_ms};
+use crate::subscriptions::Subscriptions;
+use crate::subscriptions::delivery::HttpTransport;
 
 /// How long shutdown waits for in-flight requests before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -51,15 +53,38 @@ pub fn open_storage(
     }
 }
 
-/// Builds the application state around an opened backend.
+/// Builds the application state around an opened backend, loading its
+/// subscriptions on the calling thread. For tests and embedding (quick on
+/// the memory backend); panics if stored subscriptions cannot be read.
+/// [`run`] uses [`state_with`] and reports such errors instead.
 pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>) -> AppState {
+    let subs = Subscriptions::open(Arc::clone(&storage))
+        .unwrap_or_else(|e| panic!("cannot load subscriptions: {e}"));
+    state_with(config, storage, hub, subs)
+}
+
+/// Builds the application state around an opened backend and its loaded
+/// subscription engine, and routes every stream wake to the engine.
+pub fn state_with(
+    config: ServerConfig,
+    storage: Arc<dyn Storage>,
+    hub: Arc<WakeHub>,
+    subs: Arc<Subscriptions>,
+) -> AppState {
+    // Weak: the backend owns the hub, and the engine owns the backend.
+    let observer = Arc::downgrade(&subs);
+    hub.observe(move |name| {
+        if let Some(subs) = observer.upgrade() {
+            subs.notify(name);
+        }
+    });
     AppState {
         storage,
         hub,
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         metrics: crate::metrics::Metrics::new(),
-        subs: crate::subscriptions::Subscriptions::new(),
+        subs,
     }
 }
 
@@ -93,9 +118,18 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     let addr = listener.local_addr()?;
-    let state = state(config, storage, hub);
+    let transport = HttpTransport::new(config.webhook_ca_file.as_deref())
+        .map_err(|e| format!("webhook_ca_file: {e}"))?;
+    let subs = {
+        let storage = Arc::clone(&storage);
+        tokio::task::spawn_blocking(move || Subscriptions::open(storage))
+            .await?
+            .map_err(|e| format!("cannot load subscriptions: {e}"))?
+    };
+    subs.set_transport(Arc::new(transport));
+    let state = state_with(config, storage, hub, subs);
     spawn_sweeper(&state);
-    crate::subscriptions::api::spawn_worker(state.clone());
+    crate::subscriptions::worker::spawn(state.clone());
     let app = router(state.clone());
     // Tests and scripts wait for exactly this line.
     println!("durable-streams listening on http://{addr}");

@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "compression_min_bytes",
+    "webhook_ca_file",
     "auth.enabled",
     "auth.public_reads",
     "auth.read_tokens",
@@ -279,6 +280,10 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         "auth.public_reads" => c.auth.public_reads = v.boolean()?,
         "auth.read_tokens" => c.auth.read_tokens = tokens(v.list()?)?,
         "auth.write_tokens" => c.auth.write_tokens = tokens(v.list()?)?,
+        "webhook_ca_file" => {
+            let s = v.text()?;
+            c.webhook_ca_file = (!s.is_empty()).then(|| PathBuf::from(s));
+        }
         "auth.tokens_file" => {
             let s = v.text()?;
             c.auth.tokens_file = (!s.is_empty()).then(|| PathBuf::from(s));

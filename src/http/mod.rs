@@ -45,7 +45,7 @@ pub struct AppState {
     /// Cancelled when the server shuts down; live reads finish early.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
-    /// The subscription registry and wake worker's inbox.
+    /// The subscription engine (registry, signing key, wake worker inbox).
     pub subs: Arc<crate::subscriptions::Subscriptions>,
 }
 
@@ -186,20 +186,19 @@ async fn stream(State(state): State<AppState>, req: Request) -> Response {
     let result = match *req.method() {
         Method::GET => read::get(state, name, req).await,
         Method::HEAD => write::head(state, name).await,
-        Method::PUT | Method::POST => {
+        Method::PUT => {
             let subs = Arc::clone(&state.subs);
             let changed = name.to_string();
-            let res = if req.method() == Method::PUT {
-                write::put(state, name, req).await
-            } else {
-                write::post(state, name, req).await
-            };
-            // A hint to the subscription worker; never blocks the append.
+            let res = write::put(state, name, req).await;
+            // Backends wake (and so tell the subscription engine) on
+            // appends, closes, deletes and expiry, but not on creation: a
+            // stream created with data needs this hint. Never blocks.
             if res.as_ref().is_ok_and(|r| r.status().is_success()) {
                 subs.notify(&changed);
             }
             res
         }
+        Method::POST => write::post(state, name, req).await,
         Method::DELETE => write::delete(state, name).await,
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

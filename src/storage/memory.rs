@@ -66,6 +66,8 @@ pub struct MemoryStorage {
     limit: u64,
     /// Bytes of records currently stored.
     used: AtomicU64,
+    /// The control-plane key/value space, `(namespace, key)` → value.
+    control: parking_lot::Mutex<std::collections::BTreeMap<(String, String), Vec<u8>>>,
 }
 
 impl MemoryStorage {
@@ -82,6 +84,7 @@ impl MemoryStorage {
             hub,
             limit: limit_bytes,
             used: AtomicU64::new(0),
+            control: Default::default(),
         }
     }
 
@@ -345,6 +348,32 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     fn may_block(&self) -> bool {
         false
+    }
+
+    fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        super::check_control(ns, key, value)?;
+        self.control
+            .lock()
+            .insert((ns.to_string(), key.to_string()), value.to_vec());
+        Ok(())
+    }
+
+    fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
+        super::check_control(ns, key, b"")?;
+        self.control
+            .lock()
+            .remove(&(ns.to_string(), key.to_string()));
+        Ok(())
+    }
+
+    fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        super::check_control(ns, "-", b"")?;
+        let control = self.control.lock();
+        Ok(control
+            .range((ns.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     /// Includes soft-deleted streams kept for their forks.

@@ -95,6 +95,37 @@ pub fn check_restore_source(meta: &StreamMeta, source: &StreamMeta) -> Result<()
     Ok(())
 }
 
+/// Longest control-plane key accepted by [`Storage::control_put`], in bytes.
+pub const CONTROL_MAX_KEY: usize = 1024;
+/// Largest control-plane value accepted by [`Storage::control_put`].
+pub const CONTROL_MAX_VALUE: usize = 16 << 20;
+
+/// Checks a control-plane namespace, key and value against the limits of
+/// the [`Storage::control_put`] contract; every backend calls it first.
+pub fn check_control(ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
+    let bad = |m: &str| {
+        Err(StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            m.to_string(),
+        )))
+    };
+    if ns.is_empty()
+        || ns.len() > 64
+        || !ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return bad("control namespace must be 1-64 bytes of [a-z0-9_-]");
+    }
+    if key.is_empty() || key.len() > CONTROL_MAX_KEY {
+        return bad("control key must be 1-1024 bytes");
+    }
+    if value.len() > CONTROL_MAX_VALUE {
+        return bad("control value is larger than 16 MiB");
+    }
+    Ok(())
+}
+
 /// A fork request, as the client sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkSpec {
@@ -366,6 +397,36 @@ pub trait Storage: Send + Sync + 'static {
         meta: StreamMeta,
         records: Vec<Bytes>,
     ) -> Result<StreamInfo, StorageError>;
+
+    /// Stores `value` under `key` in namespace `ns` of the control-plane
+    /// key/value space (subscriptions, their cursors and retry schedules, the
+    /// webhook signing key): small records kept apart from the streams, in
+    /// the same store so that one backup of the data directory (or one
+    /// database shared by many nodes) holds both.
+    ///
+    /// * **Atomic per call**: after a crash the key holds either its old
+    ///   value or the new one, never a mix, never a truncation.
+    /// * **Durable before return** on durable backends, whatever the sync
+    ///   mode: the control plane is low-rate and its callers (cursor acks,
+    ///   generation bumps) rely on it.
+    /// * **Linearizable per key**, last writer wins: a call that starts after
+    ///   a put returned sees it. Callers that write one key from several
+    ///   tasks serialize those writes themselves; the store does not order
+    ///   concurrent puts of one key. There is no ordering with stream writes.
+    /// * `ns` is a server-chosen name of 1–64 bytes of `[a-z0-9_-]`
+    ///   (anything else is refused with an I/O `InvalidInput` error); `key`
+    ///   is any UTF-8 string of 1–[`CONTROL_MAX_KEY`] bytes, `value` at most
+    ///   [`CONTROL_MAX_VALUE`] bytes.
+    fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError>;
+
+    /// Removes `key` from `ns` (absent is not an error). Atomic and durable
+    /// before return, like [`Storage::control_put`].
+    fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError>;
+
+    /// Every `(key, value)` of `ns`, sorted by key: every put and delete
+    /// that returned before the call started is reflected. Used at startup
+    /// to load the control plane, so it may be slow but must be complete.
+    fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 
     /// How many stream names the backend holds, when it knows cheaply
     /// (without I/O or a scan); `None` otherwise. Used only for metrics.

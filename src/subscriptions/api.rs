@@ -1,8 +1,9 @@
-//! HTTP handlers under `/v1/stream/__ds`, and the wake worker.
+//! HTTP handlers under `/v1/stream/__ds`. Every handler that changes a
+//! subscription saves it ([`Subscriptions::save`]) before answering, so what
+//! a client was told survives a crash.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,10 +12,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{AckError, Config, Delivery, Link, Sub, Subscriptions, WakeState, ssrf};
+use super::worker::token_exp;
+use super::{AckError, Config, Delivery, Link, Sub, Subscriptions, ssrf};
 use crate::http::AppState;
 use crate::offset::Offset;
-use crate::storage::{AppendRequest, now_ms};
+use crate::storage::{StorageError, now_ms};
+
+/// Longest subscription id accepted, in bytes.
+const MAX_ID_BYTES: usize = 256;
 
 /// A subscription API error: problem+json with the protocol's
 /// `error: {code, message}` object.
@@ -38,6 +43,23 @@ impl SubError {
     }
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    /// The subscription could not be saved: the change is not durable, so
+    /// the client must retry. Details are logged, not returned.
+    fn unsaved(id: &str, e: StorageError) -> Self {
+        tracing::error!(subscription = id, error = %e, "cannot save subscription");
+        match e {
+            StorageError::NoSpace => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "INSUFFICIENT_STORAGE",
+                "no space left to save the subscription",
+            ),
+            _ => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the subscription could not be saved; retry",
+            ),
+        }
     }
     fn not_found() -> Self {
         Self::new(
@@ -177,13 +199,28 @@ fn parse_config(v: &Value) -> Result<Config, SubError> {
     })
 }
 
-async fn tail_of(state: &AppState, path: &str) -> Option<Offset> {
+/// The stream's incarnation and tail, `None` when it does not exist.
+async fn tail_of(state: &AppState, path: &str) -> Option<(u64, Offset)> {
     let p = path.to_string();
     state
         .storage(move |s| s.head(&p, now_ms()))
         .await
         .ok()
-        .map(|i| i.tail)
+        .map(|i| (i.id, i.tail))
+}
+
+async fn save(s: &Subscriptions, id: &str) -> Result<(), SubError> {
+    s.save(id).await.map_err(|e| SubError::unsaved(id, e))
+}
+
+fn check_id(id: &str) -> Result<(), SubError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(SubError::bad(
+            "INVALID_REQUEST",
+            format!("subscription ids are 1 to {MAX_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn subs(state: &AppState) -> &Arc<Subscriptions> {
@@ -207,6 +244,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Res {
+    check_id(&id)?;
     let config = parse_config(&parse_json(&body)?)?;
     let mut links = BTreeMap::new();
     if let Some(pattern) = &config.pattern {
@@ -214,44 +252,24 @@ pub async fn put(
             .storage(|s| s.list_streams())
             .await
             .map_err(|e| SubError::new(e.status, e.code, e.detail))?;
+        let now = now_ms();
         for (name, meta) in listed {
-            if super::glob::matches(pattern, &name) && !meta.soft_deleted {
-                links.insert(
-                    name,
-                    Link {
-                        explicit: false,
-                        glob: true,
-                        acked: meta.tail,
-                        tail: meta.tail,
-                    },
-                );
+            if super::glob::matches(pattern, &name) && !meta.is_hidden(now) {
+                links.insert(name, Link::new(false, meta.tail, meta.id));
             }
         }
     }
     for p in &config.streams {
-        let tail = tail_of(&state, p).await.unwrap_or(Offset::ZERO);
-        let l = links.entry(p.clone()).or_insert(Link {
-            explicit: true,
-            glob: false,
-            acked: tail,
-            tail,
-        });
-        l.explicit = true;
+        let (inc, tail) = tail_of(&state, p).await.unwrap_or((0, Offset::ZERO));
+        links
+            .entry(p.clone())
+            .or_insert(Link::new(true, tail, inc))
+            .explicit = true;
     }
-    let sub = Sub {
-        id: id.clone(),
-        hash: config.hash(),
-        config,
-        created_at: chrono::Utc::now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string(),
-        deleted: false,
-        base_url: base_url(&headers),
-        links,
-        generation: 0,
-        wake: None,
-        failed: false,
-    };
+    let created_at = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let sub = Sub::new(id.clone(), config, created_at, base_url(&headers), links);
     let s = subs(&state);
     let status = match s.registry.put(sub) {
         Ok(true) => StatusCode::CREATED,
@@ -264,9 +282,10 @@ pub async fn put(
             ));
         }
     };
+    save(s, &id).await?;
     let body = s
         .registry
-        .with(&id, |sub| sub.to_json(&s.keys))
+        .with(&id, |sub| sub.to_json(&s.keys.kid))
         .ok_or_else(SubError::not_found)?;
     Ok((status, Json(body)).into_response())
 }
@@ -275,17 +294,19 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Res {
     let s = subs(&state);
     let body = s
         .registry
-        .with(&id, |sub| sub.to_json(&s.keys))
+        .with(&id, |sub| sub.to_json(&s.keys.kid))
         .ok_or_else(SubError::not_found)?;
     Ok(Json(body).into_response())
 }
 
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Res {
-    if subs(&state).registry.delete(&id) {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(SubError::not_found())
+    let s = subs(&state);
+    if !s.registry.delete(&id) {
+        return Err(SubError::not_found());
     }
+    // The tombstone is durable before the 204: a restart must not revive it.
+    save(s, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn add_streams(
@@ -297,25 +318,18 @@ pub async fn add_streams(
     let paths = path_list(&v["streams"])?;
     let mut tails = Vec::new();
     for p in paths {
-        let t = tail_of(&state, &p).await.unwrap_or(Offset::ZERO);
-        tails.push((p, t));
+        let (inc, t) = tail_of(&state, &p).await.unwrap_or((0, Offset::ZERO));
+        tails.push((p, inc, t));
     }
-    subs(&state)
-        .registry
-        .with(&id, |sub| {
-            for (p, t) in tails {
-                sub.links
-                    .entry(p)
-                    .or_insert(Link {
-                        explicit: true,
-                        glob: false,
-                        acked: t,
-                        tail: t,
-                    })
-                    .explicit = true;
+    let s = subs(&state);
+    s.registry
+        .update(&id, |sub| {
+            for (p, inc, t) in tails {
+                sub.link(&p, Link::new(true, t, inc)).explicit = true;
             }
         })
         .ok_or_else(SubError::not_found)?;
+    save(s, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -324,18 +338,23 @@ pub async fn remove_stream(
     Path((id, path)): Path<(String, String)>,
 ) -> Res {
     let path = path.trim_matches('/').to_string();
-    subs(&state)
-        .registry
-        .with(&id, |sub| {
+    let s = subs(&state);
+    s.registry
+        .update(&id, |sub| {
             let keep_glob = sub.config.matches(&path);
-            if let Some(l) = sub.links.get_mut(&path) {
-                l.explicit = false;
-                if !(l.glob || keep_glob) {
-                    sub.links.remove(&path);
+            let remove = match sub.link_mut(&path) {
+                Some(l) => {
+                    l.explicit = false;
+                    !(l.glob || keep_glob)
                 }
+                None => false,
+            };
+            if remove {
+                sub.unlink(&path);
             }
         })
         .ok_or_else(SubError::not_found)?;
+    save(s, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -378,8 +397,11 @@ async fn apply_ack(state: &AppState, id: &str, headers: &HeaderMap, body: &Bytes
         acks.push((p.to_string(), off));
     }
     let done = v["done"].as_bool().unwrap_or(false);
-    match s.registry.ack(id, wake_id, generation, &acks, done) {
+    let now = s.clock.now_ms();
+    match s.registry.ack(id, wake_id, generation, &acks, done, now) {
         Ok(next) => {
+            // Cursors are durable before the worker is told they moved.
+            save(s, id).await?;
             if next && done {
                 s.notify_sub(id);
             }
@@ -403,11 +425,6 @@ fn check_claims(claims: &Value, wake_id: &str, generation: u64) -> Result<(), Su
         return Err(fenced());
     }
     Ok(())
-}
-
-/// Token lifetime: long enough for a slow worker, bounded anyway.
-fn token_exp(lease_ttl_ms: u64) -> u64 {
-    now_ms() + (lease_ttl_ms * 10).max(10 * 60 * 1000)
 }
 
 fn fenced() -> SubError {
@@ -440,15 +457,12 @@ pub async fn ack(
 async fn refresh(state: &AppState, id: &str) -> Option<()> {
     let paths: Vec<String> = subs(state)
         .registry
-        .with(id, |s| s.links.keys().cloned().collect())?;
+        .with(id, |s| s.links().keys().cloned().collect())?;
     for p in paths {
-        if let Some(t) = tail_of(state, &p).await {
-            subs(state).registry.with(id, |s| {
-                if let Some(l) = s.links.get_mut(&p) {
-                    l.tail = t;
-                }
-            });
-        }
+        let seen = tail_of(state, &p).await;
+        subs(state)
+            .registry
+            .update(id, |s| super::worker::apply(s, &p, seen));
     }
     Some(())
 }
@@ -464,9 +478,9 @@ pub async fn claim(State(state): State<AppState>, Path(id): Path<String>, body: 
     let s = subs(&state);
     let out = s
         .registry
-        .with(&id, |sub| {
-            let now = Instant::now();
-            let lease = sub.lease();
+        .update(&id, |sub| {
+            let now = s.clock.now_ms();
+            let lease = sub.lease_ms();
             let pending = sub.pending();
             let wake = match &mut sub.wake {
                 Some(w) => {
@@ -487,7 +501,7 @@ pub async fn claim(State(state): State<AppState>, Path(id): Path<String>, body: 
                     w.lease_until = now + lease;
                     w.clone()
                 }
-                None if pending => sub.begin_wake(Some(worker.clone())),
+                None if pending => sub.begin_wake(Some(worker.clone()), now),
                 None => return Ok(None),
             };
             Ok(Some((wake, sub.wake_streams(), sub.config.lease_ttl_ms)))
@@ -496,6 +510,9 @@ pub async fn claim(State(state): State<AppState>, Path(id): Path<String>, body: 
     let Some((wake, streams, ttl)) = out else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
+    // The claim (holder, lease, maybe a new generation) is durable before
+    // its token is handed out.
+    save(s, &id).await?;
     let token = s.keys.token(&json!({
         "sub": id, "wake_id": wake.wake_id, "generation": wake.generation, "scope": "ack",
         "exp": token_exp(ttl),
@@ -533,7 +550,7 @@ pub async fn release(
     let generation = v["generation"].as_u64().unwrap_or(0);
     check_claims(&claims, wake_id, generation)?;
     s.registry
-        .with(&id, |sub| match &mut sub.wake {
+        .update(&id, |sub| match &mut sub.wake {
             Some(w) if w.wake_id == wake_id && w.generation == generation => {
                 // The wake ends; pending work gets a new wake event.
                 sub.wake = None;
@@ -542,216 +559,7 @@ pub async fn release(
             _ => Err(fenced()),
         })
         .ok_or_else(SubError::not_found)??;
+    save(s, &id).await?;
     s.notify_sub(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-impl Subscriptions {
-    /// Asks the worker to look at one subscription again.
-    pub fn notify_sub(&self, id: &str) {
-        let _ = self.tx.try_send(format!("\0{id}"));
-    }
-}
-
-/// The wake worker: applies stream changes to links and starts wakes;
-/// a periodic tick expires leases and retries.
-pub fn spawn_worker(state: AppState) {
-    let Some(mut rx) = state.subs.take_receiver() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            let ids = tokio::select! {
-                _ = state.shutdown.cancelled() => return,
-                msg = rx.recv() => match msg {
-                    None => return,
-                    Some(m) => match m.strip_prefix('\0') {
-                        Some(id) => vec![id.to_string()],
-                        None => on_stream_change(&state, &m).await,
-                    },
-                },
-                _ = tick.tick() => expire_leases(&state),
-            };
-            for id in ids {
-                maybe_wake(&state, &id).await;
-            }
-        }
-    });
-}
-
-async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
-    let ids = state.subs.registry.interested(path);
-    if ids.is_empty() {
-        return ids;
-    }
-    let Some(tail) = tail_of(state, path).await else {
-        return ids;
-    };
-    for id in &ids {
-        state.subs.registry.with(id, |s| {
-            let glob = s.config.matches(path);
-            let l = s.links.entry(path.to_string()).or_insert(Link {
-                explicit: false,
-                glob,
-                acked: Offset::ZERO,
-                tail,
-            });
-            l.tail = tail;
-        });
-    }
-    ids
-}
-
-/// Expires leases; returns subscriptions that may need a new wake.
-fn expire_leases(state: &AppState) -> Vec<String> {
-    let now = Instant::now();
-    let mut out = Vec::new();
-    for id in state.subs.registry.live_ids() {
-        state.subs.registry.with(&id, |s| {
-            let expired = s.wake.as_ref().is_some_and(|w| w.lease_until <= now);
-            if expired {
-                match s.config.delivery {
-                    // An unanswered webhook wake is retried with a new generation.
-                    Delivery::Webhook { .. } => s.wake = None,
-                    // A lapsed claim ends the wake; pending work is woken
-                    // again. An unclaimed wake waits for a worker.
-                    Delivery::PullWake { .. } => {
-                        if s.wake.as_ref().is_some_and(|w| w.holder.is_some()) {
-                            s.wake = None;
-                        }
-                    }
-                }
-            }
-            if s.wake.is_none() && s.pending() {
-                out.push(id.clone());
-            }
-        });
-    }
-    out
-}
-
-/// Starts a wake for `id` if it has pending streams and none outstanding.
-async fn maybe_wake(state: &AppState, id: &str) {
-    let started = state.subs.registry.with(id, |s| {
-        if s.wake.is_some() || !s.pending() {
-            return None;
-        }
-        let w: WakeState = s.begin_wake(None);
-        Some((
-            s.config.delivery.clone(),
-            w,
-            s.wake_streams(),
-            s.base_url.clone(),
-            s.config.lease_ttl_ms,
-        ))
-    });
-    let Some(Some((delivery, wake, streams, base, ttl))) = started else {
-        return;
-    };
-    match delivery {
-        Delivery::Webhook { url } => {
-            let token = state.subs.keys.token(&json!({
-                "sub": id, "wake_id": wake.wake_id, "generation": wake.generation, "scope": "callback",
-                "exp": token_exp(ttl),
-            }));
-            let body = json!({
-                "subscription_id": id,
-                "wake_id": wake.wake_id,
-                "generation": wake.generation,
-                "callback_url": format!("{base}__ds/subscriptions/{id}/callback"),
-                "callback_token": token,
-                "streams": streams,
-            })
-            .to_string();
-            let state = state.clone();
-            let id = id.to_string();
-            tokio::spawn(async move { deliver(state, id, url, wake, Bytes::from(body)).await });
-        }
-        Delivery::PullWake { wake_stream } => {
-            let first_pending = streams
-                .as_array()
-                .and_then(|a| a.iter().find(|l| l["has_pending"] == true))
-                .map(|l| l["path"].clone())
-                .unwrap_or(Value::Null);
-            let event = json!({
-                "type": "wake",
-                "subscription_id": id,
-                "stream": first_pending,
-                "ts": now_ms(),
-                "wake_id": wake.wake_id,
-                "generation": wake.generation,
-                "streams": streams,
-            })
-            .to_string();
-            let req = AppendRequest {
-                content_type: Some("application/json".into()),
-                body: Bytes::from(event),
-                close: false,
-                stream_seq: None,
-                producer: None,
-                now: now_ms(),
-            };
-            let ws = wake_stream.clone();
-            if let Err(e) = state.storage(move |s| s.append(&ws, req)).await {
-                tracing::warn!(subscription = id, error = %e.detail, "could not append to wake stream");
-            }
-        }
-    }
-}
-
-/// Delivers one webhook wake, retrying with backoff while the wake is
-/// still current; `{"done": true}` in the answer acks the snapshot.
-async fn deliver(state: AppState, id: String, url: String, wake: WakeState, body: Bytes) {
-    // 1 s doubling to 60 s, with ±20% jitter (PROTOCOL.md §7.1).
-    let mut backoff = Duration::from_secs(1);
-    for attempt in 0..6 {
-        let still_current = state
-            .subs
-            .registry
-            .with(&id, |s| {
-                s.wake.as_ref().is_some_and(|w| w.wake_id == wake.wake_id)
-            })
-            .unwrap_or(false);
-        if !still_current {
-            return;
-        }
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let sig = state.subs.keys.signature_header(t, &body);
-        match super::delivery::post(&url, &sig, body.clone()).await {
-            Ok(answer) => {
-                state.subs.registry.with(&id, |s| s.failed = false);
-                if answer["done"] == true {
-                    let next = state.subs.registry.ack(
-                        &id,
-                        &wake.wake_id,
-                        wake.generation,
-                        &wake.snapshot,
-                        true,
-                    );
-                    if next == Ok(true) {
-                        state.subs.notify_sub(&id);
-                    }
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(subscription = id, attempt, error = %e, "webhook delivery failed");
-                state.subs.registry.with(&id, |s| {
-                    s.failed = true;
-                    // Keep the wake alive while retrying.
-                    let lease = s.lease();
-                    if let Some(w) = s.wake.as_mut() {
-                        w.lease_until = Instant::now() + backoff.mul_f64(1.2) + lease;
-                    }
-                });
-                let jitter = 0.8 + rand::random::<f64>() * 0.4;
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
 }

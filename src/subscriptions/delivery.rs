@@ -1,49 +1,124 @@
-//! The webhook HTTP client: resolves the host, re-checks every resolved
+//! The webhook HTTP(S) client: resolves the host, re-checks every resolved
 //! address against the SSRF rules, connects to a checked address (so DNS
-//! rebinding cannot swap it) and POSTs the signed body.
+//! rebinding cannot swap it), speaks TLS for `https://` (rustls, verifying
+//! the certificate against the URL's host name), and POSTs the signed body.
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ssrf;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// POSTs `body` and returns the response body parsed as JSON (`Null` when
-/// it is not JSON). A non-2xx status is an error.
-pub async fn post(url: &str, signature: &str, body: Bytes) -> Result<serde_json::Value, String> {
-    let target = ssrf::parse(url)?;
-    if target.https {
-        // TLS delivery needs a TLS client, not part of this increment.
-        return Err("https webhook delivery is not implemented yet".into());
-    }
-    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .collect();
-    let addr = addrs
-        .into_iter()
-        .find(|a| {
-            if target.dev_local {
-                a.ip().is_loopback()
-            } else {
-                ssrf::check_ip(a.ip()).is_ok()
+/// The future a [`Transport`] returns.
+pub type PostFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'a>>;
+
+/// Sends one signed webhook. Returns the response body parsed as JSON
+/// (`Null` when it is not JSON); a transport failure or a non-2xx status is
+/// an `Err` that the engine retries. A trait so tests can stand in for the
+/// network.
+pub trait Transport: Send + Sync {
+    fn post<'a>(&'a self, url: &'a str, signature: &'a str, body: Bytes) -> PostFuture<'a>;
+}
+
+/// The real client.
+pub struct HttpTransport {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl HttpTransport {
+    /// Trusts the built-in Mozilla roots, plus every certificate in the PEM
+    /// file `extra_ca` when given.
+    pub fn new(extra_ca: Option<&Path>) -> Result<Self, String> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = extra_ca {
+            let mut n = 0;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+                n += 1;
             }
+            if n == 0 {
+                return Err(format!("{} holds no certificates", path.display()));
+            }
+        }
+        // An explicit provider: never depends on which crypto features some
+        // other crate in the build happens to enable.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(HttpTransport {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         })
-        .ok_or("webhook host resolves to no allowed address")?;
-    let fut = async {
+    }
+}
+
+impl Default for HttpTransport {
+    fn default() -> Self {
+        // Without an extra file nothing can fail.
+        Self::new(None).unwrap_or_else(|e| unreachable!("built-in TLS roots: {e}"))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn post<'a>(&'a self, url: &'a str, signature: &'a str, body: Bytes) -> PostFuture<'a> {
+        Box::pin(async move {
+            tokio::time::timeout(TIMEOUT, self.send(url, signature, body))
+                .await
+                .map_err(|_| "webhook timed out".to_string())?
+        })
+    }
+}
+
+impl HttpTransport {
+    async fn send(
+        &self,
+        url: &str,
+        signature: &str,
+        body: Bytes,
+    ) -> Result<serde_json::Value, String> {
+        let target = ssrf::parse(url)?;
+        let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+            .collect();
+        let addr = addrs
+            .into_iter()
+            .find(|a| {
+                if target.dev_local {
+                    a.ip().is_loopback()
+                } else {
+                    ssrf::check_ip(a.ip()).is_ok()
+                }
+            })
+            .ok_or("webhook host resolves to no allowed address")?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let host = if target.port == 80 {
+        let default_port = if target.https { 443 } else { 80 };
+        let host = if target.port == default_port {
             target.host.clone()
         } else {
             format!("{}:{}", target.host, target.port)
@@ -54,19 +129,41 @@ pub async fn post(url: &str, signature: &str, body: Bytes) -> Result<serde_json:
             .header("webhook-signature", signature)
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = Limited::new(res.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("webhook answered {status}"));
+        if target.https {
+            // The certificate is checked against the URL's host name, while
+            // the connection goes to the address checked above.
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| format!("bad TLS server name: {e}"))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(tls, req).await
+        } else {
+            exchange(tcp, req).await
         }
-        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
-    };
-    tokio::time::timeout(TIMEOUT, fut)
+    }
+}
+
+/// One HTTP/1.1 request and its (bounded) response on a fresh connection.
+async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> Result<serde_json::Value, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|_| "webhook timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let bytes = Limited::new(res.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("webhook answered {status}"));
+    }
+    Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }

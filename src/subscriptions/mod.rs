@@ -2,415 +2,240 @@
 //! that wake workers by webhook or pull-wake.
 //!
 //! - [`glob`]: pattern matching and normalized-config hashing (pure).
+//! - [`registry`]: subscription state and the in-memory registry.
+//! - [`index`]: which subscriptions link or match a path (exact paths, and
+//!   patterns grouped by literal prefix).
+//! - [`store`]: the layout of that state in the backend's control space.
+//! - [`clock`]: the engine's wall clock and the retry backoff.
 //! - [`signing`]: the Ed25519 webhook key, JWKS, signatures, scoped tokens.
 //! - [`ssrf`]: webhook URL validation.
 //! - [`api`]: the HTTP handlers under `/v1/stream/__ds`.
-//! - [`delivery`]: the webhook HTTP client.
+//! - [`worker`]: the wake worker (links, wakes, leases, retries).
+//! - [`delivery`]: the webhook HTTP(S) client.
 //!
-//! The registry is in memory for now ([`Registry`]); appends reach it
-//! through [`Subscriptions::notify`], a non-blocking `try_send` to a
-//! background worker, so delivery never blocks an append.
+//! # Durability
+//!
+//! The registry is the working copy. Every change that matters for
+//! correctness (creation, deletion, links, acks, generation bumps, claims,
+//! retry schedules) is written through to [`Storage::control_put`] by
+//! [`Subscriptions::save`] before the request that made it is answered or
+//! the wake it starts is announced; link tails are hints, re-read from
+//! storage at startup. [`Subscriptions::open`] loads everything back.
+//!
+//! # Never in the append path
+//!
+//! Backends wake the [`WakeHub`](crate::notify::WakeHub) after every durable
+//! change of a stream (append, close, delete, expiry, restore); its observer
+//! hands the name to [`Subscriptions::notify`], a `try_send` that never
+//! blocks. If the worker falls behind the hint is dropped and a full resync
+//! is scheduled instead.
 
 pub mod api;
+pub mod clock;
 pub mod delivery;
 pub mod glob;
+pub mod index;
+pub mod registry;
 pub mod signing;
 pub mod ssrf;
+pub mod store;
+pub mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
-use serde_json::{Value, json};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
-use crate::offset::Offset;
+use self::clock::Clock;
+use self::delivery::Transport;
+pub use self::registry::{AckError, Config, ConfigConflict, Delivery, Link, Registry, Sub};
+use crate::storage::{Storage, StorageError};
 
-/// Delivery mechanism and its settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Webhook { url: String },
-    PullWake { wake_stream: String },
-}
+/// Capacity of the worker's inbox of stream names.
+const INBOX: usize = 4096;
 
-/// A subscription's normalized configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub delivery: Delivery,
-    pub pattern: Option<String>,
-    /// Sorted, deduplicated.
-    pub streams: Vec<String>,
-    pub lease_ttl_ms: u64,
-    pub description: Option<String>,
-}
-
-impl Config {
-    /// The hash compared on re-confirmation.
-    pub fn hash(&self) -> String {
-        let (kind, target) = match &self.delivery {
-            Delivery::Webhook { url } => ("webhook", url.as_str()),
-            Delivery::PullWake { wake_stream } => ("pull-wake", wake_stream.as_str()),
-        };
-        let streams = self.streams.join("\n");
-        let ttl = self.lease_ttl_ms.to_string();
-        glob::config_hash(&[
-            ("type", Some(kind)),
-            ("pattern", self.pattern.as_deref()),
-            ("streams", Some(&streams)),
-            ("delivery", Some(target)),
-            ("lease_ttl_ms", Some(&ttl)),
-            ("description", self.description.as_deref()),
-        ])
-    }
-
-    fn matches(&self, path: &str) -> bool {
-        self.pattern
-            .as_deref()
-            .is_some_and(|p| glob::matches(p, path))
-    }
-}
-
-/// One stream's cursor within a subscription.
-#[derive(Clone, Debug)]
-pub struct Link {
-    pub explicit: bool,
-    pub glob: bool,
-    pub acked: Offset,
-    pub tail: Offset,
-}
-
-/// An outstanding wake: what was announced, and who holds it.
-#[derive(Clone, Debug)]
-pub struct WakeState {
-    pub wake_id: String,
-    pub generation: u64,
-    pub snapshot: Vec<(String, Offset)>,
-    pub holder: Option<String>,
-    pub lease_until: Instant,
-}
-
-/// A subscription and its cursors.
-#[derive(Clone, Debug)]
-pub struct Sub {
-    pub id: String,
-    pub config: Config,
-    pub hash: String,
-    pub created_at: String,
-    pub deleted: bool,
-    /// `http://host/v1/stream/` as seen when the subscription was created.
-    pub base_url: String,
-    pub links: BTreeMap<String, Link>,
-    pub generation: u64,
-    pub wake: Option<WakeState>,
-    pub failed: bool,
-}
-
-impl Sub {
-    fn pending(&self) -> bool {
-        self.links.values().any(|l| l.tail != l.acked)
-    }
-
-    fn lease(&self) -> Duration {
-        Duration::from_millis(self.config.lease_ttl_ms)
-    }
-
-    /// Starts a new wake generation over the current tails.
-    fn begin_wake(&mut self, holder: Option<String>) -> WakeState {
-        self.generation += 1;
-        let w = WakeState {
-            wake_id: format!("w_{:016x}", rand::random::<u64>()),
-            generation: self.generation,
-            snapshot: self
-                .links
-                .iter()
-                .map(|(p, l)| (p.clone(), l.tail))
-                .collect(),
-            holder,
-            lease_until: Instant::now() + self.lease(),
-        };
-        self.wake = Some(w.clone());
-        w
-    }
-
-    /// The `streams` array of a wake notification or claim.
-    fn wake_streams(&self) -> Value {
-        Value::Array(
-            self.links
-                .iter()
-                .map(|(p, l)| {
-                    json!({
-                        "path": p,
-                        "link_type": if l.explicit { "explicit" } else { "glob" },
-                        "tail_offset": l.tail.to_string(),
-                        "acked_offset": l.acked.to_string(),
-                        "has_pending": l.tail != l.acked,
-                    })
-                })
-                .collect(),
-        )
-    }
-
-    /// The GET representation.
-    pub fn to_json(&self, keys: &signing::Keys) -> Value {
-        let streams: Vec<Value> = self
-            .links
-            .iter()
-            .map(|(p, l)| {
-                json!({
-                    "path": p,
-                    "link_type": if l.explicit { "explicit" } else { "glob" },
-                    "acked_offset": l.acked.to_string(),
-                })
-            })
-            .collect();
-        let (kind, webhook, wake_stream) = match &self.config.delivery {
-            Delivery::Webhook { url } => (
-                "webhook",
-                json!({
-                    "url": url,
-                    "signing": {
-                        "alg": "ed25519",
-                        "kid": keys.kid,
-                        "jwks_url": format!("{}__ds/jwks.json", self.base_url),
-                    }
-                }),
-                Value::Null,
-            ),
-            Delivery::PullWake { wake_stream } => {
-                ("pull-wake", Value::Null, Value::String(wake_stream.clone()))
-            }
-        };
-        json!({
-            "id": self.id,
-            "subscription_id": self.id,
-            "type": kind,
-            "pattern": self.config.pattern,
-            "streams": streams,
-            "webhook": webhook,
-            "wake_stream": wake_stream,
-            "lease_ttl_ms": self.config.lease_ttl_ms,
-            "created_at": self.created_at,
-            "status": if self.failed { "failed" } else { "active" },
-            "description": self.config.description,
-        })
-    }
-}
-
-/// Result of applying an ack.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AckError {
-    NotFound,
-    Fenced,
-}
-
-/// A subscription exists under the id with a different configuration.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ConfigConflict;
-
-/// The in-memory subscription store. A durable store can replace it behind
-/// the same methods.
-#[derive(Default)]
-pub struct Registry {
-    subs: Mutex<HashMap<String, Sub>>,
-}
-
-impl Registry {
-    pub fn with<R>(&self, id: &str, f: impl FnOnce(&mut Sub) -> R) -> Option<R> {
-        let mut subs = self.subs.lock();
-        subs.get_mut(id).filter(|s| !s.deleted).map(f)
-    }
-
-    /// Inserts or re-confirms; `Ok(true)` when created.
-    pub fn put(&self, sub: Sub) -> Result<bool, ConfigConflict> {
-        let mut subs = self.subs.lock();
-        match subs.get(&sub.id) {
-            Some(old) if !old.deleted => {
-                if old.hash == sub.hash {
-                    Ok(false)
-                } else {
-                    Err(ConfigConflict)
-                }
-            }
-            _ => {
-                subs.insert(sub.id.clone(), sub);
-                Ok(true)
-            }
-        }
-    }
-
-    /// Tombstones; true if it existed.
-    pub fn delete(&self, id: &str) -> bool {
-        self.with(id, |s| {
-            s.deleted = true;
-            s.wake = None;
-            s.links.clear();
-        })
-        .is_some()
-    }
-
-    /// Ids of live subscriptions that link or match `path`.
-    pub fn interested(&self, path: &str) -> Vec<String> {
-        self.subs
-            .lock()
-            .values()
-            .filter(|s| !s.deleted && (s.links.contains_key(path) || s.config.matches(path)))
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
-    pub fn live_ids(&self) -> Vec<String> {
-        self.subs
-            .lock()
-            .values()
-            .filter(|s| !s.deleted)
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
-    /// Applies acks if `wake_id`/`generation` name the outstanding wake;
-    /// returns `next_wake`.
-    pub fn ack(
-        &self,
-        id: &str,
-        wake_id: &str,
-        generation: u64,
-        acks: &[(String, Offset)],
-        done: bool,
-    ) -> Result<bool, AckError> {
-        self.with(id, |s| {
-            let current = s
-                .wake
-                .as_ref()
-                .is_some_and(|w| w.wake_id == wake_id && w.generation == generation);
-            if !current {
-                return Err(AckError::Fenced);
-            }
-            for (path, off) in acks {
-                if let Some(l) = s.links.get_mut(path)
-                    && *off > l.acked
-                    && *off <= l.tail
-                {
-                    l.acked = *off;
-                }
-            }
-            if done {
-                s.wake = None;
-            } else if let Some(w) = s.wake.as_mut() {
-                w.lease_until = Instant::now() + Duration::from_millis(s.config.lease_ttl_ms);
-            }
-            Ok(s.pending())
-        })
-        .unwrap_or(Err(AckError::NotFound))
-    }
-}
-
-/// The subscription engine: registry, signing key, and the wake worker.
+/// The subscription engine: registry, signing key, persistence and the
+/// wake worker's inbox. Cheap to share behind an `Arc`.
 pub struct Subscriptions {
     pub registry: Registry,
     pub keys: signing::Keys,
-    tx: mpsc::Sender<String>,
-    rx: Mutex<Option<mpsc::Receiver<String>>>,
+    pub clock: Clock,
+    storage: Arc<dyn Storage>,
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    /// A stream hint was dropped: the worker re-reads every link.
+    lagged: AtomicBool,
+    /// Serializes writes to the store and remembers the version of each
+    /// subscription last written, so a write never replaces a newer one and
+    /// queued writers of an already-written version skip. A tokio mutex: it
+    /// is held across the (blocking-thread) write.
+    saved: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Subscriptions changed by paths that do not save at once (link tails
+    /// and new glob links); the worker's tick saves them.
+    dirty: Mutex<HashSet<String>>,
+    transport: RwLock<Arc<dyn Transport>>,
+    /// Subscriptions with a webhook delivery running (sending or waiting
+    /// for its retry), so a wake is never sent twice at once.
+    inflight: Mutex<HashSet<String>>,
+}
+
+/// A message to the worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// A stream's tail, closure or existence changed.
+    Stream(String),
+    /// Look at one subscription again.
+    Sub(String),
 }
 
 impl Subscriptions {
-    pub fn new() -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(4096);
-        Arc::new(Subscriptions {
-            registry: Registry::default(),
-            keys: signing::Keys::generate(),
+    /// Loads the signing key (creating and storing one on first start) and
+    /// every stored subscription. Blocking: call it off the async workers.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Arc<Self>, StorageError> {
+        let keys = store::load_or_create_key(&*storage)?;
+        let subs = store::load_subs(&*storage)?;
+        let registry = Registry::default();
+        let mut saved = HashMap::new();
+        for sub in subs {
+            let id = sub.id.clone();
+            registry.load(sub);
+            if let Some(s) = registry.snapshot(&id) {
+                saved.insert(id, s.version);
+            }
+        }
+        let (tx, rx) = mpsc::channel(INBOX);
+        let engine = Subscriptions {
+            registry,
+            keys,
+            clock: Clock::new(),
+            storage,
             tx,
             rx: Mutex::new(Some(rx)),
-        })
-    }
-
-    /// Called after a stream's tail changed. Never blocks: if the worker is
-    /// behind, the hint is dropped and the periodic tick catches up.
-    pub fn notify(&self, path: &str) {
-        let _ = self.tx.try_send(path.to_string());
-    }
-
-    /// Takes the worker's receiver (once).
-    pub fn take_receiver(&self) -> Option<mpsc::Receiver<String>> {
-        self.rx.lock().take()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sub(id: &str) -> Sub {
-        let config = Config {
-            delivery: Delivery::PullWake {
-                wake_stream: "wake".into(),
-            },
-            pattern: Some("e/*".into()),
-            streams: vec![],
-            lease_ttl_ms: 1000,
-            description: None,
+            // The first worker pass reconciles links with the streams as
+            // they are now (writes, deletes or imports while stopped).
+            lagged: AtomicBool::new(true),
+            saved: tokio::sync::Mutex::new(saved),
+            dirty: Mutex::new(HashSet::new()),
+            transport: RwLock::new(Arc::new(delivery::HttpTransport::default())),
+            inflight: Mutex::new(HashSet::new()),
         };
-        let mut links = BTreeMap::new();
-        links.insert(
-            "e/a".to_string(),
-            Link {
-                explicit: false,
-                glob: true,
-                acked: Offset::ZERO,
-                tail: Offset::new(1, 10),
-            },
-        );
-        Sub {
-            id: id.into(),
-            hash: config.hash(),
-            config,
-            created_at: String::new(),
-            deleted: false,
-            base_url: String::new(),
-            links,
-            generation: 0,
-            wake: None,
-            failed: false,
+        Ok(Arc::new(engine))
+    }
+
+    /// Replaces the webhook transport (the TLS settings, or a test double).
+    pub fn set_transport(&self, t: Arc<dyn Transport>) {
+        *self.transport.write() = t;
+    }
+
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        Arc::clone(&self.transport.read())
+    }
+
+    /// Called after a stream's tail, closure or existence changed. Never
+    /// blocks: if the worker is behind, the hint is dropped and the worker
+    /// resyncs every link on its next tick.
+    pub fn notify(&self, path: &str) {
+        // Only streams some subscription links or matches reach the queue,
+        // so appends to unrelated streams cannot flood it.
+        if !self.registry.any_interested(path) {
+            return;
+        }
+        if self.tx.try_send(Msg::Stream(path.to_string())).is_err() {
+            self.lagged.store(true, Ordering::Relaxed);
         }
     }
 
-    #[test]
-    fn put_is_idempotent_and_conflicts_on_change() {
-        let r = Registry::default();
-        assert_eq!(r.put(sub("s")), Ok(true));
-        assert_eq!(r.put(sub("s")), Ok(false));
-        let mut other = sub("s");
-        other.config.lease_ttl_ms = 2000;
-        other.hash = other.config.hash();
-        assert_eq!(r.put(other), Err(ConfigConflict));
-        assert!(r.delete("s"));
-        assert_eq!(r.put(sub("s")), Ok(true));
+    /// Asks the worker to look at one subscription again.
+    pub fn notify_sub(&self, id: &str) {
+        if self.tx.try_send(Msg::Sub(id.to_string())).is_err() {
+            self.lagged.store(true, Ordering::Relaxed);
+        }
     }
 
-    #[test]
-    fn acks_are_fenced_by_wake_and_generation() {
-        let r = Registry::default();
-        r.put(sub("s")).unwrap();
-        let w = r.with("s", |s| s.begin_wake(None)).unwrap();
-        let acks = vec![("e/a".to_string(), Offset::new(1, 10))];
-        assert_eq!(
-            r.ack("s", "nope", w.generation, &acks, true),
-            Err(AckError::Fenced)
-        );
-        assert_eq!(
-            r.ack("s", &w.wake_id, w.generation + 1, &acks, true),
-            Err(AckError::Fenced)
-        );
-        assert_eq!(r.ack("s", &w.wake_id, w.generation, &acks, true), Ok(false));
-        // The same ack again is stale.
-        assert_eq!(
-            r.ack("s", &w.wake_id, w.generation, &acks, true),
-            Err(AckError::Fenced)
-        );
-        assert!(r.delete("s"));
-        assert_eq!(
-            r.ack("s", &w.wake_id, w.generation, &acks, true),
-            Err(AckError::NotFound)
-        );
+    /// Takes the worker's receiver (once).
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Msg>> {
+        self.rx.lock().take()
     }
+
+    /// True (once) when hints were dropped or the engine just started.
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::Relaxed)
+    }
+
+    /// Schedules a full resync of every link on the next tick.
+    pub fn set_lagged(&self) {
+        self.lagged.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that `id` changed in ways the next tick may save.
+    pub fn mark_dirty(&self, id: &str) {
+        self.dirty.lock().insert(id.to_string());
+    }
+
+    /// Saves every subscription marked dirty; failures stay dirty.
+    pub async fn save_dirty(&self) {
+        let ids: Vec<String> = self.dirty.lock().drain().collect();
+        for id in ids {
+            if let Err(e) = self.save(&id).await {
+                tracing::warn!(subscription = id, error = %e, "cannot save subscription");
+                self.mark_dirty(&id);
+            }
+        }
+    }
+
+    /// Writes `id` as it is now to the store, unless that version (or a
+    /// later one) is already there. Returns once it is durable; on failure
+    /// the subscription stays dirty and the worker's tick retries.
+    pub async fn save(&self, id: &str) -> Result<(), StorageError> {
+        let mut saved = self.saved.lock().await;
+        let Some(sub) = self.registry.snapshot(id) else {
+            return Ok(());
+        };
+        if saved.get(id).is_some_and(|v| *v >= sub.version) {
+            return Ok(());
+        }
+        let bytes = store::encode_sub(&sub);
+        let key = id.to_string();
+        let put = run_storage(&self.storage, move |s| {
+            s.control_put(store::NS_SUBS, &key, &bytes)
+        })
+        .await;
+        if put.is_err() {
+            // The working copy is ahead of the store: the tick tries again.
+            self.mark_dirty(id);
+        }
+        put?;
+        saved.insert(id.to_string(), sub.version);
+        Ok(())
+    }
+
+    /// Marks a webhook delivery for `id` as running; false if one already is.
+    pub fn start_delivery(&self, id: &str) -> bool {
+        self.inflight.lock().insert(id.to_string())
+    }
+
+    pub fn end_delivery(&self, id: &str) {
+        self.inflight.lock().remove(id);
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}
+
+/// Runs a storage call on a blocking thread when the backend may block.
+pub async fn run_storage<T, F>(storage: &Arc<dyn Storage>, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+{
+    if !storage.may_block() {
+        return f(&**storage);
+    }
+    let storage = Arc::clone(storage);
+    tokio::task::spawn_blocking(move || f(&*storage))
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("storage task failed: {e}")))?
 }

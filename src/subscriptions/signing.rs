@@ -1,4 +1,5 @@
-//! Webhook signing: one Ed25519 key per server process, published as a JWKS
+//! Webhook signing: one Ed25519 key per server (persisted in the backend's
+//! control space, so it survives restarts), published as a JWKS
 //! with an RFC 7638 thumbprint `kid`; signatures over `<t>.<raw body>`; and
 //! scoped bearer tokens signed with the same key.
 
@@ -26,6 +27,11 @@ impl Keys {
         let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
         let kid = format!("ds_{}", B64.encode(Sha256::digest(canonical.as_bytes())));
         Keys { signing, kid }
+    }
+
+    /// The private seed, for persisting the key.
+    pub fn seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
     }
 
     /// The public JWK Set.

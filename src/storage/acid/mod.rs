@@ -39,13 +39,13 @@ use redb::{Database, ReadableTable};
 
 use self::read::{Metas, Reader};
 use self::tables::{
-    DATA, FORMAT_VERSION, KEY_FORMAT, KEY_NEXT_ID, META, STREAMS, decode_meta, map_err,
+    CONTROL, DATA, FORMAT_VERSION, KEY_FORMAT, KEY_NEXT_ID, META, STREAMS, decode_meta, map_err,
 };
 use self::writer::Op;
 use super::model::{self, Expiry, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Storage, StorageError, StreamInfo,
+    Storage, StorageError, StreamInfo, check_control,
 };
 use crate::notify::WakeHub;
 use crate::offset::{Offset, ReadFrom};
@@ -251,6 +251,7 @@ fn init_schema(db: &Database) -> Result<u64, StorageError> {
     let next_id = {
         txn.open_table(STREAMS).map_err(map_err)?;
         txn.open_table(DATA).map_err(map_err)?;
+        txn.open_table(CONTROL).map_err(map_err)?;
         let mut meta = txn.open_table(META).map_err(map_err)?;
         let version = meta.get(KEY_FORMAT).map_err(map_err)?.map(|v| v.value());
         match version {
@@ -390,6 +391,46 @@ impl Storage for AcidStorage {
         records: Vec<Bytes>,
     ) -> Result<StreamInfo, StorageError> {
         self.call(|tx| Op::Restore(name.to_string(), Box::new((meta, records)), tx))
+    }
+
+    /// Its own write transaction, outside the writer thread's batches:
+    /// redb serializes write transactions, so this waits for the current
+    /// batch to commit and never mixes with it. Committed with redb's
+    /// default (fsynced) durability.
+    fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        check_control(ns, key, value)?;
+        let txn = self.shared.db.begin_write().map_err(map_err)?;
+        txn.open_table(CONTROL)
+            .map_err(map_err)?
+            .insert((ns, key), value)
+            .map_err(map_err)?;
+        txn.commit().map_err(map_err)
+    }
+
+    fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
+        check_control(ns, key, b"")?;
+        let txn = self.shared.db.begin_write().map_err(map_err)?;
+        txn.open_table(CONTROL)
+            .map_err(map_err)?
+            .remove((ns, key))
+            .map_err(map_err)?;
+        txn.commit().map_err(map_err)
+    }
+
+    fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        check_control(ns, "-", b"")?;
+        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        let table = txn.open_table(CONTROL).map_err(map_err)?;
+        let mut out = Vec::new();
+        for item in table.range((ns, "")..).map_err(map_err)? {
+            let (k, v) = item.map_err(map_err)?;
+            let (n, key) = k.value();
+            if n != ns {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn shutdown(&self) -> Result<(), StorageError> {

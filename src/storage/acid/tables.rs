@@ -11,8 +11,10 @@
 //!   `pos`" is the last key `<= (id, pos)` and a stream's data is one
 //!   contiguous key range.
 //! * `meta`: store-wide counters: the format version and the next stream id.
-//!
-//! The name `subscriptions` is reserved for a future table.
+//! * `control`: `(namespace, key)` → value, the control-plane key/value
+//!   space (subscriptions, the webhook signing key). Added without a format
+//!   version bump: it is created on open, so stores written before it open
+//!   unchanged, and it is independent of the stream tables.
 
 use redb::TableDefinition;
 
@@ -21,6 +23,7 @@ use crate::storage::{StorageError, StreamMeta};
 pub(super) const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 pub(super) const DATA: TableDefinition<(u64, u64), (u64, &[u8])> = TableDefinition::new("data");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const CONTROL: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("control");
 
 /// Key in `meta` holding the store's format version.
 pub(super) const KEY_FORMAT: &str = "format_version";

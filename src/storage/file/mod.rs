@@ -41,6 +41,7 @@
 //! are `parking_lot` locks: every caller is a blocking thread, and no lock
 //! but a stream's is held across file I/O.
 
+pub mod control;
 mod files;
 pub mod format;
 mod recover;
@@ -178,6 +179,8 @@ struct Inner {
     pending_unlink: Mutex<Vec<u64>>,
     /// Serializes checkpoints.
     checkpointing: Mutex<()>,
+    /// Control-plane records (`control/`), apart from the WAL.
+    control: control::Control,
     /// Held for the store's lifetime: one process per data directory.
     _lock: File,
 }
@@ -236,6 +239,7 @@ impl FileStorage {
             })
             .collect();
         let inner = Arc::new(Inner {
+            control: control::Control::new(&root),
             root,
             wal_dir,
             streams: RwLock::new(streams),
@@ -1273,6 +1277,18 @@ impl Storage for FileStorage {
     ) -> Result<StreamInfo, StorageError> {
         self.inner.wal.check()?;
         self.inner.restore_stream(name, meta, records)
+    }
+
+    fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.inner.control.put(ns, key, value)
+    }
+
+    fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
+        self.inner.control.delete(ns, key)
+    }
+
+    fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.inner.control.scan(ns)
     }
 
     fn shutdown(&self) -> Result<(), StorageError> {
