@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc malloc: the request path allocates ~100 times
+/// per append, and glibc's malloc/free were ~25% of its instructions.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use durable_streams::backup::{self, Existing};
 use durable_streams::config::{
     self, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,

@@ -20,7 +20,7 @@ use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
 
 /// Dispatches a `GET` by live mode.
-pub async fn get(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
+pub async fn get(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
     let query = h::read_query(req.uri().query())?;
     match query.live {
         Live::Sse => super::sse::serve(state, name, query).await,
@@ -96,12 +96,12 @@ fn read_response(status: StatusCode, out: &ReadOutcome) -> axum::http::response:
 }
 
 async fn catch_up(
-    state: AppState,
+    state: &AppState,
     name: String,
     query: ReadQuery,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let out = read_chunk(&state, &name, query.from).await?;
+    let out = read_chunk(state, &name, query.from).await?;
     if query.from == ReadFrom::Tail {
         // `offset=now`: no data, never cached, no ETag.
         let body = if out.info.is_json() { "[]" } else { "" };
@@ -137,7 +137,7 @@ async fn catch_up(
     finish(b, chunks_body(body_chunks(&out)))
 }
 
-async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
     // Dropped with this future, also when the client goes away mid-wait.
     let _live = state.metrics.live(crate::metrics::Live::LongPoll);
     let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
@@ -149,18 +149,18 @@ async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Re
     loop {
         // `now` resolves to the tail on the first read, so it never returns
         // data that existed before the request.
-        let out = read_chunk(&state, &name, from).await?;
+        let out = read_chunk(state, &name, from).await?;
         if !out.is_empty() {
             let mut b = read_response(StatusCode::OK, &out)
                 .header(header::ETAG, etag(&out))
                 .header(header::CACHE_CONTROL, CACHEABLE);
             if !out.at_eof() {
-                b = b.header(h::STREAM_CURSOR, cursor(&state, query.cursor));
+                b = b.header(h::STREAM_CURSOR, cursor(state, query.cursor));
             }
             return finish(b, chunks_body(body_chunks(&out)));
         }
         if out.at_eof() || expired {
-            return timeout_response(&state, &out, query.cursor);
+            return timeout_response(state, &out, query.cursor);
         }
         from = ReadFrom::At(out.next);
         tokio::select! {

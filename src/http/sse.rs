@@ -129,7 +129,8 @@ fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>
 
 /// Serves an SSE connection. The first read happens before the response
 /// starts, so a missing stream is an ordinary 404.
-pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    let state = state.clone();
     let mut sub = state.hub.subscribe(&name);
     let first = read_chunk(&state, &name, query.from).await?;
     let enc = Encoding::for_type(&first.info.content_type);

@@ -330,6 +330,13 @@ impl Subscriptions {
         let _ = self.tx.try_send(path.to_string());
     }
 
+    /// True when any subscription exists, i.e. when [`Self::notify`] can
+    /// matter; appends skip the hint (an allocation and a worker wake-up
+    /// each) otherwise.
+    pub fn active(&self) -> bool {
+        !self.registry.subs.lock().is_empty()
+    }
+
     /// Takes the worker's receiver (once).
     pub fn take_receiver(&self) -> Option<mpsc::Receiver<String>> {
         self.rx.lock().take()
