@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::headers::{self as h, Live, ReadQuery};
 use super::{AppState, finish};
 use crate::cursor::next_cursor;
+use crate::notify::Wake;
 use crate::offset::ReadFrom;
 use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 
@@ -144,12 +145,11 @@ async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<R
     // Subscribe before reading so that no append slips between the read
     // and the wait.
     let mut sub = state.hub.subscribe(&name);
-    let mut from = query.from;
     let mut expired = false;
+    // `now` resolves to the tail on the first read, so it never returns
+    // data that existed before the request.
+    let mut out = read_chunk(state, &name, query.from).await?;
     loop {
-        // `now` resolves to the tail on the first read, so it never returns
-        // data that existed before the request.
-        let out = read_chunk(state, &name, from).await?;
         if !out.is_empty() {
             let mut b = read_response(StatusCode::OK, &out)
                 .header(header::ETAG, etag(&out))
@@ -162,13 +162,37 @@ async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<R
         if out.at_eof() || expired {
             return timeout_response(state, &out, query.cursor);
         }
-        from = ReadFrom::At(out.next);
+        let mut wake = None;
         tokio::select! {
-            _ = sub.changed() => {}
+            w = sub.changed() => wake = w,
             _ = tokio::time::sleep_until(deadline) => expired = true,
             _ = state.shutdown.cancelled() => expired = true,
         }
+        out = match wake.as_ref().and_then(|w| from_wake(&out, w)) {
+            Some(next) => next,
+            None => read_chunk(state, &name, ReadFrom::At(out.next)).await?,
+        };
     }
+}
+
+/// The read that a wake carrying exactly the records after `at` (an empty
+/// read at the old tail) stands for, without touching storage; `None` when
+/// the wake carries no records, or others (another incarnation, another
+/// position): the reader then reads storage.
+pub fn from_wake(at: &ReadOutcome, wake: &Wake) -> Option<ReadOutcome> {
+    let a = wake.appended.as_ref()?;
+    if a.id != at.info.id || a.from != at.next {
+        return None;
+    }
+    let mut info = at.info.clone();
+    info.tail = wake.tail;
+    info.closed = wake.closed;
+    Some(ReadOutcome {
+        info,
+        start: a.from,
+        chunks: a.records.clone(),
+        next: wake.tail,
+    })
 }
 
 /// `204` at the tail: the client is caught up (and at EOF when closed).

@@ -2,7 +2,10 @@
 //!
 //! The HTTP layer speaks only to [`Storage`]. The trait is synchronous: a
 //! backend that does I/O blocks the calling thread, and callers run such
-//! backends off the async workers (see [`Storage::may_block`]).
+//! backends off the async workers (see [`Storage::may_block`]). Appends,
+//! the hot path, can also be split into a non-blocking stage and an awaited
+//! commit ([`Storage::try_append_staged`]), so that a durable append holds no
+//! thread while its group commit syncs.
 //!
 //! # What every backend guarantees
 //!

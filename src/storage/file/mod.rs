@@ -68,7 +68,7 @@ use super::{
     ReadRequest, Staged, Staging, Storage, StorageError, StreamInfo,
 };
 use crate::config::SyncMode;
-use crate::notify::{Wake, WakeHub};
+use crate::notify::{Appended, Wake, WakeHub};
 use crate::offset::{Offset, ReadFrom};
 
 /// Open file-handle pairs kept at most.
@@ -163,10 +163,7 @@ enum Created {
 }
 
 fn wake_of(meta: &StreamMeta) -> Wake {
-    Wake {
-        tail: meta.tail,
-        closed: meta.closed,
-    }
+    Wake::bare(meta.tail, meta.closed)
 }
 
 struct Inner {
@@ -895,6 +892,7 @@ impl Inner {
             };
         }
         let mut meta = s.meta.clone();
+        let from = meta.tail;
         model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
         let op = Op::Put {
             name: name.to_string(),
@@ -912,7 +910,10 @@ impl Inner {
         s.meta = meta;
         s.last_lsn = lsn;
         let info = s.meta.info();
-        let wake = wake_of(&s.meta);
+        let mut wake = wake_of(&s.meta);
+        if !plan.records.is_empty() {
+            wake.appended = Some(Appended::new(s.meta.id, from, plan.records.clone()));
+        }
         drop(s);
         let producer = plan
             .producer
