@@ -161,9 +161,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let front = Arc::clone(&front);
+        // Boxed: hyper keeps one future slot per connection for its whole
+        // life, sized for this future; unboxed that is every handler's
+        // state machine, paid by each idle or SSE connection.
         let service = hyper::service::service_fn(move |req| {
             let front = Arc::clone(&front);
-            async move { front.handle(req).await }
+            Box::pin(async move { front.handle(req).await })
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
