@@ -8,6 +8,8 @@ for line in open(path):
     if not line.startswith("RESULT "):
         continue
     kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+    if "error=" in line:
+        kv["error"] = line.split("error=", 1)[1].strip()
     if "label" in kv:
         rows[(kv["server"], kv["label"])] = kv
 
@@ -50,6 +52,8 @@ for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
     for s in SERVERS:
         v = f(s, label, "rps")
         if v is None:
+            if "error" in rows.get((s, label), {}):
+                print(f"| {s} | failed: {rows[(s, label)]['error']} | — | — | — | — | — | — | — |")
             continue
         print(f"| {s} | {fmt(v)} | {fmt(f(s, label, 'p50_ms'), 2)} | {fmt(f(s, label, 'p99_ms'), 2)} | "
               f"{fmt(f(s, label, 'errors'))} | {rows[(s, label)].get('load1', '')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
@@ -101,7 +105,9 @@ print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack |
 print("|---|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     r = rows.get((s, "longpoll"))
-    if r:
+    if r and "error" in r:
+        print(f"| {s} | failed: {r['error']} | — | — | — | — |")
+    elif r:
         print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | {r.get('before_ack')} |")
 print()
 
@@ -112,6 +118,9 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     r = rows.get((s, "fanout"))
     idle = rows.get((s, "idle"), {}).get("rss_per_conn_kib", "—")
+    if r and "error" in r:
+        print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — | {idle} |")
+        continue
     if not r:
         if idle != "—":
             print(f"| {s} | — | — | — | — | — | — | — | — | {idle} |")
@@ -128,6 +137,9 @@ for s in SERVERS:
     c = rows.get((s, "create"))
     r = rows.get((s, "restart"), {})
     if not c:
+        continue
+    if "error" in c:
+        print(f"| {s} | failed: {c['error']} | — | — | — | — |")
         continue
     print(f"| {s} | {fmt(f(s, 'create', 'creates_per_s'))} | {r.get('stop_ms', '—')} | {r.get('listen_ms', '—')} | {r.get('restart_ms', '—')} | {r.get('data_kib', '—')} |")
 print()

@@ -168,11 +168,25 @@ async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<R
             _ = tokio::time::sleep_until(deadline) => expired = true,
             _ = state.shutdown.cancelled() => expired = true,
         }
+        if !expired && wake.as_ref().is_some_and(|w| stale(&out, w)) {
+            continue;
+        }
         out = match wake.as_ref().and_then(|w| from_wake(&out, w)) {
             Some(next) => next,
             None => read_chunk(state, &name, ReadFrom::At(out.next)).await?,
         };
     }
+}
+
+/// True when `wake` tells a reader at `at` nothing new: it is behind `at`,
+/// or it carries records that end exactly where `at` is (the reader got
+/// them from storage already). Such wakes queue up when a reader falls
+/// behind; re-reading storage for each of them (a blocking-thread hop per
+/// wake per reader on the durable backends) only made the backlog worse.
+/// A wake without records at `at` (a delete, a close) is never stale.
+pub fn stale(at: &ReadOutcome, wake: &Wake) -> bool {
+    wake.tail.pos < at.next.pos
+        || (wake.appended.is_some() && wake.tail == at.next && wake.closed == at.info.closed)
 }
 
 /// The read that a wake carrying exactly the records after `at` (an empty

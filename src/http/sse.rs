@@ -12,7 +12,7 @@ use std::convert::Infallible;
 
 use super::error::ApiError;
 use super::headers::{self as h, ReadQuery};
-use super::read::{body_chunks, cursor, from_wake, read_chunk};
+use super::read::{body_chunks, cursor, from_wake, read_chunk, stale};
 use super::{AppState, finish};
 use crate::offset::ReadFrom;
 use crate::storage::ReadOutcome;
@@ -176,6 +176,9 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
                 loop {
                     tokio::select! {
                         w = sub.changed() => {
+                            if w.as_ref().is_some_and(|w| stale(&out, w)) {
+                                continue;
+                            }
                             wake = w;
                             break;
                         }
