@@ -7,7 +7,8 @@
 //!
 //! Environment:
 //! - `DS_LOAD_TARGET`   host:port of the server (required to do anything)
-//! - `DS_LOAD_WORKLOAD` append | producer | catchup | fanout | create | idle
+//! - `DS_LOAD_WORKLOAD` append | producer | catchup | tailread | fanout | longpoll |
+//!   create | idle
 //! - `DS_LOAD_PREFIX`   path prefix of streams (default `/v1/stream/`)
 //! - `DS_LOAD_CONNS`    connections (default 64)
 //! - `DS_LOAD_STREAMS`  streams the appends are spread over (default 1)
@@ -254,12 +255,30 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     let secs: f64 = env_or("DS_LOAD_SECS", 5.0);
     let body = Arc::new(vec![b'x'; env_or("DS_LOAD_BODY", 100)]);
     let ct = "application/octet-stream";
-    let mut setup = Conn::connect(&cfg.addr).await?;
     let paths: Arc<Vec<String>> =
         Arc::new((0..streams).map(|i| cfg.path(&format!("s{i}"))).collect());
-    for i in 0..streams {
-        cfg.create(&mut setup, &format!("s{i}"), ct).await?;
+    // Create the streams over up to 64 connections (100,000 streams one at
+    // a time would take minutes).
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..conns.clamp(1, 64).min(streams) {
+        let (cfg, next) = (cfg.clone(), next.clone());
+        creators.push(tokio::spawn(async move {
+            let mut setup = Conn::connect(&cfg.addr).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= streams {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                }
+                cfg.create(&mut setup, &format!("s{i}"), ct).await?;
+            }
+        }));
     }
+    for c in creators {
+        c.await??;
+    }
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    let rss = pid.as_deref().and_then(vm_rss_kib);
     let start = Instant::now() + Duration::from_secs(1);
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -313,11 +332,12 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     }
     lat.sort_unstable();
     println!(
-        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} load1={}",
+        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} rss_after_create_kib={} load1={}",
         if producer { "producer" } else { "append" },
         lat.len() as f64 / secs,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
+        rss.map_or("n/a".into(), |v| v.to_string()),
         uptime_load()
     );
     Ok(())
@@ -538,6 +558,192 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     Ok(())
 }
 
+/// The hot tail: a stream of 7 MiB, then a last 1 MiB append that 64
+/// connections (`DS_LOAD_CONNS`) read over and over for `DS_LOAD_SECS`, each
+/// GET from the offset where that append starts. Reports the bytes read per
+/// second over all readers.
+async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
+    let conns: usize = env_or("DS_LOAD_CONNS", 64);
+    let secs: f64 = env_or("DS_LOAD_SECS", 5.0);
+    let mut conn = Conn::connect(&cfg.addr).await?;
+    let ct = "application/octet-stream";
+    cfg.create(&mut conn, "hot", ct).await?;
+    let path = Arc::new(cfg.path("hot"));
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut tail_start = String::new();
+    for i in 0..8 {
+        let (head, _) = conn
+            .request("POST", &path, &[("Content-Type", ct)], &chunk)
+            .await?;
+        if !(200..300).contains(&head.status) {
+            return Err(format!("fill append: {}", head.status).into());
+        }
+        if i == 6 {
+            // Where the last append will start.
+            tail_start = head
+                .get("stream-next-offset")
+                .ok_or("no Stream-Next-Offset")?
+                .to_string();
+        }
+    }
+    let url = Arc::new(format!("{path}?offset={tail_start}"));
+    let start = Instant::now() + Duration::from_millis(500);
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (cfg, url) = (cfg.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut bytes = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(bytes);
+                }
+                conn.send("GET", &url, &[], b"").await?;
+                let head = conn.read_head().await?;
+                if head.status != 200 {
+                    return Err(format!("hot-tail GET: {}", head.status).into());
+                }
+                let n = conn.read_body(&head, None).await?;
+                if t0 >= start && Instant::now() <= end {
+                    bytes += n;
+                }
+            }
+        }));
+    }
+    let mut total = 0u64;
+    for t in tasks {
+        total += t.await??;
+    }
+    println!(
+        "RESULT workload=tailread conns={conns} mbps={:.0} load1={}",
+        total as f64 / secs / 1e6,
+        uptime_load()
+    );
+    Ok(())
+}
+
+/// 1 writer, N long-pollers on one `text/plain` stream: each polls from
+/// `offset=now`, then follows `Stream-Next-Offset`. Delay as in [`fanout`].
+async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
+    let subs: usize = env_or("DS_LOAD_SUBS", 1000);
+    let msgs: usize = env_or("DS_LOAD_MSGS", 100);
+    let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
+    let ct = "text/plain";
+    let mut writer = Conn::connect(&cfg.addr).await?;
+    cfg.create(&mut writer, "lp", ct).await?;
+    let path = Arc::new(cfg.path("lp"));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..subs {
+        let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
+            let go = async {
+                let mut conn = Conn::connect(&cfg.addr).await?;
+                // The tail first, so that the polls below start there.
+                let (head, _) = conn
+                    .request("GET", &format!("{path}?offset=now"), &[], b"")
+                    .await?;
+                let mut offset = head
+                    .get("stream-next-offset")
+                    .ok_or("no Stream-Next-Offset")?
+                    .to_string();
+                ready.fetch_add(1, Ordering::SeqCst);
+                let mut carry = Vec::new();
+                loop {
+                    conn.send(
+                        "GET",
+                        &format!("{path}?offset={offset}&live=long-poll"),
+                        &[],
+                        b"",
+                    )
+                    .await?;
+                    let head = conn.read_head().await?;
+                    let mut body = Vec::new();
+                    conn.read_body(&head, Some(&mut body)).await?;
+                    let now = Instant::now();
+                    if let Some(next) = head.get("stream-next-offset") {
+                        offset = next.to_string();
+                    }
+                    if head.status == 200 {
+                        let mut last = false;
+                        scan(&mut carry, &body, |k| {
+                            seen.push((k, now));
+                            last |= k + 1 == msgs;
+                        });
+                        if last {
+                            return Ok::<(), Box<dyn std::error::Error + Send + Sync>>(());
+                        }
+                    } else if head.status != 204 {
+                        return Err(format!("long-poll status {}", head.status).into());
+                    }
+                }
+            };
+            let r = tokio::time::timeout(Duration::from_secs(60), go).await;
+            if !matches!(r, Ok(Ok(()))) {
+                failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(Err(e)) = &r
+                    && failed.load(Ordering::SeqCst) == 1
+                {
+                    eprintln!("long-poller error: {e}");
+                }
+            }
+            seen
+        }));
+        if tasks.len() % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let t_connect = Instant::now();
+    while ready.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < subs
+        && t_connect.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut acks = Vec::with_capacity(msgs);
+    for k in 0..msgs {
+        let body = format!("seq-{k};{}", "x".repeat(90));
+        let (head, _) = writer
+            .request("POST", &path, &[("Content-Type", ct)], body.as_bytes())
+            .await?;
+        acks.push(Instant::now());
+        if !(200..300).contains(&head.status) {
+            return Err(format!("long-poll append: {}", head.status).into());
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let mut delays: Vec<u32> = Vec::with_capacity(subs * msgs);
+    let mut early = 0u64;
+    for t in tasks {
+        for (k, at) in t.await? {
+            if k < msgs {
+                match at.checked_duration_since(acks[k]) {
+                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
+                    None => {
+                        early += 1;
+                        delays.push(0);
+                    }
+                }
+            }
+        }
+    }
+    delays.sort_unstable();
+    println!(
+        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} load1={}",
+        delays.len(),
+        subs * msgs,
+        pct(&delays, 0.5),
+        pct(&delays, 0.99),
+        delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
+        uptime_load()
+    );
+    Ok(())
+}
+
 /// RSS of N idle keep-alive connections that each made one POST: the
 /// HTTP stack's own cost per connection, to read the SSE figure against.
 async fn idle(cfg: Arc<Cfg>) -> Res<()> {
@@ -632,6 +838,8 @@ fn main() {
             "producer" => append(cfg, true).await,
             "catchup" => catchup(cfg).await,
             "fanout" => fanout(cfg).await,
+            "longpoll" => longpoll(cfg).await,
+            "tailread" => tailread(cfg).await,
             "create" => create(cfg).await,
             "idle" => idle(cfg).await,
             w => Err(format!("unknown workload {w}").into()),

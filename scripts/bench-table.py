@@ -8,6 +8,8 @@ for line in open(path):
     if not line.startswith("RESULT "):
         continue
     kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+    if "error=" in line:
+        kv["error"] = line.split("error=", 1)[1].strip()
     if "label" in kv:
         rows[(kv["server"], kv["label"])] = kv
 
@@ -32,8 +34,16 @@ def ratio(a, b):
     return "—" if a is None or not b else f"{a / b:.2f}×"
 
 
+def streams(label, default):
+    for (_, l), r in rows.items():
+        if l == label and "streams" in r:
+            return f"{int(r['streams']):,}"
+    return default
+
+
 for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
                      ("append256", "Appends, 100 B, 64 connections, 256 streams"),
+                     ("append100k", f"Appends, 100 B, 64 connections, spread over {streams('append100k', '100,000')} streams"),
                      ("producer", "Idempotent-producer appends, 64 producers, 1 stream")]:
     print(f"### {title}\n")
     print("| server | req/s | p50 ms | p99 ms | errors | load1 | ours-memory / it | ours-file / it | ours-acid / it |")
@@ -42,6 +52,8 @@ for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
     for s in SERVERS:
         v = f(s, label, "rps")
         if v is None:
+            if "error" in rows.get((s, label), {}):
+                print(f"| {s} | failed: {rows[(s, label)]['error']} | — | — | — | — | — | — | — |")
             continue
         print(f"| {s} | {fmt(v)} | {fmt(f(s, label, 'p50_ms'), 2)} | {fmt(f(s, label, 'p99_ms'), 2)} | "
               f"{fmt(f(s, label, 'errors'))} | {rows[(s, label)].get('load1', '')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
@@ -59,13 +71,56 @@ for s in SERVERS:
     print(f"| {s} | {fmt(v)} | {r.get('rounds_mbps')} | {r.get('requests_per_read')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
 print()
 
-print("### SSE fan-out: 1 writer, 1,000 subscribers, 100 appends 50 ms apart\n")
+print("### Hot tail: 64 connections re-reading the last 1 MiB of an 8 MiB stream\n")
+print("| server | MB/s | ours-memory / it | ours-file / it | ours-acid / it |")
+print("|---|---:|---:|---:|---:|")
+om, of, oa = (f(s, "tailread", "mbps") for s in ("ours-memory", "ours-file", "ours-acid"))
+for s in SERVERS:
+    v = f(s, "tailread", "mbps")
+    if v is None:
+        continue
+    print(f"| {s} | {fmt(v)} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
+print()
+
+print("### Spread appends vs 256 streams (same server, same run)\n")
+print("| server | 256 streams req/s | spread req/s | spread / 256 | RSS after creating the streams KiB |")
+print("|---|---:|---:|---:|---:|")
+for s in SERVERS:
+    a, b = f(s, "append256", "rps"), f(s, "append100k", "rps")
+    if b is None:
+        continue
+    print(f"| {s} | {fmt(a)} | {fmt(b)} | {ratio(b, a)} | {rows[(s, 'append100k')].get('rss_after_create_kib', '—')} |")
+print()
+
+
+def subs(label, default):
+    for (_, l), r in rows.items():
+        if l == label and "subs" in r:
+            return f"{int(r['subs']):,}"
+    return default
+
+
+print("### Long-poll fan-out: 1 writer, " + subs("longpoll", "1,000") + " long-pollers, 100 appends 50 ms apart\n")
+print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack |")
+print("|---|---:|---:|---:|---:|---:|")
+for s in SERVERS:
+    r = rows.get((s, "longpoll"))
+    if r and "error" in r:
+        print(f"| {s} | failed: {r['error']} | — | — | — | — |")
+    elif r:
+        print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | {r.get('before_ack')} |")
+print()
+
+print("### SSE fan-out: 1 writer, " + subs("fanout", "1,000") + " subscribers, 100 appends 50 ms apart\n")
 print("Delay = subscriber receipt − writer's ack (0 when the event beat the ack; counted in *before ack*).\n")
 print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack | RSS before KiB | RSS after KiB | KiB per idle subscriber | KiB per idle keep-alive conn |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     r = rows.get((s, "fanout"))
     idle = rows.get((s, "idle"), {}).get("rss_per_conn_kib", "—")
+    if r and "error" in r:
+        print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — | {idle} |")
+        continue
     if not r:
         if idle != "—":
             print(f"| {s} | — | — | — | — | — | — | — | — | {idle} |")
@@ -74,13 +129,17 @@ for s in SERVERS:
           f"{r.get('before_ack')} | {r.get('rss_before_kib')} | {r.get('rss_after_kib')} | {r.get('rss_per_sub_kib')} | {idle} |")
 print()
 
-print("### Create 10,000 streams (64 connections), then graceful stop and restart\n")
+count = next((r.get("count") for (_, l), r in rows.items() if l == "create"), "10000")
+print(f"### Create {int(count):,} streams (64 connections), then graceful stop and restart\n")
 print("| server | creates/s | graceful stop ms | restart: listening ms | restart: first read ms | data KiB |")
 print("|---|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     c = rows.get((s, "create"))
     r = rows.get((s, "restart"), {})
     if not c:
+        continue
+    if "error" in c:
+        print(f"| {s} | failed: {c['error']} | — | — | — | — |")
         continue
     print(f"| {s} | {fmt(f(s, 'create', 'creates_per_s'))} | {r.get('stop_ms', '—')} | {r.get('listen_ms', '—')} | {r.get('restart_ms', '—')} | {r.get('data_kib', '—')} |")
 print()

@@ -19,10 +19,13 @@ PEER_ROOT=${PEER_ROOT:-/tmp/peer}
 NODE_DIR=${NODE_DIR:-/tmp/perf-node}
 CREATE_COUNT=${BENCH_CREATE_COUNT:-100000}
 TARGETS=${BENCH_TARGETS:-"ours-memory ours-file ours-acid axum-baseline node-memory peer-memory peer-wal"}
-WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 producer catchup fanout idle create"}
+WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 append100k producer catchup tailread fanout longpoll idle create"}
+FANOUT_SUBS=${BENCH_FANOUT_SUBS:-10000}
+LONGPOLL_SUBS=${BENCH_LONGPOLL_SUBS:-1000}
+SPREAD_STREAMS=${BENCH_SPREAD_STREAMS:-100000}
 PORT=${BENCH_PORT:-18400}
 
-# 1,000 SSE subscribers need 1,000 sockets on each side.
+# 10,000 SSE subscribers need 10,000 sockets on each side.
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT" "$SCRATCH"
 RESULTS=$OUT/results.txt
@@ -126,6 +129,7 @@ for name in $TARGETS; do
   for w in $WORKLOADS; do
     [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
     [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
+    [ "$w" = append100k ] && [[ $name = axum-baseline || $name = node-memory ]] && continue
     dir=$SCRATCH/$name-$w
     rm -rf "$dir"
     mkdir -p "$dir"
@@ -133,9 +137,12 @@ for name in $TARGETS; do
     case $w in
       append1) load "$name" append1 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=1 ;;
       append256) load "$name" append256 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=256 ;;
+      append100k) load "$name" append100k DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS="$SPREAD_STREAMS" ;;
       producer) load "$name" producer DS_LOAD_WORKLOAD=producer DS_LOAD_STREAMS=1 ;;
       catchup) load "$name" catchup DS_LOAD_WORKLOAD=catchup ;;
-      fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout ;;
+      tailread) load "$name" tailread DS_LOAD_WORKLOAD=tailread ;;
+      fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout DS_LOAD_SUBS="$FANOUT_SUBS" ;;
+      longpoll) load "$name" longpoll DS_LOAD_WORKLOAD=longpoll DS_LOAD_SUBS="$LONGPOLL_SUBS" ;;
       idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
       create)
         load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench

@@ -8,7 +8,9 @@
 //! - [`cursor`]: live-read cursors (interval numbers with jitter).
 //! - [`config`]: server settings, limits and their defaults;
 //!   [`config::layers`] merges defaults < TOML file < `DS_*` environment.
-//! - [`notify`]: per-stream broadcast channels that wake live readers, and
+//! - [`notify`]: per-stream broadcast channels that wake live readers (a wake
+//!   may carry the appended records, so live readers at the old tail answer
+//!   without reading storage and SSE connections share one encoding), and
 //!   the observer that tells the subscription engine about every change.
 //! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
 //!   [`storage::model`] holds the protocol decisions (producers, closure,
@@ -18,14 +20,16 @@
 //!   append-log backend (group-committed WAL, per-stream data files,
 //!   checkpoints; format in `docs/file-format.md`); [`storage::acid`] the
 //!   redb backend (one writer thread batching transactions; `docs/acid-format.md`).
-//! - [`http`]: the axum router and thin handlers ([`http::write`] for
+//! - [`http`]: [`http::front`], the service every connection calls (a fast
+//!   path for stream requests, the router for the rest); the axum router and thin handlers ([`http::write`] for
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
 //!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
 //!   `/healthz`, `/readyz`, `/metrics` and counts and logs every request;
 //!   [`http::auth`] checks bearer tokens and their scopes.
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
-//! - [`server`]: opening storage, background tasks, binding and serving.
+//! - [`server`]: opening storage, background tasks, binding and serving
+//!   connections (hyper, HTTP/1.1 keep-alive and h2c).
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
 //! - [`subscriptions`]: the reserved `__ds` subscription APIs: registry and
 //!   its path index, durable state in the backend's control space

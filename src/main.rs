@@ -8,6 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc malloc: the request path allocates ~100 times
+/// per append, and glibc's malloc/free were ~25% of its instructions.
+/// Built without transparent huge pages (`no_thp`): with them every new
+/// 2 MiB region was zeroed at once (40% of CPU in a fan-out profile) and
+/// idle connections cost 35 instead of 20 KiB RSS.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use durable_streams::backup::{self, Existing};
 use durable_streams::config::{
     self, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,

@@ -7,9 +7,17 @@
 //! shared database, when another node reports one). A wake is a hint: readers
 //! subscribe *before* they read and re-read storage after every wake, so a
 //! lagged receiver loses nothing.
+//!
+//! A wake may also carry the records of the append that caused it
+//! ([`Appended`]), so that live readers waiting exactly at the old tail can
+//! answer without reading storage, and SSE connections share one encoding of
+//! the event (encoded once, by the first one that needs it) instead of each
+//! reading and encoding the same bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
@@ -17,10 +25,50 @@ use tokio::sync::broadcast;
 use crate::offset::Offset;
 
 /// What changed: the stream's new tail and closure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wake {
     pub tail: Offset,
     pub closed: bool,
+    /// The records that moved the tail, when the backend hands them over:
+    /// durable, in order, and exactly `[appended.from, tail)` of incarnation
+    /// `appended.id`.
+    pub appended: Option<Arc<Appended>>,
+}
+
+impl Wake {
+    /// A wake without records: readers re-read storage.
+    pub fn bare(tail: Offset, closed: bool) -> Self {
+        Wake {
+            tail,
+            closed,
+            appended: None,
+        }
+    }
+}
+
+/// The records of one append, shared by every reader it wakes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream incarnation ([`StreamInfo::id`](crate::storage::StreamInfo::id)).
+    pub id: u64,
+    /// The tail before the append: where the records start.
+    pub from: Offset,
+    /// The stored records (JSON messages each followed by `,`).
+    pub records: Vec<Bytes>,
+    /// The SSE `data` event for these records, encoded once (the encoding
+    /// depends only on the incarnation's content type).
+    pub sse: OnceLock<Bytes>,
+}
+
+impl Appended {
+    pub fn new(id: u64, from: Offset, records: Vec<Bytes>) -> Arc<Self> {
+        Arc::new(Appended {
+            id,
+            from,
+            records,
+            sse: OnceLock::new(),
+        })
+    }
 }
 
 /// Capacity of each stream's channel; a receiver that falls further behind
@@ -137,13 +185,10 @@ mod tests {
         let mut a = hub.subscribe("s");
         let mut b = hub.subscribe("s");
         assert_eq!(hub.watched(), 1);
-        let w = Wake {
-            tail: Offset::new(1, 5),
-            closed: false,
-        };
-        hub.wake("s", w);
-        hub.wake("other", w);
-        assert_eq!(a.changed().await, Some(w));
+        let w = Wake::bare(Offset::new(1, 5), false);
+        hub.wake("s", w.clone());
+        hub.wake("other", w.clone());
+        assert_eq!(a.changed().await, Some(w.clone()));
         assert_eq!(b.changed().await, Some(w));
         drop(a);
         assert_eq!(hub.watched(), 1);
@@ -156,13 +201,7 @@ mod tests {
         let hub = WakeHub::new();
         let mut a = hub.subscribe("s");
         for i in 0..(CHANNEL_CAPACITY as u64 + 5) {
-            hub.wake(
-                "s",
-                Wake {
-                    tail: Offset::new(i, i),
-                    closed: false,
-                },
-            );
+            hub.wake("s", Wake::bare(Offset::new(i, i), false));
         }
         assert_eq!(a.changed().await, None);
         assert!(a.changed().await.is_some());

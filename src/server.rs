@@ -1,7 +1,6 @@
 //! Putting it together: open storage, start background tasks, bind, serve,
 //! and shut down cleanly.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServerConfig, StorageKind};
-use crate::http::{AppState, router};
+use crate::http::AppState;
+use crate::http::front::Front;
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
@@ -130,13 +130,12 @@ pub async fn run(
     let state = state_with(config, storage, hub, subs);
     spawn_sweeper(&state);
     crate::subscriptions::worker::spawn(state.clone());
-    let app = router(state.clone());
+    let front = Front::new(state.clone());
     // Tests and scripts wait for exactly this line.
     println!("durable-streams listening on http://{addr}");
     tracing::info!(%addr, storage = ?state.config.storage, "listening");
     let token = state.shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+    let mut server = tokio::spawn(serve(listener, front, token.clone()));
     tokio::select! {
         res = &mut server => res??,
         _ = stop => {
@@ -155,5 +154,63 @@ pub async fn run(
     let storage = Arc::clone(&state.storage);
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;
     tracing::info!("storage flushed; bye");
+    Ok(())
+}
+
+/// Largest buffered request head and body chunk per connection.
+const MAX_BUF: usize = 64 * 1024;
+
+/// Accepts connections until `stop` is cancelled, then lets every
+/// connection finish its in-flight request and waits for them all.
+/// HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge; `TCP_NODELAY`
+/// on every socket so small answers and SSE events leave at once.
+pub async fn serve(
+    listener: TcpListener,
+    front: Arc<Front>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .writev(true)
+        .max_buf_size(MAX_BUF);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept:
+                    // back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let front = Arc::clone(&front);
+        // Boxed: hyper keeps one future slot per connection for its whole
+        // life, sized for this future; unboxed that is every handler's
+        // state machine, paid by each idle or SSE connection.
+        let service = hyper::service::service_fn(move |req| {
+            let front = Arc::clone(&front);
+            Box::pin(async move { front.handle(req).await })
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _: Result<(), _> = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }

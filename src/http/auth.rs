@@ -8,7 +8,7 @@
 //! scope is 403. Tokens are compared in constant time, and never logged.
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{Choice, ConstantTimeEq};
@@ -77,8 +77,8 @@ fn listed(tokens: &[Secret], candidate: &[u8]) -> bool {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer(req: &Request) -> Option<&[u8]> {
-    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
@@ -95,15 +95,31 @@ fn unauthorized(challenge: &'static str, detail: &str) -> Response {
 
 /// Middleware: lets a request through only with the scope it needs.
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let auth = &state.config.auth;
-    let Some(scope) = needed(auth, req.method(), req.uri().path()) else {
-        return next.run(req).await;
-    };
-    let Some(token) = bearer(&req) else {
-        return unauthorized(
+    match check(
+        &state.config.auth,
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+    ) {
+        None => next.run(req).await,
+        Some(refusal) => refusal,
+    }
+}
+
+/// The refusal for a request that lacks the scope it needs, or `None` when
+/// it may go on. Shared by [`require`] and the router's fast path.
+pub fn check(
+    auth: &AuthConfig,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let scope = needed(auth, method, path)?;
+    let Some(token) = bearer(headers) else {
+        return Some(unauthorized(
             "Bearer realm=\"durable-streams\"",
             "this server needs `Authorization: Bearer TOKEN`",
-        );
+        ));
     };
     // Check both lists unconditionally: the timing must not depend on which
     // list (if any) holds the token.
@@ -114,13 +130,13 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
         Scope::Write => can_write,
     };
     if allowed {
-        return next.run(req).await;
+        return None;
     }
     if !can_read && !can_write {
-        return unauthorized(
+        return Some(unauthorized(
             "Bearer realm=\"durable-streams\", error=\"invalid_token\"",
             "the bearer token is not valid",
-        );
+        ));
     }
     let challenge = match scope {
         Scope::Read => {
@@ -130,16 +146,18 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
             "Bearer realm=\"durable-streams\", error=\"insufficient_scope\", scope=\"write\""
         }
     };
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "INSUFFICIENT_SCOPE",
-        format!(
-            "this token lacks the {} scope this request needs",
-            scope.name()
-        ),
+    Some(
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!(
+                "this token lacks the {} scope this request needs",
+                scope.name()
+            ),
+        )
+        .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
+        .into_response(),
     )
-    .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
-    .into_response()
 }
 
 #[cfg(test)]

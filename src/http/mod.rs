@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod compress;
 pub mod error;
+pub mod front;
 pub mod headers;
 pub mod ops;
 pub mod read;
@@ -29,7 +30,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::notify::WakeHub;
-use crate::storage::{Storage, StorageError, StreamInfo};
+use crate::storage::{AppendOutcome, AppendRequest, Staging, Storage, StorageError, StreamInfo};
 use crate::subscriptions::api as sub_api;
 use error::ApiError;
 
@@ -77,6 +78,31 @@ impl AppState {
             self.metrics.storage_error(e.code);
         }
         result
+    }
+}
+
+impl AppState {
+    /// Appends: staged on this worker and awaited without a thread when the
+    /// backend can (so one group commit carries every append in flight),
+    /// otherwise like any other storage call.
+    pub async fn append(
+        &self,
+        name: String,
+        req: AppendRequest,
+    ) -> Result<AppendOutcome, ApiError> {
+        if !self.storage.may_block() {
+            return self.storage(move |s| s.append(&name, req)).await;
+        }
+        match self.storage.try_append_staged(&name, req) {
+            Staging::Staged(staged) => {
+                let result = staged.finish().await.map_err(ApiError::from);
+                if let Err(e) = &result {
+                    self.metrics.storage_error(e.code);
+                }
+                result
+            }
+            Staging::WouldBlock(req) => self.storage(move |s| s.append(&name, req)).await,
+        }
     }
 }
 
@@ -177,6 +203,11 @@ fn allowed_origins(origins: &[String]) -> AllowOrigin {
 
 /// Dispatches a request on a stream URL by method.
 async fn stream(State(state): State<AppState>, req: Request) -> Response {
+    dispatch(&state, req).await
+}
+
+/// The stream handler proper, shared by the router and its fast path.
+pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
     let path = req.uri().path();
     let raw = path.strip_prefix(MOUNT).unwrap_or(path);
     let name = match headers::stream_name(raw, state.config.limits.max_name_bytes) {

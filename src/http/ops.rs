@@ -79,15 +79,26 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let route = Route::of(&path);
     let res = next.run(req).await;
-    let status = res.status().as_u16();
-    state.metrics.request(Method::of(&method), route, status);
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if matches!(route, Route::Health | Route::Metrics) {
-        tracing::debug!(target: "durable_streams::request", %method, %path, status, latency_ms, "request");
-    } else {
-        tracing::info!(target: "durable_streams::request", %method, %path, status, latency_ms, "request");
-    }
+    record(&state, &method, &path, res.status(), started);
     res
+}
+
+/// Counts and logs one request (see [`observe`]); the router's fast path
+/// calls it directly.
+pub fn record(
+    state: &AppState,
+    method: &axum::http::Method,
+    path: &str,
+    status: StatusCode,
+    started: Instant,
+) {
+    let route = Route::of(path);
+    let status = status.as_u16();
+    state.metrics.request(Method::of(method), route, status);
+    if matches!(route, Route::Health | Route::Metrics) {
+        tracing::debug!(target: "durable_streams::request", %method, %path, status, latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    } else {
+        tracing::info!(target: "durable_streams::request", %method, %path, status, latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    }
 }

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::headers::{self as h, Live, ReadQuery};
 use super::{AppState, finish};
 use crate::cursor::next_cursor;
+use crate::notify::Wake;
 use crate::offset::ReadFrom;
 use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 
@@ -20,7 +21,7 @@ use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
 
 /// Dispatches a `GET` by live mode.
-pub async fn get(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
+pub async fn get(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
     let query = h::read_query(req.uri().query())?;
     match query.live {
         Live::Sse => super::sse::serve(state, name, query).await,
@@ -96,12 +97,12 @@ fn read_response(status: StatusCode, out: &ReadOutcome) -> axum::http::response:
 }
 
 async fn catch_up(
-    state: AppState,
+    state: &AppState,
     name: String,
     query: ReadQuery,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let out = read_chunk(&state, &name, query.from).await?;
+    let out = read_chunk(state, &name, query.from).await?;
     if query.from == ReadFrom::Tail {
         // `offset=now`: no data, never cached, no ETag.
         let body = if out.info.is_json() { "[]" } else { "" };
@@ -137,38 +138,75 @@ async fn catch_up(
     finish(b, chunks_body(body_chunks(&out)))
 }
 
-async fn long_poll(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
     // Dropped with this future, also when the client goes away mid-wait.
     let _live = state.metrics.live(crate::metrics::Live::LongPoll);
     let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
     // Subscribe before reading so that no append slips between the read
     // and the wait.
     let mut sub = state.hub.subscribe(&name);
-    let mut from = query.from;
     let mut expired = false;
+    // `now` resolves to the tail on the first read, so it never returns
+    // data that existed before the request.
+    let mut out = read_chunk(state, &name, query.from).await?;
     loop {
-        // `now` resolves to the tail on the first read, so it never returns
-        // data that existed before the request.
-        let out = read_chunk(&state, &name, from).await?;
         if !out.is_empty() {
             let mut b = read_response(StatusCode::OK, &out)
                 .header(header::ETAG, etag(&out))
                 .header(header::CACHE_CONTROL, CACHEABLE);
             if !out.at_eof() {
-                b = b.header(h::STREAM_CURSOR, cursor(&state, query.cursor));
+                b = b.header(h::STREAM_CURSOR, cursor(state, query.cursor));
             }
             return finish(b, chunks_body(body_chunks(&out)));
         }
         if out.at_eof() || expired {
-            return timeout_response(&state, &out, query.cursor);
+            return timeout_response(state, &out, query.cursor);
         }
-        from = ReadFrom::At(out.next);
+        let mut wake = None;
         tokio::select! {
-            _ = sub.changed() => {}
+            w = sub.changed() => wake = w,
             _ = tokio::time::sleep_until(deadline) => expired = true,
             _ = state.shutdown.cancelled() => expired = true,
         }
+        if !expired && wake.as_ref().is_some_and(|w| stale(&out, w)) {
+            continue;
+        }
+        out = match wake.as_ref().and_then(|w| from_wake(&out, w)) {
+            Some(next) => next,
+            None => read_chunk(state, &name, ReadFrom::At(out.next)).await?,
+        };
     }
+}
+
+/// True when `wake` tells a reader at `at` nothing new: it is behind `at`,
+/// or it carries records that end exactly where `at` is (the reader got
+/// them from storage already). Such wakes queue up when a reader falls
+/// behind; re-reading storage for each of them (a blocking-thread hop per
+/// wake per reader on the durable backends) only made the backlog worse.
+/// A wake without records at `at` (a delete, a close) is never stale.
+pub fn stale(at: &ReadOutcome, wake: &Wake) -> bool {
+    wake.tail.pos < at.next.pos
+        || (wake.appended.is_some() && wake.tail == at.next && wake.closed == at.info.closed)
+}
+
+/// The read that a wake carrying exactly the records after `at` (an empty
+/// read at the old tail) stands for, without touching storage; `None` when
+/// the wake carries no records, or others (another incarnation, another
+/// position): the reader then reads storage.
+pub fn from_wake(at: &ReadOutcome, wake: &Wake) -> Option<ReadOutcome> {
+    let a = wake.appended.as_ref()?;
+    if a.id != at.info.id || a.from != at.next {
+        return None;
+    }
+    let mut info = at.info.clone();
+    info.tail = wake.tail;
+    info.closed = wake.closed;
+    Some(ReadOutcome {
+        info,
+        start: a.from,
+        chunks: a.records.clone(),
+        next: wake.tail,
+    })
 }
 
 /// `204` at the tail: the client is caught up (and at EOF when closed).

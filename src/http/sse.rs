@@ -10,18 +10,16 @@
 
 use std::convert::Infallible;
 
+use super::error::ApiError;
+use super::headers::{self as h, ReadQuery};
+use super::read::{body_chunks, cursor, from_wake, read_chunk, stale};
+use super::{AppState, finish};
+use crate::offset::ReadFrom;
+use crate::storage::ReadOutcome;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
-use serde::Serialize;
-
-use super::error::ApiError;
-use super::headers::{self as h, ReadQuery};
-use super::read::{body_chunks, cursor, read_chunk};
-use super::{AppState, finish};
-use crate::offset::ReadFrom;
-use crate::storage::ReadOutcome;
 
 /// How data events are encoded for a stream's content type.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,18 +40,6 @@ impl Encoding {
             Encoding::Base64
         }
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Control {
-    stream_next_offset: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_cursor: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    up_to_date: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream_closed: bool,
 }
 
 /// Writes `text` as the `data:` lines of one event; every kind of line
@@ -115,21 +101,45 @@ fn data_event(out: &ReadOutcome, enc: Encoding) -> Vec<u8> {
     ev
 }
 
-fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>) -> Vec<u8> {
+/// The `control` event after a read.
+fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>) -> Bytes {
     let eof = out.at_eof();
-    let control = Control {
-        stream_next_offset: out.next.to_string(),
-        stream_cursor: (!eof).then(|| cursor(state, client_cursor)),
-        up_to_date: out.up_to_date(),
-        stream_closed: eof,
-    };
-    let json = serde_json::to_string(&control).unwrap_or_default();
-    format!("event: control\ndata:{json}\n\n").into_bytes()
+    let cursor = (!eof).then(|| cursor(state, client_cursor));
+    control_bytes(
+        &out.next.to_string(),
+        cursor.as_deref(),
+        out.up_to_date(),
+        eof,
+    )
+}
+
+/// A `control` event, written by hand: offsets and cursors are
+/// `[0-9a-f_]` only, so nothing needs escaping. Field order and omissions
+/// match serde's camelCase output of the same fields (tested below).
+fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: bool) -> Bytes {
+    let mut ev = String::with_capacity(160);
+    ev.push_str("event: control\ndata:{\"streamNextOffset\":\"");
+    ev.push_str(next);
+    ev.push('"');
+    if let Some(c) = cursor {
+        ev.push_str(",\"streamCursor\":\"");
+        ev.push_str(c);
+        ev.push('"');
+    }
+    if up_to_date {
+        ev.push_str(",\"upToDate\":true");
+    }
+    if closed {
+        ev.push_str(",\"streamClosed\":true");
+    }
+    ev.push_str("}\n\n");
+    Bytes::from(ev)
 }
 
 /// Serves an SSE connection. The first read happens before the response
 /// starts, so a missing stream is an ordinary 404.
-pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+    let state = state.clone();
     let mut sub = state.hub.subscribe(&name);
     let first = read_chunk(&state, &name, query.from).await?;
     let enc = Encoding::for_type(&first.info.content_type);
@@ -143,23 +153,35 @@ pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Re
     let events = async_stream::stream! {
         let _live = live;
         let mut out = first;
+        // The data event of `out` when a wake brought it already encoded.
+        let mut shared: Option<Bytes> = None;
         // The first answer always gets a control event, even when empty.
         let mut announce = true;
         loop {
             if !out.is_empty() {
-                yield Ok::<Bytes, Infallible>(Bytes::from(data_event(&out, enc)));
-                yield Ok(Bytes::from(control_event(&state, &out, client_cursor)));
+                let data = shared
+                    .take()
+                    .unwrap_or_else(|| Bytes::from(data_event(&out, enc)));
+                yield Ok::<Bytes, Infallible>(data);
+                yield Ok(control_event(&state, &out, client_cursor));
             } else if announce || out.at_eof() {
-                yield Ok(Bytes::from(control_event(&state, &out, client_cursor)));
+                yield Ok(control_event(&state, &out, client_cursor));
             }
             if out.at_eof() {
                 break;
             }
+            let mut wake = None;
             if out.is_empty() {
                 // At the tail: wait for a wake, with keep-alives meanwhile.
                 loop {
                     tokio::select! {
-                        _ = sub.changed() => break,
+                        w = sub.changed() => {
+                            if w.as_ref().is_some_and(|w| stale(&out, w)) {
+                                continue;
+                            }
+                            wake = w;
+                            break;
+                        }
                         _ = tokio::time::sleep(keepalive) => {
                             yield Ok(Bytes::from_static(b": keep-alive\n\n"));
                         }
@@ -169,6 +191,20 @@ pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Re
                 }
             } else if tokio::time::Instant::now() >= reconnect || state.shutdown.is_cancelled() {
                 break;
+            }
+            // A wake with exactly the next records: encode them once for
+            // every connection at this position, read nothing.
+            if let Some(next) = wake.as_ref().and_then(|w| from_wake(&out, w)) {
+                if let Some(a) = wake.as_ref().and_then(|w| w.appended.as_ref()) {
+                    shared = Some(
+                        a.sse
+                            .get_or_init(|| Bytes::from(data_event(&next, enc)))
+                            .clone(),
+                    );
+                }
+                out = next;
+                announce = false;
+                continue;
             }
             let from = ReadFrom::At(out.next);
             out = match read_chunk(&state, &name, from).await {
@@ -196,6 +232,41 @@ pub async fn serve(state: AppState, name: String, query: ReadQuery) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Control {
+        stream_next_offset: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream_cursor: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        up_to_date: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        stream_closed: bool,
+    }
+
+    #[test]
+    fn control_events_match_serde() {
+        for cursor in [None, Some("123")] {
+            for up in [false, true] {
+                for closed in [false, true] {
+                    let c = Control {
+                        stream_next_offset: "0000000000000001_0000000000000005".into(),
+                        stream_cursor: cursor.map(str::to_string),
+                        up_to_date: up,
+                        stream_closed: closed,
+                    };
+                    let want = format!(
+                        "event: control\ndata:{}\n\n",
+                        serde_json::to_string(&c).unwrap()
+                    );
+                    let got = control_bytes(&c.stream_next_offset, cursor, up, closed);
+                    assert_eq!(got, want.as_bytes());
+                }
+            }
+        }
+    }
 
     #[test]
     fn line_breaks_become_data_lines() {

@@ -72,8 +72,8 @@ fn location(headers: &HeaderMap, path: &str) -> Option<String> {
 }
 
 /// `PUT`: create a stream (or a fork), or confirm an existing one.
-pub async fn put(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
-    let (headers, body, path) = body(&state, req).await?;
+pub async fn put(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let (headers, body, path) = body(state, req).await?;
     let create = CreateRequest {
         content_type: content_type(&headers)?,
         expiry: h::expiry(&headers)?,
@@ -102,8 +102,8 @@ pub async fn put(state: AppState, name: String, req: Request) -> Result<Response
 }
 
 /// `POST`: append, append-and-close, or close.
-pub async fn post(state: AppState, name: String, req: Request) -> Result<Response, ApiError> {
-    let (headers, body, _) = body(&state, req).await?;
+pub async fn post(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let (headers, body, _) = body(state, req).await?;
     let append = AppendRequest {
         content_type: content_type(&headers)?,
         close: h::stream_closed(&headers),
@@ -115,7 +115,7 @@ pub async fn post(state: AppState, name: String, req: Request) -> Result<Respons
     let sent = append.body.clone();
     let has_data = !sent.is_empty();
     let started = std::time::Instant::now();
-    let outcome = state.storage(move |s| s.append(&name, append)).await;
+    let outcome = state.append(name, append).await;
     state
         .metrics
         .write_latency(WriteOp::Append, started.elapsed());
@@ -155,7 +155,7 @@ pub async fn post(state: AppState, name: String, req: Request) -> Result<Respons
 }
 
 /// `DELETE`.
-pub async fn delete(state: AppState, name: String) -> Result<Response, ApiError> {
+pub async fn delete(state: &AppState, name: String) -> Result<Response, ApiError> {
     let now = now_ms();
     state.storage(move |s| s.delete(&name, now)).await?;
     finish(
@@ -165,7 +165,7 @@ pub async fn delete(state: AppState, name: String) -> Result<Response, ApiError>
 }
 
 /// `HEAD`: metadata, never cached, does not renew TTL.
-pub async fn head(state: AppState, name: String) -> Result<Response, ApiError> {
+pub async fn head(state: &AppState, name: String) -> Result<Response, ApiError> {
     let now = now_ms();
     let info = state.storage(move |s| s.head(&name, now)).await?;
     let b = with_expiry(stream_response(StatusCode::OK, &info), &info)

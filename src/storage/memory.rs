@@ -21,7 +21,7 @@ use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
     Storage, StorageError, StreamInfo,
 };
-use crate::notify::{Wake, WakeHub};
+use crate::notify::{Appended, Wake, WakeHub};
 use crate::offset::{Offset, ReadFrom};
 
 /// One stream: its metadata and its own records.
@@ -112,13 +112,7 @@ impl MemoryStorage {
     }
 
     fn wake(&self, name: &str, meta: &StreamMeta) {
-        self.hub.wake(
-            name,
-            Wake {
-                tail: meta.tail,
-                closed: meta.closed,
-            },
-        );
+        self.hub.wake(name, Wake::bare(meta.tail, meta.closed));
     }
 
     /// Reads `[from, limit)` of the view of `stream`, walking up the fork
@@ -446,8 +440,13 @@ impl Storage for MemoryStorage {
                     .map(|(_, st)| (st.epoch, st.last_seq));
                 self.reserve(&plan.records)?;
                 s.push(plan.records.clone());
+                let from = s.meta.tail;
                 model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
-                self.wake(name, &s.meta);
+                let mut wake = Wake::bare(s.meta.tail, s.meta.closed);
+                if !plan.records.is_empty() {
+                    wake.appended = Some(Appended::new(s.meta.id, from, plan.records));
+                }
+                self.hub.wake(name, wake);
                 Ok(AppendOutcome::Appended {
                     info: s.meta.info(),
                     producer: echo,

@@ -2,7 +2,10 @@
 //!
 //! The HTTP layer speaks only to [`Storage`]. The trait is synchronous: a
 //! backend that does I/O blocks the calling thread, and callers run such
-//! backends off the async workers (see [`Storage::may_block`]).
+//! backends off the async workers (see [`Storage::may_block`]). Appends,
+//! the hot path, can also be split into a non-blocking stage and an awaited
+//! commit ([`Storage::try_append_staged`]), so that a durable append holds no
+//! thread while its group commit syncs.
 //!
 //! # What every backend guarantees
 //!
@@ -263,6 +266,38 @@ impl ReadOutcome {
     }
 }
 
+/// Resolves once a staged change is durable (and its readers woken).
+pub type Commit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'static>>;
+
+/// What [`Storage::try_append_staged`] did.
+pub enum Staging<T> {
+    /// Staged; await it before answering.
+    Staged(Staged<T>),
+    /// Staging would have blocked: the request, untouched, for
+    /// [`Storage::append`] on a blocking thread.
+    WouldBlock(AppendRequest),
+}
+
+/// A staged call's answer: to be given only once [`Staged::durable`] resolves.
+pub struct Staged<T> {
+    /// The answer, decided when the call was staged.
+    pub result: Result<T, StorageError>,
+    /// Resolves when everything the answer depends on is durable; `None`
+    /// when nothing needs to be waited for.
+    pub durable: Option<Commit>,
+}
+
+impl<T> Staged<T> {
+    /// Waits for durability, then answers; a failed commit fails the call.
+    pub async fn finish(self) -> Result<T, StorageError> {
+        if let Some(commit) = self.durable {
+            commit.await?;
+        }
+        self.result
+    }
+}
+
 /// A storage failure or a protocol rejection decided under the stream's lock.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -341,6 +376,26 @@ pub trait Storage: Send + Sync + 'static {
     /// stream's lock. Serialized per stream (hence per producer). Renews a
     /// sliding TTL on success.
     fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+
+    /// [`Self::append`] split in two, for callers on async workers: stages
+    /// the append *without blocking* (deciding it under the stream's lock and
+    /// queuing it for the backend's next group commit) and returns a
+    /// [`Staged`] that the caller awaits before answering. Hands the
+    /// request back ([`Staging::WouldBlock`]) when it cannot stage without blocking (the default, and
+    /// e.g. while a checkpoint holds the file backend's gate); the caller then
+    /// runs [`Self::append`] on a blocking thread.
+    ///
+    /// The contract is the one of `append`, with "returns" read as "the
+    /// [`Staged`] resolves": the outcome is acknowledged only once durable,
+    /// readers are woken only after that, and a stream's appends take effect
+    /// in the order they were staged. Staging never waits for I/O other than
+    /// a page-cache write, so one group commit can carry every append in
+    /// flight (a batched-transaction backend, e.g. PostgreSQL, stages into
+    /// its next batch and resolves when that transaction commits).
+    fn try_append_staged(&self, name: &str, req: AppendRequest) -> Staging<AppendOutcome> {
+        let _ = name;
+        Staging::WouldBlock(req)
+    }
 
     /// Reads stored bytes from a position, stitching a fork's inherited range
     /// from its sources. Never returns bytes past the durable tail. Renews a

@@ -359,13 +359,8 @@ impl Batch<'_, '_> {
     }
 
     fn wake(&mut self, name: &str, meta: &StreamMeta) {
-        self.wakes.push((
-            name.to_string(),
-            Wake {
-                tail: meta.tail,
-                closed: meta.closed,
-            },
-        ));
+        self.wakes
+            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
     }
 
     fn set(&mut self, name: &str, meta: StreamMeta) {

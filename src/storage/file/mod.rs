@@ -66,10 +66,10 @@ use super::model::{self, AppendPlan, ForkLink, StreamMeta};
 use super::view::{Budget, Layout};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, ReadOutcome,
-    ReadRequest, Storage, StorageError, StreamInfo,
+    ReadRequest, Staged, Staging, Storage, StorageError, StreamInfo,
 };
 use crate::config::SyncMode;
-use crate::notify::{Wake, WakeHub};
+use crate::notify::{Appended, Wake, WakeHub};
 use crate::offset::{Offset, ReadFrom};
 
 /// Open file-handle pairs kept at most.
@@ -149,6 +149,14 @@ impl Tx {
     }
 }
 
+/// An append decided and queued: answer `result` once `lsn` is committed,
+/// then send `wake`.
+struct StagedAppend {
+    lsn: u64,
+    result: Result<AppendOutcome, StorageError>,
+    wake: Option<Wake>,
+}
+
 /// What a create decided.
 enum Created {
     New(Box<Stream>),
@@ -156,10 +164,7 @@ enum Created {
 }
 
 fn wake_of(meta: &StreamMeta) -> Wake {
-    Wake {
-        tail: meta.tail,
-        closed: meta.closed,
-    }
+    Wake::bare(meta.tail, meta.closed)
 }
 
 struct Inner {
@@ -798,24 +803,72 @@ impl Inner {
 
     fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
         let gate = self.gate.read();
+        let staged = self.stage_append(name, req);
+        drop(gate);
+        self.wal.wait(staged.lsn)?;
+        if let Some(w) = staged.wake {
+            self.hub.wake(name, w);
+        }
+        staged.result
+    }
+
+    /// [`Storage::try_append_staged`]: stages unless a checkpoint holds the
+    /// gate; the returned future waits for the group commit without a
+    /// thread.
+    fn try_append_staged(&self, name: &str, req: AppendRequest) -> Staging<AppendOutcome> {
+        let Some(gate) = self.gate.try_read() else {
+            return Staging::WouldBlock(req);
+        };
+        let staged = self.stage_append(name, req);
+        drop(gate);
+        if staged.wake.is_none() && self.wal.is_committed(staged.lsn) {
+            return Staging::Staged(Staged {
+                result: staged.result,
+                durable: None,
+            });
+        }
+        let committed = self.wal.committed(staged.lsn);
+        let wake = staged
+            .wake
+            .map(|w| (Arc::clone(&self.hub), name.to_string(), w));
+        Staging::Staged(Staged {
+            result: staged.result,
+            durable: Some(Box::pin(async move {
+                committed.await?;
+                if let Some((hub, name, w)) = wake {
+                    hub.wake(&name, w);
+                }
+                Ok(())
+            })),
+        })
+    }
+
+    /// Decides an append under the stream's lock, writes its records to the
+    /// stream's file (page cache) and queues its WAL entry. The caller holds
+    /// the gate shared, answers `result` once `lsn` is committed and then
+    /// sends `wake`. Never waits for the disk.
+    fn stage_append(&self, name: &str, req: AppendRequest) -> StagedAppend {
+        let absent = |e| StagedAppend {
+            lsn: self.map_lsn.load(Ordering::Acquire),
+            result: Err(e),
+            wake: None,
+        };
         let stream = match self.get(name) {
             Ok(s) => s,
-            Err(e) => {
-                drop(gate);
-                return self.absent(e);
-            }
+            Err(e) => return absent(e),
         };
         let mut s = stream.lock();
         if s.removed {
-            drop(s);
-            drop(gate);
-            return self.absent(StorageError::NotFound);
+            return absent(StorageError::NotFound);
         }
         let seen = s.last_lsn;
+        let answer = |result| StagedAppend {
+            lsn: seen,
+            result,
+            wake: None,
+        };
         if let Err(e) = s.meta.check_visible(req.now) {
-            drop(s);
-            drop(gate);
-            return self.answer(seen, Err(e));
+            return answer(Err(e));
         }
         let plan = match model::plan_append(&s.meta, &req) {
             Ok(AppendPlan::Write(plan)) => plan,
@@ -824,25 +877,26 @@ impl Inner {
                 // renewal). It answers only once what it duplicates is durable.
                 s.meta.last_access = req.now;
                 let info = s.meta.info();
-                drop(s);
-                drop(gate);
-                return self.answer(seen, Ok(AppendOutcome::Duplicate { info, producer }));
+                return answer(Ok(AppendOutcome::Duplicate { info, producer }));
             }
-            Err(e) => {
-                drop(s);
-                drop(gate);
-                return self.answer(seen, Err(e));
-            }
+            Err(e) => return answer(Err(e)),
         };
         let (count, _) = s.own();
-        self.files.append(
+        if let Err(e) = self.files.append(
             s.meta.id,
             s.meta.base,
             count,
             s.meta.tail.pos,
             &plan.records,
-        )?;
+        ) {
+            return StagedAppend {
+                lsn: 0,
+                result: Err(e),
+                wake: None,
+            };
+        }
         let mut meta = s.meta.clone();
+        let from = meta.tail;
         model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
         let op = Op::Put {
             name: name.to_string(),
@@ -860,16 +914,20 @@ impl Inner {
         s.meta = meta;
         s.last_lsn = lsn;
         let info = s.meta.info();
-        let wake = wake_of(&s.meta);
+        let mut wake = wake_of(&s.meta);
+        if !plan.records.is_empty() {
+            wake.appended = Some(Appended::new(s.meta.id, from, plan.records.clone()));
+        }
         drop(s);
-        drop(gate);
-        self.wal.wait(lsn)?;
-        self.hub.wake(name, wake);
         let producer = plan
             .producer
             .as_ref()
             .map(|(_, st)| (st.epoch, st.last_seq));
-        Ok(AppendOutcome::Appended { info, producer })
+        StagedAppend {
+            lsn,
+            result: Ok(AppendOutcome::Appended { info, producer }),
+            wake: Some(wake),
+        }
     }
 
     fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
@@ -1237,6 +1295,16 @@ impl Storage for FileStorage {
     fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
         self.inner.wal.check()?;
         self.inner.append(name, req)
+    }
+
+    fn try_append_staged(&self, name: &str, req: AppendRequest) -> Staging<AppendOutcome> {
+        if let Err(e) = self.inner.wal.check() {
+            return Staging::Staged(Staged {
+                result: Err(e),
+                durable: None,
+            });
+        }
+        self.inner.try_append_staged(name, req)
     }
 
     fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {

@@ -83,6 +83,15 @@ pub struct Wal {
     done: Mutex<Done>,
     durable: Condvar,
     segment: Mutex<Segment>,
+    /// The committed LSN and failure flag again, for async waiters.
+    progress: tokio::sync::watch::Sender<Progress>,
+}
+
+/// What async waiters watch.
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    committed: u64,
+    failed: bool,
 }
 
 impl Wal {
@@ -116,6 +125,7 @@ impl Wal {
                 len: WAL_HEADER_LEN,
                 unsynced: false,
             }),
+            progress: tokio::sync::watch::Sender::new(Progress::default()),
         });
         let w = Arc::clone(&wal);
         let handle = std::thread::Builder::new()
@@ -166,6 +176,33 @@ impl Wal {
         }
     }
 
+    /// True when `lsn` is committed already.
+    pub fn is_committed(&self, lsn: u64) -> bool {
+        self.progress.borrow().committed >= lsn
+    }
+
+    /// Resolves once `lsn` is committed: the async twin of [`Self::wait`],
+    /// for callers that must not hold a thread while the batch syncs.
+    pub fn committed(
+        &self,
+        lsn: u64,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static {
+        let mut rx = self.progress.subscribe();
+        async move {
+            let ok = rx
+                .wait_for(|p| p.committed >= lsn || p.failed)
+                .await
+                .is_ok_and(|p| p.committed >= lsn);
+            if ok {
+                Ok(())
+            } else {
+                Err(StorageError::Unavailable(
+                    "the write-ahead log failed; restart the server to recover".into(),
+                ))
+            }
+        }
+    }
+
     /// Bytes in the current segment.
     pub fn segment_len(&self) -> u64 {
         self.segment.lock().len
@@ -197,6 +234,7 @@ impl Wal {
         tracing::error!(error = %e, "write-ahead log write failed; refusing further writes");
         self.done.lock().failed = Some(e.to_string());
         self.durable.notify_all();
+        self.progress.send_modify(|p| p.failed = true);
     }
 
     fn run(&self) {
@@ -233,6 +271,7 @@ impl Wal {
                 drop(seg);
                 self.done.lock().committed = upto;
                 self.durable.notify_all();
+                self.progress.send_modify(|p| p.committed = upto);
             }
             if self.sync == SyncMode::Interval && (last_sync.elapsed() >= self.interval || stop) {
                 let mut seg = self.segment.lock();
@@ -250,6 +289,7 @@ impl Wal {
                 // Later calls fail instead of waiting for a committer that is gone.
                 self.done.lock().failed = Some("storage is shut down".into());
                 self.durable.notify_all();
+                self.progress.send_modify(|p| p.failed = true);
                 return;
             }
         }
