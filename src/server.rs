@@ -1,7 +1,6 @@
 //! Putting it together: open storage, start background tasks, bind, serve,
 //! and shut down cleanly.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,8 +100,12 @@ pub async fn run(
     println!("durable-streams listening on http://{addr}");
     tracing::info!(%addr, storage = ?state.config.storage, "listening");
     let token = state.shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+    let timeouts = crate::http::serve::Timeouts {
+        header_read: state.config.header_read_timeout,
+        send: state.config.send_timeout,
+    };
+    let server = crate::http::serve::serve(listener, app, timeouts, token.clone());
+    let mut server = tokio::spawn(server);
     tokio::select! {
         res = &mut server => res??,
         _ = stop => {

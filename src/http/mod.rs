@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod ops;
 pub mod read;
+pub mod serve;
 pub mod sse;
 pub mod write;
 
