@@ -158,6 +158,7 @@ fn hostile_requests_get_4xx_problems_and_touch_nothing_outside_the_data_dir() {
         ("huge Content-Length, no body", req("POST", "/v1/stream/p", &[plain, "Content-Length: 1000000000000"], b""), By::Server),
         ("chunked body over the limit", req("POST", "/v1/stream/p", &[plain, "Transfer-Encoding: chunked"], format!("800\r\n{}\r\n800\r\n{}\r\n0\r\n\r\n", "x".repeat(0x800), "x".repeat(0x800)).as_bytes()), By::Server),
         ("malformed chunked body", req("POST", "/v1/stream/p", &[plain, "Transfer-Encoding: chunked"], b"zz\r\nxx\r\n0\r\n\r\n"), By::Hyper),
+        ("wrong method on a subscription API", req("POST", "/v1/stream/__ds/subscriptions/x", &[plain], b"x"), By::Server),
         ("append to __ds", req("POST", "/v1/stream/__ds", &[plain], b"x"), By::Server),
         ("delete missing", req("DELETE", "/v1/stream/none", &[], b""), By::Server),
         ("absolute-form target", req("GET", "http://evil.example/v1/stream/nope", &[], b""), By::Server),

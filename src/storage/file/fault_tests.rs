@@ -254,3 +254,39 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
         m.created.len()
     );
 }
+
+/// Found by the recovery fuzzer: a checksummed checkpoint whose metadata
+/// puts a tail before its base (or out-of-range counters) made open panic
+/// on arithmetic overflow; it is refused as corrupt instead.
+#[test]
+fn inconsistent_checkpoint_metadata_is_refused_not_a_panic() {
+    use super::format::{self, Checkpoint};
+    use crate::storage::{Expiry, StreamMeta};
+    for (base, tail, segment) in [
+        (Offset::new(5, 50), Offset::new(1, 60), 1),
+        (Offset::new(0, 50), Offset::new(1, 10), 1),
+        (Offset::ZERO, Offset::new(u64::MAX, u64::MAX), 1),
+        (Offset::ZERO, Offset::ZERO, u64::MAX),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let mut meta = StreamMeta::new(1, "text/plain".into(), Expiry::Never, base, 0);
+        meta.tail = tail;
+        let c = Checkpoint {
+            wal_segment: segment,
+            next_id: 2,
+            streams: vec![("s".into(), meta)],
+        };
+        std::fs::write(dir.path().join("checkpoint"), format::encode_checkpoint(&c)).unwrap();
+        let r = FileStorage::open(
+            dir.path(),
+            SyncMode::Always,
+            Duration::from_millis(50),
+            WakeHub::new(),
+        );
+        assert!(
+            matches!(r, Err(StorageError::Corrupt(_))),
+            "base {base} tail {tail} segment {segment}"
+        );
+    }
+}
