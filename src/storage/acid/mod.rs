@@ -211,7 +211,10 @@ impl AcidStorage {
         let info = meta.info();
         // Begun after the metadata was taken, so it sees every record below
         // the cached tail (the cache changes only after commits).
-        let txn = self.shared.db()?.begin_read().map_err(map_err)?;
+        // Held until the transaction is gone: a reopen after a write
+        // failure waits for it rather than racing a live read.
+        let db = self.shared.db()?;
+        let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
         let reader = Reader {
             metas: &*self.shared,
@@ -372,7 +375,10 @@ impl Storage for AcidStorage {
         let meta = self.shared.meta(name).ok_or(StorageError::NotFound)?;
         // Begun after the metadata was taken: it holds every record below
         // the cached tail (and perhaps later ones, which are left out).
-        let txn = self.shared.db()?.begin_read().map_err(map_err)?;
+        // Held until the transaction is gone: a reopen after a write
+        // failure waits for it rather than racing a live read.
+        let db = self.shared.db()?;
+        let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
         let mut records = Vec::with_capacity((meta.tail.seq - meta.base.seq) as usize);
         let mut at = meta.base;

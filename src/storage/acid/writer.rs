@@ -144,6 +144,11 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, next_id: u64) {
         let first = match rx.recv_timeout(ACCESS_FLUSH_INTERVAL) {
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
+                // A reopen that failed is retried even when nothing writes,
+                // so that reads come back on their own.
+                if writer.shared.db.read().is_none() {
+                    writer.reopen();
+                }
                 writer.idle_flush();
                 continue;
             }
