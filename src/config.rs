@@ -161,6 +161,14 @@ pub struct ServerConfig {
     pub cursor_interval: Duration,
     /// How often expired streams are swept.
     pub sweep_interval: Duration,
+    /// A connection must deliver a request's whole head within this, and an
+    /// idle keep-alive connection is closed after it (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// A PUT or POST body must arrive within this (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// A connection whose client accepts no response bytes for this long
+    /// (a consumer that stopped reading) is closed.
+    pub send_timeout: Duration,
     pub limits: Limits,
     /// Cap on the stream bytes the memory backend holds (0: no cap); writes
     /// past it answer 507 until deletes or expiry free room.
@@ -193,6 +201,9 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(15),
             cursor_interval: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             limits: Limits::default(),
             memory_limit_bytes: 0,
             cors_origins: vec!["*".to_string()],

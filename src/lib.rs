@@ -18,18 +18,24 @@
 //!   [`storage::view`] the position arithmetic over a stream's own records;
 //!   [`storage::memory`] the in-memory backend; [`storage::file`] the
 //!   append-log backend (group-committed WAL, per-stream data files,
-//!   checkpoints; format in `docs/file-format.md`); [`storage::acid`] the
-//!   redb backend (one writer thread batching transactions; `docs/acid-format.md`).
+//!   checkpoints; format in `docs/file-format.md`; WAL room claimed with
+//!   `fallocate` so a full disk is a clean 507; test-only fault injection in
+//!   `storage/file/faults.rs`); [`storage::acid`] the redb backend (one
+//!   writer thread batching transactions, reopening the database after an
+//!   I/O failure; `docs/acid-format.md`).
 //! - [`http`]: [`http::front`], the service every connection calls (a fast
-//!   path for stream requests, the router for the rest); the axum router and thin handlers ([`http::write`] for
+//!   path for stream requests, the router for the rest); the axum router and
+//!   thin handlers ([`http::write`] for
 //!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
 //!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
 //!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
 //!   `/healthz`, `/readyz`, `/metrics` and counts and logs every request;
-//!   [`http::auth`] checks bearer tokens and their scopes.
+//!   [`http::auth`] checks bearer tokens and their scopes; [`http::serve`]
+//!   accepts connections and serves them (hyper, HTTP/1.1 keep-alive and
+//!   h2c) with the header, first-byte and
+//!   send-stall timeouts that cut off hostile or broken clients.
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
-//! - [`server`]: opening storage, background tasks, binding and serving
-//!   connections (hyper, HTTP/1.1 keep-alive and h2c).
+//! - [`server`]: opening storage, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
 //! - [`subscriptions`]: the reserved `__ds` subscription APIs: registry and
 //!   its path index, durable state in the backend's control space

@@ -135,7 +135,12 @@ pub async fn run(
     println!("durable-streams listening on http://{addr}");
     tracing::info!(%addr, storage = ?state.config.storage, "listening");
     let token = state.shutdown.clone();
-    let mut server = tokio::spawn(serve(listener, front, token.clone()));
+    let timeouts = crate::http::serve::Timeouts {
+        header_read: state.config.header_read_timeout,
+        send: state.config.send_timeout,
+    };
+    let server = crate::http::serve::serve(listener, front, timeouts, token.clone());
+    let mut server = tokio::spawn(server);
     tokio::select! {
         res = &mut server => res??,
         _ = stop => {
@@ -154,63 +159,5 @@ pub async fn run(
     let storage = Arc::clone(&state.storage);
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;
     tracing::info!("storage flushed; bye");
-    Ok(())
-}
-
-/// Largest buffered request head and body chunk per connection.
-const MAX_BUF: usize = 64 * 1024;
-
-/// Accepts connections until `stop` is cancelled, then lets every
-/// connection finish its in-flight request and waits for them all.
-/// HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge; `TCP_NODELAY`
-/// on every socket so small answers and SSE events leave at once.
-pub async fn serve(
-    listener: TcpListener,
-    front: Arc<Front>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .writev(true)
-        .max_buf_size(MAX_BUF);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept:
-                    // back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let front = Arc::clone(&front);
-        // Boxed: hyper keeps one future slot per connection for its whole
-        // life, sized for this future; unboxed that is every handler's
-        // state machine, paid by each idle or SSE connection.
-        let service = hyper::service::service_fn(move |req| {
-            let front = Arc::clone(&front);
-            Box::pin(async move { front.handle(req).await })
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _: Result<(), _> = conn.await;
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
     Ok(())
 }

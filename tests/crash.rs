@@ -220,110 +220,399 @@ fn acknowledged_writes_survive_kill_9(backend: &'static str) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The crash harness: many kill -9 cycles under concurrent idempotent producers.
+// ---------------------------------------------------------------------------
+
 #[test]
-fn file_backend_survives_kill_9_during_a_write_storm() {
-    kill_9_during_a_write_storm(&["--storage", "file"]);
+fn file_backend_keeps_every_acknowledged_append_across_repeated_kill_9() {
+    crash_cycles("file");
 }
 
 #[test]
-fn acid_backend_survives_kill_9_during_a_write_storm() {
-    kill_9_during_a_write_storm(&["--storage", "acid"]);
+fn acid_backend_keeps_every_acknowledged_append_across_repeated_kill_9() {
+    crash_cycles("acid");
 }
 
-/// Kills the server while several clients append as fast as they can, so the
-/// crash lands inside writes (torn WAL frames, half-done transactions). After
-/// a restart every acknowledged append is there, in order and exactly once,
-/// and the store takes new appends.
-fn kill_9_during_a_write_storm(args: &[&str]) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+/// A number from the environment (the long form in `scripts/reliability.sh`
+/// raises them), or the short-form default.
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap();
-    let mut argv = args.to_vec();
-    argv.extend(["--data-dir", data_dir]);
-    let server = common::Server::start(&argv);
-    let plain = ("Content-Type", "text/plain");
-    assert_eq!(
-        server
-            .request("PUT", "/v1/stream/storm", &[plain], b"")
-            .status,
-        201
-    );
+/// One idempotent producer: it owns `Producer-Id` `w{index}` and appends
+/// `<index:seq>` messages to one stream.
+#[derive(Clone, Debug)]
+struct Producer {
+    index: usize,
+    stream: String,
+    json: bool,
+    /// Acknowledged messages in order, with the byte position (from
+    /// `Stream-Next-Offset`) where each one ends when the answer was a 200.
+    acked: Vec<(String, Option<u64>)>,
+    /// Sent, answer never seen (the server died): it may or may not be stored.
+    inflight: Option<String>,
+    /// A status no healthy server should give, to fail the test with.
+    failure: Option<String>,
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(vec![Vec::new(); 4]));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (addr, stop, acked) = (server.addr.clone(), stop.clone(), acked.clone());
-            std::thread::spawn(move || {
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let msg = format!("<{w}:{i}>");
-                    let seq = i.to_string();
-                    let headers = [
-                        plain,
-                        ("Producer-Id", &*format!("w{w}")),
-                        ("Producer-Epoch", "0"),
-                        ("Producer-Seq", &*seq),
-                    ];
-                    // A connection cut by the kill is simply not acknowledged.
-                    let Ok(r) = std::panic::catch_unwind(|| {
-                        common::request(&addr, "POST", "/v1/stream/storm", &headers, msg.as_bytes())
-                    }) else {
-                        break;
-                    };
-                    if r.status != 200 {
-                        break;
-                    }
-                    acked.lock().unwrap()[w].push(msg);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    server.kill();
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.join();
+impl Producer {
+    fn message(&self, seq: usize) -> String {
+        format!("<{}:{seq}>", self.index)
     }
 
-    let mut argv = args.to_vec();
-    argv.extend(["--data-dir", data_dir]);
-    let server = common::Server::start(&argv);
-    let r = server.request("GET", "/v1/stream/storm?offset=-1", &[], b"");
-    assert_eq!(r.status, 200);
-    let text = r.text();
-    let acked = acked.lock().unwrap();
-    assert!(
-        acked.iter().map(Vec::len).sum::<usize>() > 0,
-        "the storm wrote something"
-    );
-    for (w, msgs) in acked.iter().enumerate() {
-        // Each writer's messages appear in order, exactly once, and include
-        // every acknowledged one (an unacknowledged last one may be there too).
-        let stored: Vec<&str> = text
-            .split_inclusive('>')
-            .filter(|m| m.starts_with(&format!("<{w}:")))
-            .collect();
-        assert!(
-            stored.len() >= msgs.len(),
-            "writer {w} lost acknowledged appends"
+    fn body(&self, msg: &str) -> Vec<u8> {
+        if self.json {
+            format!("\"{msg}\"").into_bytes()
+        } else {
+            msg.as_bytes().to_vec()
+        }
+    }
+
+    fn send(&self, addr: &str, seq: usize) -> std::io::Result<Response> {
+        let seq = seq.to_string();
+        let id = format!("w{}", self.index);
+        let ct = if self.json {
+            "application/json"
+        } else {
+            "text/plain"
+        };
+        let headers = [
+            ("Content-Type", ct),
+            ("Producer-Id", id.as_str()),
+            ("Producer-Epoch", "0"),
+            ("Producer-Seq", seq.as_str()),
+        ];
+        let msg = self.message(seq.parse().expect("seq"));
+        common::try_request(
+            addr,
+            "POST",
+            &format!("/v1/stream/{}", self.stream),
+            &headers,
+            &self.body(&msg),
+        )
+    }
+
+    /// Appends until the server goes away or `stop` is set.
+    fn run(mut self, addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let seq = self.acked.len();
+            let msg = self.message(seq);
+            self.inflight = Some(msg.clone());
+            match self.send(&addr, seq) {
+                Ok(r) if r.status == 200 => {
+                    let pos = r.header("stream-next-offset").and_then(offset_pos);
+                    self.acked.push((msg, pos));
+                    self.inflight = None;
+                }
+                Ok(r) => {
+                    self.failure =
+                        Some(format!("append {msg} answered {}: {}", r.status, r.text()));
+                    return self;
+                }
+                // Refused or cut: the server was killed.
+                Err(_) => return self,
+            }
+        }
+        self
+    }
+}
+
+/// The byte position of an offset token `{seq:016x}_{pos:016x}`.
+fn offset_pos(offset: &str) -> Option<u64> {
+    u64::from_str_radix(offset.get(17..)?, 16).ok()
+}
+
+/// A stream's stored bytes (for JSON streams: each message followed by `,`,
+/// as the backend stores them) and closure, read chunk by chunk.
+fn read_stored(addr: &str, stream: &str, json: bool) -> (Vec<u8>, bool) {
+    let mut stored = Vec::new();
+    let mut offset = "-1".to_string();
+    loop {
+        let r = common::request(
+            addr,
+            "GET",
+            &format!("/v1/stream/{stream}?offset={offset}"),
+            &[],
+            b"",
         );
-        assert!(
-            stored.len() <= msgs.len() + 1,
-            "writer {w} has appends it never sent"
-        );
-        for (i, m) in stored.iter().enumerate() {
+        assert_eq!(r.status, 200, "read {stream}: {}", r.text());
+        if json {
+            let inner = &r.body[1..r.body.len() - 1];
+            if !inner.is_empty() {
+                stored.extend_from_slice(inner);
+                stored.push(b',');
+            }
+        } else {
+            stored.extend_from_slice(&r.body);
+        }
+        let next = r.header("stream-next-offset").expect("next offset");
+        if r.header("stream-up-to-date") == Some("true") {
+            return (stored, r.header("stream-closed") == Some("true"));
+        }
+        assert_ne!(next, offset, "read of {stream} made no progress");
+        offset = next.to_string();
+    }
+}
+
+/// The `<w:i>` messages in stored bytes, in order.
+fn messages(stored: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stored)
+        .split('<')
+        .skip(1)
+        .filter_map(|m| m.split_once('>').map(|(inner, _)| format!("<{inner}>")))
+        .collect()
+}
+
+/// Something acknowledged besides producer appends, to re-check each cycle.
+struct Extra {
+    stream: String,
+    stored: Vec<u8>,
+    closed: bool,
+}
+
+/// Runs `DS_CRASH_CYCLES` cycles (default 6) against one data directory:
+/// start the server, check everything acknowledged so far, let
+/// `DS_CRASH_STREAMS` streams (default 4, every other one JSON) take appends
+/// from two producers each while forks and closes happen alongside, then
+/// SIGKILL it at a random moment. Prints what it checked.
+fn crash_cycles(backend: &'static str) {
+    use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let cycles = knob("DS_CRASH_CYCLES", 6);
+    let nstreams = knob("DS_CRASH_STREAMS", 4) as usize;
+    let seed = knob("DS_SEED", 7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut producers: Vec<Producer> = (0..nstreams * 2)
+        .map(|i| Producer {
+            index: i,
+            stream: format!("s{}", i / 2),
+            json: (i / 2) % 2 == 1,
+            acked: Vec::new(),
+            inflight: None,
+            failure: None,
+        })
+        .collect();
+    let mut extras: Vec<Extra> = Vec::new();
+    let (mut appends_checked, mut kills) = (0u64, 0u64);
+
+    for cycle in 0..=cycles {
+        let server = Server::start(backend, dir.path());
+        let addr = server.inner.addr.clone();
+        if cycle == 0 {
+            for s in 0..nstreams {
+                let ct = if s % 2 == 1 {
+                    "application/json"
+                } else {
+                    "text/plain"
+                };
+                let r = server.request("PUT", &format!("s{s}"), &[("Content-Type", ct)], b"");
+                assert_eq!(r.status, 201);
+            }
+        }
+
+        // 1. Everything acknowledged is there, exactly once, in order, at
+        //    the offsets it was acknowledged with.
+        let mut stored_of = std::collections::HashMap::new();
+        for s in 0..nstreams {
+            let name = format!("s{s}");
+            let (stored, closed) = read_stored(&addr, &name, s % 2 == 1);
+            assert!(!closed, "{backend} cycle {cycle}: {name} closed by itself");
+            let all = messages(&stored);
+            for p in producers.iter_mut().filter(|p| p.stream == name) {
+                let prefix = format!("<{}:", p.index);
+                let mine: Vec<&String> = all.iter().filter(|m| m.starts_with(&prefix)).collect();
+                let want: Vec<&String> = p.acked.iter().map(|(m, _)| m).collect();
+                let lost = format!(
+                    "{backend} cycle {cycle} (seed {seed}): producer {} on {name}: stored {mine:?}, acknowledged {want:?}, in flight {:?}",
+                    p.index, p.inflight
+                );
+                assert!(
+                    mine.len() >= want.len(),
+                    "lost acknowledged appends: {lost}"
+                );
+                assert_eq!(
+                    &mine[..want.len()],
+                    &want[..],
+                    "out of order or duplicated: {lost}"
+                );
+                let extra = &mine[want.len()..];
+                assert!(
+                    extra.is_empty() || (extra.len() == 1 && Some(extra[0]) == p.inflight.as_ref()),
+                    "appends never sent or stored twice: {lost}"
+                );
+                for (msg, pos) in &p.acked {
+                    if let Some(pos) = pos {
+                        let end = *pos as usize;
+                        let framed = if p.json {
+                            format!("\"{msg}\",")
+                        } else {
+                            msg.clone()
+                        };
+                        assert!(
+                            stored.len() >= end && stored[..end].ends_with(framed.as_bytes()),
+                            "{backend} cycle {cycle}: {msg} no longer ends at byte {end} of {name}"
+                        );
+                    }
+                }
+                appends_checked += p.acked.len() as u64;
+                // 2. The append in flight at the kill either landed or not;
+                //    its retry says which (204 duplicate, or 200 now).
+                if let Some(msg) = p.inflight.take() {
+                    let landed = extra.len() == 1;
+                    let r = p.send(&addr, p.acked.len()).expect("retry");
+                    let want = if landed { 204 } else { 200 };
+                    assert_eq!(
+                        r.status,
+                        want,
+                        "{backend} cycle {cycle}: retry of in-flight {msg}: {}",
+                        r.text()
+                    );
+                    let pos = r.header("stream-next-offset").and_then(offset_pos);
+                    p.acked.push((msg, if landed { None } else { pos }));
+                }
+                // 3. A retry of the last acknowledged append is a duplicate.
+                if let Some(last) = p.acked.len().checked_sub(1) {
+                    let r = p.send(&addr, last).expect("retry");
+                    assert_eq!(
+                        r.status, 204,
+                        "{backend} cycle {cycle}: retried append {last} of producer {}",
+                        p.index
+                    );
+                }
+            }
+            stored_of.insert(name, stored);
+        }
+        // 4. Closed streams stay closed, forks read what they read before.
+        for e in &extras {
+            let (stored, closed) = read_stored(&addr, &e.stream, false);
             assert_eq!(
-                *m,
-                format!("<{w}:{i}>"),
-                "writer {w} out of order or duplicated"
+                stored, e.stored,
+                "{backend} cycle {cycle}: contents of {}",
+                e.stream
+            );
+            assert_eq!(
+                closed, e.closed,
+                "{backend} cycle {cycle}: closure of {}",
+                e.stream
+            );
+            if e.closed {
+                let r = server.request("POST", &e.stream, &[("Content-Type", "text/plain")], b"x");
+                assert_eq!(r.status, 409, "{backend}: append to closed {}", e.stream);
+            }
+        }
+        if producers.iter().any(|p| p.failure.is_some()) || cycle == cycles {
+            break;
+        }
+
+        // 5. The storm: producers append, and a fork of s0 (at its checked
+        //    tail) and a closed stream are made while the kill may land.
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = producers
+            .drain(..)
+            .map(|p| {
+                let (addr, stop) = (addr.clone(), stop.clone());
+                std::thread::spawn(move || p.run(addr, stop))
+            })
+            .collect();
+        let side = {
+            let addr = addr.clone();
+            let s0 = stored_of.remove("s0").unwrap_or_default();
+            std::thread::spawn(move || side_effects(&addr, cycle, s0))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(30..400)));
+        server.inner.kill();
+        kills += 1;
+        stop.store(true, Ordering::Relaxed);
+        producers = threads
+            .into_iter()
+            .map(|t| t.join().expect("producer"))
+            .collect();
+        extras.extend(side.join().expect("side effects"));
+        for p in &producers {
+            assert!(
+                p.failure.is_none(),
+                "{backend}: {}",
+                p.failure.as_deref().unwrap_or("")
             );
         }
     }
-    let r = server.request("POST", "/v1/stream/storm", &[plain], b"<after>");
-    assert_eq!(r.status, 204);
+    let acked: usize = producers.iter().map(|p| p.acked.len()).sum();
+    assert!(acked > 0, "the producers wrote something");
+    println!(
+        "crash-harness {backend}: seed {seed}, {kills} kill -9 cycles, {appends_checked} acknowledged appends checked, {acked} acknowledged in total, {} forks/closed streams checked",
+        extras.len()
+    );
+}
+
+/// A fork of `s0` at the end of `s0_stored` (checked durable) with its own
+/// append, and a stream closed by an append. Returns those acknowledged.
+fn side_effects(addr: &str, cycle: u64, s0_stored: Vec<u8>) -> Vec<Extra> {
+    let plain = ("Content-Type", "text/plain");
+    let mut out = Vec::new();
+    let at = format!(
+        "{:016x}_{:016x}",
+        messages(&s0_stored).len(),
+        s0_stored.len()
+    );
+    let fork = format!("fork{cycle}");
+    let r = common::try_request(
+        addr,
+        "PUT",
+        &format!("/v1/stream/{fork}"),
+        &[
+            plain,
+            ("Stream-Forked-From", "/v1/stream/s0"),
+            ("Stream-Fork-Offset", &at),
+        ],
+        b"",
+    );
+    match r {
+        Ok(r) if r.status == 201 => {
+            let mut stored = s0_stored.clone();
+            if common::try_request(
+                addr,
+                "POST",
+                &format!("/v1/stream/{fork}"),
+                &[plain],
+                b"+fork",
+            )
+            .is_ok_and(|r| r.status == 204)
+            {
+                stored.extend_from_slice(b"+fork");
+                out.push(Extra {
+                    stream: fork,
+                    stored,
+                    closed: false,
+                });
+            }
+        }
+        Ok(r) => panic!("fork {fork} at {at}: {} {}", r.status, r.text()),
+        Err(_) => return out,
+    }
+    let closed = format!("closed{cycle}");
+    if common::try_request(addr, "PUT", &format!("/v1/stream/{closed}"), &[plain], b"a")
+        .is_ok_and(|r| r.status == 201)
+        && common::try_request(
+            addr,
+            "POST",
+            &format!("/v1/stream/{closed}"),
+            &[plain, ("Stream-Closed", "true")],
+            b"b",
+        )
+        .is_ok_and(|r| r.status == 204)
+    {
+        out.push(Extra {
+            stream: closed,
+            stored: b"ab".to_vec(),
+            closed: true,
+        });
+    }
+    out
 }

@@ -28,6 +28,9 @@ pub const KEYS: &[&str] = &[
     "sse_keepalive",
     "cursor_interval",
     "sweep_interval",
+    "header_read_timeout",
+    "body_read_timeout",
+    "send_timeout",
     "chunk_bytes",
     "max_body_bytes",
     "max_name_bytes",
@@ -237,6 +240,9 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         "sse_keepalive" => c.sse_keepalive = v.duration()?,
         "cursor_interval" => c.cursor_interval = v.duration()?,
         "sweep_interval" => c.sweep_interval = v.duration()?,
+        "header_read_timeout" => c.header_read_timeout = positive(v.duration()?)?,
+        "body_read_timeout" => c.body_read_timeout = positive(v.duration()?)?,
+        "send_timeout" => c.send_timeout = positive(v.duration()?)?,
         "chunk_bytes" => {
             let n = v.size("1048576")?;
             if n == 0 {
@@ -291,6 +297,15 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         _ => return Err(format!("unknown key; known keys: {}", KEYS.join(", "))),
     }
     Ok(())
+}
+
+/// A timeout of zero would refuse every client; it is a mistake, not "off".
+fn positive(d: std::time::Duration) -> Result<std::time::Duration, String> {
+    if d.is_zero() {
+        Err("must be longer than zero".into())
+    } else {
+        Ok(d)
+    }
 }
 
 /// Bearer tokens must be visible ASCII without spaces (RFC 6750 `b64token`

@@ -47,11 +47,17 @@ pub const EXPOSED: &[&str] = &[
 /// Largest integer a JavaScript client can represent exactly (2^53 - 1).
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// A header's value as text; `None` when absent. Non-ASCII values are a 400.
+/// A header's value as text; `None` when absent. Non-ASCII values and a
+/// header sent twice (which value would count is ambiguous) are a 400.
 pub fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "DUPLICATE_HEADER",
+            format!("send header {name} once"),
+        )),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| {
             ApiError::bad_request(
                 "INVALID_HEADER",
                 format!("header {name} must be visible ASCII"),
@@ -362,6 +368,15 @@ mod tests {
         assert!(read_query(Some("offset=now&live=websocket")).is_err());
         assert!(read_query(Some("offset=a%2Cb")).is_err());
         assert_eq!(read_query(None).unwrap().from, ReadFrom::Start);
+    }
+
+    #[test]
+    fn a_header_sent_twice_is_refused() {
+        let mut h = HeaderMap::new();
+        h.append(PRODUCER_SEQ, "0".parse().unwrap());
+        assert_eq!(text(&h, PRODUCER_SEQ).unwrap(), Some("0"));
+        h.append(PRODUCER_SEQ, "5".parse().unwrap());
+        assert_eq!(text(&h, PRODUCER_SEQ).unwrap_err().code, "DUPLICATE_HEADER");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod front;
 pub mod headers;
 pub mod ops;
 pub mod read;
+pub mod serve;
 pub mod sse;
 pub mod write;
 
@@ -160,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Inside CORS: preflights never need a token, and 401/403 answers
         // still carry the CORS headers browsers need to read them.
         .layer(axum::middleware::from_fn_with_state(
@@ -247,6 +249,17 @@ async fn reserved() -> Response {
         StatusCode::NOT_FOUND,
         "RESERVED_PATH",
         "paths under __ds are reserved for the subscription APIs",
+    )
+    .into_response()
+}
+
+/// A method a route does not serve (the subscription APIs): still a
+/// problem document, like every other error.
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this resource does not support that method",
     )
     .into_response()
 }

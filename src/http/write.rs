@@ -27,10 +27,39 @@ async fn body(state: &AppState, req: Request) -> Result<(HeaderMap, Bytes, Strin
     {
         return Err(too_large(limit));
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit))?;
+    // Streamed with the limit applied as bytes arrive: a chunked body past
+    // it is refused without buffering the rest, and one that trickles in
+    // is cut off after `body_read_timeout`.
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout(state.config.body_read_timeout, read).await {
+        Ok(r) => r.map_err(|e| body_error(e, limit))?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "BODY_TIMEOUT",
+                "the request body did not arrive in time; send it again",
+            ));
+        }
+    };
     Ok((parts.headers, bytes, parts.uri.path().to_string()))
+}
+
+/// A body that could not be read: over the limit, or cut off / malformed
+/// on the wire.
+fn body_error(e: axum::Error, limit: usize) -> ApiError {
+    let inner = e.into_inner();
+    let over = std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| e.is::<http_body_util::LengthLimitError>());
+    if over {
+        too_large(limit)
+    } else {
+        ApiError::bad_request(
+            "BODY_READ_FAILED",
+            "the request body could not be read to its end",
+        )
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

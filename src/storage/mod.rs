@@ -347,7 +347,7 @@ pub enum StorageError {
     #[error("storage temporarily unavailable: {0}")]
     Unavailable(String),
     #[error("storage I/O failure: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("storage corrupted: {0}")]
     Corrupt(String),
     /// A restore named a stream that already exists (in any state).
@@ -356,6 +356,22 @@ pub enum StorageError {
     /// A restore's metadata and records do not describe a valid stream.
     #[error("cannot restore the stream: {0}")]
     InvalidRestore(String),
+}
+
+impl From<std::io::Error> for StorageError {
+    /// A full disk (ENOSPC) or an exhausted quota (EDQUOT) is
+    /// [`StorageError::NoSpace`], answered 507: the client may retry once
+    /// space is freed. Anything else is an I/O failure.
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        {
+            StorageError::NoSpace
+        } else {
+            StorageError::Io(e)
+        }
+    }
 }
 
 /// The contract between the HTTP layer and a backend. See the module docs for

@@ -52,7 +52,11 @@ use crate::offset::{Offset, ReadFrom};
 
 /// What the callers and the writer thread share.
 pub(super) struct Shared {
-    db: Database,
+    /// The open database; `None` only while the writer reopens it after an
+    /// I/O failure (redb refuses every call after one until reopened).
+    db: RwLock<Option<Arc<Database>>>,
+    /// `DATA_DIR/streams.redb`, for reopening.
+    path: std::path::PathBuf,
     /// Committed metadata of every stream (including soft-deleted and
     /// expired-but-unswept ones).
     cache: RwLock<HashMap<String, Arc<Mutex<StreamMeta>>>>,
@@ -73,6 +77,13 @@ impl Metas for Shared {
 }
 
 impl Shared {
+    /// The database, or `Unavailable` (503, retry) while it is reopened.
+    fn db(&self) -> Result<Arc<Database>, StorageError> {
+        self.db.read().clone().ok_or_else(|| {
+            StorageError::Unavailable("the database is being reopened after a write failure".into())
+        })
+    }
+
     fn meta(&self, name: &str) -> Option<StreamMeta> {
         self.cache.read().get(name).map(|m| m.lock().clone())
     }
@@ -134,16 +145,7 @@ impl AcidStorage {
     pub fn open(dir: &Path, hub: Arc<WakeHub>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("streams.redb");
-        // redb asserts on some damaged files instead of returning an error;
-        // a damaged store must stop the server with a message, not a panic.
-        let db = std::panic::catch_unwind(|| Database::create(&path))
-            .map_err(|_| {
-                StorageError::Corrupt(format!(
-                    "{} is damaged beyond what redb can repair; restore it from a backup",
-                    path.display()
-                ))
-            })?
-            .map_err(map_err)?;
+        let db = open_db(&path)?;
         let mut next_id = init_schema(&db)?;
         let mut cache = HashMap::new();
         {
@@ -157,7 +159,8 @@ impl AcidStorage {
             }
         }
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
             cache: RwLock::new(cache),
             touched: Mutex::new(HashSet::new()),
             hub,
@@ -208,7 +211,10 @@ impl AcidStorage {
         let info = meta.info();
         // Begun after the metadata was taken, so it sees every record below
         // the cached tail (the cache changes only after commits).
-        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        // Held until the transaction is gone: a reopen after a write
+        // failure waits for it rather than racing a live read.
+        let db = self.shared.db()?;
+        let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
         let reader = Reader {
             metas: &*self.shared,
@@ -242,6 +248,20 @@ impl AcidStorage {
         let _ = handle.join();
         result
     }
+}
+
+/// Opens (or creates) the database file.
+pub(super) fn open_db(path: &Path) -> Result<Database, StorageError> {
+    // redb asserts on some damaged files instead of returning an error;
+    // a damaged store must stop the server with a message, not a panic.
+    std::panic::catch_unwind(|| Database::create(path))
+        .map_err(|_| {
+            StorageError::Corrupt(format!(
+                "{} is damaged beyond what redb can repair; restore it from a backup",
+                path.display()
+            ))
+        })?
+        .map_err(map_err)
 }
 
 /// Creates the tables on first open, checks the format version, and returns
@@ -356,7 +376,10 @@ impl Storage for AcidStorage {
         let meta = self.shared.meta(name).ok_or(StorageError::NotFound)?;
         // Begun after the metadata was taken: it holds every record below
         // the cached tail (and perhaps later ones, which are left out).
-        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        // Held until the transaction is gone: a reopen after a write
+        // failure waits for it rather than racing a live read.
+        let db = self.shared.db()?;
+        let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
         let mut records = Vec::with_capacity((meta.tail.seq - meta.base.seq) as usize);
         let mut at = meta.base;
@@ -399,7 +422,7 @@ impl Storage for AcidStorage {
     /// default (fsynced) durability.
     fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_control(ns, key, value)?;
-        let txn = self.shared.db.begin_write().map_err(map_err)?;
+        let txn = self.shared.db()?.begin_write().map_err(map_err)?;
         txn.open_table(CONTROL)
             .map_err(map_err)?
             .insert((ns, key), value)
@@ -409,7 +432,7 @@ impl Storage for AcidStorage {
 
     fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
         check_control(ns, key, b"")?;
-        let txn = self.shared.db.begin_write().map_err(map_err)?;
+        let txn = self.shared.db()?.begin_write().map_err(map_err)?;
         txn.open_table(CONTROL)
             .map_err(map_err)?
             .remove((ns, key))
@@ -419,7 +442,7 @@ impl Storage for AcidStorage {
 
     fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         check_control(ns, "-", b"")?;
-        let txn = self.shared.db.begin_read().map_err(map_err)?;
+        let txn = self.shared.db()?.begin_read().map_err(map_err)?;
         let table = txn.open_table(CONTROL).map_err(map_err)?;
         let mut out = Vec::new();
         for item in table.range((ns, "")..).map_err(map_err)? {

@@ -74,6 +74,10 @@ pub(super) fn map_err(e: impl Into<redb::Error>) -> StorageError {
         redb::Error::ValueTooLarge(n) => {
             StorageError::TooLarge(format!("a value of {n} bytes is too large to store"))
         }
+        // A handle poisoned by an earlier failure; the writer reopens it.
+        redb::Error::PreviousIo => {
+            StorageError::Unavailable("the database is being reopened after a write failure".into())
+        }
         redb::Error::DatabaseAlreadyOpen => {
             StorageError::Unavailable("the database is already open in another process".into())
         }

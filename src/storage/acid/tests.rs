@@ -307,7 +307,7 @@ fn sweep_removes_expired_streams_and_their_data() {
     let s = open(dir.path());
     assert!(matches!(s.head("e", 0), Err(StorageError::NotFound)));
     assert!(s.head("keep", 0).is_ok());
-    let txn = s.shared.db.begin_read().unwrap();
+    let txn = s.shared.db().unwrap().begin_read().unwrap();
     let data = txn.open_table(super::tables::DATA).unwrap();
     use redb::ReadableTableMetadata;
     assert_eq!(data.len().unwrap(), 1);

@@ -144,6 +144,11 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, next_id: u64) {
         let first = match rx.recv_timeout(ACCESS_FLUSH_INTERVAL) {
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
+                // A reopen that failed is retried even when nothing writes,
+                // so that reads come back on their own.
+                if writer.shared.db.read().is_none() {
+                    writer.reopen();
+                }
                 writer.idle_flush();
                 continue;
             }
@@ -207,6 +212,13 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "acid storage: write transaction failed");
                 self.shared.touched.lock().extend(renewed);
+                // redb refuses every call after an I/O failure (a full disk
+                // included) until the database is reopened; the cache holds
+                // only committed state, so reopening loses nothing. Done
+                // before answering, so the callers' next requests find it open.
+                if matches!(e, StorageError::NoSpace | StorageError::Io(_)) {
+                    self.reopen();
+                }
                 for a in answers {
                     a.send(Some(&e));
                 }
@@ -215,17 +227,53 @@ impl Writer {
         stop
     }
 
+    /// Closes and reopens the database after an I/O failure, holding the
+    /// handle's lock so that new readers wait instead of failing. If it
+    /// cannot be reopened yet, calls answer 503 and the next batch retries.
+    fn reopen(&mut self) {
+        let mut slot = self.shared.db.write();
+        if let Some(mut old) = slot.take() {
+            // Readers that took the old handle finish within one read.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(busy) if Instant::now() < deadline => {
+                        old = busy;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(busy) => {
+                        tracing::error!(
+                            "acid storage: readers keep the failed database open; retrying later"
+                        );
+                        *slot = Some(busy);
+                        return;
+                    }
+                }
+            }
+        }
+        match super::open_db(&self.shared.path) {
+            Ok(db) => {
+                tracing::info!("acid storage: database reopened after a write failure");
+                *slot = Some(Arc::new(db));
+            }
+            Err(e) => tracing::error!(error = %e, "acid storage: cannot reopen the database yet"),
+        }
+    }
+
     fn transact(
         &mut self,
         ops: Vec<Op>,
         renewed: &[String],
         answers: &mut Vec<Answer>,
     ) -> Result<Committed, StorageError> {
+        if self.shared.db.read().is_none() {
+            self.reopen();
+        }
         let opened = self
             .shared
-            .db
-            .begin_write()
-            .map_err(map_err)
+            .db()
+            .and_then(|db| db.begin_write().map_err(map_err))
             .and_then(|txn| {
                 let tables = (
                     txn.open_table(STREAMS).map_err(map_err)?,

@@ -18,6 +18,7 @@ use bytes::Bytes;
 // of one file pair, never across reads or writes.
 use parking_lot::Mutex;
 
+use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use crate::offset::Offset;
 use crate::storage::StorageError;
@@ -40,6 +41,8 @@ pub struct Files {
     cache: Mutex<Cache>,
     /// Incarnations written since the last checkpoint (their files need a sync).
     dirty: Mutex<HashSet<u64>>,
+    /// Test-only injected failures (shared with the WAL).
+    pub faults: Arc<Faults>,
 }
 
 impl Files {
@@ -52,6 +55,7 @@ impl Files {
                 tick: 0,
             }),
             dirty: Mutex::new(HashSet::new()),
+            faults: Arc::default(),
         }
     }
 
@@ -149,8 +153,10 @@ impl Files {
             index.extend_from_slice(&pos.to_le_bytes());
             pos += r.len() as u64;
         }
+        self.faults.check(Point::DataWrite)?;
         h.data
             .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        self.faults.check(Point::IndexWrite)?;
         h.index.write_all_at(&index, format::index_len(count))?;
         self.dirty.lock().insert(id);
         Ok(())

@@ -42,6 +42,7 @@
 //! but a stream's is held across file I/O.
 
 pub mod control;
+mod faults;
 mod files;
 pub mod format;
 mod recover;
@@ -72,6 +73,9 @@ use crate::config::SyncMode;
 use crate::notify::{Appended, Wake, WakeHub};
 use crate::offset::{Offset, ReadFrom};
 
+/// WAL room claimed for an entry's metadata (stream and fork-source
+/// metadata, producer states); entries carrying data claim their size too.
+const METADATA_ROOM: u64 = 64 << 10;
 /// Open file-handle pairs kept at most.
 const HANDLE_CACHE: usize = 256;
 /// Checkpoint as soon as the current WAL segment is this large.
@@ -116,6 +120,8 @@ struct Tx {
     unlink: Vec<u64>,
     /// An earlier entry this operation queued that callers must also wait for.
     after: u64,
+    /// Room in the WAL for this operation's entry, claimed before any change.
+    claim: Option<wal::Claim>,
 }
 
 impl Tx {
@@ -221,8 +227,13 @@ impl FileStorage {
         })?;
         let files = Files::new(streams_dir, HANDLE_CACHE);
         let rec = recover::recover(&root, &wal_dir, &files)?;
-        let (wal, committer) =
-            Wal::start(wal_dir.clone(), rec.last_segment + 1, sync, sync_interval)?;
+        let (wal, committer) = Wal::start(
+            wal_dir.clone(),
+            rec.last_segment + 1,
+            sync,
+            sync_interval,
+            Arc::clone(&files.faults),
+        )?;
         let live: HashSet<u64> = rec.streams.values().map(|m| m.id).collect();
         let orphans: Vec<u64> = files
             .list()?
@@ -380,6 +391,8 @@ impl Inner {
         // ones so that records line up in order; move those to the end.
         ops.sort_by_key(|op| matches!(op, Op::Put { records, .. } if *records > 0));
         let lsn = self.submit(&ops, &tx.records);
+        // Accounted as used by the submit: the claim is no longer needed.
+        drop(tx.claim.take());
         for g in &mut tx.held {
             g.last_lsn = lsn;
         }
@@ -659,9 +672,16 @@ impl Inner {
     }
 
     fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+        // Room for the entry (metadata of the stream and a fork source, the
+        // initial body) before anything changes: a full disk is a clean 507.
+        let estimate = METADATA_ROOM + req.body.len() as u64 * 2 + name.len() as u64 * 2;
+        let claim = self.wal.claim(estimate, wal::HEADROOM)?;
         let gate = self.gate.read();
         let mut streams = self.streams.write();
-        let mut tx = Tx::default();
+        let mut tx = Tx {
+            claim: Some(claim),
+            ..Tx::default()
+        };
         let r = self.create_locked(&mut streams, &mut tx, name, req);
         let (lsn, wakes) = self.commit(tx);
         let r = r.map(|created| match created {
@@ -881,20 +901,6 @@ impl Inner {
             }
             Err(e) => return answer(Err(e)),
         };
-        let (count, _) = s.own();
-        if let Err(e) = self.files.append(
-            s.meta.id,
-            s.meta.base,
-            count,
-            s.meta.tail.pos,
-            &plan.records,
-        ) {
-            return StagedAppend {
-                lsn: 0,
-                result: Err(e),
-                wake: None,
-            };
-        }
         let mut meta = s.meta.clone();
         let from = meta.tail;
         model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
@@ -903,7 +909,31 @@ impl Inner {
             meta: Box::new(meta.clone()),
             records: plan.records.len() as u32,
         };
-        let lsn = self.submit(std::slice::from_ref(&op), &plan.records);
+        let entry = format::encode_entry(std::slice::from_ref(&op), &plan.records);
+        // Nothing has changed yet: a full disk here, or a failed write of
+        // the data file, leaves tail, producer state and data as they were
+        // (bytes written past the tail are overwritten by the next append).
+        let written = self
+            .wal
+            .claim(wal::framed(entry.len()), wal::HEADROOM)
+            .and_then(|claim| {
+                let (count, _) = s.own();
+                self.files
+                    .append(
+                        s.meta.id,
+                        s.meta.base,
+                        count,
+                        s.meta.tail.pos,
+                        &plan.records,
+                    )
+                    .map(|()| claim)
+            });
+        let claim = match written {
+            Ok(c) => c,
+            Err(e) => return answer(Err(e)),
+        };
+        let lsn = self.wal.submit(&entry);
+        drop(claim);
         let mut pos = s.meta.tail.pos;
         if let Some(starts) = s.starts.as_mut() {
             for r in &plan.records {
@@ -993,6 +1023,8 @@ impl Inner {
     }
 
     fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+        // Metadata only, and allowed into the headroom: deletes free space.
+        let claim = self.wal.claim(METADATA_ROOM, 0)?;
         let _gate = self.gate.read();
         let mut streams = self.streams.write();
         let Some(stream) = streams.get(name).cloned() else {
@@ -1000,7 +1032,10 @@ impl Inner {
             drop(_gate);
             return self.absent(StorageError::NotFound);
         };
-        let mut tx = Tx::default();
+        let mut tx = Tx {
+            claim: Some(claim),
+            ..Tx::default()
+        };
         let i = tx.lock(&stream);
         let r = tx.held[i].meta.check_visible(now);
         if r.is_ok() {
@@ -1033,9 +1068,13 @@ impl Inner {
         if expired.is_empty() {
             return Ok(0);
         }
+        let claim = self.wal.claim(METADATA_ROOM, 0)?;
         let _gate = self.gate.read();
         let mut streams = self.streams.write();
-        let mut tx = Tx::default();
+        let mut tx = Tx {
+            claim: Some(claim),
+            ..Tx::default()
+        };
         let mut removed = 0;
         for name in expired {
             let still = streams.get(&name).cloned().is_some_and(|s| {
@@ -1117,9 +1156,13 @@ impl Inner {
                 format::MAX_FRAME
             )));
         }
+        let claim = self.wal.claim(size + METADATA_ROOM, wal::HEADROOM)?;
         let gate = self.gate.read();
         let mut streams = self.streams.write();
-        let mut tx = Tx::default();
+        let mut tx = Tx {
+            claim: Some(claim),
+            ..Tx::default()
+        };
         let r = self.restore_locked(&streams, &mut tx, name, meta, records);
         let (lsn, wakes) = self.commit(tx);
         let r = r.map(|mut stream| {
@@ -1366,5 +1409,7 @@ impl Storage for FileStorage {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

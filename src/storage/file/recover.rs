@@ -39,6 +39,29 @@ pub fn own(meta: &StreamMeta) -> (u64, u64) {
     (meta.tail.seq - meta.base.seq, meta.tail.pos - meta.base.pos)
 }
 
+/// Refuses metadata that no writer produces (only damage or a foreign file
+/// can): a tail before the base, or sizes whose file lengths overflow.
+/// Checked before any arithmetic or allocation relies on them; the file
+/// lengths themselves are then checked against the real files.
+fn check_meta(name: &str, meta: &StreamMeta) -> Result<(), StorageError> {
+    let sane = meta.tail.seq >= meta.base.seq
+        && meta.tail.pos >= meta.base.pos
+        && (meta.tail.seq - meta.base.seq)
+            .checked_mul(format::FRAME_HEADER)
+            .and_then(|n| n.checked_add(meta.tail.pos - meta.base.pos))
+            .and_then(|n| n.checked_add(format::DATA_HEADER_LEN))
+            .is_some()
+        && meta.id < u64::MAX;
+    if sane {
+        Ok(())
+    } else {
+        Err(StorageError::Corrupt(format!(
+            "stream {name:?}: metadata is inconsistent (base {}, tail {})",
+            meta.base, meta.tail
+        )))
+    }
+}
+
 /// WAL segment numbers present in `wal_dir`, ascending.
 pub fn segments(wal_dir: &Path) -> Result<Vec<u64>, StorageError> {
     let mut found = Vec::new();
@@ -67,9 +90,15 @@ pub fn recover(root: &Path, wal_dir: &Path, files: &Files) -> Result<Recovered, 
         },
         Err(e) => return Err(e.into()),
     };
+    if checkpoint.wal_segment == u64::MAX || checkpoint.next_id == u64::MAX {
+        return Err(StorageError::Corrupt(
+            "the checkpoint's WAL segment or id counter is out of range".into(),
+        ));
+    }
     let mut streams: HashMap<String, StreamMeta> = HashMap::new();
     let mut next_id = checkpoint.next_id.max(1);
     for (name, meta) in checkpoint.streams {
+        check_meta(&name, &meta)?;
         let (count, bytes) = own(&meta);
         files.truncate(meta.id, meta.base, count, bytes)?;
         next_id = next_id.max(meta.id + 1);
@@ -133,9 +162,15 @@ fn apply(
                 meta,
                 records: n,
             } => {
+                check_meta(&name, &meta)?;
                 let recs: Vec<Bytes> = records.by_ref().take(n as usize).collect();
                 let from = match streams.get(&name) {
-                    Some(cur) if cur.id == meta.id => cur.tail,
+                    Some(cur) if cur.id == meta.id && cur.base == meta.base => cur.tail,
+                    Some(cur) if cur.id == meta.id => {
+                        return Err(StorageError::Corrupt(format!(
+                            "WAL moves the base of stream {name:?}"
+                        )));
+                    }
                     Some(cur) => {
                         return Err(StorageError::Corrupt(format!(
                             "WAL creates stream {name:?} as {} while {} exists",
@@ -147,7 +182,10 @@ fn apply(
                         meta.base
                     }
                 };
-                if model::advance(from, &recs) != meta.tail {
+                if from.seq < meta.base.seq
+                    || from.pos < meta.base.pos
+                    || model::advance(from, &recs) != meta.tail
+                {
                     return Err(StorageError::Corrupt(format!(
                         "WAL records of {name:?} do not reach its tail"
                     )));
@@ -166,7 +204,7 @@ fn apply(
                 if streams.get(&name).is_some_and(|m| m.id == id) {
                     streams.remove(&name);
                 }
-                *next_id = (*next_id).max(id + 1);
+                *next_id = (*next_id).max(id.saturating_add(1));
             }
         }
     }

@@ -8,6 +8,18 @@
 //! one flush. In [`SyncMode::Interval`] the LSN is published after the write
 //! and the file is synced every `sync_interval` (the documented loss window).
 //!
+//! # Disk space
+//!
+//! Entries are applied in memory before the committer writes them, so the
+//! committer's write must not meet a full disk. Space for an entry is
+//! therefore *claimed* ([`Wal::claim`]) before anything changes: the segment
+//! is extended with `fallocate(FALLOC_FL_KEEP_SIZE)` in chunks, and a claim
+//! the file system cannot back fails cleanly with
+//! [`StorageError::NoSpace`] (507), nothing changed. Claims that add data
+//! keep [`HEADROOM`] unclaimed, so metadata-only entries (deletes, closes)
+//! still fit on a full disk. On file systems without `fallocate` claims
+//! always succeed and a full disk poisons the log as any write failure does.
+//!
 //! A failed write or sync poisons the log: the in-memory state may then be
 //! ahead of the disk, so every later call fails until the store is reopened
 //! and recovered from what is really on disk.
@@ -22,6 +34,7 @@ use std::time::{Duration, Instant};
 // std/parking_lot mutexes, not tokio's: every caller is a blocking thread.
 use parking_lot::{Condvar, Mutex};
 
+use super::faults::{Faults, Point};
 use super::format::{self, WAL_HEADER_LEN, WAL_MAGIC};
 use crate::config::SyncMode;
 use crate::storage::StorageError;
@@ -48,6 +61,38 @@ pub fn create_segment(wal_dir: &Path, n: u64) -> std::io::Result<File> {
 /// Makes a directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Space claimed past the data of the current segment, at least.
+const CLAIM_CHUNK: u64 = 4 << 20;
+/// Unclaimed space that claims adding data leave for metadata-only entries.
+pub const HEADROOM: u64 = 256 << 10;
+
+/// Disk space of the current segment (see the module docs).
+struct Space {
+    /// A handle on the current segment, for `fallocate`.
+    file: File,
+    /// Bytes of the segment backed by allocated blocks.
+    allocated: u64,
+    /// Bytes submitted to the segment (header included).
+    used: u64,
+    /// Bytes claimed by entries not yet submitted.
+    claimed: u64,
+    /// False once the file system refused `fallocate` as unsupported.
+    supported: bool,
+}
+
+/// Room for one entry, claimed before any state changes; released if it
+/// is dropped unused.
+pub struct Claim {
+    wal: Arc<Wal>,
+    bytes: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.wal.space.lock().claimed -= self.bytes;
+    }
 }
 
 struct Queue {
@@ -85,6 +130,8 @@ pub struct Wal {
     segment: Mutex<Segment>,
     /// The committed LSN and failure flag again, for async waiters.
     progress: tokio::sync::watch::Sender<Progress>,
+    space: Mutex<Space>,
+    faults: Arc<Faults>,
 }
 
 /// What async waiters watch.
@@ -92,6 +139,71 @@ pub struct Wal {
 struct Progress {
     committed: u64,
     failed: bool,
+}
+
+/// The framed size of an entry payload of `len` bytes.
+pub fn framed(len: usize) -> u64 {
+    format::FRAME_HEADER + len as u64
+}
+
+impl Space {
+    fn new(file: File, supported: bool) -> Self {
+        Space {
+            file,
+            allocated: WAL_HEADER_LEN,
+            used: WAL_HEADER_LEN,
+            claimed: 0,
+            supported,
+        }
+    }
+
+    /// Makes sure the first `need` bytes of the segment are allocated.
+    fn reserve(&mut self, need: u64) -> Result<(), StorageError> {
+        if !self.supported || need <= self.allocated {
+            return Ok(());
+        }
+        // A chunk at a time, so that claims rarely call fallocate; the
+        // exact need when a chunk no longer fits.
+        let chunked = need.max(self.allocated + CLAIM_CHUNK);
+        let r = fallocate(&self.file, self.allocated, chunked - self.allocated)
+            .map(|()| chunked)
+            .or_else(|_| {
+                fallocate(&self.file, self.allocated, need - self.allocated).map(|()| need)
+            });
+        match r {
+            Ok(upto) => {
+                self.allocated = upto;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::warn!(
+                    "the WAL's file system has no fallocate; a full disk will stop writes until restart"
+                );
+                self.supported = false;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Allocates `[at, at + len)` of `file` without changing its size.
+fn fallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `file` is an open descriptor for the whole call.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            at as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Wal {
@@ -102,8 +214,10 @@ impl Wal {
         n: u64,
         sync: SyncMode,
         interval: Duration,
+        faults: Arc<Faults>,
     ) -> std::io::Result<(Arc<Wal>, JoinHandle<()>)> {
         let file = create_segment(&dir, n)?;
+        let space = Space::new(file.try_clone()?, true);
         let wal = Arc::new(Wal {
             dir,
             sync,
@@ -126,6 +240,8 @@ impl Wal {
                 unsynced: false,
             }),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
+            space: Mutex::new(space),
+            faults,
         });
         let w = Arc::clone(&wal);
         let handle = std::thread::Builder::new()
@@ -144,8 +260,29 @@ impl Wal {
         }
     }
 
+    /// Claims room for an entry of `bytes` (framed), leaving `headroom`
+    /// unclaimed; fails with `NoSpace` when the disk cannot hold it.
+    pub fn claim(self: &Arc<Self>, bytes: u64, headroom: u64) -> Result<Claim, StorageError> {
+        let mut s = self.space.lock();
+        let need = s.used + s.claimed + bytes + headroom;
+        s.reserve(need)?;
+        s.claimed += bytes;
+        Ok(Claim {
+            wal: Arc::clone(self),
+            bytes,
+        })
+    }
+
     /// Queues an entry payload; returns its LSN. Entries commit in LSN order.
     pub fn submit(&self, payload: &[u8]) -> u64 {
+        {
+            // Unclaimed entries (or larger than claimed) still extend the
+            // allocation when they can; if not, the write may fail later.
+            let mut s = self.space.lock();
+            s.used += framed(payload.len());
+            let need = s.used + s.claimed;
+            let _ = s.reserve(need);
+        }
         let mut q = self.queue.lock();
         format::put_frame(&mut q.buf, payload);
         q.last += 1;
@@ -215,6 +352,13 @@ impl Wal {
         let mut seg = self.segment.lock();
         let n = seg.number + 1;
         let file = create_segment(&self.dir, n)?;
+        {
+            let mut space = self.space.lock();
+            let supported = space.supported;
+            let claimed = space.claimed;
+            *space = Space::new(file.try_clone()?, supported);
+            space.claimed = claimed;
+        }
         *seg = Segment {
             file,
             number: n,
@@ -257,10 +401,17 @@ impl Wal {
             };
             if !batch.is_empty() {
                 let mut seg = self.segment.lock();
-                let written = seg.file.write_all(&batch).and_then(|()| match self.sync {
-                    SyncMode::Always => seg.file.sync_data(),
-                    SyncMode::Interval => Ok(()),
-                });
+                let written = self
+                    .faults
+                    .check(Point::WalWrite)
+                    .and_then(|()| seg.file.write_all(&batch))
+                    .and_then(|()| match self.sync {
+                        SyncMode::Always => {
+                            self.faults.check(Point::WalSync)?;
+                            seg.file.sync_data()
+                        }
+                        SyncMode::Interval => Ok(()),
+                    });
                 if let Err(e) = written {
                     drop(seg);
                     self.fail(e);

@@ -1,0 +1,52 @@
+//! Fault injection for the file backend's tests: make the next write or
+//! sync at one point of the I/O path fail with a chosen `errno`, to show
+//! that a failure never leaves a stream partly updated.
+//!
+//! Compiled to nothing outside `cfg(test)`: [`Faults::check`] is then an
+//! empty inline function and [`Faults`] has no fields.
+
+/// Where a fault can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    /// The positional write of records into a stream's data file.
+    DataWrite,
+    /// The write of record starts into a stream's index file.
+    IndexWrite,
+    /// The committer's write of a batch into the WAL.
+    WalWrite,
+    /// The committer's `fdatasync` of the WAL.
+    WalSync,
+}
+
+/// Armed faults of one store.
+#[derive(Default)]
+pub struct Faults {
+    #[cfg(test)]
+    armed: parking_lot::Mutex<Vec<(Point, u32, i32)>>,
+}
+
+impl Faults {
+    /// Fails the `after`-th next operation at `point` (0: the very next)
+    /// with `errno`, once.
+    #[cfg(test)]
+    pub fn arm(&self, point: Point, after: u32, errno: i32) {
+        self.armed.lock().push((point, after, errno));
+    }
+
+    /// Fails if a fault is armed here and due.
+    #[inline]
+    pub fn check(&self, _point: Point) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            let mut armed = self.armed.lock();
+            if let Some(i) = armed.iter().position(|(p, _, _)| *p == _point) {
+                if armed[i].1 == 0 {
+                    let (_, _, errno) = armed.remove(i);
+                    return Err(std::io::Error::from_raw_os_error(errno));
+                }
+                armed[i].1 -= 1;
+            }
+        }
+        Ok(())
+    }
+}
