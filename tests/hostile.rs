@@ -238,9 +238,18 @@ fn hostile_requests_get_4xx_problems_and_touch_nothing_outside_the_data_dir() {
         "created outside the data dir: {outside:?}"
     );
     for p in tree(&data) {
-        let ok = ["LOCK", "checkpoint", "checkpoint.tmp", "wal", "streams"].contains(&p.as_str())
+        let ok = [
+            "LOCK",
+            "checkpoint",
+            "checkpoint.tmp",
+            "wal",
+            "streams",
+            "control",
+        ]
+        .contains(&p.as_str())
             || p.starts_with("wal/")
-            || p.starts_with("streams/");
+            || p.starts_with("streams/")
+            || p.starts_with("control/");
         assert!(ok, "unexpected file in the data dir: {p}");
     }
 }
