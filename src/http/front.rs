@@ -120,6 +120,12 @@ impl Front {
             Some(refusal) => refusal,
             None => dispatch(&self.state, req).await,
         };
+        if method == Method::HEAD {
+            // As the router does: a HEAD answer carries the headers only
+            // (hyper would drop the body on the wire too; this keeps the two
+            // paths identical for in-process callers).
+            *res.body_mut() = Body::empty();
+        }
         let h = res.headers_mut();
         self.cors.apply(origin.as_ref(), h);
         h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
