@@ -2,21 +2,28 @@
 //!
 //! 1. Load `checkpoint` (absent on a fresh directory): every stream's
 //!    metadata as of the start of WAL segment `wal_segment`.
-//! 2. Cut each stream's data and index files to the length its checkpointed
-//!    metadata implies (the checkpoint synced them that far; anything after
-//!    was written ahead of the WAL and is rewritten by the replay). Nothing
-//!    else is read from the data files: start-up cost is the checkpoint plus
-//!    the WAL tail, not the size of the streams.
-//! 3. Replay every whole, checksummed WAL entry of segments `wal_segment..`
+//! 2. Replay every whole, checksummed WAL entry of segments `wal_segment..`
 //!    in order, re-appending their records to the data files. The first
 //!    torn or corrupt frame ends the log: it and everything after it were
 //!    never acknowledged (an acknowledged entry was synced, and entries are
-//!    synced in order).
+//!    synced in order). Before the first replayed entry touches a stream
+//!    listed in the checkpoint, its data and index files are checked and cut
+//!    to the length its checkpointed metadata implies (the checkpoint synced
+//!    them that far; anything after was written ahead of the WAL and is
+//!    rewritten by the replay).
 //!
-//! The caller then writes a fresh checkpoint, which makes the replayed state
-//! durable and lets the old segments and orphaned stream files be deleted.
+//! Streams no replayed entry touches are not opened at all: the checkpoint
+//! synced their files at least to the lengths it records, and every read
+//! and write addresses them by offsets derived from that metadata, so bytes
+//! a writer put past those lengths ahead of a WAL entry that never committed
+//! are never read and are overwritten by the next append. Start-up cost is
+//! the checkpoint plus the WAL tail, not the number or size of the streams.
+//!
+//! The caller then writes a fresh checkpoint when anything was replayed or
+//! the log ended in a torn entry, which makes the replayed state durable and
+//! lets the old segments be deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -32,6 +39,11 @@ pub struct Recovered {
     pub next_id: u64,
     /// Highest WAL segment number present (new segments come after it).
     pub last_segment: u64,
+    /// WAL entries replayed after the checkpoint.
+    pub replayed: u64,
+    /// The log ended at the end of its last segment (no torn or corrupt
+    /// entry, no unreadable segment header was cut off).
+    pub clean_end: bool,
 }
 
 /// Number of own records and own bytes of a stream.
@@ -95,15 +107,16 @@ pub fn recover(root: &Path, wal_dir: &Path, files: &Files) -> Result<Recovered, 
             "the checkpoint's WAL segment or id counter is out of range".into(),
         ));
     }
-    let mut streams: HashMap<String, StreamMeta> = HashMap::new();
+    let mut streams: HashMap<String, StreamMeta> = HashMap::with_capacity(checkpoint.streams.len());
     let mut next_id = checkpoint.next_id.max(1);
     for (name, meta) in checkpoint.streams {
         check_meta(&name, &meta)?;
-        let (count, bytes) = own(&meta);
-        files.truncate(meta.id, meta.base, count, bytes)?;
         next_id = next_id.max(meta.id + 1);
         streams.insert(name, meta);
     }
+    // Incarnations whose files replay has checked (or created).
+    let mut checked: HashSet<u64> = HashSet::new();
+    let mut clean_end = true;
     let all = segments(wal_dir)?;
     let last_segment = all.last().copied().unwrap_or(0).max(checkpoint.wal_segment);
     let mut replayed = 0u64;
@@ -112,6 +125,7 @@ pub fn recover(root: &Path, wal_dir: &Path, files: &Files) -> Result<Recovered, 
         let buf = std::fs::read(&path)?;
         if let Err(e) = format::check_header(&buf, WAL_MAGIC, 1) {
             tracing::warn!(segment = %path.display(), error = %e, "WAL segment header unreadable; log ends here");
+            clean_end = false;
             break;
         }
         let mut at = WAL_HEADER_LEN as usize;
@@ -128,27 +142,43 @@ pub fn recover(root: &Path, wal_dir: &Path, files: &Files) -> Result<Recovered, 
                         segment = %path.display(), byte = at, kind = what,
                         "WAL ends in a {what} entry; discarding it and anything after it"
                     );
+                    clean_end = false;
                     break 'log;
                 }
             };
             let (ops, records) = format::decode_entry(payload)
                 .map_err(|e| StorageError::Corrupt(format!("{} byte {at}: {e}", path.display())))?;
-            apply(&mut streams, &mut next_id, files, ops, records)?;
+            apply(
+                &mut streams,
+                &mut checked,
+                &mut next_id,
+                files,
+                ops,
+                records,
+            )?;
             replayed += 1;
             at += len;
         }
     }
-    tracing::info!(streams = streams.len(), replayed, "recovered file storage");
+    tracing::info!(
+        streams = streams.len(),
+        replayed,
+        clean_end,
+        "recovered file storage"
+    );
     Ok(Recovered {
         streams,
         next_id,
         last_segment,
+        replayed,
+        clean_end,
     })
 }
 
 /// Applies one WAL entry to the recovered state and the stream files.
 fn apply(
     streams: &mut HashMap<String, StreamMeta>,
+    checked: &mut HashSet<u64>,
     next_id: &mut u64,
     files: &Files,
     ops: Vec<Op>,
@@ -165,7 +195,15 @@ fn apply(
                 check_meta(&name, &meta)?;
                 let recs: Vec<Bytes> = records.by_ref().take(n as usize).collect();
                 let from = match streams.get(&name) {
-                    Some(cur) if cur.id == meta.id && cur.base == meta.base => cur.tail,
+                    Some(cur) if cur.id == meta.id && cur.base == meta.base => {
+                        if checked.insert(cur.id) {
+                            // First touch of a checkpointed stream: check its
+                            // files and cut what ran ahead of the log.
+                            let (count, bytes) = own(cur);
+                            files.truncate(cur.id, cur.base, count, bytes)?;
+                        }
+                        cur.tail
+                    }
                     Some(cur) if cur.id == meta.id => {
                         return Err(StorageError::Corrupt(format!(
                             "WAL moves the base of stream {name:?}"
@@ -179,6 +217,7 @@ fn apply(
                     }
                     None => {
                         files.create(meta.id, meta.base)?;
+                        checked.insert(meta.id);
                         meta.base
                     }
                 };

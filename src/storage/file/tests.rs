@@ -399,3 +399,136 @@ fn calls_after_shutdown_fail_instead_of_hanging() {
     drop(s);
     assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"a");
 }
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn clean_reopen_replays_nothing_and_ignores_bytes_written_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("text/plain", "ab")).unwrap();
+    s.shutdown().unwrap();
+    drop(s);
+    let wal_before = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    // What a write staged ahead of a WAL entry that never committed leaves.
+    append_bytes(&newest(dir.path(), "streams", "dat"), b"garbage garbage");
+    append_bytes(&newest(dir.path(), "streams", "idx"), &[7u8; 12]);
+    let s = open(dir.path());
+    // No replay, so no checkpoint before serving: the old segment is still there.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+        wal_before + 1
+    );
+    assert_eq!(read_all(&s, "s").unwrap().0, b"ab");
+    s.append("s", append("cd")).unwrap();
+    assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
+    s.append("s", append("e")).unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abcde");
+}
+
+#[test]
+fn files_of_removed_streams_are_deleted_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("gone", create("text/plain", "x")).unwrap();
+    s.create("kept", create("text/plain", "y")).unwrap();
+    s.shutdown().unwrap();
+    drop(s);
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("streams"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 4);
+    // Keep copies of every file, delete "gone" (its files are unlinked by
+    // the checkpoint), then put the copies back: as if a crash had come
+    // between the checkpoint and the unlink.
+    let saved: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    let s = open(dir.path());
+    s.delete("gone", 5).unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    for (p, b) in &saved {
+        std::fs::write(p, b).unwrap();
+    }
+    let s = open(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let count = || {
+        std::fs::read_dir(dir.path().join("streams"))
+            .unwrap()
+            .count()
+    };
+    while count() > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphaned files not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        s.checkpoint().unwrap();
+    }
+    assert_eq!(read_all(&s, "kept").unwrap().0, b"y");
+    assert!(read_all(&s, "gone").is_err());
+}
+
+/// Restart-time measurement (not a check; run by hand):
+///
+/// ```text
+/// DS_RESTART_DIR=/tmp/r DS_RESTART_PHASE=fill DS_RESTART_STREAMS=100000 \
+///   cargo test --lib restart_timing -- --ignored --nocapture
+/// DS_RESTART_DIR=/tmp/r DS_RESTART_PHASE=open cargo test --lib restart_timing -- --ignored --nocapture
+/// ```
+///
+/// `fill` creates the streams `s0..` (one small record each) and stops
+/// cleanly; `crash` appends to every tenth of them and exits without a
+/// shutdown (as after `kill -9`, once the appends are written); `open` times
+/// a reopen.
+#[test]
+#[ignore]
+fn restart_timing() {
+    let dir = PathBuf::from(std::env::var("DS_RESTART_DIR").expect("DS_RESTART_DIR"));
+    let phase = std::env::var("DS_RESTART_PHASE").unwrap_or_else(|_| "open".into());
+    let n: usize = std::env::var("DS_RESTART_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let t = std::time::Instant::now();
+    let s = FileStorage::open(
+        &dir,
+        SyncMode::Interval,
+        Duration::from_millis(50),
+        WakeHub::new(),
+    )
+    .expect("open");
+    eprintln!("open: {:?} ({:?} streams)", t.elapsed(), s.stream_count());
+    if phase == "fill" {
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            s.create(&format!("s{i}"), create("text/plain", "hello"))
+                .unwrap();
+        }
+        eprintln!("created {n}: {:?}", t.elapsed());
+    }
+    if phase == "crash" {
+        for i in (0..n).step_by(10) {
+            s.append(&format!("s{i}"), append("more")).unwrap();
+        }
+        s.inner.wal.wait(s.inner.wal.last_submitted()).unwrap();
+        // SAFETY: ends the process at once, like kill -9 after the sync.
+        unsafe { libc::_exit(0) };
+    }
+    let t = std::time::Instant::now();
+    s.shutdown().unwrap();
+    eprintln!("shutdown: {:?}", t.elapsed());
+}
