@@ -130,16 +130,18 @@ for s in SERVERS:
 print()
 
 count = next((r.get("count") for (_, l), r in rows.items() if l == "create"), "10000")
-print(f"### Create {int(count):,} streams (64 connections), then graceful stop and restart\n")
-print("| server | creates/s | graceful stop ms | restart: listening ms | restart: first read ms | data KiB |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"### Create {int(count):,} streams (64 connections), then restart after a graceful stop and after kill -9\n")
+print("| server | creates/s | graceful stop ms | restart: listening ms | restart: first read ms | after kill -9: listening ms | after kill -9: first read ms | data KiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     c = rows.get((s, "create"))
     r = rows.get((s, "restart"), {})
+    k = rows.get((s, "restart_kill"), {})
     if not c:
         continue
     if "error" in c:
-        print(f"| {s} | failed: {c['error']} | — | — | — | — |")
+        print(f"| {s} | failed: {c['error']} | — | — | — | — | — | — |")
         continue
-    print(f"| {s} | {fmt(f(s, 'create', 'creates_per_s'))} | {r.get('stop_ms', '—')} | {r.get('listen_ms', '—')} | {r.get('restart_ms', '—')} | {r.get('data_kib', '—')} |")
+    print(f"| {s} | {fmt(f(s, 'create', 'creates_per_s'))} | {r.get('stop_ms', '—')} | {r.get('listen_ms', '—')} | {r.get('restart_ms', '—')} | "
+          f"{k.get('listen_ms', '—')} | {k.get('restart_ms', '—')} | {k.get('data_kib', r.get('data_kib', '—'))} |")
 print()

@@ -473,3 +473,115 @@ async fn sse_delivers_data_then_closes_at_eof() {
     assert!(last.contains("\"streamClosed\":true") && !last.contains("streamCursor"));
     assert!(stream.next().await.is_none(), "connection closes at EOF");
 }
+
+/// A memory backend that counts `read` calls, to see what live readers ask
+/// of storage.
+struct CountingReads {
+    inner: MemoryStorage,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+mod counting {
+    use super::CountingReads;
+    use bytes::Bytes;
+    use durable_streams::storage::model::StreamMeta;
+    use durable_streams::storage::*;
+    use std::sync::atomic::Ordering;
+
+    impl Storage for CountingReads {
+        fn may_block(&self) -> bool {
+            self.inner.may_block()
+        }
+        fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
+            self.inner.create(name, req)
+        }
+        fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+            self.inner.append(name, req)
+        }
+        fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.read(name, req)
+        }
+        fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
+            self.inner.head(name, now)
+        }
+        fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
+            self.inner.delete(name, now)
+        }
+        fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
+            self.inner.sweep_expired(now)
+        }
+        fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
+            self.inner.list_streams()
+        }
+        fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
+            self.inner.export_stream(name)
+        }
+        fn restore_stream(
+            &self,
+            name: &str,
+            meta: StreamMeta,
+            records: Vec<Bytes>,
+        ) -> Result<StreamInfo, StorageError> {
+            self.inner.restore_stream(name, meta, records)
+        }
+        fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.control_put(ns, key, value)
+        }
+        fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
+            self.inner.control_delete(ns, key)
+        }
+        fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+            self.inner.control_scan(ns)
+        }
+    }
+}
+
+/// A subscriber that is caught up is fed from the wakes: each append reaches
+/// it without a storage read (each used to cost one — a blocking-thread hop
+/// and a `pread` per subscriber per event on the file backend).
+#[tokio::test]
+async fn caught_up_sse_subscribers_do_not_reread_storage() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    let hub = WakeHub::new();
+    let storage = Arc::new(CountingReads {
+        inner: MemoryStorage::new(Arc::clone(&hub)),
+        reads: Default::default(),
+    });
+    let app = durable_streams::http::router(state(
+        ServerConfig::default(),
+        Arc::clone(&storage) as _,
+        hub,
+    ));
+    let path = "/v1/stream/fan";
+    put(&app, path, "text/plain", "a").await;
+    let res = get(&app, &format!("{path}?offset=-1&live=sse")).await;
+    let mut events = res.into_body().into_data_stream();
+    let mut next_text =
+        async || String::from_utf8(events.next().await.unwrap().unwrap().to_vec()).unwrap();
+    assert_eq!(next_text().await, "event: data\ndata:a\n\n");
+    assert!(next_text().await.contains("\"upToDate\":true"));
+    let before = storage.reads.load(Ordering::SeqCst);
+    for word in ["b", "c", "d", "e"] {
+        post(&app, path, "text/plain", word).await;
+        assert_eq!(next_text().await, format!("event: data\ndata:{word}\n\n"));
+        assert!(next_text().await.contains("\"upToDate\":true"));
+    }
+    assert_eq!(
+        storage.reads.load(Ordering::SeqCst),
+        before,
+        "no storage reads"
+    );
+    // A wake that carries no records (a close) still makes it read.
+    send(
+        &app,
+        req("POST", path)
+            .header("stream-closed", "true")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(next_text().await.contains("\"streamClosed\":true"));
+    assert!(storage.reads.load(Ordering::SeqCst) > before);
+}
