@@ -370,20 +370,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// then fences on wake_id + generation.
 async fn apply_ack(state: &AppState, id: &str, headers: &HeaderMap, body: &Bytes) -> Res {
     let s = subs(state);
-    let claims = bearer(headers)
-        .and_then(|t| s.keys.verify_token(t))
-        .filter(|c| c["sub"] == id)
-        .ok_or_else(|| {
-            SubError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "a valid subscription token is required",
-            )
-        })?;
-    let v = parse_json(body)?;
-    let wake_id = v["wake_id"].as_str().unwrap_or_default();
-    let generation = v["generation"].as_u64().unwrap_or(0);
-    check_claims(&claims, wake_id, generation)?;
+    let (v, wake_id, generation) = fenced_request(s, id, headers, body)?;
+    let wake_id = wake_id.as_str();
     let mut acks = Vec::new();
     for a in v["acks"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let (Some(p), Some(o)) = (a["stream"].as_str(), a["offset"].as_str()) else {
@@ -410,6 +398,32 @@ async fn apply_ack(state: &AppState, id: &str, headers: &HeaderMap, body: &Bytes
         Err(AckError::Fenced) => Err(fenced()),
         Err(AckError::NotFound) => Err(SubError::not_found()),
     }
+}
+
+/// The common start of a callback, an ack and a release: a valid token
+/// scoped to subscription `id`, a JSON body, and that body's `wake_id` and
+/// `generation` matching the token's. Returns the body and those two.
+fn fenced_request(
+    s: &Subscriptions,
+    id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, String, u64), SubError> {
+    let claims = bearer(headers)
+        .and_then(|t| s.keys.verify_token(t))
+        .filter(|c| c["sub"] == id)
+        .ok_or_else(|| {
+            SubError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "a valid subscription token is required",
+            )
+        })?;
+    let v = parse_json(body)?;
+    let wake_id = v["wake_id"].as_str().unwrap_or_default().to_string();
+    let generation = v["generation"].as_u64().unwrap_or(0);
+    check_claims(&claims, &wake_id, generation)?;
+    Ok((v, wake_id, generation))
 }
 
 /// The token must be for this wake and generation, and unexpired.
@@ -535,20 +549,7 @@ pub async fn release(
     body: Bytes,
 ) -> Res {
     let s = subs(&state);
-    let claims = bearer(&headers)
-        .and_then(|t| s.keys.verify_token(t))
-        .filter(|c| c["sub"] == id.as_str())
-        .ok_or_else(|| {
-            SubError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "a valid subscription token is required",
-            )
-        })?;
-    let v = parse_json(&body)?;
-    let wake_id = v["wake_id"].as_str().unwrap_or_default();
-    let generation = v["generation"].as_u64().unwrap_or(0);
-    check_claims(&claims, wake_id, generation)?;
+    let (_, wake_id, generation) = fenced_request(s, &id, &headers, &body)?;
     s.registry
         .update(&id, |sub| match &mut sub.wake {
             Some(w) if w.wake_id == wake_id && w.generation == generation => {
