@@ -76,6 +76,18 @@ async fn get(app: &Router, uri: &str) -> Response<Body> {
     send(app, req("GET", uri).body(Body::empty()).unwrap()).await
 }
 
+/// Closes the stream at `path` (an empty POST with `Stream-Closed: true`).
+async fn close(app: &Router, path: &str) -> Response<Body> {
+    send(
+        app,
+        req("POST", path)
+            .header("stream-closed", "true")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn create_append_read_round_trip() {
     let app = app();
@@ -304,14 +316,7 @@ async fn etags_vary_with_closure() {
     )
     .await;
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-    send(
-        &app,
-        req("POST", path)
-            .header("stream-closed", "true")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    close(&app, path).await;
     let closed = send(
         &app,
         req("GET", path)
@@ -460,14 +465,7 @@ async fn sse_delivers_data_then_closes_at_eof() {
             .contains("\"upToDate\":true")
     );
     // Closing the stream ends the SSE response with a final control event.
-    send(
-        &app,
-        req("POST", path)
-            .header("stream-closed", "true")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    close(&app, path).await;
     let last = stream.next().await.unwrap().unwrap();
     let last = std::str::from_utf8(&last).unwrap();
     assert!(last.contains("\"streamClosed\":true") && !last.contains("streamCursor"));
@@ -574,14 +572,7 @@ async fn caught_up_sse_subscribers_do_not_reread_storage() {
         "no storage reads"
     );
     // A wake that carries no records (a close) still makes it read.
-    send(
-        &app,
-        req("POST", path)
-            .header("stream-closed", "true")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    close(&app, path).await;
     assert!(next_text().await.contains("\"streamClosed\":true"));
     assert!(storage.reads.load(Ordering::SeqCst) > before);
 }
