@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use super::model::{self, AppendPlan, ForkLink, StreamMeta};
-use super::view::{Budget, Layout};
+use super::view::{self, Budget, Layout};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
     Storage, StorageError, StreamInfo,
@@ -165,33 +165,6 @@ impl MemoryStorage {
         s.layout().validate(from, whole)
     }
 
-    /// Reads the whole of `[from, tail)` of a view with a budget, stitching
-    /// inherited and own ranges.
-    fn read_stitched(
-        &self,
-        lookup: &Lookup<'_>,
-        stream: &StreamRef,
-        from: Offset,
-        tail: Offset,
-        json: bool,
-        max_bytes: usize,
-    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
-        let mut chunks = Vec::new();
-        let mut at = from;
-        let mut taken = 0usize;
-        while at.pos < tail.pos && taken < max_bytes.max(1) {
-            let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
-            let (more, next) = self.read_view(lookup, stream, at, tail.pos, budget)?;
-            if next == at {
-                break;
-            }
-            taken += more.iter().map(Bytes::len).sum::<usize>();
-            chunks.extend(more);
-            at = next;
-        }
-        Ok((chunks, at))
-    }
-
     /// Resolves a fork request against its (locked by the caller's map
     /// write lock) source: the base offset where the fork's own data starts.
     fn resolve_fork_base(
@@ -209,44 +182,8 @@ impl MemoryStorage {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
         self.validate_view(lookup, source, anchor, json)?;
-        if sub_offset == 0 {
-            return Ok(anchor);
-        }
-        if json {
-            // Each flattened message is one record: step over `sub_offset` of them.
-            let budget = Budget {
-                bytes: usize::MAX,
-                records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
-                split: false,
-            };
-            let mut at = anchor;
-            let mut left = sub_offset;
-            while left > 0 {
-                if at.pos >= tail.pos {
-                    return Err(StorageError::SubOffsetOutOfRange);
-                }
-                let (chunks, next) = self.read_view(lookup, source, at, tail.pos, budget)?;
-                left = left.saturating_sub(chunks.len() as u64);
-                at = next;
-            }
-            Ok(at)
-        } else {
-            // Bytes within the record that contains the anchor.
-            let one = Budget {
-                bytes: 1,
-                records: 1,
-                split: false,
-            };
-            let (chunks, next) = self.read_view(lookup, source, anchor, tail.pos, one)?;
-            let rest = chunks.first().map_or(0, |c| c.len() as u64);
-            if sub_offset > rest {
-                Err(StorageError::SubOffsetOutOfRange)
-            } else if sub_offset == rest {
-                Ok(next)
-            } else {
-                Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
-            }
-        }
+        let read = |at, budget| self.read_view(lookup, source, at, tail.pos, budget);
+        view::fork_base(read, anchor, tail, json, sub_offset)
     }
 
     /// Removes a stream whose refcount is zero, then releases its source,
@@ -476,8 +413,8 @@ impl Storage for MemoryStorage {
                 o
             }
         };
-        let (chunks, next) =
-            self.read_stitched(&lookup, &stream, start, info.tail, json, req.max_bytes)?;
+        let read = |at, budget| self.read_view(&lookup, &stream, at, info.tail.pos, budget);
+        let (chunks, next) = view::read_stitched(read, start, info.tail, json, req.max_bytes)?;
         Ok(ReadOutcome {
             info,
             start,

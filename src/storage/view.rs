@@ -6,6 +6,8 @@
 //! list of record slices to return and the offset where the next read starts,
 //! and validate client offsets on the way. Backends only fetch bytes.
 
+use bytes::Bytes;
+
 use super::StorageError;
 use crate::offset::Offset;
 
@@ -74,6 +76,87 @@ pub struct Piece {
     pub index: u64,
     pub skip: u64,
     pub len: u64,
+}
+
+/// Reads one piece of a view (a fork's inherited range or its own) from a
+/// position, within a budget: the records and the position after them. Each
+/// backend supplies its own, walking the fork chain its way.
+pub trait ViewRead: FnMut(Offset, Budget) -> Result<(Vec<Bytes>, Offset), StorageError> {}
+impl<F: FnMut(Offset, Budget) -> Result<(Vec<Bytes>, Offset), StorageError>> ViewRead for F {}
+
+/// Reads `[from, tail)` of a view with a byte budget, stitching the pieces
+/// `read` returns (inherited and own ranges end at different places).
+pub fn read_stitched(
+    mut read: impl ViewRead,
+    from: Offset,
+    tail: Offset,
+    json: bool,
+    max_bytes: usize,
+) -> Result<(Vec<Bytes>, Offset), StorageError> {
+    let mut chunks = Vec::new();
+    let mut at = from;
+    let mut taken = 0usize;
+    while at.pos < tail.pos && taken < max_bytes.max(1) {
+        let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
+        let (more, next) = read(at, budget)?;
+        if next == at {
+            break;
+        }
+        taken += more.iter().map(Bytes::len).sum::<usize>();
+        chunks.extend(more);
+        at = next;
+    }
+    Ok((chunks, at))
+}
+
+/// Where a fork's own data starts: `sub_offset` messages (JSON) or bytes
+/// within the anchor's record (others) after `anchor`, a validated position
+/// of a source view ending at `tail`.
+pub fn fork_base(
+    mut read: impl ViewRead,
+    anchor: Offset,
+    tail: Offset,
+    json: bool,
+    sub_offset: u64,
+) -> Result<Offset, StorageError> {
+    if sub_offset == 0 {
+        return Ok(anchor);
+    }
+    if json {
+        // Each flattened message is one record: step over `sub_offset` of them.
+        let budget = Budget {
+            bytes: usize::MAX,
+            records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
+            split: false,
+        };
+        let mut at = anchor;
+        let mut left = sub_offset;
+        while left > 0 {
+            if at.pos >= tail.pos {
+                return Err(StorageError::SubOffsetOutOfRange);
+            }
+            let (chunks, next) = read(at, budget)?;
+            left = left.saturating_sub(chunks.len() as u64);
+            at = next;
+        }
+        Ok(at)
+    } else {
+        // Bytes within the record that contains the anchor.
+        let one = Budget {
+            bytes: 1,
+            records: 1,
+            split: false,
+        };
+        let (chunks, next) = read(anchor, one)?;
+        let rest = chunks.first().map_or(0, |c| c.len() as u64);
+        if sub_offset > rest {
+            Err(StorageError::SubOffsetOutOfRange)
+        } else if sub_offset == rest {
+            Ok(next)
+        } else {
+            Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
+        }
+    }
 }
 
 /// The own-record layout of one stream.

@@ -14,7 +14,7 @@ use super::tables::map_err;
 use crate::offset::Offset;
 use crate::storage::StorageError;
 use crate::storage::model::{self, StreamMeta};
-use crate::storage::view::{Budget, Layout, RecordIndex};
+use crate::storage::view::{self, Budget, Layout, RecordIndex};
 
 /// Where stream metadata comes from: the committed cache (reads) or the
 /// writer's batch view (cache plus uncommitted changes).
@@ -217,20 +217,8 @@ impl<M: Metas + ?Sized, T: DataTable + ?Sized> Reader<'_, M, T> {
         json: bool,
         max_bytes: usize,
     ) -> Result<(Vec<Bytes>, Offset), StorageError> {
-        let mut chunks = Vec::new();
-        let mut at = from;
-        let mut taken = 0usize;
-        while at.pos < tail.pos && taken < max_bytes.max(1) {
-            let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
-            let (more, next) = self.read_view(meta, at, tail.pos, budget)?;
-            if next == at {
-                break;
-            }
-            taken += more.iter().map(Bytes::len).sum::<usize>();
-            chunks.extend(more);
-            at = next;
-        }
-        Ok((chunks, at))
+        let read = |at, budget| self.read_view(meta, at, tail.pos, budget);
+        view::read_stitched(read, from, tail, json, max_bytes)
     }
 
     /// Resolves a fork request against its source: the base offset where the
@@ -247,43 +235,7 @@ impl<M: Metas + ?Sized, T: DataTable + ?Sized> Reader<'_, M, T> {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
         self.validate_view(source, anchor, json)?;
-        if sub_offset == 0 {
-            return Ok(anchor);
-        }
-        if json {
-            // Each flattened message is one record: step over `sub_offset` of them.
-            let budget = Budget {
-                bytes: usize::MAX,
-                records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
-                split: false,
-            };
-            let mut at = anchor;
-            let mut left = sub_offset;
-            while left > 0 {
-                if at.pos >= tail.pos {
-                    return Err(StorageError::SubOffsetOutOfRange);
-                }
-                let (chunks, next) = self.read_view(source, at, tail.pos, budget)?;
-                left = left.saturating_sub(chunks.len() as u64);
-                at = next;
-            }
-            Ok(at)
-        } else {
-            // Bytes within the record that contains the anchor.
-            let one = Budget {
-                bytes: 1,
-                records: 1,
-                split: false,
-            };
-            let (chunks, next) = self.read_view(source, anchor, tail.pos, one)?;
-            let rest = chunks.first().map_or(0, |c| c.len() as u64);
-            if sub_offset > rest {
-                Err(StorageError::SubOffsetOutOfRange)
-            } else if sub_offset == rest {
-                Ok(next)
-            } else {
-                Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
-            }
-        }
+        let read = |at, budget| self.read_view(source, at, tail.pos, budget);
+        view::fork_base(read, anchor, tail, json, sub_offset)
     }
 }

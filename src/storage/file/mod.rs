@@ -68,7 +68,7 @@ use self::files::Files;
 use self::format::Op;
 use self::wal::Wal;
 use super::model::{self, AppendPlan, ForkLink, StreamMeta};
-use super::view::{Budget, Layout};
+use super::view::{self, Budget, Layout};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, ReadOutcome,
     ReadRequest, Staged, Staging, Storage, StorageError, StreamInfo,
@@ -584,32 +584,6 @@ impl Inner {
         layout.validate(from, whole)
     }
 
-    /// Reads `[from, tail)` of a view with a budget, stitching inherited
-    /// and own ranges.
-    fn read_stitched(
-        &self,
-        stream: &StreamRef,
-        from: Offset,
-        tail: Offset,
-        json: bool,
-        max_bytes: usize,
-    ) -> Result<(Vec<Bytes>, Offset), StorageError> {
-        let mut chunks = Vec::new();
-        let mut at = from;
-        let mut taken = 0usize;
-        while at.pos < tail.pos && taken < max_bytes.max(1) {
-            let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
-            let (more, next) = self.read_view(None, stream, at, tail.pos, budget)?;
-            if next == at {
-                break;
-            }
-            taken += more.iter().map(Bytes::len).sum::<usize>();
-            chunks.extend(more);
-            at = next;
-        }
-        Ok((chunks, at))
-    }
-
     /// Resolves a fork request against its source: the base offset where
     /// the fork's own data starts. Takes the source's lock only briefly.
     fn resolve_fork_base(
@@ -627,42 +601,8 @@ impl Inner {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
         self.validate_view(Some(map), source, anchor, json)?;
-        if sub_offset == 0 {
-            return Ok(anchor);
-        }
-        if json {
-            let budget = Budget {
-                bytes: usize::MAX,
-                records: usize::try_from(sub_offset).unwrap_or(usize::MAX),
-                split: false,
-            };
-            let mut at = anchor;
-            let mut left = sub_offset;
-            while left > 0 {
-                if at.pos >= tail.pos {
-                    return Err(StorageError::SubOffsetOutOfRange);
-                }
-                let (chunks, next) = self.read_view(Some(map), source, at, tail.pos, budget)?;
-                left = left.saturating_sub(chunks.len() as u64);
-                at = next;
-            }
-            Ok(at)
-        } else {
-            let one = Budget {
-                bytes: 1,
-                records: 1,
-                split: false,
-            };
-            let (chunks, next) = self.read_view(Some(map), source, anchor, tail.pos, one)?;
-            let rest = chunks.first().map_or(0, |c| c.len() as u64);
-            if sub_offset > rest {
-                Err(StorageError::SubOffsetOutOfRange)
-            } else if sub_offset == rest {
-                Ok(next)
-            } else {
-                Ok(Offset::new(anchor.seq, anchor.pos + sub_offset))
-            }
-        }
+        let read = |at, budget| self.read_view(Some(map), source, at, tail.pos, budget);
+        view::fork_base(read, anchor, tail, json, sub_offset)
     }
 
     /// Validates a fork request and builds the new stream's metadata
@@ -1034,8 +974,8 @@ impl Inner {
                     o
                 }
             };
-            let (chunks, next) =
-                self.read_stitched(&stream, start, info.tail, json, req.max_bytes)?;
+            let read = |at, budget| self.read_view(None, &stream, at, info.tail.pos, budget);
+            let (chunks, next) = view::read_stitched(read, start, info.tail, json, req.max_bytes)?;
             Ok((start, chunks, next))
         })();
         self.answer(seen, result)
