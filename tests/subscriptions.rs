@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -17,6 +17,10 @@ use durable_streams::server::state;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::subscriptions::signing::verify_with_jwks;
 
+#[path = "common/json_api.rs"]
+mod json_api;
+use json_api::call;
+
 const SUBS: &str = "/v1/stream/__ds/subscriptions";
 
 fn app() -> (Router, durable_streams::http::AppState) {
@@ -24,35 +28,6 @@ fn app() -> (Router, durable_streams::http::AppState) {
     let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
     let st = state(ServerConfig::default(), storage, hub);
     (durable_streams::http::router(st.clone()), st)
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Value,
-) -> (StatusCode, Value) {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "localhost:4437")
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        Body::from(body.to_string())
-    };
-    let res: Response<Body> = app.clone().oneshot(b.body(body).unwrap()).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 #[tokio::test]

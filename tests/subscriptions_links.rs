@@ -6,12 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use durable_streams::config::{ServerConfig, SyncMode};
 use durable_streams::http::AppState;
@@ -22,28 +18,16 @@ use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::{CreateRequest, Expiry, Storage, now_ms};
 use durable_streams::subscriptions::worker;
 
+#[path = "common/json_api.rs"]
+mod json_api;
+
+/// Calls without a token.
+async fn call(app: &Router, method: &str, uri: &str, body: Value) -> (u16, Value) {
+    json_api::call(app, method, uri, None, body).await
+}
+
 const SUBS: &str = "/v1/stream/__ds/subscriptions";
 const ZERO: &str = "0000000000000000_0000000000000000";
-
-async fn call(app: &Router, method: &str, uri: &str, body: Value) -> (u16, Value) {
-    let b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        Body::from(body.to_string())
-    };
-    let res = app.clone().oneshot(b.body(body).unwrap()).await.unwrap();
-    let status = res.status().as_u16();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn app_over(storage: Arc<dyn Storage>, hub: Arc<WakeHub>) -> (Router, AppState) {
     let st = state(ServerConfig::default(), storage, hub);

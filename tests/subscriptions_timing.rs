@@ -8,13 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use durable_streams::config::ServerConfig;
 use durable_streams::http::AppState;
@@ -23,6 +19,10 @@ use durable_streams::server::state;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::subscriptions::delivery::{PostFuture, Transport};
 use durable_streams::subscriptions::worker;
+
+#[path = "common/json_api.rs"]
+mod json_api;
+use json_api::call;
 
 const SUBS: &str = "/v1/stream/__ds/subscriptions";
 
@@ -54,35 +54,6 @@ fn app(
     st.subs.set_transport(fake.clone());
     worker::spawn(st.clone());
     (durable_streams::http::router(st.clone()), st, fake)
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Value,
-) -> (u16, Value) {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "localhost:4437")
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        Body::from(body.to_string())
-    };
-    let res = app.clone().oneshot(b.body(body).unwrap()).await.unwrap();
-    let status = res.status().as_u16();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 async fn webhook_sub(app: &Router, lease_ttl_ms: u64) {
