@@ -432,6 +432,69 @@ fn scan(carry: &mut Vec<u8>, data: &[u8], mut hit: impl FnMut(usize)) {
     carry.drain(..keep_from);
 }
 
+/// Waits until every live reader is connected (or failed, or 30 s passed),
+/// then one more second for the server to settle.
+async fn wait_ready(ready: &AtomicUsize, failed: &AtomicUsize, subs: usize) {
+    let t_connect = Instant::now();
+    while ready.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < subs
+        && t_connect.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The live workloads' writer: `msgs` numbered 100-byte appends, `gap`
+/// apart; returns when each was acknowledged.
+async fn write_live(
+    writer: &mut Conn,
+    path: &str,
+    ct: &str,
+    msgs: usize,
+    gap: Duration,
+    what: &str,
+) -> Res<Vec<Instant>> {
+    let mut acks = Vec::with_capacity(msgs);
+    for k in 0..msgs {
+        let body = format!("seq-{k};{}", "x".repeat(90));
+        let (head, _) = writer
+            .request("POST", path, &[("Content-Type", ct)], body.as_bytes())
+            .await?;
+        acks.push(Instant::now());
+        if !(200..300).contains(&head.status) {
+            return Err(format!("{what} append: {}", head.status).into());
+        }
+        tokio::time::sleep(gap).await;
+    }
+    Ok(acks)
+}
+
+/// Collects every reader's (message, receipt) pairs: the sorted delivery
+/// delays after each message's ack in µs (0 when the event beat the ack),
+/// and how many beat it.
+async fn delays_after(
+    tasks: Vec<tokio::task::JoinHandle<Vec<(usize, Instant)>>>,
+    acks: &[Instant],
+) -> Res<(Vec<u32>, u64)> {
+    let mut delays: Vec<u32> = Vec::with_capacity(tasks.len() * acks.len());
+    let mut early = 0u64;
+    for t in tasks {
+        for (k, at) in t.await? {
+            if let Some(ack) = acks.get(k) {
+                match at.checked_duration_since(*ack) {
+                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
+                    None => {
+                        early += 1;
+                        delays.push(0);
+                    }
+                }
+            }
+        }
+    }
+    delays.sort_unstable();
+    Ok((delays, early))
+}
+
 /// 1 writer, N SSE subscribers on one `text/plain` stream. Delay = time the
 /// subscriber saw message k minus the time the writer got the append's ack.
 async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
@@ -503,43 +566,11 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let t_connect = Instant::now();
-    while ready.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < subs
-        && t_connect.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_ready(&ready, &failed, subs).await;
     let rss1 = pid.as_deref().and_then(vm_rss_kib);
     let connected = ready.load(Ordering::SeqCst);
-    let mut acks = Vec::with_capacity(msgs);
-    for k in 0..msgs {
-        let body = format!("seq-{k};{}", "x".repeat(90));
-        let (head, _) = writer
-            .request("POST", &path, &[("Content-Type", ct)], body.as_bytes())
-            .await?;
-        acks.push(Instant::now());
-        if !(200..300).contains(&head.status) {
-            return Err(format!("fan-out append: {}", head.status).into());
-        }
-        tokio::time::sleep(gap).await;
-    }
-    let mut delays: Vec<u32> = Vec::with_capacity(subs * msgs);
-    let mut early = 0u64;
-    for t in tasks {
-        for (k, at) in t.await? {
-            if k < msgs {
-                match at.checked_duration_since(acks[k]) {
-                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
-                    None => {
-                        early += 1;
-                        delays.push(0);
-                    }
-                }
-            }
-        }
-    }
-    delays.sort_unstable();
+    let acks = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
+    let (delays, early) = delays_after(tasks, &acks).await?;
     let per_sub = match (rss0, rss1) {
         (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / connected.max(1) as f64),
         _ => "n/a".into(),
@@ -697,41 +728,9 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let t_connect = Instant::now();
-    while ready.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < subs
-        && t_connect.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut acks = Vec::with_capacity(msgs);
-    for k in 0..msgs {
-        let body = format!("seq-{k};{}", "x".repeat(90));
-        let (head, _) = writer
-            .request("POST", &path, &[("Content-Type", ct)], body.as_bytes())
-            .await?;
-        acks.push(Instant::now());
-        if !(200..300).contains(&head.status) {
-            return Err(format!("long-poll append: {}", head.status).into());
-        }
-        tokio::time::sleep(gap).await;
-    }
-    let mut delays: Vec<u32> = Vec::with_capacity(subs * msgs);
-    let mut early = 0u64;
-    for t in tasks {
-        for (k, at) in t.await? {
-            if k < msgs {
-                match at.checked_duration_since(acks[k]) {
-                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
-                    None => {
-                        early += 1;
-                        delays.push(0);
-                    }
-                }
-            }
-        }
-    }
-    delays.sort_unstable();
+    wait_ready(&ready, &failed, subs).await;
+    let acks = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
+    let (delays, early) = delays_after(tasks, &acks).await?;
     println!(
         "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} load1={}",
         delays.len(),
