@@ -127,8 +127,32 @@ impl Files {
     }
 
     /// Appends `records` as own records `count..` starting at stream
-    /// position `at` of an incarnation whose own records start at `base`.
+    /// position `at` of an incarnation whose own records start at `base`,
+    /// to the data and the index file.
     pub fn append(
+        &self,
+        id: u64,
+        base: Offset,
+        count: u64,
+        at: u64,
+        records: &[Bytes],
+    ) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.append_data(id, base, count, at, records)?;
+        let mut starts = Vec::with_capacity(records.len());
+        let mut pos = at;
+        for r in records {
+            starts.push(pos);
+            pos += r.len() as u64;
+        }
+        self.write_index(id, count, &starts)
+    }
+
+    /// [`Self::append`] to the data file only; the index entries are
+    /// written later by [`Self::write_index`].
+    pub fn append_data(
         &self,
         id: u64,
         base: Offset,
@@ -145,17 +169,25 @@ impl Files {
             .map(|r| r.len() + FRAME_HEADER as usize)
             .sum();
         let mut data = Vec::with_capacity(bytes);
-        let mut index = Vec::with_capacity(records.len() * 8);
-        let mut pos = at;
         for r in records {
             data.extend_from_slice(&format::frame_header(r));
             data.extend_from_slice(r);
-            index.extend_from_slice(&pos.to_le_bytes());
-            pos += r.len() as u64;
         }
         self.faults.check(Point::DataWrite)?;
         h.data
             .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        self.dirty.lock().insert(id);
+        Ok(())
+    }
+
+    /// Writes the start positions of own records `count..` to the index
+    /// file of `id`.
+    pub fn write_index(&self, id: u64, count: u64, starts: &[u64]) -> Result<(), StorageError> {
+        if starts.is_empty() {
+            return Ok(());
+        }
+        let h = self.get(id)?;
+        let index: Vec<u8> = starts.iter().flat_map(|p| p.to_le_bytes()).collect();
         self.faults.check(Point::IndexWrite)?;
         h.index.write_all_at(&index, format::index_len(count))?;
         self.dirty.lock().insert(id);

@@ -94,6 +94,10 @@ struct Stream {
     /// Start position of each own record; loaded from the index file on
     /// first use, then kept in step with appends.
     starts: Option<Vec<u64>>,
+    /// Own records whose starts are in the index file: appends keep them in
+    /// `starts` only, and the next checkpoint writes them (see the module
+    /// docs).
+    indexed: u64,
     /// LSN of the last WAL entry that changed this stream.
     last_lsn: u64,
     /// Set (under the lock) when the stream leaves the map: a caller that
@@ -110,6 +114,9 @@ impl Stream {
 type StreamRef = Arc<Mutex<Stream>>;
 type Streams = HashMap<String, StreamRef>;
 type Guard = ArcMutexGuard<RawMutex, Stream>;
+/// A stream's index entries not yet in its index file: the stream, its
+/// incarnation, the first own record they describe, and the starts.
+type Unindexed = (StreamRef, u64, u64, Vec<u64>);
 
 /// The changes of one multi-stream operation, applied in memory under the
 /// locks it holds and queued as one WAL entry.
@@ -255,6 +262,7 @@ impl FileStorage {
             .map(|(name, meta)| {
                 let s = Stream {
                     name: name.clone(),
+                    indexed: recover::own(&meta).0,
                     meta,
                     starts: None,
                     last_lsn: 0,
@@ -856,6 +864,7 @@ impl Inner {
         Ok(Created::New(Box::new(Stream {
             name: name.to_string(),
             meta,
+            indexed: starts.len() as u64,
             starts: Some(starts),
             last_lsn: 0,
             removed: false,
@@ -942,39 +951,44 @@ impl Inner {
             }
             Err(e) => return answer(Err(e)),
         };
-        let mut meta = s.meta.clone();
-        let from = meta.tail;
-        model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
-        let op = Op::Put {
+        let from = s.meta.tail;
+        let op = Op::Append(Box::new(format::AppendOp {
             name: name.to_string(),
-            meta: Box::new(meta.clone()),
+            id: s.meta.id,
             records: plan.records.len() as u32,
-        };
+            tail: plan.new_tail,
+            last_access: req.now,
+            producer: plan.producer.clone(),
+            stream_seq: plan.stream_seq.clone(),
+            close: plan.close,
+            closed_by: if plan.close {
+                req.producer.clone()
+            } else {
+                None
+            },
+        }));
         let entry = format::encode_entry(std::slice::from_ref(&op), &plan.records);
-        // Nothing has changed yet: a full disk here, or a failed write of
-        // the data file, leaves tail, producer state and data as they were
-        // (bytes written past the tail are overwritten by the next append).
+        // Nothing has changed yet: a failed write of the data file, or a
+        // full disk refusing the entry's WAL room, leaves tail, producer
+        // state and data as they were (bytes written past the tail are
+        // overwritten by the next append).
+        let (count, _) = s.own();
         let written = self
-            .wal
-            .claim(wal::framed(entry.len()), wal::HEADROOM)
-            .and_then(|claim| {
-                let (count, _) = s.own();
-                self.files
-                    .append(
-                        s.meta.id,
-                        s.meta.base,
-                        count,
-                        s.meta.tail.pos,
-                        &plan.records,
-                    )
-                    .map(|()| claim)
-            });
-        let claim = match written {
-            Ok(c) => c,
+            .ensure_index(&mut s)
+            .and_then(|()| {
+                self.files.append_data(
+                    s.meta.id,
+                    s.meta.base,
+                    count,
+                    s.meta.tail.pos,
+                    &plan.records,
+                )
+            })
+            .and_then(|()| self.wal.submit_claimed(&entry, wal::HEADROOM));
+        let lsn = match written {
+            Ok(lsn) => lsn,
             Err(e) => return answer(Err(e)),
         };
-        let lsn = self.wal.submit(&entry);
-        drop(claim);
         let mut pos = s.meta.tail.pos;
         if let Some(starts) = s.starts.as_mut() {
             for r in &plan.records {
@@ -982,7 +996,7 @@ impl Inner {
                 pos += r.len() as u64;
             }
         }
-        s.meta = meta;
+        model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
         s.last_lsn = lsn;
         let info = s.meta.info();
         let mut wake = wake_of(&s.meta);
@@ -1275,6 +1289,7 @@ impl Inner {
         Ok(Box::new(Stream {
             name: name.to_string(),
             meta,
+            indexed: starts.len() as u64,
             starts: Some(starts),
             last_lsn: 0,
             removed: false,
@@ -1286,15 +1301,23 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), StorageError> {
         let _one = self.checkpointing.lock();
         self.wal.check()?;
-        let (snapshot, dirty, unlink) = {
+        let mut unindexed = Vec::new();
+        let (snapshot, mut dirty, unlink) = {
             let _gate = self.gate.write();
             self.wal.wait(self.wal.last_submitted())?;
-            let streams: Vec<(String, StreamMeta)> = self
-                .streams
-                .read()
-                .iter()
-                .map(|(n, s)| (n.clone(), s.lock().meta.clone()))
-                .collect();
+            let map = self.streams.read();
+            let mut streams = Vec::with_capacity(map.len());
+            for (n, s) in map.iter() {
+                let g = s.lock();
+                if let Some(starts) = &g.starts
+                    && starts.len() as u64 > g.indexed
+                {
+                    let tail = starts[g.indexed as usize..].to_vec();
+                    unindexed.push((Arc::clone(s), g.meta.id, g.indexed, tail));
+                }
+                streams.push((n.clone(), g.meta.clone()));
+            }
+            drop(map);
             let segment = self.wal.rotate()?;
             let snapshot = format::Checkpoint {
                 wal_segment: segment,
@@ -1307,7 +1330,10 @@ impl Inner {
                 std::mem::take(&mut *self.pending_unlink.lock()),
             )
         };
-        let r = self.write_checkpoint(&snapshot, &dirty);
+        dirty.extend(unindexed.iter().map(|u| u.1));
+        let r = self
+            .write_indexes(unindexed)
+            .and_then(|()| self.write_checkpoint(&snapshot, &dirty));
         if r.is_err() {
             // Try again next time with the same work.
             self.pending_unlink.lock().extend(unlink);
@@ -1330,6 +1356,20 @@ impl Inner {
         }
         wal::sync_dir(&self.wal_dir)?;
         wal::sync_dir(self.files.dir())?;
+        Ok(())
+    }
+
+    /// Writes the index entries that appends kept in memory only, for the
+    /// snapshot about to rely on them. A stream's `indexed` moves only once
+    /// its entries are written, so a failure leaves them to the next try.
+    fn write_indexes(&self, unindexed: Vec<Unindexed>) -> Result<(), StorageError> {
+        for (stream, id, from, starts) in unindexed {
+            self.files.write_index(id, from, &starts)?;
+            let mut s = stream.lock();
+            if s.meta.id == id {
+                s.indexed = s.indexed.max(from + starts.len() as u64);
+            }
+        }
         Ok(())
     }
 
