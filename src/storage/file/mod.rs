@@ -6,12 +6,21 @@
 //! Under the stream's lock an append is planned with
 //! [`model::plan_append`], its records are written (page cache, no sync) past
 //! the stream's tail in its data file, and *one* WAL entry carrying the
-//! records together with the stream's whole new metadata (tail, producer
-//! state, `Stream-Seq`, closure) is queued. The lock is then released and the
-//! caller waits until the committer has synced that entry, so concurrent
-//! appends, to one stream or many, share one `fdatasync` ([`wal`]). Multi-stream
-//! changes (a fork and its source's refcount, a delete cascade) are one entry
-//! too: everything an operation changes is atomic on disk.
+//! records together with what the append changed (tail, the one producer's
+//! state, `Stream-Seq`, closure: [`format::Op::Append`]) is queued. The lock
+//! is then released and the caller waits until the committer has synced that
+//! entry, so concurrent appends, to one stream or many, share one
+//! `fdatasync` ([`wal`]). Multi-stream changes (a fork and its source's
+//! refcount, a delete cascade) are one entry too: everything an operation
+//! changes is atomic on disk.
+//!
+//! The entry used to be a `Put` of the whole metadata, cloned and encoded
+//! under the lock: with 64 idempotent producers on a stream, every append
+//! encoded all 64 states. And an append's record starts go to the stream's
+//! in-memory index only; the checkpoint writes them to the index file
+//! before the snapshot that relies on them, which takes one of the two
+//! `pwrite`s per append (strace) out from under the lock. Recovery
+//! rewrites the index entries of everything it replays.
 //!
 //! # Readers see only durable data
 //!
