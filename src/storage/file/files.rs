@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 // A parking_lot mutex: held only for map bookkeeping, or for an `open(2)`
@@ -27,6 +27,18 @@ use crate::storage::StorageError;
 pub struct Handles {
     pub data: File,
     pub index: File,
+}
+
+/// What a stream keeps to reach its files without the store-wide locks:
+/// the append path took the handle cache's and the dirty set's mutexes on
+/// every append, contended between the runtime's workers.
+#[derive(Default)]
+pub struct Slot {
+    /// The handles, while the cache (or a reader) keeps them open.
+    handles: Weak<Handles>,
+    /// The id is in the dirty set since the last [`Files::take_dirty`]
+    /// (cleared by the caller when it takes the set).
+    pub marked: bool,
 }
 
 struct Cache {
@@ -140,7 +152,7 @@ impl Files {
         if records.is_empty() {
             return Ok(());
         }
-        self.append_data(id, base, count, at, records)?;
+        self.append_data(&mut Slot::default(), id, base, count, at, records)?;
         let mut starts = Vec::with_capacity(records.len());
         let mut pos = at;
         for r in records {
@@ -151,9 +163,10 @@ impl Files {
     }
 
     /// [`Self::append`] to the data file only; the index entries are
-    /// written later by [`Self::write_index`].
+    /// written later by [`Self::write_index`]. `slot` is the stream's.
     pub fn append_data(
         &self,
+        slot: &mut Slot,
         id: u64,
         base: Offset,
         count: u64,
@@ -163,7 +176,14 @@ impl Files {
         if records.is_empty() {
             return Ok(());
         }
-        let h = self.get(id)?;
+        let h = match slot.handles.upgrade() {
+            Some(h) => h,
+            None => {
+                let h = self.get(id)?;
+                slot.handles = Arc::downgrade(&h);
+                h
+            }
+        };
         let bytes: usize = records
             .iter()
             .map(|r| r.len() + FRAME_HEADER as usize)
@@ -176,7 +196,10 @@ impl Files {
         self.faults.check(Point::DataWrite)?;
         h.data
             .write_all_at(&data, format::data_offset(count, at, base.pos))?;
-        self.dirty.lock().insert(id);
+        if !slot.marked {
+            self.dirty.lock().insert(id);
+            slot.marked = true;
+        }
         Ok(())
     }
 

@@ -107,6 +107,8 @@ struct Stream {
     /// `starts` only, and the next checkpoint writes them (see the module
     /// docs).
     indexed: u64,
+    /// The way to its files (see [`files::Slot`]).
+    slot: files::Slot,
     /// LSN of the last WAL entry that changed this stream.
     last_lsn: u64,
     /// Set (under the lock) when the stream leaves the map: a caller that
@@ -274,6 +276,7 @@ impl FileStorage {
                     indexed: recover::own(&meta).0,
                     meta,
                     starts: None,
+                    slot: files::Slot::default(),
                     last_lsn: 0,
                     removed: false,
                 };
@@ -875,6 +878,7 @@ impl Inner {
             meta,
             indexed: starts.len() as u64,
             starts: Some(starts),
+            slot: files::Slot::default(),
             last_lsn: 0,
             removed: false,
         })))
@@ -985,7 +989,9 @@ impl Inner {
         let written = self
             .ensure_index(&mut s)
             .and_then(|()| {
+                let s = &mut *s;
                 self.files.append_data(
+                    &mut s.slot,
                     s.meta.id,
                     s.meta.base,
                     count,
@@ -1300,6 +1306,7 @@ impl Inner {
             meta,
             indexed: starts.len() as u64,
             starts: Some(starts),
+            slot: files::Slot::default(),
             last_lsn: 0,
             removed: false,
         }))
@@ -1317,7 +1324,9 @@ impl Inner {
             let map = self.streams.read();
             let mut streams = Vec::with_capacity(map.len());
             for (n, s) in map.iter() {
-                let g = s.lock();
+                let mut g = s.lock();
+                // The dirty set is taken below, in this same cut.
+                g.slot.marked = false;
                 if let Some(starts) = &g.starts
                     && starts.len() as u64 > g.indexed
                 {
