@@ -4,8 +4,8 @@
 //! (LSN); entries are framed into a shared buffer in LSN order. One committer
 //! thread takes everything buffered, writes it with one `write(2)` and, in
 //! [`SyncMode::Always`], one `fdatasync`, then publishes the highest LSN it
-//! covered and wakes every waiter: concurrent appends, to any stream, share
-//! one flush. In [`SyncMode::Interval`] the LSN is published after the write
+//! covered and wakes the waiters of those entries (only those: see
+//! [`Committed`]): concurrent appends, to any stream, share one flush. In [`SyncMode::Interval`] the LSN is published after the write
 //! and the file is synced every `sync_interval` (the documented loss window).
 //!
 //! # Disk space
