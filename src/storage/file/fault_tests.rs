@@ -147,9 +147,13 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
     let (mut faults, mut reopens) = (0, 0);
     for round in 0..rounds {
         let when = format!("seed {seed} round {round}");
+        let creating = rng.random_bool(0.2);
+        // Appends leave their index entries to the checkpoint (tested
+        // below): only creates write the index file.
         let fault = rng
             .random_bool(0.6)
-            .then(|| POINTS[rng.random_range(0..POINTS.len())]);
+            .then(|| POINTS[rng.random_range(0..POINTS.len())])
+            .filter(|p| creating || *p != Point::IndexWrite);
         let errno = if rng.random_bool(0.5) {
             libc::ENOSPC
         } else {
@@ -159,7 +163,6 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
             store.inner.files.faults.arm(p, 0, errno);
             faults += 1;
         }
-        let creating = rng.random_bool(0.2);
         let len = rng.random_range(1..2000);
         let msg: Vec<u8> = format!("<{round}:{}>", "x".repeat(len)).into_bytes();
         let name = format!("c{round}");
@@ -171,7 +174,7 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
         match (fault, result) {
             (_, Ok(())) => {
                 // The fault was armed where this call does no I/O of that
-                // kind (none here: every call writes data, index and WAL).
+                // kind (none here: every call writes data and WAL, creates the index too).
                 assert!(fault.is_none(), "{when}: {fault:?} did not fail the call");
                 if creating {
                     m.created.push((name, msg));
@@ -289,4 +292,52 @@ fn inconsistent_checkpoint_metadata_is_refused_not_a_panic() {
             "base {base} tail {tail} segment {segment}"
         );
     }
+}
+
+/// Appends leave their index entries to the checkpoint: a failed index
+/// write fails that checkpoint only (nothing it would rely on is claimed
+/// durable), appends go on, and the next checkpoint writes everything.
+#[test]
+fn failed_index_write_fails_the_checkpoint_not_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create("s", create(b"")).unwrap();
+    let mut m = Model {
+        data: Vec::new(),
+        records: 0,
+        next_seq: 0,
+        created: Vec::new(),
+    };
+    for i in 0..5u8 {
+        let msg = [b'a' + i; 3];
+        store.append("s", produce(&msg, m.next_seq)).unwrap();
+        m.accept(&msg);
+    }
+    store
+        .inner
+        .files
+        .faults
+        .arm(Point::IndexWrite, 0, libc::EIO);
+    assert!(matches!(store.checkpoint(), Err(StorageError::Io(_))));
+    m.check(&store, "after the failed checkpoint");
+    store.append("s", produce(b"zz", m.next_seq)).unwrap();
+    m.accept(b"zz");
+    store.checkpoint().unwrap();
+    // Both checkpoints' appends are in the index file: a clean reopen
+    // (nothing to replay) loads it.
+    store.shutdown().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    m.check(&store, "reopened");
+    let r = store
+        .read(
+            "s",
+            ReadRequest {
+                from: ReadFrom::At(Offset::new(5, 15)),
+                max_bytes: usize::MAX,
+                now: 3,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.chunks.concat(), b"zz");
 }

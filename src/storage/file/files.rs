@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 // A parking_lot mutex: held only for map bookkeeping, or for an `open(2)`
@@ -27,6 +27,18 @@ use crate::storage::StorageError;
 pub struct Handles {
     pub data: File,
     pub index: File,
+}
+
+/// What a stream keeps to reach its files without the store-wide locks:
+/// the append path took the handle cache's and the dirty set's mutexes on
+/// every append, contended between the runtime's workers.
+#[derive(Default)]
+pub struct Slot {
+    /// The handles, while the cache (or a reader) keeps them open.
+    handles: Weak<Handles>,
+    /// The id is in the dirty set since the last [`Files::take_dirty`]
+    /// (cleared by the caller when it takes the set).
+    pub marked: bool,
 }
 
 struct Cache {
@@ -127,7 +139,8 @@ impl Files {
     }
 
     /// Appends `records` as own records `count..` starting at stream
-    /// position `at` of an incarnation whose own records start at `base`.
+    /// position `at` of an incarnation whose own records start at `base`,
+    /// to the data and the index file.
     pub fn append(
         &self,
         id: u64,
@@ -139,23 +152,65 @@ impl Files {
         if records.is_empty() {
             return Ok(());
         }
-        let h = self.get(id)?;
+        self.append_data(&mut Slot::default(), id, base, count, at, records)?;
+        let mut starts = Vec::with_capacity(records.len());
+        let mut pos = at;
+        for r in records {
+            starts.push(pos);
+            pos += r.len() as u64;
+        }
+        self.write_index(id, count, &starts)
+    }
+
+    /// [`Self::append`] to the data file only; the index entries are
+    /// written later by [`Self::write_index`]. `slot` is the stream's.
+    pub fn append_data(
+        &self,
+        slot: &mut Slot,
+        id: u64,
+        base: Offset,
+        count: u64,
+        at: u64,
+        records: &[Bytes],
+    ) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let h = match slot.handles.upgrade() {
+            Some(h) => h,
+            None => {
+                let h = self.get(id)?;
+                slot.handles = Arc::downgrade(&h);
+                h
+            }
+        };
         let bytes: usize = records
             .iter()
             .map(|r| r.len() + FRAME_HEADER as usize)
             .sum();
         let mut data = Vec::with_capacity(bytes);
-        let mut index = Vec::with_capacity(records.len() * 8);
-        let mut pos = at;
         for r in records {
             data.extend_from_slice(&format::frame_header(r));
             data.extend_from_slice(r);
-            index.extend_from_slice(&pos.to_le_bytes());
-            pos += r.len() as u64;
         }
         self.faults.check(Point::DataWrite)?;
         h.data
             .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        if !slot.marked {
+            self.dirty.lock().insert(id);
+            slot.marked = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the start positions of own records `count..` to the index
+    /// file of `id`.
+    pub fn write_index(&self, id: u64, count: u64, starts: &[u64]) -> Result<(), StorageError> {
+        if starts.is_empty() {
+            return Ok(());
+        }
+        let h = self.get(id)?;
+        let index: Vec<u8> = starts.iter().flat_map(|p| p.to_le_bytes()).collect();
         self.faults.check(Point::IndexWrite)?;
         h.index.write_all_at(&index, format::index_len(count))?;
         self.dirty.lock().insert(id);

@@ -11,7 +11,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::StreamMeta;
+use crate::offset::Offset;
+use crate::storage::model::ProducerState;
+use crate::storage::{Millis, ProducerHeaders, StreamMeta};
 
 /// The format version written by this code.
 pub const VERSION: u32 = 1;
@@ -148,6 +150,54 @@ pub enum Op {
     },
     /// The incarnation `id` of `name` no longer exists.
     Remove { name: String, id: u64 },
+    /// An append to the existing incarnation `id` of `name`: the entry's
+    /// next `records` records are appended, ending exactly at `tail`, and
+    /// only what the append changed is carried (the previous state is
+    /// whatever the checkpoint and earlier entries left). A `Put` carried
+    /// the whole metadata, every producer's state included: with 64
+    /// producers on a stream each append cloned and encoded all 64.
+    Append(Box<AppendOp>),
+}
+
+/// The changes of one append ([`Op::Append`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOp {
+    pub name: String,
+    pub id: u64,
+    pub records: u32,
+    /// The tail after the records.
+    pub tail: Offset,
+    pub last_access: Millis,
+    /// The producer whose state this append set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<(String, ProducerState)>,
+    /// The new `Stream-Seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_seq: Option<String>,
+    /// The append closed the stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close: bool,
+    /// The headers of the producer whose append closed the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<ProducerHeaders>,
+}
+
+impl AppendOp {
+    /// Applies the change to `meta` (the stream's state before the append).
+    pub fn apply_to(&self, meta: &mut StreamMeta) {
+        meta.tail = self.tail;
+        meta.last_access = self.last_access;
+        if let Some((id, state)) = &self.producer {
+            meta.producers.insert(id.clone(), *state);
+        }
+        if let Some(seq) = &self.stream_seq {
+            meta.last_stream_seq = Some(seq.clone());
+        }
+        if self.close {
+            meta.closed = true;
+            meta.closed_by = self.closed_by.clone();
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -191,6 +241,7 @@ pub fn decode_entry(payload: &[u8]) -> Result<(Vec<Op>, Vec<Bytes>), String> {
         .iter()
         .map(|op| match op {
             Op::Put { records, .. } => *records as usize,
+            Op::Append(a) => a.records as usize,
             Op::Remove { .. } => 0,
         })
         .sum();

@@ -6,12 +6,21 @@
 //! Under the stream's lock an append is planned with
 //! [`model::plan_append`], its records are written (page cache, no sync) past
 //! the stream's tail in its data file, and *one* WAL entry carrying the
-//! records together with the stream's whole new metadata (tail, producer
-//! state, `Stream-Seq`, closure) is queued. The lock is then released and the
-//! caller waits until the committer has synced that entry, so concurrent
-//! appends, to one stream or many, share one `fdatasync` ([`wal`]). Multi-stream
-//! changes (a fork and its source's refcount, a delete cascade) are one entry
-//! too: everything an operation changes is atomic on disk.
+//! records together with what the append changed (tail, the one producer's
+//! state, `Stream-Seq`, closure: [`format::Op::Append`]) is queued. The lock
+//! is then released and the caller waits until the committer has synced that
+//! entry, so concurrent appends, to one stream or many, share one
+//! `fdatasync` ([`wal`]). Multi-stream changes (a fork and its source's
+//! refcount, a delete cascade) are one entry too: everything an operation
+//! changes is atomic on disk.
+//!
+//! The entry used to be a `Put` of the whole metadata, cloned and encoded
+//! under the lock: with 64 idempotent producers on a stream, every append
+//! encoded all 64 states. And an append's record starts go to the stream's
+//! in-memory index only; the checkpoint writes them to the index file
+//! before the snapshot that relies on them, which takes one of the two
+//! `pwrite`s per append (strace) out from under the lock. Recovery
+//! rewrites the index entries of everything it replays.
 //!
 //! # Readers see only durable data
 //!
@@ -94,6 +103,12 @@ struct Stream {
     /// Start position of each own record; loaded from the index file on
     /// first use, then kept in step with appends.
     starts: Option<Vec<u64>>,
+    /// Own records whose starts are in the index file: appends keep them in
+    /// `starts` only, and the next checkpoint writes them (see the module
+    /// docs).
+    indexed: u64,
+    /// The way to its files (see [`files::Slot`]).
+    slot: files::Slot,
     /// LSN of the last WAL entry that changed this stream.
     last_lsn: u64,
     /// Set (under the lock) when the stream leaves the map: a caller that
@@ -110,6 +125,9 @@ impl Stream {
 type StreamRef = Arc<Mutex<Stream>>;
 type Streams = HashMap<String, StreamRef>;
 type Guard = ArcMutexGuard<RawMutex, Stream>;
+/// A stream's index entries not yet in its index file: the stream, its
+/// incarnation, the first own record they describe, and the starts.
+type Unindexed = (StreamRef, u64, u64, Vec<u64>);
 
 /// The changes of one multi-stream operation, applied in memory under the
 /// locks it holds and queued as one WAL entry.
@@ -255,8 +273,10 @@ impl FileStorage {
             .map(|(name, meta)| {
                 let s = Stream {
                     name: name.clone(),
+                    indexed: recover::own(&meta).0,
                     meta,
                     starts: None,
+                    slot: files::Slot::default(),
                     last_lsn: 0,
                     removed: false,
                 };
@@ -796,7 +816,9 @@ impl Inner {
         Ok(Created::New(Box::new(Stream {
             name: name.to_string(),
             meta,
+            indexed: starts.len() as u64,
             starts: Some(starts),
+            slot: files::Slot::default(),
             last_lsn: 0,
             removed: false,
         })))
@@ -882,39 +904,46 @@ impl Inner {
             }
             Err(e) => return answer(Err(e)),
         };
-        let mut meta = s.meta.clone();
-        let from = meta.tail;
-        model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
-        let op = Op::Put {
+        let from = s.meta.tail;
+        let op = Op::Append(Box::new(format::AppendOp {
             name: name.to_string(),
-            meta: Box::new(meta.clone()),
+            id: s.meta.id,
             records: plan.records.len() as u32,
-        };
+            tail: plan.new_tail,
+            last_access: req.now,
+            producer: plan.producer.clone(),
+            stream_seq: plan.stream_seq.clone(),
+            close: plan.close,
+            closed_by: if plan.close {
+                req.producer.clone()
+            } else {
+                None
+            },
+        }));
         let entry = format::encode_entry(std::slice::from_ref(&op), &plan.records);
-        // Nothing has changed yet: a full disk here, or a failed write of
-        // the data file, leaves tail, producer state and data as they were
-        // (bytes written past the tail are overwritten by the next append).
+        // Nothing has changed yet: a failed write of the data file, or a
+        // full disk refusing the entry's WAL room, leaves tail, producer
+        // state and data as they were (bytes written past the tail are
+        // overwritten by the next append).
+        let (count, _) = s.own();
         let written = self
-            .wal
-            .claim(wal::framed(entry.len()), wal::HEADROOM)
-            .and_then(|claim| {
-                let (count, _) = s.own();
-                self.files
-                    .append(
-                        s.meta.id,
-                        s.meta.base,
-                        count,
-                        s.meta.tail.pos,
-                        &plan.records,
-                    )
-                    .map(|()| claim)
-            });
-        let claim = match written {
-            Ok(c) => c,
+            .ensure_index(&mut s)
+            .and_then(|()| {
+                let s = &mut *s;
+                self.files.append_data(
+                    &mut s.slot,
+                    s.meta.id,
+                    s.meta.base,
+                    count,
+                    s.meta.tail.pos,
+                    &plan.records,
+                )
+            })
+            .and_then(|()| self.wal.submit_claimed(&entry, wal::HEADROOM));
+        let lsn = match written {
+            Ok(lsn) => lsn,
             Err(e) => return answer(Err(e)),
         };
-        let lsn = self.wal.submit(&entry);
-        drop(claim);
         let mut pos = s.meta.tail.pos;
         if let Some(starts) = s.starts.as_mut() {
             for r in &plan.records {
@@ -922,7 +951,7 @@ impl Inner {
                 pos += r.len() as u64;
             }
         }
-        s.meta = meta;
+        model::apply_write(&mut s.meta, &plan, req.producer.as_ref(), req.now);
         s.last_lsn = lsn;
         let info = s.meta.info();
         let mut wake = wake_of(&s.meta);
@@ -1215,7 +1244,9 @@ impl Inner {
         Ok(Box::new(Stream {
             name: name.to_string(),
             meta,
+            indexed: starts.len() as u64,
             starts: Some(starts),
+            slot: files::Slot::default(),
             last_lsn: 0,
             removed: false,
         }))
@@ -1226,15 +1257,25 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), StorageError> {
         let _one = self.checkpointing.lock();
         self.wal.check()?;
-        let (snapshot, dirty, unlink) = {
+        let mut unindexed = Vec::new();
+        let (snapshot, mut dirty, unlink) = {
             let _gate = self.gate.write();
             self.wal.wait(self.wal.last_submitted())?;
-            let streams: Vec<(String, StreamMeta)> = self
-                .streams
-                .read()
-                .iter()
-                .map(|(n, s)| (n.clone(), s.lock().meta.clone()))
-                .collect();
+            let map = self.streams.read();
+            let mut streams = Vec::with_capacity(map.len());
+            for (n, s) in map.iter() {
+                let mut g = s.lock();
+                // The dirty set is taken below, in this same cut.
+                g.slot.marked = false;
+                if let Some(starts) = &g.starts
+                    && starts.len() as u64 > g.indexed
+                {
+                    let tail = starts[g.indexed as usize..].to_vec();
+                    unindexed.push((Arc::clone(s), g.meta.id, g.indexed, tail));
+                }
+                streams.push((n.clone(), g.meta.clone()));
+            }
+            drop(map);
             let segment = self.wal.rotate()?;
             let snapshot = format::Checkpoint {
                 wal_segment: segment,
@@ -1247,7 +1288,10 @@ impl Inner {
                 std::mem::take(&mut *self.pending_unlink.lock()),
             )
         };
-        let r = self.write_checkpoint(&snapshot, &dirty);
+        dirty.extend(unindexed.iter().map(|u| u.1));
+        let r = self
+            .write_indexes(unindexed)
+            .and_then(|()| self.write_checkpoint(&snapshot, &dirty));
         if r.is_err() {
             // Try again next time with the same work.
             self.pending_unlink.lock().extend(unlink);
@@ -1270,6 +1314,20 @@ impl Inner {
         }
         wal::sync_dir(&self.wal_dir)?;
         wal::sync_dir(self.files.dir())?;
+        Ok(())
+    }
+
+    /// Writes the index entries that appends kept in memory only, for the
+    /// snapshot about to rely on them. A stream's `indexed` moves only once
+    /// its entries are written, so a failure leaves them to the next try.
+    fn write_indexes(&self, unindexed: Vec<Unindexed>) -> Result<(), StorageError> {
+        for (stream, id, from, starts) in unindexed {
+            self.files.write_index(id, from, &starts)?;
+            let mut s = stream.lock();
+            if s.meta.id == id {
+                s.indexed = s.indexed.max(from + starts.len() as u64);
+            }
+        }
         Ok(())
     }
 

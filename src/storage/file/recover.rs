@@ -239,6 +239,28 @@ fn apply(
                 *next_id = (*next_id).max(meta.id + 1);
                 streams.insert(name, *meta);
             }
+            Op::Append(a) => {
+                let recs: Vec<Bytes> = records.by_ref().take(a.records as usize).collect();
+                let Some(cur) = streams.get_mut(&a.name).filter(|m| m.id == a.id) else {
+                    return Err(StorageError::Corrupt(format!(
+                        "WAL appends to stream {:?} as {}, which does not exist",
+                        a.name, a.id
+                    )));
+                };
+                if checked.insert(cur.id) {
+                    let (count, bytes) = own(cur);
+                    files.truncate(cur.id, cur.base, count, bytes)?;
+                }
+                let from = cur.tail;
+                if model::advance(from, &recs) != a.tail {
+                    return Err(StorageError::Corrupt(format!(
+                        "WAL records of {:?} do not reach its tail",
+                        a.name
+                    )));
+                }
+                files.append(cur.id, cur.base, from.seq - cur.base.seq, from.pos, &recs)?;
+                a.apply_to(cur);
+            }
             Op::Remove { name, id } => {
                 if streams.get(&name).is_some_and(|m| m.id == id) {
                     streams.remove(&name);
