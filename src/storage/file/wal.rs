@@ -44,6 +44,15 @@ use super::format::{self, WAL_HEADER_LEN, WAL_MAGIC};
 use crate::config::SyncMode;
 use crate::storage::StorageError;
 
+/// How long the committer lets concurrent appends gather before a sync
+/// when the previous batch had several (see `run`). A sync here takes
+/// ~250 µs (`dd oflag=dsync`), so batches held only 3–6 of 64 appends in
+/// flight and the committer spent ~8 µs of CPU per append; with the pause,
+/// server CPU per append measured 1–2 µs lower side by side (append1 35.0
+/// vs 36.9 µs, append256 40.3 vs 41.7, producer 44.4 vs 45.1). A lone writer
+/// (batches of one) never waits.
+const GATHER: Duration = Duration::from_micros(150);
+
 /// Path of WAL segment `n` under `wal_dir`.
 pub fn segment_path(wal_dir: &Path, n: u64) -> PathBuf {
     wal_dir.join(format!("{n:020}.log"))
@@ -459,6 +468,10 @@ impl Wal {
 
     fn run(&self) {
         let mut last_sync = Instant::now();
+        let mut covered = 0u64;
+        // Entries in the previous batch: more than one means writers are
+        // concurrent, and waiting a moment before syncing lets more join.
+        let mut last_batch = 0u64;
         loop {
             let (batch, upto, stop) = {
                 let mut q = self.queue.lock();
@@ -473,8 +486,17 @@ impl Wal {
                         self.work.wait(&mut q);
                     }
                 }
+                if self.sync == SyncMode::Always && last_batch > 1 && !q.stop {
+                    drop(q);
+                    std::thread::sleep(GATHER);
+                    q = self.queue.lock();
+                }
                 (std::mem::take(&mut q.buf), q.last, q.stop)
             };
+            if upto > covered {
+                last_batch = upto - covered;
+                covered = upto;
+            }
             if !batch.is_empty() {
                 let mut seg = self.segment.lock();
                 let written = self
