@@ -138,7 +138,9 @@ enum Next {
 enum Keep {
     Yes,
     /// Close; `unread`: the client may still be sending.
-    No { unread: bool },
+    No {
+        unread: bool,
+    },
 }
 
 /// How a request's body is delimited.
@@ -234,7 +236,11 @@ impl Conn {
         let mut dec = Decoder::new(framing);
         let mut continued = false;
         let res = match framing {
-            Framing::Empty => front.handle(Request::from_parts(parts, ReqBody::Empty)).await,
+            Framing::Empty => {
+                front
+                    .handle(Request::from_parts(parts, ReqBody::Empty))
+                    .await
+            }
             Framing::Length(n) if self.buf.len() as u64 >= n => {
                 let body = self.buf.split_to(n as usize).freeze();
                 dec = Decoder::Length(0);
@@ -285,7 +291,9 @@ impl Conn {
         keep_alive &= !shutdown.is_cancelled();
         let keep = self.respond(res, is_head, version, keep_alive).await?;
         if !keep {
-            return Ok(Keep::No { unread: !dec.done() });
+            return Ok(Keep::No {
+                unread: !dec.done(),
+            });
         }
         if drain && !self.drain(&mut dec).await {
             return Ok(Keep::No { unread: true });
@@ -370,18 +378,18 @@ impl Conn {
             let frame = match head.as_ref() {
                 // The first frame goes out with the head when it is ready
                 // now; otherwise the head leaves alone, at once.
-                Some(h) => match std::future::poll_fn(|cx| {
-                    Poll::Ready(Pin::new(&mut body).poll_frame(cx))
-                })
-                .await
-                {
-                    Poll::Ready(f) => f,
-                    Poll::Pending => {
-                        write_all(&self.tcp, &mut [IoSlice::new(h)], self.t.send).await?;
-                        head = None;
-                        continue;
+                Some(h) => {
+                    match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+                        .await
+                    {
+                        Poll::Ready(f) => f,
+                        Poll::Pending => {
+                            write_all(&self.tcp, &mut [IoSlice::new(h)], self.t.send).await?;
+                            head = None;
+                            continue;
+                        }
                     }
-                },
+                }
                 None => next_frame(&self.tcp, &mut body, &mut watch).await?,
             };
             let data = match frame {
@@ -598,7 +606,11 @@ fn date() -> [u8; 29] {
 
 /// Writes all of `bufs` (vectored); fails once a write makes no progress
 /// for `send`.
-async fn write_all(tcp: &TcpStream, mut bufs: &mut [IoSlice<'_>], send: Duration) -> io::Result<()> {
+async fn write_all(
+    tcp: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    send: Duration,
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         match tcp.try_write_vectored(bufs) {
@@ -686,7 +698,9 @@ async fn feed(
             }
             Ok(Decoded::Done) => return slot.end(),
             Ok(Decoded::More) => {}
-            Err(msg) => return slot.put(Err(io::Error::new(io::ErrorKind::InvalidData, msg)), true),
+            Err(msg) => {
+                return slot.put(Err(io::Error::new(io::ErrorKind::InvalidData, msg)), true);
+            }
         }
         if let Some(continued) = expect.take()
             && !*continued
@@ -845,7 +859,10 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
         size = size << 4 | u64::from((b as char).to_digit(16).unwrap_or(0) as u8);
     }
     let rest = &line[digits..];
-    let rest = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
     if rest.is_empty() || rest[0] == b';' {
         Ok(size)
     } else {
