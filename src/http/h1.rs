@@ -211,7 +211,12 @@ impl Conn {
             match self.tcp.try_read_buf(&mut self.buf) {
                 Ok(0) => return Ok(Next::Closed),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        // Stale readiness: nothing came; wait without a buffer.
+                        self.buf = BytesMut::new();
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -275,6 +280,10 @@ impl Conn {
             }
         };
         let Ok(res) = res;
+        if self.buf.is_empty() {
+            // Not held through a long response (an SSE stream).
+            self.buf = BytesMut::new();
+        }
         let mut drain = false;
         if !dec.done() {
             if expect_continue && !continued {
