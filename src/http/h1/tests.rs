@@ -300,6 +300,8 @@ async fn pair() -> (Conn, tokio::net::TcpStream) {
             header_read: Duration::from_secs(5),
             send: Duration::from_secs(5),
         },
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+        cancelled: Box::pin(CancellationToken::new().cancelled_owned()),
     };
     (conn, client.unwrap())
 }
