@@ -69,6 +69,10 @@ const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 4096;
 /// Buffered bodies up to this are copied out of the read buffer.
 const COPY_BODY: usize = 2048;
+/// Most buffers in one response writev, and most bytes of body frames
+/// gathered for it.
+const MAX_SEGS: usize = 16;
+const BATCH_BYTES: usize = 64 * 1024;
 /// Largest read for a request body.
 const BODY_READ: usize = 64 * 1024;
 /// An unread request body up to this is drained after the response to keep
@@ -394,85 +398,85 @@ impl Conn {
                 .await
                 .map(|()| keep);
         }
-        let mut head = Some(head);
+        // Every frame the body has ready now goes out in one writev with
+        // the head or the frames before it (as hyper flushes only when the
+        // body is pending): SSE events and the control event after them
+        // arrive together, and a burst costs one syscall.
+        let mut segs = vec![Bytes::from(head)];
         let mut left = length.unwrap_or(u64::MAX);
         let mut watch = true;
+        let mut waited = None;
         loop {
-            if let Out::Length(_) = out
-                && left == 0
-            {
-                break;
-            }
-            let frame = match head.as_ref() {
-                // The first frame goes out with the head when it is ready
-                // now; otherwise the head leaves alone, at once.
-                Some(h) => {
-                    match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
-                        .await
+            let mut ended = false;
+            let mut batch = 0;
+            loop {
+                if matches!(out, Out::Length(_)) && left == 0 {
+                    ended = true;
+                    break;
+                }
+                let frame = match waited.take() {
+                    Some(f) => f,
+                    None if batch >= BATCH_BYTES || segs.len() + 4 > MAX_SEGS => break,
+                    None => match std::future::poll_fn(|cx| {
+                        Poll::Ready(Pin::new(&mut body).poll_frame(cx))
+                    })
+                    .await
                     {
                         Poll::Ready(f) => f,
-                        Poll::Pending => {
-                            write_all(&self.tcp, &mut [IoSlice::new(h)], self.t.send).await?;
-                            head = None;
-                            continue;
-                        }
+                        Poll::Pending => break,
+                    },
+                };
+                let data = match frame {
+                    None => {
+                        ended = true;
+                        break;
                     }
-                }
-                None => next_frame(&self.tcp, &mut body, &mut watch).await?,
-            };
-            let data = match frame {
-                None => break,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) if !d.is_empty() => d,
-                    _ => continue,
-                },
-            };
-            let h: &[u8] = head.as_deref().unwrap_or_default();
-            match out {
-                Out::Chunked => {
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) if !d.is_empty() => d,
+                        _ => continue,
+                    },
+                };
+                batch += data.len();
+                if let Out::Chunked = out {
                     let mut size = [0u8; 18];
-                    let size = chunk_size_line(data.len(), &mut size);
-                    let tail: &[u8] = if body.is_end_stream() {
-                        left = 0;
-                        b"\r\n0\r\n\r\n"
-                    } else {
-                        b"\r\n"
-                    };
-                    let mut bufs = [
-                        IoSlice::new(h),
-                        IoSlice::new(size),
-                        IoSlice::new(&data),
-                        IoSlice::new(tail),
-                    ];
-                    write_all(&self.tcp, &mut bufs, self.t.send).await?;
-                    if left == 0 {
-                        return Ok(keep);
-                    }
-                }
-                _ => {
+                    segs.push(Bytes::copy_from_slice(chunk_size_line(
+                        data.len(),
+                        &mut size,
+                    )));
+                    segs.push(data);
+                    segs.push(Bytes::from_static(b"\r\n"));
+                } else {
                     if data.len() as u64 > left {
                         return Err(io::Error::other("body longer than its size"));
                     }
                     left -= data.len() as u64;
-                    let mut bufs = [IoSlice::new(h), IoSlice::new(&data)];
-                    write_all(&self.tcp, &mut bufs, self.t.send).await?;
+                    segs.push(data);
                 }
             }
-            head = None;
-        }
-        let h: &[u8] = head.as_deref().unwrap_or_default();
-        match out {
-            Out::Chunked => {
-                let mut bufs = [IoSlice::new(h), IoSlice::new(b"0\r\n\r\n")];
-                write_all(&self.tcp, &mut bufs, self.t.send).await?;
+            if ended {
+                match out {
+                    Out::Chunked => segs.push(Bytes::from_static(b"0\r\n\r\n")),
+                    Out::Length(_) if left != 0 => {
+                        return Err(io::Error::other("body shorter than its size"));
+                    }
+                    _ => {}
+                }
             }
-            Out::Length(_) if left != 0 => {
-                return Err(io::Error::other("body shorter than its size"));
+            if !segs.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SEGS];
+                for (slot, seg) in slices.iter_mut().zip(&segs) {
+                    *slot = IoSlice::new(seg);
+                }
+                write_all(&self.tcp, &mut slices[..segs.len()], self.t.send).await?;
             }
-            _ => write_all(&self.tcp, &mut [IoSlice::new(h)], self.t.send).await?,
+            if ended {
+                return Ok(keep);
+            }
+            // Nothing held while a long response (SSE) waits.
+            segs = Vec::new();
+            waited = Some(next_frame(&self.tcp, &mut body, &mut watch).await?);
         }
-        Ok(keep)
     }
 
     /// Answers a head that cannot be served; the connection closes after.
