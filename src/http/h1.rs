@@ -11,6 +11,14 @@
 //! drops it again once the buffered input is used up. Response heads are
 //! written into one small buffer sent together with the body by `writev`.
 //!
+//! Measured against hyper (same binary, `--http-engine hyper`, alternating
+//! runs on a shared 2-core machine): 1.8 vs 15.3 KiB of server RSS per idle
+//! keep-alive connection and 10.5 vs 17.3 KiB per idle SSE subscriber (1,000
+//! of each); 28k vs 35k instructions (callgrind) and 18-22 vs 25-29 us of
+//! server CPU per 1-byte append; after ~130k such appends to the memory
+//! backend 41-46 MB vs 520-600 MB RSS (small bodies are copied out of the
+//! read buffer instead of pinning it, below).
+//!
 //! What it does (and what it refuses):
 //!
 //! * Heads are parsed with `httparse`: malformed heads answer 400, heads
