@@ -82,6 +82,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which code serves HTTP/1.1 connections (HTTP/2 always goes to hyper).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpEngine {
+    /// Our own connection loop (`src/http/h1.rs`): less CPU per request and
+    /// no fixed buffers held by idle connections.
+    Native,
+    /// hyper's HTTP/1.1 server, as before the native loop (for comparison).
+    Hyper,
+}
+
 /// A secret string (a bearer token) whose `Debug` output is redacted, so
 /// that logging a configuration never leaks it.
 #[derive(Clone, PartialEq, Eq)]
@@ -169,6 +179,8 @@ pub struct ServerConfig {
     /// A connection whose client accepts no response bytes for this long
     /// (a consumer that stopped reading) is closed.
     pub send_timeout: Duration,
+    /// Which code serves HTTP/1.1 connections.
+    pub http_engine: HttpEngine,
     pub limits: Limits,
     /// Cap on the stream bytes the memory backend holds (0: no cap); writes
     /// past it answer 507 until deletes or expiry free room.
@@ -204,6 +216,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            http_engine: HttpEngine::Native,
             limits: Limits::default(),
             memory_limit_bytes: 0,
             cors_origins: vec!["*".to_string()],

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use durable_streams::backup::{self, Existing};
 use durable_streams::config::{
-    self, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,
+    self, HttpEngine, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,
 };
 
 #[derive(Parser)]
@@ -145,6 +145,9 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Which code serves HTTP/1.1 connections.
+    #[arg(long, value_enum)]
+    http_engine: Option<HttpEngine>,
 }
 
 impl ServeArgs {
@@ -175,6 +178,7 @@ impl ServeArgs {
         }
         set(&mut c.log_level, self.log_level);
         set(&mut c.log_format, self.log_format);
+        set(&mut c.http_engine, self.http_engine);
     }
 }
 

@@ -139,7 +139,13 @@ pub async fn run(
         header_read: state.config.header_read_timeout,
         send: state.config.send_timeout,
     };
-    let server = crate::http::serve::serve(listener, front, timeouts, token.clone());
+    let server = crate::http::serve::serve(
+        listener,
+        front,
+        timeouts,
+        state.config.http_engine,
+        token.clone(),
+    );
     let mut server = tokio::spawn(server);
     tokio::select! {
         res = &mut server => res??,

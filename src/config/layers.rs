@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
-use super::{LogFormat, Secret, ServerConfig, StorageKind, SyncMode, parse_duration};
+use super::{HttpEngine, LogFormat, Secret, ServerConfig, StorageKind, SyncMode, parse_duration};
 
 /// Every configuration key, in the order `config.example.toml` documents them.
 pub const KEYS: &[&str] = &[
@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "header_read_timeout",
     "body_read_timeout",
     "send_timeout",
+    "http_engine",
     "chunk_bytes",
     "max_body_bytes",
     "max_name_bytes",
@@ -243,6 +244,7 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         "header_read_timeout" => c.header_read_timeout = positive(v.duration()?)?,
         "body_read_timeout" => c.body_read_timeout = positive(v.duration()?)?,
         "send_timeout" => c.send_timeout = positive(v.duration()?)?,
+        "http_engine" => c.http_engine = v.choice::<HttpEngine>()?,
         "chunk_bytes" => {
             let n = v.size("1048576")?;
             if n == 0 {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod compress;
 pub mod error;
 pub mod front;
+pub mod h1;
 pub mod headers;
 pub mod ops;
 pub mod read;
