@@ -89,7 +89,7 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 fn unauthorized(challenge: &'static str, detail: &str) -> Response {
     ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", detail)
-        .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
+        .with_header(header::WWW_AUTHENTICATE, challenge)
         .into_response()
 }
 
@@ -155,7 +155,7 @@ pub fn check(
                 scope.name()
             ),
         )
-        .with_header(header::WWW_AUTHENTICATE.as_str(), challenge)
+        .with_header(header::WWW_AUTHENTICATE, challenge)
         .into_response(),
     )
 }

@@ -2,7 +2,7 @@
 //! (RFC 9457) with a stable `code`, plus the protocol headers some errors
 //! must carry (closure, producer epoch, expected sequence).
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ pub struct ApiError {
     /// What went wrong and what to do about it, for humans.
     pub detail: String,
     /// Protocol headers to attach.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 impl ApiError {
@@ -36,7 +36,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl ToString) -> Self {
+    pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
         self.headers.push((name, value.to_string()));
         self
     }
@@ -130,7 +130,7 @@ impl From<StorageError> for ApiError {
                     "STORAGE_UNAVAILABLE",
                     "storage is temporarily unavailable; retry shortly",
                 )
-                .with_header("retry-after", 1)
+                .with_header(header::RETRY_AFTER, 1)
             }
             E::Io(_) | E::Corrupt(_) => {
                 tracing::error!(error = %detail, "storage failure");

@@ -2,31 +2,32 @@
 //! headers, query parameters and stream names. No I/O; every function either
 //! returns a typed value or an [`ApiError`] that says what to fix.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
 use super::error::ApiError;
 use crate::offset::{Offset, ReadFrom};
 use crate::storage::{Expiry, ForkSpec, Millis, ProducerHeaders};
 
-pub const STREAM_NEXT_OFFSET: &str = "stream-next-offset";
-pub const STREAM_CLOSED: &str = "stream-closed";
-pub const STREAM_UP_TO_DATE: &str = "stream-up-to-date";
-pub const STREAM_CURSOR: &str = "stream-cursor";
-pub const STREAM_SEQ: &str = "stream-seq";
-pub const STREAM_TTL: &str = "stream-ttl";
-pub const STREAM_EXPIRES_AT: &str = "stream-expires-at";
-pub const STREAM_FORKED_FROM: &str = "stream-forked-from";
-pub const STREAM_FORK_OFFSET: &str = "stream-fork-offset";
-pub const STREAM_FORK_SUB_OFFSET: &str = "stream-fork-sub-offset";
-pub const STREAM_SSE_DATA_ENCODING: &str = "stream-sse-data-encoding";
-pub const PRODUCER_ID: &str = "producer-id";
-pub const PRODUCER_EPOCH: &str = "producer-epoch";
-pub const PRODUCER_SEQ: &str = "producer-seq";
-pub const PRODUCER_EXPECTED_SEQ: &str = "producer-expected-seq";
-pub const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
+pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
+pub const STREAM_CLOSED: HeaderName = HeaderName::from_static("stream-closed");
+pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
+pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
+pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
+pub const STREAM_TTL: HeaderName = HeaderName::from_static("stream-ttl");
+pub const STREAM_EXPIRES_AT: HeaderName = HeaderName::from_static("stream-expires-at");
+pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
+pub const STREAM_FORK_OFFSET: HeaderName = HeaderName::from_static("stream-fork-offset");
+pub const STREAM_FORK_SUB_OFFSET: HeaderName = HeaderName::from_static("stream-fork-sub-offset");
+pub const STREAM_SSE_DATA_ENCODING: HeaderName =
+    HeaderName::from_static("stream-sse-data-encoding");
+pub const PRODUCER_ID: HeaderName = HeaderName::from_static("producer-id");
+pub const PRODUCER_EPOCH: HeaderName = HeaderName::from_static("producer-epoch");
+pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
+pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
+pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
 
 /// Headers a browser page may read (CORS `Access-Control-Expose-Headers`).
-pub const EXPOSED: &[&str] = &[
+pub static EXPOSED: [HeaderName; 15] = [
     STREAM_NEXT_OFFSET,
     STREAM_CLOSED,
     STREAM_UP_TO_DATE,
@@ -38,10 +39,10 @@ pub const EXPOSED: &[&str] = &[
     PRODUCER_SEQ,
     PRODUCER_EXPECTED_SEQ,
     PRODUCER_RECEIVED_SEQ,
-    "etag",
-    "location",
-    "content-type",
-    "retry-after",
+    HeaderName::from_static("etag"),
+    HeaderName::from_static("location"),
+    HeaderName::from_static("content-type"),
+    HeaderName::from_static("retry-after"),
 ];
 
 /// Largest integer a JavaScript client can represent exactly (2^53 - 1).
@@ -49,7 +50,7 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// A header's value as text; `None` when absent. Non-ASCII values and a
 /// header sent twice (which value would count is ambiguous) are a 400.
-pub fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+pub fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
@@ -86,8 +87,8 @@ pub fn strict_uint(s: &str) -> Option<u64> {
 
 /// `Stream-TTL` / `Stream-Expires-At`: at most one, well-formed.
 pub fn expiry(headers: &HeaderMap) -> Result<Option<Expiry>, ApiError> {
-    let ttl = text(headers, STREAM_TTL)?;
-    let at = text(headers, STREAM_EXPIRES_AT)?;
+    let ttl = text(headers, &STREAM_TTL)?;
+    let at = text(headers, &STREAM_EXPIRES_AT)?;
     match (ttl, at) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "CONFLICTING_EXPIRY",
@@ -120,7 +121,7 @@ pub fn format_expires_at(at: Millis) -> String {
         .unwrap_or_default()
 }
 
-fn producer_int(name: &str, v: &str) -> Result<u64, ApiError> {
+fn producer_int(name: &HeaderName, v: &str) -> Result<u64, ApiError> {
     strict_uint(v.trim())
         .filter(|n| *n <= MAX_SAFE_INTEGER)
         .ok_or_else(|| {
@@ -133,9 +134,9 @@ fn producer_int(name: &str, v: &str) -> Result<u64, ApiError> {
 
 /// The idempotent-producer headers: all three or none.
 pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError> {
-    let id = text(headers, PRODUCER_ID)?;
-    let epoch = text(headers, PRODUCER_EPOCH)?;
-    let seq = text(headers, PRODUCER_SEQ)?;
+    let id = text(headers, &PRODUCER_ID)?;
+    let epoch = text(headers, &PRODUCER_EPOCH)?;
+    let seq = text(headers, &PRODUCER_SEQ)?;
     match (id, epoch, seq) {
         (None, None, None) => Ok(None),
         (Some(id), Some(epoch), Some(seq)) => {
@@ -147,8 +148,8 @@ pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError
             }
             Ok(Some(ProducerHeaders {
                 id: id.to_string(),
-                epoch: producer_int(PRODUCER_EPOCH, epoch)?,
-                seq: producer_int(PRODUCER_SEQ, seq)?,
+                epoch: producer_int(&PRODUCER_EPOCH, epoch)?,
+                seq: producer_int(&PRODUCER_SEQ, seq)?,
             }))
         }
         _ => Err(ApiError::bad_request(
@@ -160,7 +161,7 @@ pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError
 
 /// `Stream-Seq`: any non-empty opaque string.
 pub fn stream_seq(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match text(headers, STREAM_SEQ)? {
+    match text(headers, &STREAM_SEQ)? {
         Some("") => Err(ApiError::bad_request(
             "INVALID_STREAM_SEQ",
             "Stream-Seq must not be empty",
@@ -171,9 +172,9 @@ pub fn stream_seq(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// The fork headers of a `PUT`, with the source resolved to a stream name.
 pub fn fork(headers: &HeaderMap, mount: &str) -> Result<Option<ForkSpec>, ApiError> {
-    let from = text(headers, STREAM_FORKED_FROM)?;
-    let offset = text(headers, STREAM_FORK_OFFSET)?;
-    let sub = text(headers, STREAM_FORK_SUB_OFFSET)?;
+    let from = text(headers, &STREAM_FORKED_FROM)?;
+    let offset = text(headers, &STREAM_FORK_OFFSET)?;
+    let sub = text(headers, &STREAM_FORK_SUB_OFFSET)?;
     let Some(from) = from else {
         if offset.is_some() || sub.is_some() {
             return Err(ApiError::bad_request(
@@ -374,9 +375,12 @@ mod tests {
     fn a_header_sent_twice_is_refused() {
         let mut h = HeaderMap::new();
         h.append(PRODUCER_SEQ, "0".parse().unwrap());
-        assert_eq!(text(&h, PRODUCER_SEQ).unwrap(), Some("0"));
+        assert_eq!(text(&h, &PRODUCER_SEQ).unwrap(), Some("0"));
         h.append(PRODUCER_SEQ, "5".parse().unwrap());
-        assert_eq!(text(&h, PRODUCER_SEQ).unwrap_err().code, "DUPLICATE_HEADER");
+        assert_eq!(
+            text(&h, &PRODUCER_SEQ).unwrap_err().code,
+            "DUPLICATE_HEADER"
+        );
     }
 
     #[test]

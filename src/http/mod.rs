@@ -121,12 +121,7 @@ pub fn router(state: AppState) -> Router {
             Method::OPTIONS,
         ]))
         .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers(
-            headers::EXPOSED
-                .iter()
-                .map(|h| HeaderName::from_static(h))
-                .collect::<Vec<_>>(),
-        )
+        .expose_headers(headers::EXPOSED.to_vec())
         .max_age(std::time::Duration::from_secs(86400));
     Router::new()
         .route("/v1/stream/__ds/jwks.json", get(sub_api::jwks))

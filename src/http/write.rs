@@ -71,7 +71,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    Ok(h::text(headers, header::CONTENT_TYPE.as_str())?
+    Ok(h::text(headers, &header::CONTENT_TYPE)?
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string))
