@@ -13,7 +13,7 @@ for line in open(path):
     if "label" in kv:
         rows[(kv["server"], kv["label"])] = kv
 
-SERVERS = ["ours-memory", "ours-file", "ours-acid", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
 
 
 def f(server, label, key):

@@ -18,7 +18,7 @@ SCRATCH=${BENCH_SCRATCH:-/tmp/ds-bench}
 PEER_ROOT=${PEER_ROOT:-/tmp/peer}
 NODE_DIR=${NODE_DIR:-/tmp/perf-node}
 CREATE_COUNT=${BENCH_CREATE_COUNT:-100000}
-TARGETS=${BENCH_TARGETS:-"ours-memory ours-file ours-acid axum-baseline node-memory peer-memory peer-wal"}
+TARGETS=${BENCH_TARGETS:-"ours-memory ours-memory-hyper ours-file ours-acid axum-baseline node-memory peer-memory peer-wal"}
 WORKLOADS=${BENCH_WORKLOADS:-"append1 append256 append100k producer catchup tailread fanout longpoll idle create"}
 FANOUT_SUBS=${BENCH_FANOUT_SUBS:-10000}
 LONGPOLL_SUBS=${BENCH_LONGPOLL_SUBS:-1000}
@@ -131,6 +131,8 @@ for name in $TARGETS; do
     [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
     [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
     [ "$w" = append100k ] && [[ $name = axum-baseline || $name = node-memory ]] && continue
+    # The hyper engine row compares the HTTP layer only: appends, reads, live reads.
+    [ "$name" = ours-memory-hyper ] && [[ $w = append100k || $w = catchup || $w = longpoll ]] && continue
     dir=$SCRATCH/$name-$w
     rm -rf "$dir"
     mkdir -p "$dir"

@@ -567,17 +567,62 @@ impl Inner {
             .collect();
         let id = s.meta.id;
         drop(s);
-        let chunks = reads
-            .into_iter()
-            .map(|(at, len, whole)| {
-                if whole {
-                    self.files.read_record(id, at, len)
-                } else {
-                    self.files.read(id, at, len)
+        Ok((self.read_pieces(id, &reads)?, next))
+    }
+
+    /// Reads planned pieces `(file offset, length, whole record?)` of one
+    /// data file. The pieces of one read are adjacent in the file (frames
+    /// follow each other), so they are read with one `pread` (or mapping)
+    /// of the whole span and sliced, each whole record's checksum checked;
+    /// a read of 64 KiB of 100-byte records was 650 `pread`s (~520 µs,
+    /// `benches/storage.rs`). Pieces that are not adjacent (never planned
+    /// today) are read one by one.
+    fn read_pieces(&self, id: u64, reads: &[(u64, u64, bool)]) -> Result<Vec<Bytes>, StorageError> {
+        let end_of = |&(at, len, whole): &(u64, u64, bool)| {
+            at + len + if whole { format::FRAME_HEADER } else { 0 }
+        };
+        let adjacent = reads.windows(2).all(|w| end_of(&w[0]) == w[1].0);
+        let (Some(first), Some(last), true) = (reads.first(), reads.last(), adjacent) else {
+            return reads
+                .iter()
+                .map(|&(at, len, whole)| {
+                    if whole {
+                        self.files.read_record(id, at, len)
+                    } else {
+                        self.files.read(id, at, len)
+                    }
+                })
+                .collect();
+        };
+        if reads.len() == 1 {
+            let (at, len, whole) = *first;
+            let one = if whole {
+                self.files.read_record(id, at, len)?
+            } else {
+                self.files.read(id, at, len)?
+            };
+            return Ok(vec![one]);
+        }
+        let span = self.files.read(id, first.0, end_of(last) - first.0)?;
+        reads
+            .iter()
+            .map(|&(at, len, whole)| {
+                let off = (at - first.0) as usize;
+                if !whole {
+                    return Ok(span.slice(off..off + len as usize));
+                }
+                let frame = &span[off..off + (format::FRAME_HEADER + len) as usize];
+                match format::get_frame(frame) {
+                    Ok((payload, _)) if payload.len() as u64 == len => {
+                        let start = off + format::FRAME_HEADER as usize;
+                        Ok(span.slice(start..start + len as usize))
+                    }
+                    _ => Err(StorageError::Corrupt(format!(
+                        "record at byte {at} of stream file {id:016x} fails its checksum"
+                    ))),
                 }
             })
-            .collect::<Result<_, _>>()?;
-        Ok((chunks, next))
+            .collect()
     }
 
     /// Checks that `from` is a position of the view of `stream`.
