@@ -464,3 +464,36 @@ async fn a_truncated_body_is_an_error_for_the_handler() {
     let (got, ()) = tokio::join!(reader, feed);
     assert_eq!(got.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
+
+/// A request that has arrived is served even when its connection is polled
+/// only after the head deadline (a busy server): the deadline cuts off
+/// heads that are still incomplete, not input that is waiting to be read.
+#[tokio::test]
+async fn arrived_heads_beat_an_expired_deadline() {
+    use tokio::io::AsyncWriteExt;
+    for _ in 0..32 {
+        let (mut conn, mut client) = pair().await;
+        conn.t.header_read = Duration::from_millis(20);
+        let next = conn.read_head(true);
+        tokio::pin!(next);
+        // Waiting: the deadline is set and the socket registered.
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        client
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        // The runtime is busy past the deadline: its next turn sees the
+        // request and the expired deadline at once.
+        std::thread::sleep(Duration::from_millis(60));
+        let next = next.await.unwrap();
+        assert!(matches!(next, Next::Head(_)), "request dropped");
+    }
+    // Silence, or a head that stops halfway, is still cut off.
+    let (mut conn, _client) = pair().await;
+    conn.t.header_read = Duration::from_millis(50);
+    assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+    let (mut conn, mut client) = pair().await;
+    conn.t.header_read = Duration::from_millis(50);
+    client.write_all(b"GET /x HTTP/1.1\r\nHo").await.unwrap();
+    assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+}
