@@ -79,7 +79,8 @@ fn read_all(s: &FileStorage, name: &str) -> Result<(Vec<u8>, Offset), StorageErr
 }
 
 /// What the store must hold: stream `s` with the producer's acknowledged
-/// messages, and the streams created so far.
+/// messages, and the streams created so far (empty at first).
+#[derive(Default)]
 struct Model {
     data: Vec<u8>,
     records: u64,
@@ -138,12 +139,7 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
     store.create("s", create(b"")).unwrap();
-    let mut m = Model {
-        data: Vec::new(),
-        records: 0,
-        next_seq: 0,
-        created: Vec::new(),
-    };
+    let mut m = Model::default();
     let (mut faults, mut reopens) = (0, 0);
     for round in 0..rounds {
         let when = format!("seed {seed} round {round}");
@@ -302,12 +298,7 @@ fn failed_index_write_fails_the_checkpoint_not_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.create("s", create(b"")).unwrap();
-    let mut m = Model {
-        data: Vec::new(),
-        records: 0,
-        next_seq: 0,
-        created: Vec::new(),
-    };
+    let mut m = Model::default();
     for i in 0..5u8 {
         let msg = [b'a' + i; 3];
         store.append("s", produce(&msg, m.next_seq)).unwrap();
