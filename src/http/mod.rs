@@ -95,16 +95,16 @@ impl AppState {
         if !self.storage.may_block() {
             return self.storage(move |s| s.append(&name, req)).await;
         }
-        match self.storage.try_append_staged(&name, req) {
-            Staging::Staged(staged) => {
-                let result = staged.finish().await.map_err(ApiError::from);
-                if let Err(e) = &result {
-                    self.metrics.storage_error(e.code);
-                }
-                result
-            }
-            Staging::WouldBlock(req) => self.storage(move |s| s.append(&name, req)).await,
+        let result = match self.storage.try_append_staged(&name, req) {
+            Staging::Staged(staged) => staged.finish().await,
+            Staging::Deferred(pending) => pending.await,
+            Staging::WouldBlock(req) => return self.storage(move |s| s.append(&name, req)).await,
+        };
+        let result = result.map_err(ApiError::from);
+        if let Err(e) = &result {
+            self.metrics.storage_error(e.code);
         }
+        result
     }
 }
 

@@ -35,9 +35,11 @@
 //! backend makes the same ones.
 
 pub mod acid;
+pub mod chain;
 pub mod file;
 pub mod memory;
 pub mod model;
+pub mod txn;
 pub mod view;
 
 use bytes::Bytes;
@@ -277,7 +279,14 @@ pub enum Staging<T> {
     /// Staging would have blocked: the request, untouched, for
     /// [`Storage::append`] on a blocking thread.
     WouldBlock(AppendRequest),
+    /// Queued for a batch that decides and commits it elsewhere (a database
+    /// transaction shared with other appends): await the answer itself.
+    Deferred(Pending<T>),
 }
+
+/// The answer of a call queued for a batch, resolved once it committed.
+pub type Pending<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
 /// A staged call's answer: to be given only once [`Staged::durable`] resolves.
 pub struct Staged<T> {

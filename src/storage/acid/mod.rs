@@ -37,18 +37,19 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable};
 
-use self::read::{Metas, Reader};
+use self::read::Data;
 use self::tables::{
     CONTROL, DATA, FORMAT_VERSION, KEY_FORMAT, KEY_NEXT_ID, META, STREAMS, decode_meta, map_err,
 };
 use self::writer::Op;
-use super::model::{self, Expiry, StreamMeta};
+use super::chain::{Chain, Metas};
+use super::model::{Expiry, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
     Storage, StorageError, StreamInfo, check_control,
 };
 use crate::notify::WakeHub;
-use crate::offset::{Offset, ReadFrom};
+use crate::offset::Offset;
 
 /// What the callers and the writer thread share.
 pub(super) struct Shared {
@@ -71,8 +72,8 @@ pub(super) struct Shared {
 }
 
 impl Metas for Shared {
-    fn meta(&self, name: &str) -> Option<StreamMeta> {
-        Shared::meta(self, name)
+    fn meta(&self, name: &str) -> Result<Option<StreamMeta>, StorageError> {
+        Ok(Shared::meta(self, name))
     }
 }
 
@@ -207,8 +208,6 @@ impl AcidStorage {
         meta: &StreamMeta,
         req: &ReadRequest,
     ) -> Result<ReadOutcome, StorageError> {
-        let json = model::is_json(&meta.content_type);
-        let info = meta.info();
         // Begun after the metadata was taken, so it sees every record below
         // the cached tail (the cache changes only after commits).
         // Held until the transaction is gone: a reopen after a write
@@ -216,24 +215,13 @@ impl AcidStorage {
         let db = self.shared.db()?;
         let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
-        let reader = Reader {
+        let chain = Chain {
             metas: &*self.shared,
-            data: &data,
+            records: &Data(&data),
         };
-        let start = match req.from {
-            ReadFrom::Start => Offset::ZERO,
-            ReadFrom::Tail => info.tail,
-            ReadFrom::At(o) => {
-                if o.pos > info.tail.pos {
-                    return Err(StorageError::InvalidOffset);
-                }
-                reader.validate_view(meta, o, json)?;
-                o
-            }
-        };
-        let (chunks, next) = reader.read_stitched(meta, start, info.tail, json, req.max_bytes)?;
+        let (start, chunks, next) = chain.read_from(meta, req.from, req.max_bytes)?;
         Ok(ReadOutcome {
-            info,
+            info: meta.info(),
             start,
             chunks,
             next,

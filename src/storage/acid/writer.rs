@@ -28,14 +28,15 @@ use bytes::Bytes;
 use redb::Table;
 
 use super::Shared;
-use super::read::{Metas, Reader};
+use super::read::Data;
 use super::tables::{DATA, KEY_NEXT_ID, META, STREAMS, clone_err, encode_meta, map_err};
 use crate::notify::Wake;
 use crate::offset::Offset;
-use crate::storage::model::{self, AppendPlan, ForkLink, StreamMeta};
+use crate::storage::chain::{Chain, Metas};
+use crate::storage::model::StreamMeta;
+use crate::storage::txn::{self, Fail, Txn};
 use crate::storage::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
-    StreamInfo,
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
 };
 
 /// Most ops committed together.
@@ -111,21 +112,6 @@ impl Answer {
             Answer::Restore(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Shutdown(tx) => drop(tx.send(pick(Ok(()), failed))),
         }
-    }
-}
-
-/// Why an op did not succeed.
-enum Fail {
-    /// Refused by the protocol (or a read failed): the op wrote nothing, the
-    /// batch goes on.
-    Reject(StorageError),
-    /// A write into the transaction failed: the whole batch is lost.
-    Fatal(StorageError),
-}
-
-impl From<StorageError> for Fail {
-    fn from(e: StorageError) -> Self {
-        Fail::Reject(e)
     }
 }
 
@@ -306,22 +292,22 @@ impl Writer {
             for op in ops {
                 let answer = match op {
                     Op::Create(name, req, tx) => {
-                        Answer::Create(tx, b.run(|b| b.create(&name, &req), &mut fatal_err))
+                        Answer::Create(tx, b.run(|b| txn::create(b, &name, &req), &mut fatal_err))
                     }
                     Op::Append(name, req, tx) => {
-                        Answer::Append(tx, b.run(|b| b.append(&name, &req), &mut fatal_err))
+                        Answer::Append(tx, b.run(|b| txn::append(b, &name, &req), &mut fatal_err))
                     }
                     Op::Delete(name, now, tx) => {
-                        Answer::Delete(tx, b.run(|b| b.delete(&name, now), &mut fatal_err))
+                        Answer::Delete(tx, b.run(|b| txn::delete(b, &name, now), &mut fatal_err))
                     }
                     Op::Sweep(now, tx) => {
-                        Answer::Sweep(tx, b.run(|b| b.sweep(now), &mut fatal_err))
+                        Answer::Sweep(tx, b.run(|b| txn::sweep(b, now), &mut fatal_err))
                     }
                     Op::Restore(name, restore, tx) => {
                         let (meta, records) = *restore;
                         Answer::Restore(
                             tx,
-                            b.run(|b| b.restore(&name, meta, &records), &mut fatal_err),
+                            b.run(|b| txn::restore(b, &name, meta, &records), &mut fatal_err),
                         )
                     }
                     Op::Shutdown(tx) => Answer::Shutdown(tx),
@@ -370,15 +356,19 @@ struct Batch<'s, 't> {
 }
 
 impl Metas for Batch<'_, '_> {
+    fn meta(&self, name: &str) -> Result<Option<StreamMeta>, StorageError> {
+        Ok(self.meta(name))
+    }
+}
+
+impl Batch<'_, '_> {
     fn meta(&self, name: &str) -> Option<StreamMeta> {
         match self.overlay.get(name) {
             Some(m) => m.clone(),
             None => self.shared.meta(name),
         }
     }
-}
 
-impl Batch<'_, '_> {
     /// Runs one op unless the batch is already lost.
     fn run<T>(
         &mut self,
@@ -397,39 +387,6 @@ impl Batch<'_, '_> {
                 Err(copy)
             }
         }
-    }
-
-    fn reader(&self) -> Reader<'_, Self, DataTableMut<'_>> {
-        Reader {
-            metas: self,
-            data: &self.data,
-        }
-    }
-
-    fn wake(&mut self, name: &str, meta: &StreamMeta) {
-        self.wakes
-            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
-    }
-
-    fn set(&mut self, name: &str, meta: StreamMeta) {
-        self.overlay.insert(name.to_string(), Some(meta));
-    }
-
-    fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
-        let mut at = start;
-        for r in records {
-            self.data
-                .insert((id, at.pos), (at.seq, r.as_ref()))
-                .map_err(fatal)?;
-            at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
-        }
-        Ok(())
     }
 
     /// Writes the committed metadata of streams whose reads renewed their TTL.
@@ -472,202 +429,56 @@ impl Batch<'_, '_> {
             .map_err(map_err)?;
         Ok(())
     }
+}
 
-    /// Removes a stream whose refcount is zero, then releases its source,
-    /// cascading through hidden sources.
-    fn remove_cascade(&mut self, name: &str, now: Millis) -> Result<(), Fail> {
-        let mut next = Some(name.to_string());
-        while let Some(name) = next.take() {
-            let Some(meta) = self.meta(&name) else { break };
-            let id = meta.id;
+impl Txn for Batch<'_, '_> {
+    fn set(&mut self, name: &str, meta: Option<StreamMeta>) {
+        self.overlay.insert(name.to_string(), meta);
+    }
+
+    fn take_id(&mut self) -> Result<u64, Fail> {
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
+        let mut at = start;
+        for r in records {
             self.data
-                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                .insert((id, at.pos), (at.seq, r.as_ref()))
                 .map_err(fatal)?;
-            self.overlay.insert(name.clone(), None);
-            self.wake(&name, &meta);
-            let Some(link) = meta.fork else { break };
-            let Some(mut src) = self.meta(&link.source) else {
-                break;
-            };
-            if src.id != link.source_id {
-                break;
-            }
-            src.refcount = src.refcount.saturating_sub(1);
-            let cascade = src.refcount == 0 && src.is_hidden(now);
-            self.set(&link.source, src);
-            if cascade {
-                next = Some(link.source.clone());
-            }
+            at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
         }
         Ok(())
     }
 
-    fn create(&mut self, name: &str, req: &CreateRequest) -> Result<CreateOutcome, Fail> {
-        if let Some(existing) = self.meta(name) {
-            if existing.soft_deleted || (existing.is_expired(req.now) && existing.refcount > 0) {
-                return Err(StorageError::PathReserved.into());
-            }
-            if !existing.is_expired(req.now) {
-                return if model::create_matches(&existing, req) {
-                    Ok(CreateOutcome::Exists(existing.info()))
-                } else {
-                    Err(StorageError::ConfigMismatch.into())
-                };
-            }
-            // Expired and unreferenced: it is gone; the name is free again.
-            self.remove_cascade(name, req.now)?;
-        }
-        let (meta, records) = if let Some(spec) = &req.fork {
-            self.plan_fork(req, spec)?
-        } else {
-            let content_type = req
-                .content_type
-                .clone()
-                .unwrap_or_else(|| model::DEFAULT_CONTENT_TYPE.to_string());
-            let records = model::frame_records(model::is_json(&content_type), &req.body, false)?;
-            let id = self.take_id();
-            let expiry = req.expiry.unwrap_or_default();
-            (
-                StreamMeta::new(id, content_type, expiry, Offset::ZERO, req.now),
-                records,
-            )
+    fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
+        self.data
+            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+            .map_err(fatal)
+    }
+
+    fn wake(&mut self, name: &str, meta: &StreamMeta) {
+        self.wakes
+            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
+    }
+
+    fn fork_base(
+        &self,
+        source: &StreamMeta,
+        anchor: Offset,
+        sub_offset: u64,
+    ) -> Result<Offset, StorageError> {
+        let data = Data(&self.data);
+        let chain = Chain {
+            metas: self,
+            records: &data,
         };
-        let mut meta = meta;
-        self.insert_records(meta.id, meta.base, &records)?;
-        meta.tail = model::advance(meta.base, &records);
-        meta.closed = req.closed;
-        if let Some(link) = &meta.fork
-            && let Some(mut src) = self.meta(&link.source)
-        {
-            src.refcount += 1;
-            self.set(&link.source, src);
-        }
-        let info = meta.info();
-        self.set(name, meta);
-        Ok(CreateOutcome::Created(info))
+        chain.resolve_fork_base(source, anchor, sub_offset)
     }
 
-    /// Decides a fork's metadata and initial records; writes nothing.
-    fn plan_fork(
-        &mut self,
-        req: &CreateRequest,
-        spec: &ForkSpec,
-    ) -> Result<(StreamMeta, Vec<Bytes>), Fail> {
-        let source = self
-            .meta(&spec.source)
-            .ok_or(StorageError::ForkSourceNotFound)?;
-        if source.soft_deleted {
-            return Err(StorageError::ForkSourceGone.into());
-        }
-        if source.is_expired(req.now) {
-            return Err(StorageError::ForkSourceNotFound.into());
-        }
-        if let Some(ct) = &req.content_type
-            && !model::same_type(ct, &source.content_type)
-        {
-            return Err(StorageError::ContentTypeMismatch {
-                expected: source.content_type.clone(),
-            }
-            .into());
-        }
-        let anchor = spec.offset.unwrap_or(source.tail);
-        let base = self
-            .reader()
-            .resolve_fork_base(&source, anchor, spec.sub_offset)?;
-        let (expiry, inherited) = model::fork_expiry(source.expiry, req.expiry);
-        let records = model::frame_records(model::is_json(&source.content_type), &req.body, false)?;
-        let id = self.take_id();
-        let mut meta = StreamMeta::new(id, source.content_type.clone(), expiry, base, req.now);
-        meta.expiry_inherited = inherited;
-        meta.fork = Some(ForkLink {
-            source: spec.source.clone(),
-            source_id: source.id,
-            anchor,
-            sub_offset: spec.sub_offset,
-        });
-        Ok((meta, records))
-    }
-
-    fn append(&mut self, name: &str, req: &AppendRequest) -> Result<AppendOutcome, Fail> {
-        let mut meta = self.meta(name).ok_or(StorageError::NotFound)?;
-        meta.check_visible(req.now)?;
-        match model::plan_append(&meta, req)? {
-            AppendPlan::Duplicate(producer) => {
-                // A retried or repeated write still counts as access.
-                meta.last_access = req.now;
-                let info = meta.info();
-                self.set(name, meta);
-                Ok(AppendOutcome::Duplicate { info, producer })
-            }
-            AppendPlan::Write(plan) => {
-                let echo = plan
-                    .producer
-                    .as_ref()
-                    .map(|(_, st)| (st.epoch, st.last_seq));
-                self.insert_records(meta.id, meta.tail, &plan.records)?;
-                model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
-                self.wake(name, &meta);
-                let info = meta.info();
-                self.set(name, meta);
-                Ok(AppendOutcome::Appended {
-                    info,
-                    producer: echo,
-                })
-            }
-        }
-    }
-
-    fn delete(&mut self, name: &str, now: Millis) -> Result<(), Fail> {
-        let mut meta = self.meta(name).ok_or(StorageError::NotFound)?;
-        meta.check_visible(now)?;
-        if meta.refcount > 0 {
-            meta.soft_deleted = true;
-            self.wake(name, &meta);
-            self.set(name, meta);
-            return Ok(());
-        }
-        self.remove_cascade(name, now)
-    }
-
-    /// Recreates a stream with a fresh id, its records and metadata, and
-    /// takes a reference on its fork source, in this transaction.
-    fn restore(
-        &mut self,
-        name: &str,
-        mut meta: StreamMeta,
-        records: &[Bytes],
-    ) -> Result<StreamInfo, Fail> {
-        crate::storage::check_restore(&meta, records)?;
-        if self.meta(name).is_some() {
-            return Err(StorageError::AlreadyExists.into());
-        }
-        let source = match &meta.fork {
-            Some(link) => {
-                let src = self
-                    .meta(&link.source)
-                    .ok_or(StorageError::ForkSourceNotFound)?;
-                crate::storage::check_restore_source(&meta, &src)?;
-                Some((link.source.clone(), src))
-            }
-            None => None,
-        };
-        meta.id = self.take_id();
-        meta.refcount = 0;
-        self.insert_records(meta.id, meta.base, records)?;
-        if let Some((src_name, mut src)) = source {
-            src.refcount += 1;
-            if let Some(link) = meta.fork.as_mut() {
-                link.source_id = src.id;
-            }
-            self.set(&src_name, src);
-        }
-        self.wake(name, &meta);
-        let info = meta.info();
-        self.set(name, meta);
-        Ok(info)
-    }
-
-    fn sweep(&mut self, now: Millis) -> Result<usize, Fail> {
+    fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail> {
         let expired = |m: &StreamMeta| m.is_expired(now) && m.refcount == 0;
         let mut candidates = self.shared.sweepable(now);
         candidates.retain(|n| !self.overlay.contains_key(n));
@@ -677,13 +488,6 @@ impl Batch<'_, '_> {
                 .filter(|(_, m)| m.as_ref().is_some_and(expired))
                 .map(|(n, _)| n.clone()),
         );
-        let mut removed = 0;
-        for name in candidates {
-            if self.meta(&name).is_some_and(|m| expired(&m)) {
-                self.remove_cascade(&name, now)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        Ok(candidates)
     }
 }

@@ -1,0 +1,278 @@
+//! The mutations of one write transaction, over any transactional store of
+//! stream metadata and records: shared by the acid (redb) and PostgreSQL
+//! backends, which batch many calls into one transaction.
+//!
+//! A backend implements [`Txn`]: a view of every stream's metadata as the
+//! transaction sees it (committed state overlaid with the batch's own
+//! changes), record insertion and removal, id allocation, wakes, and the
+//! list of sweep candidates. [`create`], [`append`], [`delete`],
+//! [`restore`] and [`sweep`] then decide each call with [`model`]'s pure
+//! functions and write through the trait. A rejected call writes nothing
+//! and does not disturb the others ([`Fail::Reject`]); a failed write loses
+//! the whole transaction ([`Fail::Fatal`]).
+
+use bytes::Bytes;
+
+use super::chain::Metas;
+use super::model::{self, AppendPlan, ForkLink, StreamMeta};
+use super::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
+    StreamInfo,
+};
+use crate::offset::Offset;
+
+/// Why a call did not succeed.
+pub enum Fail {
+    /// Refused by the protocol: the call wrote nothing, the batch goes on.
+    Reject(StorageError),
+    /// The store failed: the whole transaction is lost.
+    Fatal(StorageError),
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Self {
+        Fail::Reject(e)
+    }
+}
+
+/// One write transaction of a backend, as the shared decisions need it.
+/// [`Metas::meta`] answers with the transaction's view (an error there is
+/// fatal: the store failed).
+pub trait Txn: Metas {
+    /// Records `meta` (or the removal, `None`) as the stream's new state, to
+    /// be written when the transaction commits.
+    fn set(&mut self, name: &str, meta: Option<StreamMeta>);
+    /// A fresh incarnation id.
+    fn take_id(&mut self) -> Result<u64, Fail>;
+    /// Stores `records` of stream `id` from `start`.
+    fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail>;
+    /// Removes every record of stream `id`.
+    fn remove_records(&mut self, id: u64) -> Result<(), Fail>;
+    /// Wakes the stream's readers once the transaction commits.
+    fn wake(&mut self, name: &str, meta: &StreamMeta);
+    /// Resolves a fork's base against its source, reading the transaction's
+    /// own records.
+    fn fork_base(
+        &self,
+        source: &StreamMeta,
+        anchor: Offset,
+        sub_offset: u64,
+    ) -> Result<Offset, StorageError>;
+    /// Streams that may be expired and unreferenced at `now` (re-checked).
+    fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail>;
+}
+
+fn meta_of<T: Txn + ?Sized>(t: &T, name: &str) -> Result<Option<StreamMeta>, Fail> {
+    t.meta(name).map_err(Fail::Fatal)
+}
+
+/// Removes a stream whose refcount is zero, then releases its source,
+/// cascading through hidden sources.
+pub fn remove_cascade<T: Txn + ?Sized>(t: &mut T, name: &str, now: Millis) -> Result<(), Fail> {
+    let mut next = Some(name.to_string());
+    while let Some(name) = next.take() {
+        let Some(meta) = meta_of(t, &name)? else {
+            break;
+        };
+        t.remove_records(meta.id)?;
+        t.set(&name, None);
+        t.wake(&name, &meta);
+        let Some(link) = meta.fork else { break };
+        let Some(mut src) = meta_of(t, &link.source)? else {
+            break;
+        };
+        if src.id != link.source_id {
+            break;
+        }
+        src.refcount = src.refcount.saturating_sub(1);
+        let cascade = src.refcount == 0 && src.is_hidden(now);
+        t.set(&link.source, Some(src));
+        if cascade {
+            next = Some(link.source.clone());
+        }
+    }
+    Ok(())
+}
+
+/// A `PUT`: creates the stream (with its initial records and closure, and a
+/// reference on its fork source) or confirms an identical existing one.
+pub fn create<T: Txn + ?Sized>(
+    t: &mut T,
+    name: &str,
+    req: &CreateRequest,
+) -> Result<CreateOutcome, Fail> {
+    if let Some(existing) = meta_of(t, name)? {
+        if existing.soft_deleted || (existing.is_expired(req.now) && existing.refcount > 0) {
+            return Err(StorageError::PathReserved.into());
+        }
+        if !existing.is_expired(req.now) {
+            return if model::create_matches(&existing, req) {
+                Ok(CreateOutcome::Exists(existing.info()))
+            } else {
+                Err(StorageError::ConfigMismatch.into())
+            };
+        }
+        // Expired and unreferenced: it is gone; the name is free again.
+        remove_cascade(t, name, req.now)?;
+    }
+    let (mut meta, records) = if let Some(spec) = &req.fork {
+        plan_fork(t, req, spec)?
+    } else {
+        let content_type = req
+            .content_type
+            .clone()
+            .unwrap_or_else(|| model::DEFAULT_CONTENT_TYPE.to_string());
+        let records = model::frame_records(model::is_json(&content_type), &req.body, false)?;
+        let id = t.take_id()?;
+        let expiry = req.expiry.unwrap_or_default();
+        (
+            StreamMeta::new(id, content_type, expiry, Offset::ZERO, req.now),
+            records,
+        )
+    };
+    t.insert_records(meta.id, meta.base, &records)?;
+    meta.tail = model::advance(meta.base, &records);
+    meta.closed = req.closed;
+    if let Some(link) = &meta.fork
+        && let Some(mut src) = meta_of(t, &link.source)?
+    {
+        src.refcount += 1;
+        t.set(&link.source, Some(src));
+    }
+    let info = meta.info();
+    t.set(name, Some(meta));
+    Ok(CreateOutcome::Created(info))
+}
+
+/// Decides a fork's metadata and initial records; writes nothing but the id.
+fn plan_fork<T: Txn + ?Sized>(
+    t: &mut T,
+    req: &CreateRequest,
+    spec: &ForkSpec,
+) -> Result<(StreamMeta, Vec<Bytes>), Fail> {
+    let source = meta_of(t, &spec.source)?.ok_or(StorageError::ForkSourceNotFound)?;
+    if source.soft_deleted {
+        return Err(StorageError::ForkSourceGone.into());
+    }
+    if source.is_expired(req.now) {
+        return Err(StorageError::ForkSourceNotFound.into());
+    }
+    if let Some(ct) = &req.content_type
+        && !model::same_type(ct, &source.content_type)
+    {
+        return Err(StorageError::ContentTypeMismatch {
+            expected: source.content_type.clone(),
+        }
+        .into());
+    }
+    let anchor = spec.offset.unwrap_or(source.tail);
+    let base = t.fork_base(&source, anchor, spec.sub_offset)?;
+    let (expiry, inherited) = model::fork_expiry(source.expiry, req.expiry);
+    let records = model::frame_records(model::is_json(&source.content_type), &req.body, false)?;
+    let id = t.take_id()?;
+    let mut meta = StreamMeta::new(id, source.content_type.clone(), expiry, base, req.now);
+    meta.expiry_inherited = inherited;
+    meta.fork = Some(ForkLink {
+        source: spec.source.clone(),
+        source_id: source.id,
+        anchor,
+        sub_offset: spec.sub_offset,
+    });
+    Ok((meta, records))
+}
+
+/// A `POST`: appends and/or closes, or recognises a duplicate.
+pub fn append<T: Txn + ?Sized>(
+    t: &mut T,
+    name: &str,
+    req: &AppendRequest,
+) -> Result<AppendOutcome, Fail> {
+    let mut meta = meta_of(t, name)?.ok_or(StorageError::NotFound)?;
+    meta.check_visible(req.now)?;
+    match model::plan_append(&meta, req)? {
+        AppendPlan::Duplicate(producer) => {
+            // A retried or repeated write still counts as access.
+            meta.last_access = req.now;
+            let info = meta.info();
+            t.set(name, Some(meta));
+            Ok(AppendOutcome::Duplicate { info, producer })
+        }
+        AppendPlan::Write(plan) => {
+            let echo = plan
+                .producer
+                .as_ref()
+                .map(|(_, st)| (st.epoch, st.last_seq));
+            t.insert_records(meta.id, meta.tail, &plan.records)?;
+            model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
+            t.wake(name, &meta);
+            let info = meta.info();
+            t.set(name, Some(meta));
+            Ok(AppendOutcome::Appended {
+                info,
+                producer: echo,
+            })
+        }
+    }
+}
+
+/// A `DELETE`: soft-deletes a stream that forks still read, removes it
+/// (cascading) otherwise.
+pub fn delete<T: Txn + ?Sized>(t: &mut T, name: &str, now: Millis) -> Result<(), Fail> {
+    let mut meta = meta_of(t, name)?.ok_or(StorageError::NotFound)?;
+    meta.check_visible(now)?;
+    if meta.refcount > 0 {
+        meta.soft_deleted = true;
+        t.wake(name, &meta);
+        t.set(name, Some(meta));
+        return Ok(());
+    }
+    remove_cascade(t, name, now)
+}
+
+/// Recreates a stream with a fresh id, its records and metadata, and takes a
+/// reference on its fork source.
+pub fn restore<T: Txn + ?Sized>(
+    t: &mut T,
+    name: &str,
+    mut meta: StreamMeta,
+    records: &[Bytes],
+) -> Result<StreamInfo, Fail> {
+    super::check_restore(&meta, records)?;
+    if meta_of(t, name)?.is_some() {
+        return Err(StorageError::AlreadyExists.into());
+    }
+    let source = match &meta.fork {
+        Some(link) => {
+            let src = meta_of(t, &link.source)?.ok_or(StorageError::ForkSourceNotFound)?;
+            super::check_restore_source(&meta, &src)?;
+            Some((link.source.clone(), src))
+        }
+        None => None,
+    };
+    meta.id = t.take_id()?;
+    meta.refcount = 0;
+    t.insert_records(meta.id, meta.base, records)?;
+    if let Some((src_name, mut src)) = source {
+        src.refcount += 1;
+        if let Some(link) = meta.fork.as_mut() {
+            link.source_id = src.id;
+        }
+        t.set(&src_name, Some(src));
+    }
+    t.wake(name, &meta);
+    let info = meta.info();
+    t.set(name, Some(meta));
+    Ok(info)
+}
+
+/// Removes every expired, unreferenced stream among the candidates.
+pub fn sweep<T: Txn + ?Sized>(t: &mut T, now: Millis) -> Result<usize, Fail> {
+    let mut removed = 0;
+    for name in t.sweep_candidates(now)? {
+        if meta_of(t, &name)?.is_some_and(|m| m.is_expired(now) && m.refcount == 0) {
+            remove_cascade(t, &name, now)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
