@@ -61,6 +61,8 @@ pub enum StorageKind {
     File,
     /// A redb database in the data directory (crash-safe, ACID).
     Acid,
+    /// A PostgreSQL database (`database_url`) that any number of nodes share.
+    Postgres,
 }
 
 /// When a durable backend flushes to disk.
@@ -157,6 +159,12 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
+    /// The PostgreSQL backend's database (a `postgres://` URL or libpq
+    /// key=value string); redacted in logs.
+    pub database_url: Option<Secret>,
+    /// Most pooled database connections per node for reads (the postgres
+    /// backend; its writer and wake listener hold one more each).
+    pub database_pool_size: usize,
     pub sync: SyncMode,
     /// Background fsync period for `SyncMode::Interval`.
     pub sync_interval: Duration,
@@ -206,6 +214,8 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 4437)),
             storage: StorageKind::File,
             data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_pool_size: 16,
             sync: SyncMode::Always,
             sync_interval: Duration::from_millis(100),
             long_poll_timeout: Duration::from_secs(30),

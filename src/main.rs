@@ -109,6 +109,12 @@ struct ServeArgs {
     /// Directory for the durable backends.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The postgres backend's database, e.g. postgres://user:pass@host/db.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Most pooled database connections per node (postgres backend).
+    #[arg(long)]
+    database_pool_size: Option<usize>,
     /// When durable backends flush to disk.
     #[arg(long, value_enum)]
     sync: Option<SyncMode>,
@@ -161,6 +167,13 @@ impl ServeArgs {
         set(&mut c.bind, self.bind);
         set(&mut c.storage, self.storage);
         set(&mut c.data_dir, self.data_dir);
+        if let Some(url) = self.database_url {
+            c.database_url = Some(durable_streams::config::Secret(url));
+        }
+        set(
+            &mut c.database_pool_size,
+            self.database_pool_size.map(|n| n.max(1)),
+        );
         set(&mut c.sync, self.sync);
         set(&mut c.sync_interval, self.sync_interval);
         set(&mut c.long_poll_timeout, self.long_poll_timeout);

@@ -36,6 +36,13 @@ pub struct Wake {
 }
 
 impl Wake {
+    /// A wake that says only "something may have changed": its tail is
+    /// past every position, so no reader takes it for stale news; readers
+    /// re-read storage.
+    pub fn unknown() -> Self {
+        Wake::bare(Offset::new(u64::MAX, u64::MAX), false)
+    }
+
     /// A wake without records: readers re-read storage.
     pub fn bare(tail: Offset, closed: bool) -> Self {
         Wake {
@@ -105,6 +112,16 @@ impl WakeHub {
         }
         if let Some(observe) = self.observer.get() {
             observe(stream);
+        }
+    }
+
+    /// Tells every waiting reader of every stream to re-read: wakes may
+    /// have been missed (a shared-database backend lost its notification
+    /// connection to other nodes' commits). The observer hears nothing:
+    /// callers that need it resync themselves.
+    pub fn wake_all(&self) {
+        for tx in self.channels.read().values() {
+            let _ = tx.send(Wake::unknown());
         }
     }
 

@@ -14,6 +14,7 @@ use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
 use crate::storage::memory::MemoryStorage;
+use crate::storage::postgres::{PgOptions, PgStorage};
 use crate::storage::{Storage, now_ms};
 use crate::subscriptions::Subscriptions;
 use crate::subscriptions::delivery::HttpTransport;
@@ -49,6 +50,17 @@ pub fn open_storage(
                 Arc::new(AcidStorage::open(&config.data_dir, hub)?)
             };
             Ok(opened)
+        }
+        StorageKind::Postgres => {
+            let url = config
+                .database_url
+                .as_ref()
+                .ok_or("--storage postgres needs --database-url")?;
+            let options = PgOptions {
+                url: url.expose().to_string(),
+                pool_size: config.database_pool_size,
+            };
+            Ok(Arc::new(PgStorage::open(&options, hub)?))
         }
     }
 }

@@ -21,6 +21,8 @@ pub const KEYS: &[&str] = &[
     "bind",
     "storage",
     "data_dir",
+    "database_url",
+    "database_pool_size",
     "sync",
     "sync_interval",
     "long_poll_timeout",
@@ -107,6 +109,15 @@ pub fn validate(c: &ServerConfig) -> Result<(), ConfigError> {
             origin: "the merged configuration".into(),
             message: "auth is enabled but no tokens are configured; set auth.read_tokens, \
                       auth.write_tokens or auth.tokens_file"
+                .into(),
+        });
+    }
+    if c.storage == StorageKind::Postgres && c.database_url.is_none() {
+        return Err(ConfigError {
+            key: "database_url".into(),
+            origin: "the merged configuration".into(),
+            message: "storage = postgres needs database_url (or --database-url, \
+                      DS_DATABASE_URL), e.g. postgres://user:pass@db:5432/streams"
                 .into(),
         });
     }
@@ -234,6 +245,17 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         }
         "storage" => c.storage = v.choice::<StorageKind>()?,
         "data_dir" => c.data_dir = PathBuf::from(v.text()?),
+        "database_url" => {
+            let s = v.text()?.trim().to_string();
+            c.database_url = (!s.is_empty()).then_some(Secret(s));
+        }
+        "database_pool_size" => {
+            let n = v.size("16")?;
+            if n == 0 {
+                return Err("must be at least 1".into());
+            }
+            c.database_pool_size = n;
+        }
         "sync" => c.sync = v.choice::<SyncMode>()?,
         "sync_interval" => c.sync_interval = v.duration()?,
         "long_poll_timeout" => c.long_poll_timeout = v.duration()?,

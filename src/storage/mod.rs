@@ -39,6 +39,7 @@ pub mod chain;
 pub mod file;
 pub mod memory;
 pub mod model;
+pub mod postgres;
 pub mod txn;
 pub mod view;
 

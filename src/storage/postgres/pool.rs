@@ -1,0 +1,210 @@
+//! Database connections: a bounded pool of synchronous clients, each with
+//! its own prepared-statement cache.
+//!
+//! Storage calls run on blocking threads (the backend answers
+//! `may_block() == true`), so a call simply takes a connection, uses it and
+//! gives it back. A connection that failed (the database restarted, the
+//! network dropped) is discarded and the next call opens a new one, so the
+//! node recovers by itself when the database returns. Waiting for a free
+//! connection is bounded: past [`WAIT`] the call answers
+//! [`StorageError::Unavailable`] (503) instead of hanging.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use super::schema::map_err;
+use crate::storage::StorageError;
+
+/// Longest wait for a free connection.
+const WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a new connection to open.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One open connection and its prepared statements.
+pub(super) struct Conn {
+    pub client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// Opens a connection with `config`.
+    pub fn open(config: &postgres::Config) -> Result<Conn, StorageError> {
+        let client = config.connect(NoTls).map_err(map_err)?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The prepared form of `sql` (prepared once per connection).
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query(&s, params)
+    }
+
+    pub fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query_opt(&s, params)
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.execute(&s, params)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// A bounded set of connections.
+pub(super) struct Pool {
+    config: postgres::Config,
+    max: usize,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Conn>,
+    /// Connections open or being opened (idle ones included).
+    open: usize,
+}
+
+impl Pool {
+    pub fn new(config: postgres::Config, max: usize) -> Pool {
+        Pool {
+            config,
+            max: max.max(1),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// A connection: an idle one, a new one while under the cap, or the
+    /// next one given back within [`WAIT`].
+    pub fn get(&self) -> Result<Pooled<'_>, StorageError> {
+        let mut state = self.state.lock();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            while let Some(conn) = state.idle.pop() {
+                if !conn.is_closed() {
+                    return Ok(Pooled {
+                        pool: self,
+                        conn: Some(conn),
+                    });
+                }
+                state.open -= 1;
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return match Conn::open(&self.config) {
+                    Ok(conn) => Ok(Pooled {
+                        pool: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.state.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            if self.freed.wait_until(&mut state, deadline).timed_out() {
+                return Err(StorageError::Unavailable(format!(
+                    "all {} database connections are busy",
+                    self.max
+                )));
+            }
+        }
+    }
+
+    /// Closes every idle connection. A client's close blocks on its own
+    /// runtime, which must not happen on an async worker: done on a thread
+    /// of its own, whatever thread calls.
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.state.lock().idle);
+        if idle.is_empty() {
+            return;
+        }
+        let _ = std::thread::spawn(move || drop(idle)).join();
+    }
+
+    fn put(&self, conn: Conn) {
+        let mut state = self.state.lock();
+        if conn.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(conn);
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close_idle();
+    }
+}
+
+/// A connection taken from the pool; given back when dropped.
+pub(super) struct Pooled<'p> {
+    pool: &'p Pool,
+    conn: Option<Conn>,
+}
+
+impl Deref for Pooled<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put(conn);
+        }
+    }
+}

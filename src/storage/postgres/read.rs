@@ -1,0 +1,114 @@
+//! Queries shared by the read path (autocommit statements on a pooled
+//! connection) and the writer (inside its transaction).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::pool::Conn;
+use super::schema::{decode_meta, int, map_err, uint};
+use crate::storage::StorageError;
+use crate::storage::chain::{Collect, Metas, Records, Window};
+use crate::storage::model::{ProducerState, StreamMeta};
+use crate::storage::view::Budget;
+
+/// The records one read step needs: from the record containing `from` (the
+/// last row at or before it) up to the step's end bound.
+const FETCH: &str = "SELECT pos, seq, body FROM ds_records
+     WHERE stream_id = $1
+       AND pos >= (SELECT max(pos) FROM ds_records WHERE stream_id = $1 AND pos <= $2)
+       AND pos < $3
+     ORDER BY pos
+     LIMIT $4";
+
+const META: &str = "SELECT meta, last_access FROM ds_streams WHERE name = $1";
+
+/// Fetches a read step's window of `meta`'s own records.
+pub(super) fn fetch(
+    conn: &mut Conn,
+    meta: &StreamMeta,
+    from: u64,
+    limit: u64,
+    budget: Budget,
+) -> Result<Window, StorageError> {
+    let mut rows = Collect::new(meta, from, limit, budget);
+    if !rows.wanted() {
+        return rows.finish();
+    }
+    let found = conn
+        .query(
+            FETCH,
+            &[
+                &int(meta.id),
+                &int(from),
+                &int(rows.end_bound()),
+                &int(rows.max_rows() as u64),
+            ],
+        )
+        .map_err(map_err)?;
+    for row in found {
+        let body: Vec<u8> = row.get(2);
+        if !rows.push(uint(row.get(0)), uint(row.get(1)), Bytes::from(body))? {
+            break;
+        }
+    }
+    rows.finish()
+}
+
+/// A stream's committed metadata (without producers), or `None`.
+pub(super) fn meta(conn: &mut Conn, name: &str) -> Result<Option<StreamMeta>, StorageError> {
+    match conn.query_opt(META, &[&name]).map_err(map_err)? {
+        Some(row) => decode_meta(row.get(0), row.get(1)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every producer state of stream `id`.
+pub(super) fn producers(
+    conn: &mut Conn,
+    id: u64,
+) -> Result<HashMap<String, ProducerState>, StorageError> {
+    let rows = conn
+        .query(
+            "SELECT producer, epoch, last_seq FROM ds_producers WHERE stream_id = $1",
+            &[&int(id)],
+        )
+        .map_err(map_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let state = ProducerState {
+                epoch: uint(r.get(1)),
+                last_seq: uint(r.get(2)),
+            };
+            (r.get::<_, String>(0), state)
+        })
+        .collect())
+}
+
+/// Committed state seen through one connection, statement by statement:
+/// metadata by name and records, for [`Chain`](crate::storage::chain::Chain).
+/// Records below a tail read earlier are always there (they commit with it),
+/// so reading the metadata first and the records after is consistent.
+pub(super) struct Committed<'c> {
+    pub conn: RefCell<&'c mut Conn>,
+}
+
+impl Metas for Committed<'_> {
+    fn meta(&self, name: &str) -> Result<Option<StreamMeta>, StorageError> {
+        meta(&mut self.conn.borrow_mut(), name)
+    }
+}
+
+impl Records for Committed<'_> {
+    fn fetch(
+        &self,
+        meta: &StreamMeta,
+        from: u64,
+        limit: u64,
+        budget: Budget,
+    ) -> Result<Window, StorageError> {
+        fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
+    }
+}

@@ -1,0 +1,582 @@
+//! The writer thread: every mutation of this node, batched into database
+//! transactions.
+//!
+//! Callers queue an [`Op`] and await (or block on) its answer. The writer
+//! takes the first queued op, drains whatever else is queued (up to
+//! [`MAX_BATCH`]) and runs them all in ONE transaction:
+//!
+//! 1. `SELECT … FOR UPDATE` of every stream row the batch names, in name
+//!    order (so two nodes' batches lock in the same order), plus the states
+//!    of the producers its appends name. From here on every other node's
+//!    writes to these streams wait for this transaction.
+//! 2. Each op is decided by [`txn`]'s shared logic against the state the
+//!    ops before it produced; a rejected op writes nothing.
+//! 3. The changed rows are written (records, stream rows, producer states),
+//!    a `NOTIFY ds_wake` per changed stream is queued, and the transaction
+//!    commits. Only then are the callers answered and this node's readers
+//!    woken (other nodes' readers are woken by the notification, delivered
+//!    at commit).
+//!
+//! A deadlock, serialization failure or a concurrent create of the same name
+//! on another node aborts the transaction; the whole batch is then decided
+//! again from scratch (nothing of it was acknowledged). A database failure
+//! answers every op of the batch [`StorageError::Unavailable`] and the
+//! writer reconnects on the next batch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::pool::Conn;
+use super::read;
+use super::schema::{clone_err, decode_meta, encode_meta, int, is_retryable, map_err, uint};
+use super::{Shared, WAKE_CHANNEL};
+use crate::notify::{Appended, Wake};
+use crate::offset::Offset;
+use crate::storage::chain::{Chain, Metas, Records, Window};
+use crate::storage::model::{Expiry, ProducerState, StreamMeta};
+use crate::storage::txn::{self, Fail, Txn};
+use crate::storage::view::Budget;
+use crate::storage::{
+    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
+};
+
+/// Most ops decided in one transaction.
+pub(super) const MAX_BATCH: usize = 256;
+/// Attempts of a batch that keeps hitting deadlocks or races.
+const ATTEMPTS: u32 = 8;
+
+/// A mutation to run.
+pub(super) enum Work {
+    Create(String, Box<CreateRequest>),
+    Append(String, Box<AppendRequest>),
+    Delete(String, Millis),
+    Sweep(Millis),
+    Restore(String, Box<(StreamMeta, Vec<Bytes>)>),
+}
+
+/// What a mutation answered.
+pub(super) enum Done {
+    Create(CreateOutcome),
+    Append(AppendOutcome),
+    Delete,
+    Sweep(usize),
+    Restore(StreamInfo),
+}
+
+/// One queued mutation and where its answer goes.
+pub(super) struct Op {
+    pub work: Work,
+    pub reply: oneshot::Sender<Result<Done, StorageError>>,
+}
+
+/// Runs the writer until every sender is gone.
+pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>) {
+    let mut conn: Option<Conn> = None;
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let answers = commit(&shared, &mut conn, &ops);
+        for (op, answer) in ops.into_iter().zip(answers) {
+            // A caller that gave up waiting is not an error.
+            let _ = op.reply.send(answer);
+        }
+    }
+}
+
+/// Why a transaction did not commit.
+enum Abort {
+    /// Decide the batch again.
+    Retry(StorageError),
+    /// Answer every op with this.
+    Fail(StorageError),
+}
+
+/// Commits `ops` in one transaction (retrying it when it raced another
+/// node) and returns their answers in order.
+fn commit(shared: &Shared, slot: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Done, StorageError>> {
+    let mut attempt = 0;
+    let failed = loop {
+        attempt += 1;
+        if slot.as_ref().is_none_or(Conn::is_closed) {
+            match Conn::open(shared.pool.config()) {
+                Ok(c) => *slot = Some(c),
+                Err(e) => break e,
+            }
+        }
+        let Some(conn) = slot.as_mut() else {
+            unreachable!("connection opened above")
+        };
+        match transact(shared, conn, ops) {
+            Ok((answers, wakes)) => {
+                for (name, wake) in wakes {
+                    shared.hub.wake(&name, wake);
+                }
+                return answers;
+            }
+            Err(abort) => {
+                // The transaction may still be open (a rejected statement);
+                // a closed connection is replaced on the next attempt.
+                if !conn.is_closed() {
+                    let _ = conn.client.batch_execute("ROLLBACK");
+                }
+                match abort {
+                    Abort::Retry(e) if attempt < ATTEMPTS => {
+                        tracing::debug!(error = %e, attempt, "postgres storage: retrying a batch");
+                        std::thread::sleep(Duration::from_millis(
+                            rand::random_range(1..=5) * u64::from(attempt),
+                        ));
+                    }
+                    Abort::Retry(e) | Abort::Fail(e) => break e,
+                }
+            }
+        }
+    };
+    tracing::warn!(error = %failed, "postgres storage: write transaction failed");
+    ops.iter().map(|_| Err(clone_err(&failed))).collect()
+}
+
+type Answers = (Vec<Result<Done, StorageError>>, Vec<(String, Wake)>);
+
+fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abort> {
+    let abort = |e: postgres::Error| {
+        if is_retryable(&e) {
+            Abort::Retry(map_err(e))
+        } else {
+            Abort::Fail(map_err(e))
+        }
+    };
+    conn.client.batch_execute("BEGIN").map_err(abort)?;
+    let mut b = Batch {
+        conn: RefCell::new(conn),
+        loaded: RefCell::new(HashMap::new()),
+        overlay: HashMap::new(),
+        wakes: Vec::new(),
+        appended: HashMap::new(),
+        retry: Cell::new(false),
+        node: &shared.node,
+    };
+    b.lock(ops).map_err(|e| b.abort(e))?;
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        let result = match &op.work {
+            Work::Create(name, req) => txn::create(&mut b, name, req).map(Done::Create),
+            Work::Append(name, req) => {
+                let from = b.tail_before(name);
+                let r = txn::append(&mut b, name, req);
+                if let (Ok(AppendOutcome::Appended { info, .. }), Some(from)) = (&r, from) {
+                    b.note_append(name, info.id, from, req);
+                }
+                r.map(Done::Append)
+            }
+            Work::Delete(name, now) => txn::delete(&mut b, name, *now).map(|()| Done::Delete),
+            Work::Sweep(now) => txn::sweep(&mut b, *now).map(Done::Sweep),
+            Work::Restore(name, restore) => {
+                let (meta, records) = &**restore;
+                txn::restore(&mut b, name, meta.clone(), records).map(Done::Restore)
+            }
+        };
+        match result {
+            Ok(done) => answers.push(Ok(done)),
+            Err(Fail::Reject(e)) => answers.push(Err(e)),
+            Err(Fail::Fatal(e)) => return Err(b.abort(e)),
+        }
+    }
+    if b.overlay.is_empty() {
+        // Only rejections and no-op sweeps: nothing to commit.
+        let conn = b.conn.into_inner();
+        conn.client.batch_execute("ROLLBACK").map_err(abort)?;
+        return Ok((answers, Vec::new()));
+    }
+    b.persist().map_err(|e| b.abort(e))?;
+    let wakes = b.finish_wakes();
+    let conn = b.conn.into_inner();
+    conn.client.batch_execute("COMMIT").map_err(abort)?;
+    Ok((answers, wakes))
+}
+
+/// One transaction's view: the rows it locked, overlaid with its changes.
+struct Batch<'c> {
+    conn: RefCell<&'c mut Conn>,
+    /// Committed state of every stream the batch looked at (`None`: no such
+    /// row), as locked.
+    loaded: RefCell<HashMap<String, Option<StreamMeta>>>,
+    /// The batch's changes (`None`: removed).
+    overlay: HashMap<String, Option<StreamMeta>>,
+    wakes: Vec<(String, Wake)>,
+    /// Records appended per stream in this batch, for the local wake.
+    appended: HashMap<String, (u64, Offset, Vec<Bytes>)>,
+    /// A statement failed in a way worth retrying the whole batch.
+    retry: Cell<bool>,
+    node: &'c str,
+}
+
+const LOCK: &str = "SELECT name, meta, last_access FROM ds_streams
+     WHERE name = ANY($1) ORDER BY name FOR UPDATE";
+const LOCK_ONE: &str = "SELECT meta, last_access FROM ds_streams WHERE name = $1 FOR UPDATE";
+const PRODUCERS: &str = "SELECT stream_id, producer, epoch, last_seq FROM ds_producers
+     WHERE stream_id = ANY($1) AND producer = ANY($2)";
+const INSERT_RECORDS: &str = "INSERT INTO ds_records (stream_id, pos, seq, body)
+     SELECT $1, * FROM unnest($2::BIGINT[], $3::BIGINT[], $4::BYTEA[])";
+const UPDATE_STREAM: &str = "UPDATE ds_streams
+     SET meta = $2, last_access = GREATEST(last_access, $3), ttl_ms = $4, expires_at = $5,
+         refcount = $6
+     WHERE id = $1";
+const INSERT_STREAM: &str = "INSERT INTO ds_streams
+     (id, name, meta, last_access, ttl_ms, expires_at, refcount)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const UPSERT_PRODUCERS: &str = "INSERT INTO ds_producers (stream_id, producer, epoch, last_seq)
+     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[])
+     ON CONFLICT (stream_id, producer)
+     DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq";
+const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::TEXT[]) AS p";
+const SWEEPABLE: &str = "SELECT name, meta, last_access FROM ds_streams
+     WHERE refcount = 0 AND (expires_at <= $1 OR last_access + ttl_ms <= $1)
+     ORDER BY name LIMIT 256 FOR UPDATE SKIP LOCKED";
+
+impl Batch<'_> {
+    /// Maps a statement's failure, remembering whether a retry may help.
+    fn fail(&self, e: postgres::Error) -> StorageError {
+        if is_retryable(&e) {
+            self.retry.set(true);
+        }
+        map_err(e)
+    }
+
+    fn abort(&self, e: StorageError) -> Abort {
+        if self.retry.get() {
+            Abort::Retry(e)
+        } else {
+            Abort::Fail(e)
+        }
+    }
+
+    /// Locks every stream row the ops name (in name order) and loads the
+    /// producer states their appends name.
+    fn lock(&mut self, ops: &[Op]) -> Result<(), StorageError> {
+        let mut names = BTreeSet::new();
+        let mut producers = BTreeSet::new();
+        for op in ops {
+            match &op.work {
+                Work::Create(n, _) | Work::Delete(n, _) | Work::Restore(n, _) => {
+                    names.insert(n.as_str());
+                }
+                Work::Append(n, req) => {
+                    names.insert(n.as_str());
+                    if let Some(p) = &req.producer {
+                        producers.insert(p.id.as_str());
+                    }
+                }
+                Work::Sweep(_) => {}
+            }
+        }
+        let names: Vec<&str> = names.into_iter().collect();
+        let rows = {
+            let mut conn = self.conn.borrow_mut();
+            conn.query(LOCK, &[&names]).map_err(|e| self.fail(e))?
+        };
+        let mut loaded = self.loaded.borrow_mut();
+        for n in &names {
+            loaded.insert(n.to_string(), None);
+        }
+        let mut ids = HashMap::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let meta = decode_meta(row.get(1), row.get(2))?;
+            ids.insert(int(meta.id), name.clone());
+            loaded.insert(name, Some(meta));
+        }
+        if producers.is_empty() || ids.is_empty() {
+            return Ok(());
+        }
+        let id_list: Vec<i64> = ids.keys().copied().collect();
+        let producer_list: Vec<&str> = producers.into_iter().collect();
+        let rows = {
+            let mut conn = self.conn.borrow_mut();
+            conn.query(PRODUCERS, &[&id_list, &producer_list])
+                .map_err(|e| self.fail(e))?
+        };
+        for row in rows {
+            let Some(name) = ids.get(&row.get::<_, i64>(0)) else {
+                continue;
+            };
+            if let Some(Some(meta)) = loaded.get_mut(name) {
+                meta.producers.insert(
+                    row.get(1),
+                    ProducerState {
+                        epoch: uint(row.get(2)),
+                        last_seq: uint(row.get(3)),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream's tail before an append, if it exists.
+    fn tail_before(&self, name: &str) -> Option<Offset> {
+        self.meta(name).ok().flatten().map(|m| m.tail)
+    }
+
+    /// Remembers an append's records for the local wake (contiguous
+    /// appends to one stream in a batch are merged).
+    fn note_append(&mut self, name: &str, id: u64, from: Offset, req: &AppendRequest) {
+        let json = self
+            .overlay
+            .get(name)
+            .and_then(|m| m.as_ref())
+            .is_some_and(|m| crate::storage::model::is_json(&m.content_type));
+        let Ok(records) = crate::storage::model::frame_records(json, &req.body, true) else {
+            return;
+        };
+        match self.appended.get_mut(name) {
+            Some((same, _, recs)) if *same == id => recs.extend(records),
+            _ => {
+                self.appended.insert(name.to_string(), (id, from, records));
+            }
+        }
+    }
+
+    /// Writes every changed stream row and producer state and queues the
+    /// notifications.
+    fn persist(&mut self) -> Result<(), StorageError> {
+        let loaded = std::mem::take(&mut *self.loaded.borrow_mut());
+        let mut p_ids = Vec::new();
+        let mut p_names = Vec::new();
+        let mut p_epochs = Vec::new();
+        let mut p_seqs = Vec::new();
+        let mut conn = self.conn.borrow_mut();
+        for (name, new) in &self.overlay {
+            let old = loaded.get(name).cloned().flatten();
+            let same = matches!((&old, new), (Some(o), Some(n)) if o.id == n.id);
+            if let (Some(o), false) = (&old, same) {
+                conn.execute("DELETE FROM ds_streams WHERE id = $1", &[&int(o.id)])
+                    .map_err(map_err)?;
+                conn.execute(
+                    "DELETE FROM ds_producers WHERE stream_id = $1",
+                    &[&int(o.id)],
+                )
+                .map_err(map_err)?;
+            }
+            let Some(meta) = new else { continue };
+            let (ttl_ms, expires_at) = match meta.expiry {
+                Expiry::Never => (None, None),
+                Expiry::Ttl(secs) => (Some(int(secs.saturating_mul(1000))), None),
+                Expiry::At(at) => (None, Some(int(at))),
+            };
+            let bytes = encode_meta(meta)?;
+            if same {
+                conn.execute(
+                    UPDATE_STREAM,
+                    &[
+                        &int(meta.id),
+                        &bytes,
+                        &int(meta.last_access),
+                        &ttl_ms,
+                        &expires_at,
+                        &int(meta.refcount),
+                    ],
+                )
+                .map_err(map_err)?;
+            } else {
+                conn.execute(
+                    INSERT_STREAM,
+                    &[
+                        &int(meta.id),
+                        name,
+                        &bytes,
+                        &int(meta.last_access),
+                        &ttl_ms,
+                        &expires_at,
+                        &int(meta.refcount),
+                    ],
+                )
+                .map_err(|e| {
+                    if is_retryable(&e) {
+                        self.retry.set(true);
+                    }
+                    map_err(e)
+                })?;
+            }
+            let before = old.filter(|_| same).map(|o| o.producers);
+            for (pid, state) in &meta.producers {
+                if before.as_ref().and_then(|b| b.get(pid)) != Some(state) {
+                    p_ids.push(int(meta.id));
+                    p_names.push(pid.as_str());
+                    p_epochs.push(int(state.epoch));
+                    p_seqs.push(int(state.last_seq));
+                }
+            }
+        }
+        if !p_ids.is_empty() {
+            conn.execute(UPSERT_PRODUCERS, &[&p_ids, &p_names, &p_epochs, &p_seqs])
+                .map_err(map_err)?;
+        }
+        let payloads: Vec<String> = self
+            .wakes
+            .iter()
+            .map(|(name, w)| wake_payload(self.node, name, w))
+            .collect();
+        if !payloads.is_empty() {
+            conn.query(NOTIFY, &[&WAKE_CHANNEL, &payloads])
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// The local wakes, carrying the appended records where the batch
+    /// holds exactly the records that moved the tail.
+    fn finish_wakes(&mut self) -> Vec<(String, Wake)> {
+        let mut last: HashMap<String, Wake> = HashMap::new();
+        for (name, wake) in std::mem::take(&mut self.wakes) {
+            last.insert(name, wake);
+        }
+        last.into_iter()
+            .map(|(name, mut wake)| {
+                if let Some((id, from, records)) = self.appended.remove(&name)
+                    && crate::storage::model::advance(from, &records) == wake.tail
+                {
+                    wake.appended = Some(Appended::new(id, from, records));
+                }
+                (name, wake)
+            })
+            .collect()
+    }
+}
+
+/// `NODE \t SEQ \t POS \t CLOSED \t NAME`: what another node needs to wake
+/// its readers of `name` (see [`super::listen`]).
+pub(super) fn wake_payload(node: &str, name: &str, w: &Wake) -> String {
+    format!(
+        "{node}\t{}\t{}\t{}\t{name}",
+        w.tail.seq,
+        w.tail.pos,
+        u8::from(w.closed)
+    )
+}
+
+impl Metas for Batch<'_> {
+    fn meta(&self, name: &str) -> Result<Option<StreamMeta>, StorageError> {
+        if let Some(m) = self.overlay.get(name) {
+            return Ok(m.clone());
+        }
+        if let Some(m) = self.loaded.borrow().get(name) {
+            return Ok(m.clone());
+        }
+        // Not named by an op (a fork source): lock it now.
+        let row = {
+            let mut conn = self.conn.borrow_mut();
+            conn.query_opt(LOCK_ONE, &[&name])
+                .map_err(|e| self.fail(e))?
+        };
+        let meta = match row {
+            Some(row) => Some(decode_meta(row.get(0), row.get(1))?),
+            None => None,
+        };
+        self.loaded
+            .borrow_mut()
+            .insert(name.to_string(), meta.clone());
+        Ok(meta)
+    }
+}
+
+impl Records for Batch<'_> {
+    fn fetch(
+        &self,
+        meta: &StreamMeta,
+        from: u64,
+        limit: u64,
+        budget: Budget,
+    ) -> Result<Window, StorageError> {
+        read::fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
+    }
+}
+
+impl Txn for Batch<'_> {
+    fn set(&mut self, name: &str, meta: Option<StreamMeta>) {
+        self.overlay.insert(name.to_string(), meta);
+    }
+
+    fn take_id(&mut self) -> Result<u64, Fail> {
+        let row = {
+            let mut conn = self.conn.borrow_mut();
+            conn.query_opt("SELECT nextval('ds_stream_ids')", &[])
+                .map_err(|e| Fail::Fatal(self.fail(e)))?
+        };
+        let id: i64 = row.map(|r| r.get(0)).unwrap_or(0);
+        Ok(uint(id))
+    }
+
+    fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut positions = Vec::with_capacity(records.len());
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut at = start;
+        for r in records {
+            positions.push(int(at.pos));
+            seqs.push(int(at.seq));
+            at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
+        }
+        let bodies: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
+        let mut conn = self.conn.borrow_mut();
+        conn.execute(INSERT_RECORDS, &[&int(id), &positions, &seqs, &bodies])
+            .map_err(|e| Fail::Fatal(self.fail(e)))?;
+        Ok(())
+    }
+
+    fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
+        let mut conn = self.conn.borrow_mut();
+        conn.execute("DELETE FROM ds_records WHERE stream_id = $1", &[&int(id)])
+            .map_err(|e| Fail::Fatal(self.fail(e)))?;
+        Ok(())
+    }
+
+    fn wake(&mut self, name: &str, meta: &StreamMeta) {
+        self.wakes
+            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
+    }
+
+    fn fork_base(
+        &self,
+        source: &StreamMeta,
+        anchor: Offset,
+        sub_offset: u64,
+    ) -> Result<Offset, StorageError> {
+        let chain = Chain {
+            metas: self,
+            records: self,
+        };
+        chain.resolve_fork_base(source, anchor, sub_offset)
+    }
+
+    fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail> {
+        let rows = {
+            let mut conn = self.conn.borrow_mut();
+            conn.query(SWEEPABLE, &[&int(now)])
+                .map_err(|e| Fail::Fatal(self.fail(e)))?
+        };
+        let mut names = Vec::with_capacity(rows.len());
+        let mut loaded = self.loaded.borrow_mut();
+        for row in rows {
+            let name: String = row.get(0);
+            if !loaded.contains_key(&name) {
+                let meta = decode_meta(row.get(1), row.get(2)).map_err(Fail::Fatal)?;
+                loaded.insert(name.clone(), Some(meta));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
