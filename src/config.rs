@@ -165,6 +165,10 @@ pub struct ServerConfig {
     /// Most pooled database connections per node for reads (the postgres
     /// backend; its writer and wake listener hold one more each).
     pub database_pool_size: usize,
+    /// The URL at which the other nodes of a shared (postgres) store reach
+    /// this node, to forward subscription requests to the leader; `None`:
+    /// derived from the bound address (the host name for 0.0.0.0 / [::]).
+    pub advertise_url: Option<String>,
     pub sync: SyncMode,
     /// Background fsync period for `SyncMode::Interval`.
     pub sync_interval: Duration,
@@ -216,6 +220,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_pool_size: 16,
+            advertise_url: None,
             sync: SyncMode::Always,
             sync_interval: Duration::from_millis(100),
             long_poll_timeout: Duration::from_secs(30),

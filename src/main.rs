@@ -115,6 +115,9 @@ struct ServeArgs {
     /// Most pooled database connections per node (postgres backend).
     #[arg(long)]
     database_pool_size: Option<usize>,
+    /// Where the other nodes of a postgres deployment reach this one.
+    #[arg(long)]
+    advertise_url: Option<String>,
     /// When durable backends flush to disk.
     #[arg(long, value_enum)]
     sync: Option<SyncMode>,
@@ -169,6 +172,9 @@ impl ServeArgs {
         set(&mut c.data_dir, self.data_dir);
         if let Some(url) = self.database_url {
             c.database_url = Some(durable_streams::config::Secret(url));
+        }
+        if self.advertise_url.is_some() {
+            c.advertise_url = self.advertise_url;
         }
         set(
             &mut c.database_pool_size,

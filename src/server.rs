@@ -143,6 +143,11 @@ pub async fn run(
     spawn_sweeper(&state);
     crate::subscriptions::worker::spawn(state.clone());
     let front = Front::new(state.clone());
+    if let Some(cluster) = state.storage.cluster() {
+        let url = advertise_url(&state.config, addr);
+        tracing::info!(url, "advertising this node to the others");
+        cluster.advertise(&url);
+    }
     // Tests and scripts wait for exactly this line.
     println!("durable-streams listening on http://{addr}");
     tracing::info!(%addr, storage = ?state.config.storage, "listening");
@@ -178,4 +183,26 @@ pub async fn run(
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;
     tracing::info!("storage flushed; bye");
     Ok(())
+}
+
+/// Where the other nodes reach this one: the configured URL, else the bound
+/// address (with this host's name when bound to every interface).
+fn advertise_url(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.advertise_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    if addr.ip().is_unspecified() {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if rc == 0 && len > 0 {
+            return format!(
+                "http://{}:{}",
+                String::from_utf8_lossy(&buf[..len]),
+                addr.port()
+            );
+        }
+    }
+    format!("http://{addr}")
 }

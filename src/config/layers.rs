@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "database_pool_size",
+    "advertise_url",
     "sync",
     "sync_interval",
     "long_poll_timeout",
@@ -248,6 +249,15 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         "database_url" => {
             let s = v.text()?.trim().to_string();
             c.database_url = (!s.is_empty()).then_some(Secret(s));
+        }
+        "advertise_url" => {
+            let s = v.text()?.trim().to_string();
+            if !(s.is_empty() || s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(format!(
+                    "{s:?} is not accepted; accepted values: an http:// or https:// URL"
+                ));
+            }
+            c.advertise_url = (!s.is_empty()).then_some(s);
         }
         "database_pool_size" => {
             let n = v.size("16")?;

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod compress;
 pub mod error;
+pub mod forward;
 pub mod front;
 pub mod h1;
 pub mod headers;
@@ -123,7 +124,9 @@ pub fn router(state: AppState) -> Router {
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers(headers::EXPOSED.to_vec())
         .max_age(std::time::Duration::from_secs(86400));
-    Router::new()
+    // The subscription engine runs on one node of a shared store: the
+    // others forward these routes to it.
+    let subscriptions = Router::new()
         .route("/v1/stream/__ds/jwks.json", get(sub_api::jwks))
         .route(
             "/v1/stream/__ds/subscriptions/{id}",
@@ -150,6 +153,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/stream/__ds/subscriptions/{id}/release",
             post(sub_api::release),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ));
+    Router::new()
+        .merge(subscriptions)
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))

@@ -384,6 +384,22 @@ impl From<std::io::Error> for StorageError {
     }
 }
 
+/// Node-singleton work on a shared backend: one node at a time holds the
+/// leadership (a lease in the shared store, lost when the node dies or its
+/// connection does) and runs the subscription engine; the others forward
+/// subscription requests to it.
+pub trait Cluster: Send + Sync {
+    /// Announces the URL at which this node's HTTP API is reachable by the
+    /// other nodes; a node leads only once it has one.
+    fn advertise(&self, url: &str);
+    /// `Some(term)` while this node leads. The term changes every time
+    /// leadership is gained, so state cached from an earlier term (written
+    /// meanwhile by another leader) is known to be stale.
+    fn leadership(&self) -> Option<u64>;
+    /// The current leader's advertised URL, if any node leads. Blocking.
+    fn leader_url(&self) -> Result<Option<String>, StorageError>;
+}
+
 /// The contract between the HTTP layer and a backend. See the module docs for
 /// the guarantees that hold for every method.
 pub trait Storage: Send + Sync + 'static {
@@ -508,6 +524,27 @@ pub trait Storage: Send + Sync + 'static {
     /// that returned before the call started is reflected. Used at startup
     /// to load the control plane, so it may be slow but must be complete.
     fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
+
+    /// Stores `value` under `key` in `ns` unless the key already holds one,
+    /// and returns the value stored now (the given one, or the existing
+    /// one): "create once" for values every node must agree on (the webhook
+    /// signing key). Atomic on backends that several processes share; the
+    /// default suffices for a backend owned by one process. Durable before
+    /// return, like [`Storage::control_put`].
+    fn control_put_new(&self, ns: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        if let Some((_, v)) = self.control_scan(ns)?.into_iter().find(|(k, _)| k == key) {
+            return Ok(v);
+        }
+        self.control_put(ns, key, value)?;
+        Ok(value.to_vec())
+    }
+
+    /// For a backend that several nodes share: how they divide the work
+    /// that must run on exactly one of them. `None` (the default) for a
+    /// backend owned by one process, which does all of it itself.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
 
     /// How many stream names the backend holds, when it knows cheaply
     /// (without I/O or a scan); `None` otherwise. Used only for metrics.

@@ -124,6 +124,26 @@ impl Subscriptions {
         Ok(Arc::new(engine))
     }
 
+    /// Loads every subscription from the store again, replacing the working
+    /// copy: a node that becomes the leader of a shared store takes over
+    /// what the previous leader wrote. Unsaved changes of this node's are
+    /// dropped (it did not lead meanwhile, so it made none that count).
+    pub async fn reload(&self) -> Result<(), StorageError> {
+        let subs = run_storage(&self.storage, store::load_subs).await?;
+        let mut saved = self.saved.lock().await;
+        self.dirty.lock().clear();
+        self.inflight.lock().clear();
+        self.registry.replace_all(subs);
+        saved.clear();
+        for id in self.registry.ids() {
+            if let Some(s) = self.registry.snapshot(&id) {
+                saved.insert(id, s.version);
+            }
+        }
+        self.set_lagged();
+        Ok(())
+    }
+
     /// Replaces the webhook transport (the TLS settings, or a test double).
     pub fn set_transport(&self, t: Arc<dyn Transport>) {
         *self.transport.write() = t;

@@ -360,6 +360,19 @@ impl Registry {
     }
 
     /// Inserts a subscription loaded from the store, as it was.
+    /// Replaces every subscription with `subs` (a reload from the store).
+    pub fn replace_all(&self, subs: Vec<Sub>) {
+        {
+            let mut inner = self.inner.lock();
+            inner.subs.clear();
+            inner.index = Index::default();
+            self.live.store(0, Ordering::Relaxed);
+        }
+        for sub in subs {
+            self.load(sub);
+        }
+    }
+
     pub fn load(&self, mut sub: Sub) {
         sub.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         sub.index_delta.clear();
@@ -424,6 +437,11 @@ impl Registry {
     /// Ids of live subscriptions that link or match `path`.
     pub fn interested(&self, path: &str) -> Vec<String> {
         self.inner.lock().index.interested(path)
+    }
+
+    /// Every id, tombstones included.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.lock().subs.keys().cloned().collect()
     }
 
     pub fn live_ids(&self) -> Vec<String> {

@@ -80,14 +80,12 @@ pub fn decode_key(bytes: &[u8]) -> Result<Keys, String> {
 /// The stored signing key, or a new one stored now (durably, before any
 /// webhook is signed with it).
 pub fn load_or_create_key(storage: &dyn Storage) -> Result<Keys, StorageError> {
-    let stored = storage.control_scan(NS_KEYS)?;
-    if let Some((_, v)) = stored.iter().find(|(k, _)| k == KEY_ED25519) {
-        return decode_key(v)
-            .map_err(|e| StorageError::Corrupt(format!("webhook signing key record: {e}")));
-    }
-    let keys = Keys::generate();
-    storage.control_put(NS_KEYS, KEY_ED25519, &encode_key(&keys))?;
-    Ok(keys)
+    // Nodes sharing a store may start together: the first key stored wins
+    // and every node uses that one.
+    let fresh = encode_key(&Keys::generate());
+    let stored = storage.control_put_new(NS_KEYS, KEY_ED25519, &fresh)?;
+    decode_key(&stored)
+        .map_err(|e| StorageError::Corrupt(format!("webhook signing key record: {e}")))
 }
 
 /// Every stored subscription, tombstones included. A record that cannot be

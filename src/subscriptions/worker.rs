@@ -31,21 +31,54 @@ pub fn spawn(state: AppState) {
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
+        // The leadership term whose state the registry holds (shared stores).
+        let mut term = None;
         loop {
-            let ids = tokio::select! {
+            let msg = tokio::select! {
                 _ = state.shutdown.cancelled() => return,
                 msg = rx.recv() => match msg {
                     None => return,
-                    Some(Msg::Sub(id)) => vec![id],
-                    Some(Msg::Stream(path)) => on_stream_change(&state, &path).await,
+                    Some(m) => Some(m),
                 },
-                _ = tick.tick() => on_tick(&state).await,
+                _ = tick.tick() => None,
+            };
+            if !leads(&state, &mut term).await {
+                continue;
+            }
+            let ids = match msg {
+                Some(Msg::Sub(id)) => vec![id],
+                Some(Msg::Stream(path)) => on_stream_change(&state, &path).await,
+                None => on_tick(&state).await,
             };
             for id in ids {
                 maybe_wake(&state, &id).await;
             }
         }
     });
+}
+
+/// True when this node runs the engine: always on a store of its own; on a
+/// shared store only while it leads, after reloading the registry once per
+/// leadership term (another leader may have changed everything meanwhile).
+async fn leads(state: &AppState, term: &mut Option<u64>) -> bool {
+    let Some(cluster) = state.storage.cluster() else {
+        return true;
+    };
+    let now = cluster.leadership();
+    if now.is_none() || now == *term {
+        *term = now;
+        return now.is_some();
+    }
+    match state.subs.reload().await {
+        Ok(()) => {
+            *term = now;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load subscriptions after gaining leadership");
+            false
+        }
+    }
 }
 
 /// What storage says about a stream now: its incarnation and tail, or

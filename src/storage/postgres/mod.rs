@@ -21,6 +21,7 @@
 //!   (503 with `Retry-After`) until connections succeed again; nothing needs
 //!   restarting.
 
+mod lead;
 mod listen;
 mod pool;
 mod read;
@@ -29,7 +30,7 @@ mod writer;
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,8 +46,8 @@ use self::writer::{Done, Op, Work};
 use super::chain::Chain;
 use super::model::{Expiry, StreamMeta};
 use super::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Staging, Storage, StorageError, StreamInfo, check_control,
+    AppendOutcome, AppendRequest, Cluster, CreateOutcome, CreateRequest, Millis, ReadOutcome,
+    ReadRequest, Staging, Storage, StorageError, StreamInfo, check_control,
 };
 use crate::notify::WakeHub;
 
@@ -74,6 +75,10 @@ struct Shared {
     stopping: AtomicBool,
     /// The listener holds a live connection (for health reporting).
     listening: AtomicBool,
+    /// This node's URL for the others, once the server is listening.
+    advertised: Mutex<Option<String>>,
+    /// The current leadership term while this node leads, else 0.
+    term: AtomicU64,
 }
 
 /// The PostgreSQL-backed [`Storage`].
@@ -127,6 +132,8 @@ impl PgStorage {
             node,
             stopping: AtomicBool::new(false),
             listening: AtomicBool::new(false),
+            advertised: Mutex::new(None),
+            term: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -141,10 +148,16 @@ impl PgStorage {
                 .name("pg-listen".into())
                 .spawn(move || listen::run(shared))?
         };
+        let leader = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("pg-lead".into())
+                .spawn(move || lead::run(shared))?
+        };
         Ok(PgStorage {
             shared,
             tx: RwLock::new(Some(tx)),
-            threads: Mutex::new(vec![writer, listener]),
+            threads: Mutex::new(vec![writer, listener, leader]),
         })
     }
 
@@ -400,6 +413,33 @@ impl Storage for PgStorage {
         })
     }
 
+    /// `INSERT … ON CONFLICT DO NOTHING`, then the stored value: nodes
+    /// that start together agree on one.
+    fn control_put_new(&self, ns: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        check_control(ns, key, value)?;
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO ds_control (ns, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (ns, key) DO NOTHING",
+                &[&ns, &key, &value],
+            )
+            .map_err(map_err)?;
+            let row = conn
+                .query_opt(
+                    "SELECT value FROM ds_control WHERE ns = $1 AND key = $2",
+                    &[&ns, &key],
+                )
+                .map_err(map_err)?;
+            row.map(|r| r.get(0)).ok_or_else(|| {
+                StorageError::Unavailable("the value was removed concurrently; retry".into())
+            })
+        })
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
+    }
+
     fn shutdown(&self) -> Result<(), StorageError> {
         // Dropping the sender lets the writer finish what is queued and stop.
         self.tx.write().take();
@@ -409,5 +449,27 @@ impl Storage for PgStorage {
         }
         self.shared.pool.close_idle();
         Ok(())
+    }
+}
+
+impl Cluster for PgStorage {
+    fn advertise(&self, url: &str) {
+        *self.shared.advertised.lock() = Some(url.to_string());
+    }
+
+    fn leadership(&self) -> Option<u64> {
+        match self.shared.term.load(Ordering::Relaxed) {
+            0 => None,
+            term => Some(term),
+        }
+    }
+
+    fn leader_url(&self) -> Result<Option<String>, StorageError> {
+        self.with_conn(|conn| {
+            let row = conn
+                .query_opt("SELECT url FROM ds_leader WHERE id = 1", &[])
+                .map_err(map_err)?;
+            Ok(row.map(|r| r.get(0)))
+        })
     }
 }

@@ -12,6 +12,8 @@
 //!   "the record containing `pos`" is the last row `<= (id, pos)`.
 //! * `ds_producers`: `(stream_id, producer)` → `(epoch, last_seq)`.
 //! * `ds_control`: `(ns, key)` → `value`, the control-plane space.
+//! * `ds_leader`: the URL of the node that holds the leadership (the
+//!   session-level advisory lock [`LEADER_LOCK`]), for forwarding.
 //! * `ds_schema`: applied migration versions.
 //!
 //! Migrations run in one transaction under an advisory lock, so nodes that
@@ -24,6 +26,8 @@ use crate::storage::{StorageError, StreamMeta};
 
 /// Key of the advisory lock held while migrating ("dsmi").
 const MIGRATION_LOCK: i64 = 0x6473_6d69;
+/// Key of the advisory lock the leading node holds for its session ("dsld").
+pub(super) const LEADER_LOCK: i64 = 0x6473_6c64;
 
 /// Every migration, in order; version = index + 1. Never edit one that has
 /// shipped: add another.
@@ -59,6 +63,12 @@ const MIGRATIONS: &[&str] = &["
         key   TEXT NOT NULL,
         value BYTEA NOT NULL,
         PRIMARY KEY (ns, key)
+    );
+    CREATE TABLE ds_leader (
+        id    INT PRIMARY KEY CHECK (id = 1),
+        node  TEXT NOT NULL,
+        url   TEXT NOT NULL,
+        since TIMESTAMPTZ NOT NULL DEFAULT now()
     );
 "];
 
