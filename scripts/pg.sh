@@ -54,6 +54,9 @@ url() { echo "postgres://$PG_USER@127.0.0.1:$PG_PORT/${1:-postgres}"; }
 find_bin() {
   local d
   PG_BIN="${DS_PG_BIN:-}"
+  if [[ -n "$PG_BIN" && ! -x "$PG_BIN/pg_ctl" ]]; then
+    die "DS_PG_BIN=$PG_BIN has no pg_ctl; point it at PostgreSQL's bin directory"
+  fi
   if [[ -z "$PG_BIN" ]]; then
     # The newest major version: sort -V puts 9.6 before 15.
     while read -r d; do
