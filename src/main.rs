@@ -63,12 +63,15 @@ struct StoreArgs {
     /// TOML configuration file (its storage and data_dir are used).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Storage backend (file or acid).
+    /// Storage backend (file, acid or postgres).
     #[arg(long, value_enum)]
     storage: Option<StorageKind>,
     /// The backend's data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The postgres backend's database (nodes may keep serving meanwhile).
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -262,9 +265,13 @@ fn open_store(
     if let Some(d) = args.data_dir {
         c.data_dir = d;
     }
+    if let Some(url) = args.database_url {
+        c.database_url = Some(config::Secret(url));
+    }
     if c.storage == StorageKind::Memory {
         return Err(
-            "the memory backend keeps nothing between runs; use --storage file or acid".into(),
+            "the memory backend keeps nothing between runs; use --storage file, acid or postgres"
+                .into(),
         );
     }
     init_logging(&c);

@@ -136,6 +136,10 @@ fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: boo
     Bytes::from(ev)
 }
 
+/// Data events up to this size travel in one body frame with their
+/// control event (larger ones are not copied for that).
+const JOIN_EVENTS_MAX: usize = 16 * 1024;
+
 /// Serves an SSE connection. The first read happens before the response
 /// starts, so a missing stream is an ordinary 404.
 pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
@@ -162,8 +166,18 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
                 let data = shared
                     .take()
                     .unwrap_or_else(|| Bytes::from(data_event(&out, enc)));
-                yield Ok::<Bytes, Infallible>(data);
-                yield Ok(control_event(&state, &out, client_cursor));
+                let control = control_event(&state, &out, client_cursor);
+                if data.len() <= JOIN_EVENTS_MAX {
+                    // One frame: a proxy passing frames on keeps an event
+                    // and its control event in one read for the client.
+                    let mut both = Vec::with_capacity(data.len() + control.len());
+                    both.extend_from_slice(&data);
+                    both.extend_from_slice(&control);
+                    yield Ok::<Bytes, Infallible>(Bytes::from(both));
+                } else {
+                    yield Ok::<Bytes, Infallible>(data);
+                    yield Ok(control);
+                }
             } else if announce || out.at_eof() {
                 yield Ok(control_event(&state, &out, client_cursor));
             }

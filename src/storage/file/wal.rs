@@ -518,9 +518,11 @@ impl Wal {
                 seg.len += batch.len() as u64;
                 seg.unsynced = self.sync == SyncMode::Interval;
                 drop(seg);
+                // The atomic first: a blocked waiter released below may
+                // poll an async waiter of the same LSN at once.
+                self.committed.store(upto, Ordering::Release);
                 self.done.lock().committed = upto;
                 self.durable.notify_all();
-                self.committed.store(upto, Ordering::Release);
                 self.wake(upto);
             }
             if self.sync == SyncMode::Interval && (last_sync.elapsed() >= self.interval || stop) {

@@ -170,7 +170,16 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
     let mut answers = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match &op.work {
-            Work::Create(name, req) => txn::create(&mut b, name, req).map(Done::Create),
+            Work::Create(name, req) => {
+                let r = txn::create(&mut b, name, req);
+                if let Ok(CreateOutcome::Created(info)) = &r {
+                    // Other nodes' subscription engines learn of new streams
+                    // from this (their HTTP layer never saw the request).
+                    b.wakes
+                        .push((name.clone(), Wake::bare(info.tail, info.closed)));
+                }
+                r.map(Done::Create)
+            }
             Work::Append(name, req) => {
                 let from = b.tail_before(name);
                 let r = txn::append(&mut b, name, req);
