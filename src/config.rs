@@ -165,6 +165,9 @@ pub struct ServerConfig {
     /// Most pooled database connections per node for reads (the postgres
     /// backend; its writer and wake listener hold one more each).
     pub database_pool_size: usize,
+    /// A PEM file of CA certificates trusted for TLS to the database in
+    /// addition to the built-in (Mozilla) roots.
+    pub database_ca_file: Option<PathBuf>,
     /// The URL at which the other nodes of a shared (postgres) store reach
     /// this node, to forward subscription requests to the leader; `None`:
     /// derived from the bound address (the host name for 0.0.0.0 / [::]).
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_pool_size: 16,
+            database_ca_file: None,
             advertise_url: None,
             sync: SyncMode::Always,
             sync_interval: Duration::from_millis(100),

@@ -55,3 +55,4 @@ pub mod offset;
 pub mod server;
 pub mod storage;
 pub mod subscriptions;
+pub mod tls;

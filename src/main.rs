@@ -121,6 +121,9 @@ struct ServeArgs {
     /// Where the other nodes of a postgres deployment reach this one.
     #[arg(long)]
     advertise_url: Option<String>,
+    /// PEM file of CA certificates trusted for TLS to the database.
+    #[arg(long)]
+    database_ca_file: Option<PathBuf>,
     /// When durable backends flush to disk.
     #[arg(long, value_enum)]
     sync: Option<SyncMode>,
@@ -178,6 +181,9 @@ impl ServeArgs {
         }
         if self.advertise_url.is_some() {
             c.advertise_url = self.advertise_url;
+        }
+        if self.database_ca_file.is_some() {
+            c.database_ca_file = self.database_ca_file;
         }
         set(
             &mut c.database_pool_size,

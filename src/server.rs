@@ -59,6 +59,7 @@ pub fn open_storage(
             let options = PgOptions {
                 url: url.expose().to_string(),
                 pool_size: config.database_pool_size,
+                ca_file: config.database_ca_file.clone(),
             };
             Ok(Arc::new(PgStorage::open(&options, hub)?))
         }

@@ -456,20 +456,40 @@ async fn sse_delivers_data_then_closes_at_eof() {
     assert_eq!(header(&res, "stream-sse-data-encoding"), Some("base64"));
     let mut stream = res.into_body().into_data_stream();
     use futures_util::StreamExt;
+    // A small data event travels in one frame with its control event.
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first, "event: data\ndata:AQI=\n\n");
-    let control = stream.next().await.unwrap().unwrap();
-    assert!(
-        std::str::from_utf8(&control)
-            .unwrap()
-            .contains("\"upToDate\":true")
-    );
+    let (data, control) = std::str::from_utf8(&first)
+        .unwrap()
+        .split_once("\n\n")
+        .unwrap();
+    assert_eq!(data, "event: data\ndata:AQI=");
+    assert!(control.starts_with("event: control\n") && control.contains("\"upToDate\":true"));
     // Closing the stream ends the SSE response with a final control event.
     close(&app, path).await;
     let last = stream.next().await.unwrap().unwrap();
     let last = std::str::from_utf8(&last).unwrap();
     assert!(last.contains("\"streamClosed\":true") && !last.contains("streamCursor"));
     assert!(stream.next().await.is_none(), "connection closes at EOF");
+}
+
+/// A large data event is not copied to join its control event: two frames.
+#[tokio::test]
+async fn sse_sends_a_large_event_apart_from_its_control_event() {
+    use futures_util::StreamExt;
+    let app = app();
+    let path = "/v1/stream/sse-large";
+    put(&app, path, "text/plain", &"x".repeat(20_000)).await;
+    let res = get(&app, &format!("{path}?offset=-1&live=sse")).await;
+    let mut stream = res.into_body().into_data_stream();
+    let data = stream.next().await.unwrap().unwrap();
+    assert!(data.starts_with(b"event: data\n") && data.ends_with(b"\n\n"));
+    assert!(
+        !std::str::from_utf8(&data)
+            .unwrap()
+            .contains("event: control")
+    );
+    let control = stream.next().await.unwrap().unwrap();
+    assert!(control.starts_with(b"event: control\n"));
 }
 
 /// A memory backend that counts `read` calls, to see what live readers ask
@@ -558,13 +578,15 @@ async fn caught_up_sse_subscribers_do_not_reread_storage() {
     let mut events = res.into_body().into_data_stream();
     let mut next_text =
         async || String::from_utf8(events.next().await.unwrap().unwrap().to_vec()).unwrap();
-    assert_eq!(next_text().await, "event: data\ndata:a\n\n");
-    assert!(next_text().await.contains("\"upToDate\":true"));
+    let both = next_text().await;
+    assert!(both.starts_with("event: data\ndata:a\n\nevent: control\n"));
+    assert!(both.contains("\"upToDate\":true"));
     let before = storage.reads.load(Ordering::SeqCst);
     for word in ["b", "c", "d", "e"] {
         post(&app, path, "text/plain", word).await;
-        assert_eq!(next_text().await, format!("event: data\ndata:{word}\n\n"));
-        assert!(next_text().await.contains("\"upToDate\":true"));
+        let both = next_text().await;
+        assert!(both.starts_with(&format!("event: data\ndata:{word}\n\nevent: control\n")));
+        assert!(both.contains("\"upToDate\":true"));
     }
     assert_eq!(
         storage.reads.load(Ordering::SeqCst),

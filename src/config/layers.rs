@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "database_pool_size",
+    "database_ca_file",
     "advertise_url",
     "sync",
     "sync_interval",
@@ -249,6 +250,10 @@ fn apply(c: &mut ServerConfig, key: &str, v: Raw<'_>) -> Result<(), String> {
         "database_url" => {
             let s = v.text()?.trim().to_string();
             c.database_url = (!s.is_empty()).then_some(Secret(s));
+        }
+        "database_ca_file" => {
+            let s = v.text()?;
+            c.database_ca_file = (!s.is_empty()).then(|| PathBuf::from(s));
         }
         "advertise_url" => {
             let s = v.text()?.trim().to_string();

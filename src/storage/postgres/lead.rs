@@ -28,7 +28,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        let mut conn = match Conn::open(shared.pool.config()) {
+        let mut conn = match Conn::open(shared.pool.target()) {
             Ok(c) => c,
             Err(_) => {
                 std::thread::sleep(POLL);

@@ -29,7 +29,7 @@ pub(super) fn run(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     let mut was_down = false;
     while !shared.stopping.load(Ordering::Relaxed) {
-        let mut conn = match Conn::open(shared.pool.config()) {
+        let mut conn = match Conn::open(shared.pool.target()) {
             Ok(c) => c,
             Err(e) => {
                 if !was_down {

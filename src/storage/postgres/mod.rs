@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use self::pool::{Conn, Pool};
+use self::pool::{Conn, Pool, Target};
 use self::read::Committed;
 use self::schema::{decode_meta, int, map_err, uint};
 use self::writer::{Done, Op, Work};
@@ -61,9 +62,12 @@ const STARTUP_WAIT: Duration = Duration::from_secs(30);
 pub struct PgOptions {
     /// A libpq-style URL or key=value string.
     pub url: String,
-    /// Most pooled connections for reads and control calls (the writer and
-    /// the listener hold one more each).
+    /// Most pooled connections for reads and control calls (the writer,
+    /// the listener and the leadership check hold one more each).
     pub pool_size: usize,
+    /// A PEM file of CA certificates trusted for TLS to the database, in
+    /// addition to the built-in (Mozilla) roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// What the callers, the writer and the listener share.
@@ -104,15 +108,25 @@ impl PgStorage {
         if config.get_application_name().is_none() {
             config.application_name("durable-streams");
         }
+        let tls = crate::tls::client_config(options.ca_file.as_deref()).map_err(|e| {
+            StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("database_ca_file: {e}"),
+            ))
+        })?;
+        let target = Target {
+            config,
+            tls: MakeRustlsConnect::new(tls),
+        };
         let node = format!("{:016x}", rand::random::<u64>());
         // The synchronous client runs its own runtime: keep it off any
         // async worker that may be calling.
         let migrated = {
-            let config = config.clone();
+            let target = target.clone();
             std::thread::spawn(move || {
                 let deadline = Instant::now() + STARTUP_WAIT;
                 loop {
-                    let result = Conn::open(&config).and_then(|mut c| schema::migrate(&mut c.client));
+                    let result = Conn::open(&target).and_then(|mut c| schema::migrate(&mut c.client));
                     match result {
                         Err(StorageError::Unavailable(e)) if Instant::now() < deadline => {
                             tracing::warn!(error = %e, "postgres storage: waiting for the database");
@@ -127,7 +141,7 @@ impl PgStorage {
         };
         migrated?;
         let shared = Arc::new(Shared {
-            pool: Pool::new(config, options.pool_size),
+            pool: Pool::new(target, options.pool_size),
             hub,
             node,
             stopping: AtomicBool::new(false),

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::schema::map_err;
 use crate::storage::StorageError;
@@ -32,9 +33,10 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Opens a connection with `config`.
-    pub fn open(config: &postgres::Config) -> Result<Conn, StorageError> {
-        let client = config.connect(NoTls).map_err(map_err)?;
+    /// Opens a connection with `target`'s settings (TLS as its `sslmode`
+    /// asks: `prefer`, the default, uses it when the server offers it).
+    pub fn open(target: &Target) -> Result<Conn, StorageError> {
+        let client = target.config.connect(target.tls.clone()).map_err(map_err)?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
@@ -83,9 +85,16 @@ impl Conn {
     }
 }
 
+/// Where and how to connect.
+#[derive(Clone)]
+pub(super) struct Target {
+    pub config: postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
 /// A bounded set of connections.
 pub(super) struct Pool {
-    config: postgres::Config,
+    target: Target,
     max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
@@ -98,9 +107,9 @@ struct PoolState {
 }
 
 impl Pool {
-    pub fn new(config: postgres::Config, max: usize) -> Pool {
+    pub fn new(target: Target, max: usize) -> Pool {
         Pool {
-            config,
+            target,
             max: max.max(1),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
@@ -110,8 +119,8 @@ impl Pool {
         }
     }
 
-    pub fn config(&self) -> &postgres::Config {
-        &self.config
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// A connection: an idle one, a new one while under the cap, or the
@@ -132,7 +141,7 @@ impl Pool {
             if state.open < self.max {
                 state.open += 1;
                 drop(state);
-                return match Conn::open(&self.config) {
+                return match Conn::open(&self.target) {
                     Ok(conn) => Ok(Pooled {
                         pool: self,
                         conn: Some(conn),

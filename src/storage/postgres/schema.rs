@@ -162,10 +162,17 @@ pub(super) fn map_err(e: postgres::Error) -> StorageError {
     if e.code().map(|c| c.code()) == Some("53100") {
         return StorageError::NoSpace;
     }
+    // The causes too: "error performing TLS handshake" alone says nothing.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
     if unavailable {
-        StorageError::Unavailable(format!("database unavailable: {e}"))
+        StorageError::Unavailable(format!("database unavailable: {detail}"))
     } else {
-        StorageError::Io(std::io::Error::other(format!("database error: {e}")))
+        StorageError::Io(std::io::Error::other(format!("database error: {detail}")))
     }
 }
 

@@ -109,7 +109,7 @@ fn commit(shared: &Shared, slot: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Do
     let failed = loop {
         attempt += 1;
         if slot.as_ref().is_none_or(Conn::is_closed) {
-            match Conn::open(shared.pool.config()) {
+            match Conn::open(shared.pool.target()) {
                 Ok(c) => *slot = Some(c),
                 Err(e) => break e,
             }
