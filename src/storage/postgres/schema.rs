@@ -154,9 +154,10 @@ pub(super) fn map_err(e: postgres::Error) -> StorageError {
             code.starts_with("08") || code.starts_with("57") || code == "53300" || code == "53400"
         }
         None => {
-            e.is_closed()
+            (e.is_closed()
                 || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
-                || e.to_string().contains("timed out")
+                || e.to_string().contains("timed out"))
+                && !tls_refused(&e)
         }
     };
     if e.code().map(|c| c.code()) == Some("53100") {
@@ -174,6 +175,26 @@ pub(super) fn map_err(e: postgres::Error) -> StorageError {
     } else {
         StorageError::Io(std::io::Error::other(format!("database error: {detail}")))
     }
+}
+
+/// True when TLS itself refused the server (an untrusted or mismatched
+/// certificate): a setting to fix, not an outage to wait out.
+fn tls_refused(e: &postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A copy of an error, for answering every call of a failed batch.
