@@ -79,6 +79,11 @@ pub struct Subscriptions {
     /// Subscriptions with a webhook delivery running (sending or waiting
     /// for its retry), so a wake is never sent twice at once.
     inflight: Mutex<HashSet<String>>,
+    /// The leadership term the working copy was loaded for (shared stores;
+    /// 0: none yet).
+    term: std::sync::atomic::AtomicU64,
+    /// Serializes reloads.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// A message to the worker.
@@ -120,8 +125,26 @@ impl Subscriptions {
             dirty: Mutex::new(HashSet::new()),
             transport: RwLock::new(Arc::new(delivery::HttpTransport::default())),
             inflight: Mutex::new(HashSet::new()),
+            term: Default::default(),
+            reloading: tokio::sync::Mutex::new(()),
         };
         Ok(Arc::new(engine))
+    }
+
+    /// Makes the working copy current for leadership term `term` of a
+    /// shared store: reloaded once per term, before the engine or the API
+    /// uses it (whichever comes first).
+    pub async fn adopt_term(&self, term: u64) -> Result<(), StorageError> {
+        if self.term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        let _one = self.reloading.lock().await;
+        if self.term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.reload().await?;
+        self.term.store(term, Ordering::Release);
+        Ok(())
     }
 
     /// Loads every subscription from the store again, replacing the working

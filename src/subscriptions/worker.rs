@@ -31,8 +31,6 @@ pub fn spawn(state: AppState) {
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
-        // The leadership term whose state the registry holds (shared stores).
-        let mut term = None;
         loop {
             let msg = tokio::select! {
                 _ = state.shutdown.cancelled() => return,
@@ -42,7 +40,7 @@ pub fn spawn(state: AppState) {
                 },
                 _ = tick.tick() => None,
             };
-            if !leads(&state, &mut term).await {
+            if !leads(&state).await {
                 continue;
             }
             let ids = match msg {
@@ -58,22 +56,17 @@ pub fn spawn(state: AppState) {
 }
 
 /// True when this node runs the engine: always on a store of its own; on a
-/// shared store only while it leads, after reloading the registry once per
+/// shared store only while it leads, with the registry reloaded once per
 /// leadership term (another leader may have changed everything meanwhile).
-async fn leads(state: &AppState, term: &mut Option<u64>) -> bool {
+async fn leads(state: &AppState) -> bool {
     let Some(cluster) = state.storage.cluster() else {
         return true;
     };
-    let now = cluster.leadership();
-    if now.is_none() || now == *term {
-        *term = now;
-        return now.is_some();
-    }
-    match state.subs.reload().await {
-        Ok(()) => {
-            *term = now;
-            true
-        }
+    let Some(term) = cluster.leadership() else {
+        return false;
+    };
+    match state.subs.adopt_term(term).await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "cannot load subscriptions after gaining leadership");
             false
