@@ -1,7 +1,9 @@
 //! The control-plane key/value contract (`Storage::control_*`), the same
-//! checks on every backend, and reopening on the durable ones.
+//! checks on every backend, and reopening on the durable ones; on postgres
+//! also two nodes sharing one database.
 
 use std::path::Path;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use durable_streams::config::SyncMode;
@@ -10,6 +12,9 @@ use durable_streams::storage::acid::AcidStorage;
 use durable_streams::storage::file::FileStorage;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::{CreateRequest, Storage};
+
+#[path = "common/pg.rs"]
+mod pg;
 
 fn file(dir: &Path) -> Box<dyn Storage> {
     Box::new(
@@ -25,6 +30,10 @@ fn file(dir: &Path) -> Box<dyn Storage> {
 
 fn acid(dir: &Path) -> Box<dyn Storage> {
     Box::new(AcidStorage::open(dir, WakeHub::new()).unwrap())
+}
+
+fn postgres(url: &str) -> Box<dyn Storage> {
+    Box::new(pg::node(url))
 }
 
 fn kv(items: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -57,14 +66,18 @@ fn exercise(s: &dyn Storage) {
     assert!(s.control_put("Subs", "a", b"").is_err());
     assert!(s.control_put("subs", "", b"").is_err());
     assert!(s.control_put("subs", &"k".repeat(1025), b"").is_err());
+    // Create once: the first value stays.
+    assert_eq!(s.control_put_new("once", "k", b"first").unwrap(), b"first");
+    assert_eq!(s.control_put_new("once", "k", b"second").unwrap(), b"first");
+    assert_eq!(s.control_scan("once").unwrap(), kv(&[("k", b"first")]));
     // Streams are untouched by control records and the reverse.
     assert!(s.list_streams().unwrap().is_empty());
 }
 
-fn survives_reopen(open: fn(&Path) -> Box<dyn Storage>) {
-    let dir = tempfile::tempdir().unwrap();
+/// [`exercise`], then reopens the store `open` gives (after dropping it).
+fn survives_reopen(open: &dyn Fn() -> Box<dyn Storage>) {
     {
-        let s = open(dir.path());
+        let s = open();
         exercise(&*s);
         let req = CreateRequest {
             content_type: Some("text/plain".into()),
@@ -77,7 +90,7 @@ fn survives_reopen(open: fn(&Path) -> Box<dyn Storage>) {
         s.create("stream", req).unwrap();
         // No shutdown: the records were durable when the calls returned.
     }
-    let s = open(dir.path());
+    let s = open();
     assert_eq!(
         s.control_scan("subs").unwrap(),
         kv(&[("a", b"one"), ("id with / and \u{e9}", b"")])
@@ -89,8 +102,9 @@ fn survives_reopen(open: fn(&Path) -> Box<dyn Storage>) {
     assert_eq!(s.list_streams().unwrap().len(), 1);
     s.control_delete("subs", "a").unwrap();
     drop(s);
-    let s = open(dir.path());
+    let s = open();
     assert_eq!(s.control_scan("subs").unwrap().len(), 1);
+    assert_eq!(s.control_scan("once").unwrap(), kv(&[("k", b"first")]));
 }
 
 #[test]
@@ -100,12 +114,57 @@ fn memory_backend_keeps_control_records() {
 
 #[test]
 fn file_backend_control_records_survive_reopen() {
-    survives_reopen(file);
+    let dir = tempfile::tempdir().unwrap();
+    survives_reopen(&|| file(dir.path()));
 }
 
 #[test]
 fn acid_backend_control_records_survive_reopen() {
-    survives_reopen(acid);
+    let dir = tempfile::tempdir().unwrap();
+    survives_reopen(&|| acid(dir.path()));
+}
+
+#[test]
+fn postgres_backend_control_records_survive_reopen() {
+    let url = pg::fresh_database("control");
+    survives_reopen(&|| postgres(&url));
+}
+
+#[test]
+fn postgres_nodes_share_control_records_and_agree_on_put_new() {
+    let url = pg::fresh_database("control_nodes");
+    let a: Arc<dyn Storage> = Arc::from(postgres(&url));
+    let b: Arc<dyn Storage> = Arc::from(postgres(&url));
+    // What one node puts or deletes, the other sees at once.
+    a.control_put("subs", "x", b"from a").unwrap();
+    assert_eq!(b.control_scan("subs").unwrap(), kv(&[("x", b"from a")]));
+    b.control_delete("subs", "x").unwrap();
+    assert!(a.control_scan("subs").unwrap().is_empty());
+    // Create once across nodes: the first value wins, on both.
+    assert_eq!(a.control_put_new("keys", "k", b"a").unwrap(), b"a");
+    assert_eq!(b.control_put_new("keys", "k", b"b").unwrap(), b"a");
+    // Nodes starting together race for one key: all agree on one value,
+    // which is one of theirs and the one stored.
+    let barrier = Arc::new(Barrier::new(8));
+    let racers: Vec<_> = (0..8u8)
+        .map(|i| {
+            let node = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                node.control_put_new("keys", "signing", &[i; 32]).unwrap()
+            })
+        })
+        .collect();
+    let won: Vec<Vec<u8>> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(won.iter().all(|v| *v == won[0]), "nodes disagree: {won:?}");
+    assert!((0..8u8).any(|i| won[0] == [i; 32]));
+    for node in [&a, &b] {
+        assert_eq!(
+            node.control_scan("keys").unwrap(),
+            kv(&[("k", b"a"), ("signing", &won[0])])
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A PostgreSQL server for the postgres backend's tests: the one
 //! `scripts/pg.sh` runs (installing and starting it on first use), or the one
 //! `DS_TEST_DATABASE_URL` names (`scripts/test.sh` exports it). Every test gets
-//! a fresh database. Include it with
+//! a fresh database ([`fresh_database`]), and [`node`] opens a storage node
+//! on it. Include it with
 //!
 //! ```ignore
 //! #[path = "common/pg.rs"]
@@ -84,6 +85,22 @@ pub fn fresh_database(tag: &str) -> String {
     );
     psql(&server, &format!("CREATE DATABASE \"{name}\""));
     with_database(&server, &name)
+}
+
+/// A postgres storage node on the database at `url` (a small pool, a wake hub
+/// of its own). Call it again on the same URL for a second node, or after
+/// dropping the first for a reopen. Plain threads only, like every
+/// `PgStorage` call.
+pub fn node(url: &str) -> durable_streams::storage::postgres::PgStorage {
+    let options = durable_streams::storage::postgres::PgOptions {
+        url: url.to_string(),
+        pool_size: 4,
+    };
+    durable_streams::storage::postgres::PgStorage::open(
+        &options,
+        durable_streams::notify::WakeHub::new(),
+    )
+    .unwrap_or_else(|e| panic!("cannot open a postgres storage node on {url}: {e}"))
 }
 
 /// Runs `sql` with `psql` on the database at `url`; returns its unaligned,
