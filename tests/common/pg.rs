@@ -95,6 +95,7 @@ pub fn node(url: &str) -> durable_streams::storage::postgres::PgStorage {
     let options = durable_streams::storage::postgres::PgOptions {
         url: url.to_string(),
         pool_size: 4,
+        ca_file: None,
     };
     durable_streams::storage::postgres::PgStorage::open(
         &options,
