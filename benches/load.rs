@@ -6,7 +6,10 @@
 //! pipelining), `TCP_NODELAY`.
 //!
 //! Environment:
-//! - `DS_LOAD_TARGET`   host:port of the server (required to do anything)
+//! - `DS_LOAD_TARGET`   host:port of the server (required to do anything); or
+//!   several, comma-separated, nodes of one deployment (a shared postgres
+//!   database): connection or subscriber i goes to node i mod n, like an L4
+//!   balancer; setup, the catch-up reader and the live writers use the first
 //! - `DS_LOAD_WORKLOAD` append | producer | catchup | tailread | fanout | longpoll |
 //!   create | idle
 //! - `DS_LOAD_PREFIX`   path prefix of streams (default `/v1/stream/`)
@@ -18,7 +21,8 @@
 //! - `DS_LOAD_SUBS`     SSE subscribers (default 1000)
 //! - `DS_LOAD_MSGS`     fan-out messages (default 100, one every 50 ms)
 //! - `DS_LOAD_COUNT`    streams to create (default 100000)
-//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out)
+//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out); comma-separated
+//!   pids (several nodes) are summed
 //!
 //! Prints one `RESULT key=value ...` line per run.
 
@@ -201,12 +205,23 @@ impl Conn {
 }
 
 struct Cfg {
-    addr: String,
+    /// The nodes (one unless `DS_LOAD_TARGET` lists several).
+    addrs: Vec<String>,
     prefix: String,
     run: String,
 }
 
 impl Cfg {
+    /// The first node: setup, catch-up, the live workloads' writer.
+    fn addr(&self) -> &str {
+        &self.addrs[0]
+    }
+
+    /// The node of connection or subscriber `i`.
+    fn addr_for(&self, i: usize) -> &str {
+        &self.addrs[i % self.addrs.len()]
+    }
+
     fn path(&self, name: &str) -> String {
         format!("{}{}-{}", self.prefix, self.run, name)
     }
@@ -237,7 +252,12 @@ fn uptime_load() -> String {
         .unwrap_or_default()
 }
 
-fn vm_rss_kib(pid: &str) -> Option<u64> {
+/// VmRSS of `pids` (comma-separated: summed over several nodes).
+fn vm_rss_kib(pids: &str) -> Option<u64> {
+    pids.split(',').map(vm_rss_kib_one).sum()
+}
+
+fn vm_rss_kib_one(pid: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))?
@@ -264,7 +284,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     for _ in 0..conns.clamp(1, 64).min(streams) {
         let (cfg, next) = (cfg.clone(), next.clone());
         creators.push(tokio::spawn(async move {
-            let mut setup = Conn::connect(&cfg.addr).await?;
+            let mut setup = Conn::connect(cfg.addr()).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= streams {
@@ -287,7 +307,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(w)).await?;
             let pid = format!("{}-p{w}", cfg.run);
             let mut k = 0usize;
             loop {
@@ -349,7 +369,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
 async fn catchup(cfg: Arc<Cfg>) -> Res<()> {
     let mib: usize = env_or("DS_LOAD_MIB", 64);
     let rounds: usize = env_or("DS_LOAD_ROUNDS", 3);
-    let mut conn = Conn::connect(&cfg.addr).await?;
+    let mut conn = Conn::connect(cfg.addr()).await?;
     let ct = "application/octet-stream";
     cfg.create(&mut conn, "big", ct).await?;
     let path = cfg.path("big");
@@ -503,7 +523,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
     let pid = std::env::var("DS_SERVER_PID").ok();
     let ct = "text/plain";
-    let mut writer = Conn::connect(&cfg.addr).await?;
+    let mut writer = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut writer, "fan", ct).await?;
     let path = Arc::new(cfg.path("fan"));
     // Let the server settle after creation before the baseline reading.
@@ -512,12 +532,12 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..subs {
+    for node in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
-                let mut conn = Conn::connect(&cfg.addr).await?;
+                let mut conn = Conn::connect(cfg.addr_for(node)).await?;
                 conn.send(
                     "GET",
                     &format!("{path}?offset=now&live=sse"),
@@ -570,13 +590,38 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let rss1 = pid.as_deref().and_then(vm_rss_kib);
     let connected = ready.load(Ordering::SeqCst);
     let acks = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
-    let (delays, early) = delays_after(tasks, &acks).await?;
+    // With several nodes, the subscribers on the writer's node and those on
+    // the others (woken through the database) are also reported apart.
+    let nodes = cfg.addrs.len();
+    let (local, other): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % nodes == 0);
+    let (local, early_local) =
+        delays_after(local.into_iter().map(|(_, t)| t).collect(), &acks).await?;
+    let (other, early_other) =
+        delays_after(other.into_iter().map(|(_, t)| t).collect(), &acks).await?;
+    let mut delays = [local.as_slice(), other.as_slice()].concat();
+    delays.sort_unstable();
+    let early = early_local + early_other;
+    let split = if nodes > 1 {
+        format!(
+            " nodes={nodes} writer_node_p50_ms={:.2} writer_node_p99_ms={:.2} other_nodes_p50_ms={:.2} other_nodes_p99_ms={:.2} other_nodes_delivered={}",
+            pct(&local, 0.5),
+            pct(&local, 0.99),
+            pct(&other, 0.5),
+            pct(&other, 0.99),
+            other.len()
+        )
+    } else {
+        String::new()
+    };
     let per_sub = match (rss0, rss1) {
         (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / connected.max(1) as f64),
         _ => "n/a".into(),
     };
     println!(
-        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} load1={}",
+        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub}{split} load1={}",
         delays.len(),
         subs * msgs,
         pct(&delays, 0.5),
@@ -596,7 +641,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
 async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
     let conns: usize = env_or("DS_LOAD_CONNS", 64);
     let secs: f64 = env_or("DS_LOAD_SECS", 5.0);
-    let mut conn = Conn::connect(&cfg.addr).await?;
+    let mut conn = Conn::connect(cfg.addr()).await?;
     let ct = "application/octet-stream";
     cfg.create(&mut conn, "hot", ct).await?;
     let path = Arc::new(cfg.path("hot"));
@@ -621,10 +666,10 @@ async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
     let start = Instant::now() + Duration::from_millis(500);
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for c in 0..conns {
         let (cfg, url) = (cfg.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(c)).await?;
             let mut bytes = 0u64;
             loop {
                 let t0 = Instant::now();
@@ -662,18 +707,18 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let msgs: usize = env_or("DS_LOAD_MSGS", 100);
     let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
     let ct = "text/plain";
-    let mut writer = Conn::connect(&cfg.addr).await?;
+    let mut writer = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut writer, "lp", ct).await?;
     let path = Arc::new(cfg.path("lp"));
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..subs {
+    for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
-                let mut conn = Conn::connect(&cfg.addr).await?;
+                let mut conn = Conn::connect(cfg.addr_for(i)).await?;
                 // The tail first, so that the polls below start there.
                 let (head, _) = conn
                     .request("GET", &format!("{path}?offset=now"), &[], b"")
@@ -748,15 +793,15 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
 async fn idle(cfg: Arc<Cfg>) -> Res<()> {
     let n: usize = env_or("DS_LOAD_SUBS", 1000);
     let pid = std::env::var("DS_SERVER_PID").ok();
-    let mut setup = Conn::connect(&cfg.addr).await?;
+    let mut setup = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut setup, "idle", "application/octet-stream")
         .await?;
     let path = cfg.path("idle");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = pid.as_deref().and_then(vm_rss_kib);
     let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut c = Conn::connect(&cfg.addr).await?;
+    for i in 0..n {
+        let mut c = Conn::connect(cfg.addr_for(i)).await?;
         c.request(
             "POST",
             &path,
@@ -787,10 +832,10 @@ async fn create(cfg: Arc<Cfg>) -> Res<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for c in 0..conns {
         let (cfg, next) = (cfg.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(c)).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
@@ -825,7 +870,7 @@ fn main() {
         format!("r{}", t.as_millis())
     });
     let cfg = Arc::new(Cfg {
-        addr,
+        addrs: addr.split(',').map(str::to_string).collect(),
         prefix: std::env::var("DS_LOAD_PREFIX").unwrap_or_else(|_| "/v1/stream/".into()),
         run,
     });

@@ -13,7 +13,9 @@ for line in open(path):
     if "label" in kv:
         rows[(kv["server"], kv["label"])] = kv
 
-SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "ours-postgres", "ours-postgres-2nodes",
+           "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+PG = ["ours-file", "ours-postgres", "ours-postgres-2nodes"]
 
 
 def f(server, label, key):
@@ -40,6 +42,49 @@ def streams(label, default):
             return f"{int(r['streams']):,}"
     return default
 
+
+if any(s in PG[1:] for s, _ in rows):
+    print("### PostgreSQL backend: one node and two nodes, against the file backend\n")
+    print("Appends: req/s (p50 / p99 ms); *vs file* = req/s ÷ ours-file's.\n")
+    print("| workload | " + " | ".join(PG) + " | " + " | ".join(f"{s} vs file" for s in PG[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(PG) - 1))
+    for label, title in [("append1", "appends, 1 stream"), ("append256", "appends, 256 streams"),
+                         ("append100k", "appends, spread streams"), ("producer", "producer appends, 1 stream")]:
+        if not any((s, label) in rows for s in PG):
+            continue
+        cells = []
+        for s in PG:
+            r = rows.get((s, label), {})
+            v = f(s, label, "rps")
+            if "error" in r:
+                cells.append(f"failed: {r['error']}")
+            elif v is None:
+                cells.append("—")
+            else:
+                e = f(s, label, "errors")
+                cells.append(f"{fmt(v)} ({fmt(f(s, label, 'p50_ms'), 2)} / {fmt(f(s, label, 'p99_ms'), 2)})"
+                             + (f", {fmt(e)} errors" if e else ""))
+        base = f("ours-file", label, "rps")
+        print(f"| {title} | " + " | ".join(cells) + " | "
+              + " | ".join(ratio(f(s, label, "rps"), base) for s in PG[1:]) + " |")
+    print()
+    print("SSE fan-out: 1 writer, " + next((f"{int(r['subs']):,}" for (s, l), r in rows.items()
+                                             if l == "fanout" and s in PG and "subs" in r), "?")
+          + " subscribers, 100 appends 50 ms apart; delay after the writer's ack, ms.\n")
+    print("| server | delivered / expected | p50 | p99 | max | p50 vs file | writer's node p50 / p99 | other node p50 / p99 | RSS per subscriber KiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = f("ours-file", "fanout", "p50_ms")
+    for s in PG:
+        r = rows.get((s, "fanout"))
+        if r and "error" in r:
+            print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — |")
+        elif r:
+            split = ("—", "—") if "nodes" not in r else (
+                f"{r.get('writer_node_p50_ms')} / {r.get('writer_node_p99_ms')}",
+                f"{r.get('other_nodes_p50_ms')} / {r.get('other_nodes_p99_ms')}")
+            print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | "
+                  f"{r.get('max_ms')} | {ratio(f(s, 'fanout', 'p50_ms'), base)} | {split[0]} | {split[1]} | {r.get('rss_per_sub_kib')} |")
+    print()
 
 for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
                      ("append256", "Appends, 100 B, 64 connections, 256 streams"),
