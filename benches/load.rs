@@ -464,8 +464,15 @@ async fn wait_ready(ready: &AtomicUsize, failed: &AtomicUsize, subs: usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// When the live workloads' writer sent an append, and when its ack came.
+#[derive(Clone, Copy)]
+struct Sent {
+    at: Instant,
+    ack: Instant,
+}
+
 /// The live workloads' writer: `msgs` numbered 100-byte appends, `gap`
-/// apart; returns when each was acknowledged.
+/// apart; returns when each was sent and acknowledged.
 async fn write_live(
     writer: &mut Conn,
     path: &str,
@@ -473,50 +480,86 @@ async fn write_live(
     msgs: usize,
     gap: Duration,
     what: &str,
-) -> Res<Vec<Instant>> {
-    let mut acks = Vec::with_capacity(msgs);
+) -> Res<Vec<Sent>> {
+    let mut sent = Vec::with_capacity(msgs);
     for k in 0..msgs {
         let body = format!("seq-{k};{}", "x".repeat(90));
+        let at = Instant::now();
         let (head, _) = writer
             .request("POST", path, &[("Content-Type", ct)], body.as_bytes())
             .await?;
-        acks.push(Instant::now());
+        sent.push(Sent {
+            at,
+            ack: Instant::now(),
+        });
         if !(200..300).contains(&head.status) {
             return Err(format!("{what} append: {}", head.status).into());
         }
         tokio::time::sleep(gap).await;
     }
-    Ok(acks)
+    Ok(sent)
 }
 
-/// Collects every reader's (message, receipt) pairs: the sorted delivery
-/// delays after each message's ack in µs (0 when the event beat the ack),
-/// and how many beat it.
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// Delivery delays in µs, sorted.
+struct Delays {
+    /// After each message's ack (0 when the event beat the ack).
+    after_ack: Vec<u32>,
+    /// How many events beat the ack.
+    early: u64,
+    /// After the writer sent the append: includes the append itself, so it
+    /// compares servers that wake readers before answering the writer with
+    /// those that answer first.
+    after_send: Vec<u32>,
+}
+
+impl Delays {
+    fn merge(mut self, other: Delays) -> Delays {
+        self.after_ack.extend(other.after_ack);
+        self.after_ack.sort_unstable();
+        self.after_send.extend(other.after_send);
+        self.after_send.sort_unstable();
+        self.early += other.early;
+        self
+    }
+}
+
+/// Collects every reader's (message, receipt) pairs into [`Delays`].
 async fn delays_after(
     tasks: Vec<tokio::task::JoinHandle<Vec<(usize, Instant)>>>,
-    acks: &[Instant],
-) -> Res<(Vec<u32>, u64)> {
-    let mut delays: Vec<u32> = Vec::with_capacity(tasks.len() * acks.len());
-    let mut early = 0u64;
+    sent: &[Sent],
+) -> Res<Delays> {
+    let mut d = Delays {
+        after_ack: Vec::with_capacity(tasks.len() * sent.len()),
+        after_send: Vec::with_capacity(tasks.len() * sent.len()),
+        early: 0,
+    };
     for t in tasks {
         for (k, at) in t.await? {
-            if let Some(ack) = acks.get(k) {
-                match at.checked_duration_since(*ack) {
-                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
+            if let Some(s) = sent.get(k) {
+                match at.checked_duration_since(s.ack) {
+                    Some(x) => d.after_ack.push(micros(x)),
                     None => {
-                        early += 1;
-                        delays.push(0);
+                        d.early += 1;
+                        d.after_ack.push(0);
                     }
                 }
+                d.after_send
+                    .push(micros(at.saturating_duration_since(s.at)));
             }
         }
     }
-    delays.sort_unstable();
-    Ok((delays, early))
+    d.after_ack.sort_unstable();
+    d.after_send.sort_unstable();
+    Ok(d)
 }
 
 /// 1 writer, N SSE subscribers on one `text/plain` stream. Delay = time the
-/// subscriber saw message k minus the time the writer got the append's ack.
+/// subscriber saw message k minus the time the writer got the append's ack
+/// (`send_*`: minus the time the writer sent it).
 async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let subs: usize = env_or("DS_LOAD_SUBS", 1000);
     let msgs: usize = env_or("DS_LOAD_MSGS", 100);
@@ -589,7 +632,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     wait_ready(&ready, &failed, subs).await;
     let rss1 = pid.as_deref().and_then(vm_rss_kib);
     let connected = ready.load(Ordering::SeqCst);
-    let acks = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
+    let sent = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
     // With several nodes, the subscribers on the writer's node and those on
     // the others (woken through the database) are also reported apart.
     let nodes = cfg.addrs.len();
@@ -597,38 +640,41 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
         .into_iter()
         .enumerate()
         .partition(|(i, _)| i % nodes == 0);
-    let (local, early_local) =
-        delays_after(local.into_iter().map(|(_, t)| t).collect(), &acks).await?;
-    let (other, early_other) =
-        delays_after(other.into_iter().map(|(_, t)| t).collect(), &acks).await?;
-    let mut delays = [local.as_slice(), other.as_slice()].concat();
-    delays.sort_unstable();
-    let early = early_local + early_other;
+    let local = delays_after(local.into_iter().map(|(_, t)| t).collect(), &sent).await?;
+    let other = delays_after(other.into_iter().map(|(_, t)| t).collect(), &sent).await?;
     let split = if nodes > 1 {
         format!(
-            " nodes={nodes} writer_node_p50_ms={:.2} writer_node_p99_ms={:.2} other_nodes_p50_ms={:.2} other_nodes_p99_ms={:.2} other_nodes_delivered={}",
-            pct(&local, 0.5),
-            pct(&local, 0.99),
-            pct(&other, 0.5),
-            pct(&other, 0.99),
-            other.len()
+            " nodes={nodes} writer_node_p50_ms={:.2} writer_node_p99_ms={:.2} other_nodes_p50_ms={:.2} other_nodes_p99_ms={:.2} writer_node_send_p50_ms={:.2} writer_node_send_p99_ms={:.2} other_nodes_send_p50_ms={:.2} other_nodes_send_p99_ms={:.2} other_nodes_delivered={}",
+            pct(&local.after_ack, 0.5),
+            pct(&local.after_ack, 0.99),
+            pct(&other.after_ack, 0.5),
+            pct(&other.after_ack, 0.99),
+            pct(&local.after_send, 0.5),
+            pct(&local.after_send, 0.99),
+            pct(&other.after_send, 0.5),
+            pct(&other.after_send, 0.99),
+            other.after_ack.len()
         )
     } else {
         String::new()
     };
+    let d = local.merge(other);
+    let (delays, early) = (&d.after_ack, d.early);
     let per_sub = match (rss0, rss1) {
         (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / connected.max(1) as f64),
         _ => "n/a".into(),
     };
     println!(
-        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub}{split} load1={}",
+        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} send_p50_ms={:.2} send_p99_ms={:.2}{split} load1={}",
         delays.len(),
         subs * msgs,
-        pct(&delays, 0.5),
-        pct(&delays, 0.99),
+        pct(delays, 0.5),
+        pct(delays, 0.99),
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
         rss0.map_or("n/a".into(), |v| v.to_string()),
         rss1.map_or("n/a".into(), |v| v.to_string()),
+        pct(&d.after_send, 0.5),
+        pct(&d.after_send, 0.99),
         uptime_load()
     );
     Ok(())
@@ -774,15 +820,18 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         }
     }
     wait_ready(&ready, &failed, subs).await;
-    let acks = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
-    let (delays, early) = delays_after(tasks, &acks).await?;
+    let sent = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
+    let d = delays_after(tasks, &sent).await?;
+    let (delays, early) = (&d.after_ack, d.early);
     println!(
-        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} load1={}",
+        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
         delays.len(),
         subs * msgs,
-        pct(&delays, 0.5),
-        pct(&delays, 0.99),
+        pct(delays, 0.5),
+        pct(delays, 0.99),
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
+        pct(&d.after_send, 0.5),
+        pct(&d.after_send, 0.99),
         uptime_load()
     );
     Ok(())

@@ -14,8 +14,8 @@ for line in open(path):
         rows[(kv["server"], kv["label"])] = kv
 
 SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "ours-postgres", "ours-postgres-2nodes",
-           "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
-PG = ["ours-file", "ours-postgres", "ours-postgres-2nodes"]
+           "ours-postgres-2nodes-rr", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+PG = ["ours-file", "ours-postgres", "ours-postgres-2nodes", "ours-postgres-2nodes-rr"]
 
 
 def f(server, label, key):
@@ -70,20 +70,26 @@ if any(s in PG[1:] for s, _ in rows):
     print()
     print("SSE fan-out: 1 writer, " + next((f"{int(r['subs']):,}" for (s, l), r in rows.items()
                                              if l == "fanout" and s in PG and "subs" in r), "?")
-          + " subscribers, 100 appends 50 ms apart; delay after the writer's ack, ms.\n")
-    print("| server | delivered / expected | p50 | p99 | max | p50 vs file | writer's node p50 / p99 | other node p50 / p99 | RSS per subscriber KiB |")
+          + " subscribers, 100 appends 50 ms apart; delays in ms.\n")
+    print("*after ack*: subscriber receipt − writer's ack (0 when the event beat the ack); *after send*: receipt − "
+          "the writer's send of the append, so it includes the commit and compares servers that wake readers "
+          "before answering the writer with those that answer first. Two nodes: the writer and its setup use "
+          "node 1, subscribers alternate between nodes 1 and 2.\n")
+    print("| server | delivered / expected | after ack p50 / p99 / max | before ack | after send p50 / p99 | after send p50 vs file | "
+          "node 1 (writer's) after send p50 / p99 | node 2 after send p50 / p99 | RSS per subscriber KiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = f("ours-file", "fanout", "p50_ms")
+    base = f("ours-file", "fanout", "send_p50_ms")
     for s in PG:
         r = rows.get((s, "fanout"))
         if r and "error" in r:
             print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — |")
         elif r:
             split = ("—", "—") if "nodes" not in r else (
-                f"{r.get('writer_node_p50_ms')} / {r.get('writer_node_p99_ms')}",
-                f"{r.get('other_nodes_p50_ms')} / {r.get('other_nodes_p99_ms')}")
-            print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | "
-                  f"{r.get('max_ms')} | {ratio(f(s, 'fanout', 'p50_ms'), base)} | {split[0]} | {split[1]} | {r.get('rss_per_sub_kib')} |")
+                f"{r.get('writer_node_send_p50_ms', '—')} / {r.get('writer_node_send_p99_ms', '—')}",
+                f"{r.get('other_nodes_send_p50_ms', '—')} / {r.get('other_nodes_send_p99_ms', '—')}")
+            print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} / {r.get('p99_ms')} / {r.get('max_ms')} | "
+                  f"{r.get('before_ack')} | {r.get('send_p50_ms', '—')} / {r.get('send_p99_ms', '—')} | "
+                  f"{ratio(f(s, 'fanout', 'send_p50_ms'), base)} | {split[0]} | {split[1]} | {r.get('rss_per_sub_kib')} |")
     print()
 
 for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
