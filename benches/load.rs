@@ -6,7 +6,10 @@
 //! pipelining), `TCP_NODELAY`.
 //!
 //! Environment:
-//! - `DS_LOAD_TARGET`   host:port of the server (required to do anything)
+//! - `DS_LOAD_TARGET`   host:port of the server (required to do anything); or
+//!   several, comma-separated, nodes of one deployment (a shared postgres
+//!   database): connection or subscriber i goes to node i mod n, like an L4
+//!   balancer; setup, the catch-up reader and the live writers use the first
 //! - `DS_LOAD_WORKLOAD` append | producer | catchup | tailread | fanout | longpoll |
 //!   create | idle
 //! - `DS_LOAD_PREFIX`   path prefix of streams (default `/v1/stream/`)
@@ -18,7 +21,8 @@
 //! - `DS_LOAD_SUBS`     SSE subscribers (default 1000)
 //! - `DS_LOAD_MSGS`     fan-out messages (default 100, one every 50 ms)
 //! - `DS_LOAD_COUNT`    streams to create (default 100000)
-//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out)
+//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out); comma-separated
+//!   pids (several nodes) are summed
 //!
 //! Prints one `RESULT key=value ...` line per run.
 
@@ -201,12 +205,23 @@ impl Conn {
 }
 
 struct Cfg {
-    addr: String,
+    /// The nodes (one unless `DS_LOAD_TARGET` lists several).
+    addrs: Vec<String>,
     prefix: String,
     run: String,
 }
 
 impl Cfg {
+    /// The first node: setup, catch-up, the live workloads' writer.
+    fn addr(&self) -> &str {
+        &self.addrs[0]
+    }
+
+    /// The node of connection or subscriber `i`.
+    fn addr_for(&self, i: usize) -> &str {
+        &self.addrs[i % self.addrs.len()]
+    }
+
     fn path(&self, name: &str) -> String {
         format!("{}{}-{}", self.prefix, self.run, name)
     }
@@ -237,7 +252,12 @@ fn uptime_load() -> String {
         .unwrap_or_default()
 }
 
-fn vm_rss_kib(pid: &str) -> Option<u64> {
+/// VmRSS of `pids` (comma-separated: summed over several nodes).
+fn vm_rss_kib(pids: &str) -> Option<u64> {
+    pids.split(',').map(vm_rss_kib_one).sum()
+}
+
+fn vm_rss_kib_one(pid: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))?
@@ -264,7 +284,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     for _ in 0..conns.clamp(1, 64).min(streams) {
         let (cfg, next) = (cfg.clone(), next.clone());
         creators.push(tokio::spawn(async move {
-            let mut setup = Conn::connect(&cfg.addr).await?;
+            let mut setup = Conn::connect(cfg.addr()).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= streams {
@@ -287,7 +307,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(w)).await?;
             let pid = format!("{}-p{w}", cfg.run);
             let mut k = 0usize;
             loop {
@@ -349,7 +369,7 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
 async fn catchup(cfg: Arc<Cfg>) -> Res<()> {
     let mib: usize = env_or("DS_LOAD_MIB", 64);
     let rounds: usize = env_or("DS_LOAD_ROUNDS", 3);
-    let mut conn = Conn::connect(&cfg.addr).await?;
+    let mut conn = Conn::connect(cfg.addr()).await?;
     let ct = "application/octet-stream";
     cfg.create(&mut conn, "big", ct).await?;
     let path = cfg.path("big");
@@ -444,8 +464,15 @@ async fn wait_ready(ready: &AtomicUsize, failed: &AtomicUsize, subs: usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// When the live workloads' writer sent an append, and when its ack came.
+#[derive(Clone, Copy)]
+struct Sent {
+    at: Instant,
+    ack: Instant,
+}
+
 /// The live workloads' writer: `msgs` numbered 100-byte appends, `gap`
-/// apart; returns when each was acknowledged.
+/// apart; returns when each was sent and acknowledged.
 async fn write_live(
     writer: &mut Conn,
     path: &str,
@@ -453,57 +480,93 @@ async fn write_live(
     msgs: usize,
     gap: Duration,
     what: &str,
-) -> Res<Vec<Instant>> {
-    let mut acks = Vec::with_capacity(msgs);
+) -> Res<Vec<Sent>> {
+    let mut sent = Vec::with_capacity(msgs);
     for k in 0..msgs {
         let body = format!("seq-{k};{}", "x".repeat(90));
+        let at = Instant::now();
         let (head, _) = writer
             .request("POST", path, &[("Content-Type", ct)], body.as_bytes())
             .await?;
-        acks.push(Instant::now());
+        sent.push(Sent {
+            at,
+            ack: Instant::now(),
+        });
         if !(200..300).contains(&head.status) {
             return Err(format!("{what} append: {}", head.status).into());
         }
         tokio::time::sleep(gap).await;
     }
-    Ok(acks)
+    Ok(sent)
 }
 
-/// Collects every reader's (message, receipt) pairs: the sorted delivery
-/// delays after each message's ack in µs (0 when the event beat the ack),
-/// and how many beat it.
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// Delivery delays in µs, sorted.
+struct Delays {
+    /// After each message's ack (0 when the event beat the ack).
+    after_ack: Vec<u32>,
+    /// How many events beat the ack.
+    early: u64,
+    /// After the writer sent the append: includes the append itself, so it
+    /// compares servers that wake readers before answering the writer with
+    /// those that answer first.
+    after_send: Vec<u32>,
+}
+
+impl Delays {
+    fn merge(mut self, other: Delays) -> Delays {
+        self.after_ack.extend(other.after_ack);
+        self.after_ack.sort_unstable();
+        self.after_send.extend(other.after_send);
+        self.after_send.sort_unstable();
+        self.early += other.early;
+        self
+    }
+}
+
+/// Collects every reader's (message, receipt) pairs into [`Delays`].
 async fn delays_after(
     tasks: Vec<tokio::task::JoinHandle<Vec<(usize, Instant)>>>,
-    acks: &[Instant],
-) -> Res<(Vec<u32>, u64)> {
-    let mut delays: Vec<u32> = Vec::with_capacity(tasks.len() * acks.len());
-    let mut early = 0u64;
+    sent: &[Sent],
+) -> Res<Delays> {
+    let mut d = Delays {
+        after_ack: Vec::with_capacity(tasks.len() * sent.len()),
+        after_send: Vec::with_capacity(tasks.len() * sent.len()),
+        early: 0,
+    };
     for t in tasks {
         for (k, at) in t.await? {
-            if let Some(ack) = acks.get(k) {
-                match at.checked_duration_since(*ack) {
-                    Some(d) => delays.push(d.as_micros().min(u32::MAX as u128) as u32),
+            if let Some(s) = sent.get(k) {
+                match at.checked_duration_since(s.ack) {
+                    Some(x) => d.after_ack.push(micros(x)),
                     None => {
-                        early += 1;
-                        delays.push(0);
+                        d.early += 1;
+                        d.after_ack.push(0);
                     }
                 }
+                d.after_send
+                    .push(micros(at.saturating_duration_since(s.at)));
             }
         }
     }
-    delays.sort_unstable();
-    Ok((delays, early))
+    d.after_ack.sort_unstable();
+    d.after_send.sort_unstable();
+    Ok(d)
 }
 
 /// 1 writer, N SSE subscribers on one `text/plain` stream. Delay = time the
-/// subscriber saw message k minus the time the writer got the append's ack.
+/// subscriber saw message k minus the time the writer got the append's ack
+/// (`send_*`: minus the time the writer sent it).
 async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let subs: usize = env_or("DS_LOAD_SUBS", 1000);
     let msgs: usize = env_or("DS_LOAD_MSGS", 100);
     let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
     let pid = std::env::var("DS_SERVER_PID").ok();
     let ct = "text/plain";
-    let mut writer = Conn::connect(&cfg.addr).await?;
+    let mut writer = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut writer, "fan", ct).await?;
     let path = Arc::new(cfg.path("fan"));
     // Let the server settle after creation before the baseline reading.
@@ -512,12 +575,12 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..subs {
+    for node in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
-                let mut conn = Conn::connect(&cfg.addr).await?;
+                let mut conn = Conn::connect(cfg.addr_for(node)).await?;
                 conn.send(
                     "GET",
                     &format!("{path}?offset=now&live=sse"),
@@ -569,21 +632,49 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     wait_ready(&ready, &failed, subs).await;
     let rss1 = pid.as_deref().and_then(vm_rss_kib);
     let connected = ready.load(Ordering::SeqCst);
-    let acks = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
-    let (delays, early) = delays_after(tasks, &acks).await?;
+    let sent = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
+    // With several nodes, the subscribers on the writer's node and those on
+    // the others (woken through the database) are also reported apart.
+    let nodes = cfg.addrs.len();
+    let (local, other): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % nodes == 0);
+    let local = delays_after(local.into_iter().map(|(_, t)| t).collect(), &sent).await?;
+    let other = delays_after(other.into_iter().map(|(_, t)| t).collect(), &sent).await?;
+    let split = if nodes > 1 {
+        format!(
+            " nodes={nodes} writer_node_p50_ms={:.2} writer_node_p99_ms={:.2} other_nodes_p50_ms={:.2} other_nodes_p99_ms={:.2} writer_node_send_p50_ms={:.2} writer_node_send_p99_ms={:.2} other_nodes_send_p50_ms={:.2} other_nodes_send_p99_ms={:.2} other_nodes_delivered={}",
+            pct(&local.after_ack, 0.5),
+            pct(&local.after_ack, 0.99),
+            pct(&other.after_ack, 0.5),
+            pct(&other.after_ack, 0.99),
+            pct(&local.after_send, 0.5),
+            pct(&local.after_send, 0.99),
+            pct(&other.after_send, 0.5),
+            pct(&other.after_send, 0.99),
+            other.after_ack.len()
+        )
+    } else {
+        String::new()
+    };
+    let d = local.merge(other);
+    let (delays, early) = (&d.after_ack, d.early);
     let per_sub = match (rss0, rss1) {
         (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / connected.max(1) as f64),
         _ => "n/a".into(),
     };
     println!(
-        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} load1={}",
+        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} send_p50_ms={:.2} send_p99_ms={:.2}{split} load1={}",
         delays.len(),
         subs * msgs,
-        pct(&delays, 0.5),
-        pct(&delays, 0.99),
+        pct(delays, 0.5),
+        pct(delays, 0.99),
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
         rss0.map_or("n/a".into(), |v| v.to_string()),
         rss1.map_or("n/a".into(), |v| v.to_string()),
+        pct(&d.after_send, 0.5),
+        pct(&d.after_send, 0.99),
         uptime_load()
     );
     Ok(())
@@ -596,7 +687,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
 async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
     let conns: usize = env_or("DS_LOAD_CONNS", 64);
     let secs: f64 = env_or("DS_LOAD_SECS", 5.0);
-    let mut conn = Conn::connect(&cfg.addr).await?;
+    let mut conn = Conn::connect(cfg.addr()).await?;
     let ct = "application/octet-stream";
     cfg.create(&mut conn, "hot", ct).await?;
     let path = Arc::new(cfg.path("hot"));
@@ -621,10 +712,10 @@ async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
     let start = Instant::now() + Duration::from_millis(500);
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for c in 0..conns {
         let (cfg, url) = (cfg.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(c)).await?;
             let mut bytes = 0u64;
             loop {
                 let t0 = Instant::now();
@@ -662,18 +753,18 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let msgs: usize = env_or("DS_LOAD_MSGS", 100);
     let gap = Duration::from_millis(env_or("DS_LOAD_GAP_MS", 50));
     let ct = "text/plain";
-    let mut writer = Conn::connect(&cfg.addr).await?;
+    let mut writer = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut writer, "lp", ct).await?;
     let path = Arc::new(cfg.path("lp"));
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..subs {
+    for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
-                let mut conn = Conn::connect(&cfg.addr).await?;
+                let mut conn = Conn::connect(cfg.addr_for(i)).await?;
                 // The tail first, so that the polls below start there.
                 let (head, _) = conn
                     .request("GET", &format!("{path}?offset=now"), &[], b"")
@@ -729,15 +820,18 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         }
     }
     wait_ready(&ready, &failed, subs).await;
-    let acks = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
-    let (delays, early) = delays_after(tasks, &acks).await?;
+    let sent = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
+    let d = delays_after(tasks, &sent).await?;
+    let (delays, early) = (&d.after_ack, d.early);
     println!(
-        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} load1={}",
+        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
         delays.len(),
         subs * msgs,
-        pct(&delays, 0.5),
-        pct(&delays, 0.99),
+        pct(delays, 0.5),
+        pct(delays, 0.99),
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
+        pct(&d.after_send, 0.5),
+        pct(&d.after_send, 0.99),
         uptime_load()
     );
     Ok(())
@@ -748,15 +842,15 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
 async fn idle(cfg: Arc<Cfg>) -> Res<()> {
     let n: usize = env_or("DS_LOAD_SUBS", 1000);
     let pid = std::env::var("DS_SERVER_PID").ok();
-    let mut setup = Conn::connect(&cfg.addr).await?;
+    let mut setup = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut setup, "idle", "application/octet-stream")
         .await?;
     let path = cfg.path("idle");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = pid.as_deref().and_then(vm_rss_kib);
     let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut c = Conn::connect(&cfg.addr).await?;
+    for i in 0..n {
+        let mut c = Conn::connect(cfg.addr_for(i)).await?;
         c.request(
             "POST",
             &path,
@@ -787,10 +881,10 @@ async fn create(cfg: Arc<Cfg>) -> Res<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for c in 0..conns {
         let (cfg, next) = (cfg.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&cfg.addr).await?;
+            let mut conn = Conn::connect(cfg.addr_for(c)).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
@@ -825,7 +919,7 @@ fn main() {
         format!("r{}", t.as_millis())
     });
     let cfg = Arc::new(Cfg {
-        addr,
+        addrs: addr.split(',').map(str::to_string).collect(),
         prefix: std::env::var("DS_LOAD_PREFIX").unwrap_or_else(|_| "/v1/stream/".into()),
         run,
     });

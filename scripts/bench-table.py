@@ -1,19 +1,35 @@
 #!/usr/bin/env python3
-"""Turns scripts/bench.sh's results.txt into the Markdown tables of BENCHMARKS.md."""
+"""Turns scripts/bench.sh's results.txt into the Markdown tables of BENCHMARKS.md.
+
+    bench-table.py [RESULTS [MORE_RESULTS...]]
+
+The tables are of the first file. Further files (repeated runs of the same
+command) add, to the PostgreSQL section, each run's ratios and their median.
+"""
+import statistics
 import sys
 
-path = sys.argv[1] if len(sys.argv) > 1 else "target/bench/results.txt"
-rows = {}
-for line in open(path):
-    if not line.startswith("RESULT "):
-        continue
-    kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
-    if "error=" in line:
-        kv["error"] = line.split("error=", 1)[1].strip()
-    if "label" in kv:
-        rows[(kv["server"], kv["label"])] = kv
 
-SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+def parse(path):
+    rows = {}
+    for line in open(path):
+        if not line.startswith("RESULT "):
+            continue
+        kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+        if "error=" in line:
+            kv["error"] = line.split("error=", 1)[1].strip()
+        if "label" in kv:
+            rows[(kv["server"], kv["label"])] = kv
+    return rows
+
+
+paths = sys.argv[1:] or ["target/bench/results.txt"]
+runs = [parse(p) for p in paths]
+rows = runs[0]
+
+SERVERS = ["ours-memory", "ours-memory-hyper", "ours-file", "ours-acid", "ours-postgres", "ours-postgres-2nodes",
+           "ours-postgres-2nodes-rr", "axum-baseline", "node-memory", "peer-memory", "peer-wal"]
+PG = ["ours-file", "ours-postgres", "ours-postgres-2nodes", "ours-postgres-2nodes-rr"]
 
 
 def f(server, label, key):
@@ -40,6 +56,85 @@ def streams(label, default):
             return f"{int(r['streams']):,}"
     return default
 
+
+if any(s in PG[1:] for s, _ in rows):
+    print("### PostgreSQL backend: one node and two nodes, against the file backend\n")
+    print("Appends: req/s (p50 / p99 ms); *vs file* = req/s ÷ ours-file's.\n")
+    print("| workload | " + " | ".join(PG) + " | " + " | ".join(f"{s} vs file" for s in PG[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(PG) - 1))
+    for label, title in [("append1", "appends, 1 stream"), ("append256", "appends, 256 streams"),
+                         ("append100k", "appends, spread streams"), ("producer", "producer appends, 1 stream")]:
+        if not any((s, label) in rows for s in PG):
+            continue
+        cells = []
+        for s in PG:
+            r = rows.get((s, label), {})
+            v = f(s, label, "rps")
+            if "error" in r:
+                cells.append(f"failed: {r['error']}")
+            elif v is None:
+                cells.append("—")
+            else:
+                e = f(s, label, "errors")
+                cells.append(f"{fmt(v)} ({fmt(f(s, label, 'p50_ms'), 2)} / {fmt(f(s, label, 'p99_ms'), 2)})"
+                             + (f", {fmt(e)} errors" if e else ""))
+        base = f("ours-file", label, "rps")
+        print(f"| {title} | " + " | ".join(cells) + " | "
+              + " | ".join(ratio(f(s, label, "rps"), base) for s in PG[1:]) + " |")
+    print()
+    print("SSE fan-out: 1 writer, " + next((f"{int(r['subs']):,}" for (s, l), r in rows.items()
+                                             if l == "fanout" and s in PG and "subs" in r), "?")
+          + " subscribers, 100 appends 50 ms apart; delays in ms.\n")
+    print("*after ack*: subscriber receipt − writer's ack (0 when the event beat the ack); *after send*: receipt − "
+          "the writer's send of the append, so it includes the commit and compares servers that wake readers "
+          "before answering the writer with those that answer first; *file ÷ it* above 1× is faster than file. Two nodes: the writer and its setup use "
+          "node 1, subscribers alternate between nodes 1 and 2.\n")
+    print("| server | delivered / expected | after ack p50 / p99 / max | before ack | after send p50 / p99 | file ÷ it, after send p50 | "
+          "node 1 (writer's) after send p50 / p99 | node 2 after send p50 / p99 | RSS per subscriber KiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = f("ours-file", "fanout", "send_p50_ms")
+    for s in PG:
+        r = rows.get((s, "fanout"))
+        if r and "error" in r:
+            print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — |")
+        elif r:
+            split = ("—", "—") if "nodes" not in r else (
+                f"{r.get('writer_node_send_p50_ms', '—')} / {r.get('writer_node_send_p99_ms', '—')}",
+                f"{r.get('other_nodes_send_p50_ms', '—')} / {r.get('other_nodes_send_p99_ms', '—')}")
+            print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} / {r.get('p99_ms')} / {r.get('max_ms')} | "
+                  f"{r.get('before_ack')} | {r.get('send_p50_ms', '—')} / {r.get('send_p99_ms', '—')} | "
+                  f"{ratio(base, f(s, 'fanout', 'send_p50_ms'))} | {split[0]} | {split[1]} | {r.get('rss_per_sub_kib')} |")
+    print()
+
+if len(runs) > 1 and any(s in PG[1:] for s, _ in rows):
+    print(f"Each run's ratio to ours-file in the same run, for {len(runs)} runs of the same command "
+          "(the first is the run above), and their median. Appends: req/s ÷ file's; fan-out: file's "
+          "after-send p50 ÷ it (so above 1× is faster than file, in both). The last column is two nodes "
+          "against one node, the same way.\n")
+    print("| workload | " + " | ".join(PG[1:]) + " | ours-postgres-2nodes vs ours-postgres |")
+    print("|---|" + "---|" * len(PG))
+
+    def run_ratio(r, s, label, key, inverse, base="ours-file"):
+        try:
+            a, b = float(r[(s, label)][key]), float(r[(base, label)][key])
+        except (KeyError, ValueError):
+            return None
+        return (b / a if inverse else a / b) if a and b else None
+
+    for label, key, inverse in [("append1", "rps", False), ("append256", "rps", False), ("append100k", "rps", False),
+                                ("producer", "rps", False), ("fanout", "send_p50_ms", True)]:
+        if not any((s, label) in rows for s in PG[1:]):
+            continue
+        cells = []
+        for s, base in [(s, "ours-file") for s in PG[1:]] + [("ours-postgres-2nodes", "ours-postgres")]:
+            rs = [run_ratio(r, s, label, key, inverse, base) for r in runs]
+            ok = [x for x in rs if x is not None]
+            if not ok:
+                cells.append("—")
+                continue
+            cells.append(" ".join("—" if x is None else f"{x:.2f}" for x in rs) + f" → **{statistics.median(ok):.2f}×**")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
 
 for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
                      ("append256", "Appends, 100 B, 64 connections, 256 streams"),

@@ -8,6 +8,14 @@
 #   scripts/bench.sh                 # everything
 #   BENCH_SECS=3 BENCH_TARGETS="ours-memory peer-memory" scripts/bench.sh
 #
+# The postgres targets (not in the default list) use scripts/pg.sh's private
+# server (DS_PG_DIR, DS_PG_PORT as there) and a fresh database per workload:
+# ours-postgres is one node; ours-postgres-2nodes is two nodes on one
+# database, and the load generator spreads its connections (and fan-out
+# subscribers) over both, alternating, while setup and the live workloads'
+# writer use the first node; ours-postgres-2nodes-rr is the same two nodes
+# behind examples/rr_proxy.rs (round robin per request).
+#
 # Results: one `RESULT server=... workload=...` line each in $BENCH_OUT/results.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +32,7 @@ FANOUT_SUBS=${BENCH_FANOUT_SUBS:-10000}
 LONGPOLL_SUBS=${BENCH_LONGPOLL_SUBS:-1000}
 SPREAD_STREAMS=${BENCH_SPREAD_STREAMS:-100000}
 PORT=${BENCH_PORT:-18400}
+PGSH=$ROOT/scripts/pg.sh
 
 # 10,000 SSE subscribers need 10,000 sockets on each side.
 ulimit -n "$(ulimit -Hn)"
@@ -38,13 +47,14 @@ log() { echo "== $*" >&2; }
 } >>"$RESULTS"
 
 log "building (release)"
-cargo build --release --bin durable-streams >&2 || exit 1
+cargo build --release --bin durable-streams --example rr_proxy >&2 || exit 1
 mapfile -t EXES < <(cargo bench --no-run --bench load --bench axum_baseline --message-format=json 2>/dev/null |
   jq -r 'select(.executable != null) | .executable')
 LOAD=$(printf '%s\n' "${EXES[@]}" | grep '/load-')
 BASE=$(printf '%s\n' "${EXES[@]}" | grep '/axum_baseline-')
 [ -x "$LOAD" ] && [ -x "$BASE" ] || { log "bench binaries not found"; exit 1; }
 OURS=$ROOT/target/release/durable-streams
+RR_PROXY=$ROOT/target/release/examples/rr_proxy
 
 # Peers. Failure to install one is recorded and the run goes on.
 PEER=$PEER_ROOT/bin/durable-streams-server
@@ -72,16 +82,41 @@ process.on("SIGTERM", async () => { await server.stop(); process.exit(0) })
 JS
   echo "MACHINE node=$(node --version) node_server=$(jq -r .version "$NODE_DIR/node_modules/@durable-streams/server/package.json" 2>/dev/null)" >>"$RESULTS"
 fi
+if [[ " $TARGETS " == *" ours-postgres"* ]]; then
+  log "starting PostgreSQL (scripts/pg.sh)"
+  if PG_URL=$("$PGSH" start); then
+    echo "MACHINE postgres=\"$(psql "$PG_URL" -Atc 'SHOW server_version')\" $(psql "$PG_URL" -At -F= \
+      -c "SELECT name, setting FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','shared_buffers','max_connections') ORDER BY name" | tr '\n' ' ')" >>"$RESULTS"
+  else
+    echo "RESULT server=ours-postgres error=\"scripts/pg.sh start failed\"" >>"$RESULTS"
+  fi
+fi
 [ -x "$PEER" ] && echo "MACHINE peer=$("$PEER" --version 2>/dev/null || echo durable-streams-0.1.5)" >>"$RESULTS"
 
-SERVER_PID=
-ADDR=
+SERVER_PID= # comma-separated when a target runs several nodes
+ADDR=       # likewise
+DB_URL=     # the postgres targets' database
+# wait_listening NAME LOG PID: waits for the "listening on http://" line.
+wait_listening() {
+  local name=$1 logf=$2 pid=$3
+  for _ in $(seq 1 600); do
+    grep -q "listening on http://" "$logf" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  log "$name did not start: $(tail -n 5 "$logf")"
+  echo "RESULT server=$name error=\"did not start: $(tail -n 1 "$logf" | tr '"' "'")\"" >>"$RESULTS"
+  return 1
+}
+
 # start_server NAME DATA_DIR: starts target NAME on a fresh port; waits for
 # its "listening on http://" line. DATA_DIR is reused when it exists.
 start_server() {
   local name=$1 dir=$2
   PORT=$((PORT + 1))
   local logf=$OUT/$name.log
+  SERVER_PID=
+  ADDR=
   case $name in
     ours-memory) "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --log-level warn >"$logf" 2>&1 & ;;
     ours-memory-hyper) "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --http-engine hyper --log-level warn >"$logf" 2>&1 & ;;
@@ -91,27 +126,54 @@ start_server() {
     node-memory) (cd "$NODE_DIR" && exec node bench-start.mjs $PORT) >"$logf" 2>&1 & ;;
     peer-memory) "$PEER" --port $PORT --data-dir "$dir" --durability memory >"$logf" 2>&1 & ;;
     peer-wal) "$PEER" --port $PORT --data-dir "$dir" >"$logf" 2>&1 & ;;
+    ours-postgres) "$OURS" serve --bind 127.0.0.1:$PORT --storage postgres --database-url "$DB_URL" --log-level warn >"$logf" 2>&1 & ;;
+    ours-postgres-2nodes | ours-postgres-2nodes-rr)
+      # One node after the other, so that the first one leads (it makes no
+      # difference to these workloads, but keeps runs alike).
+      local p pid nodes=()
+      for p in $PORT $((PORT + 1)); do
+        "$OURS" serve --bind 127.0.0.1:$p --storage postgres --database-url "$DB_URL" \
+          --advertise-url http://127.0.0.1:$p --log-level warn >"$OUT/$name.$p.log" 2>&1 &
+        pid=$!
+        SERVER_PID+=${SERVER_PID:+,}$pid
+        ADDR+=${ADDR:+,}127.0.0.1:$p
+        nodes+=(--backend http://127.0.0.1:$p)
+        wait_listening "$name" "$OUT/$name.$p.log" $pid || return 1
+      done
+      PORT=$((PORT + 2))
+      [ "$name" = ours-postgres-2nodes ] && return 0
+      # The -rr variant: every request through examples/rr_proxy.rs, which
+      # sends each request (not connection) to the next node. The proxy
+      # shares the CPUs, and its RSS is counted with the nodes'.
+      "$RR_PROXY" --bind 127.0.0.1:$PORT "${nodes[@]}" >"$logf" 2>&1 &
+      pid=$!
+      SERVER_PID+=,$pid
+      ADDR=127.0.0.1:$PORT
+      wait_listening "$name" "$logf" $pid
+      return
+      ;;
     *) log "unknown target $name"; return 1 ;;
   esac
   SERVER_PID=$!
   ADDR=127.0.0.1:$PORT
-  for _ in $(seq 1 600); do
-    grep -q "listening on http://" "$logf" 2>/dev/null && return 0
-    kill -0 $SERVER_PID 2>/dev/null || break
-    sleep 0.05
-  done
-  log "$name did not start: $(tail -n 5 "$logf")"
-  echo "RESULT server=$name error=\"did not start: $(tail -n 1 "$logf" | tr '"' "'")\"" >>"$RESULTS"
-  return 1
+  wait_listening "$name" "$logf" $SERVER_PID
 }
 
 # stop_server [GRACE_S]: SIGTERM, then SIGKILL after GRACE_S (default 10) s.
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
-  kill "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 1 $((${1:-10} * 20))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -9 "$SERVER_PID" 2>/dev/null
-  wait "$SERVER_PID" 2>/dev/null
+  local pids=${SERVER_PID//,/ }
+  # shellcheck disable=SC2086 # one word per node
+  kill $pids 2>/dev/null
+  for _ in $(seq 1 $((${1:-10} * 20))); do
+    # shellcheck disable=SC2086
+    kill -0 $pids 2>/dev/null || break
+    sleep 0.05
+  done
+  # shellcheck disable=SC2086
+  kill -9 $pids 2>/dev/null
+  # shellcheck disable=SC2086
+  wait $pids 2>/dev/null
   SERVER_PID=
 }
 
@@ -133,10 +195,20 @@ for name in $TARGETS; do
     [ "$w" = append100k ] && [[ $name = axum-baseline || $name = node-memory ]] && continue
     # The hyper engine row compares the HTTP layer only: appends, reads, live reads.
     [ "$name" = ours-memory-hyper ] && [[ $w = append100k || $w = catchup || $w = longpoll ]] && continue
+    # rr_proxy holds two sockets per subscriber: 10,000 SSE subscribers
+    # exceed a hard limit of 20,000 descriptors.
+    [ "$name" = ours-postgres-2nodes-rr ] && [[ $w = fanout || $w = longpoll || $w = idle ]] && continue
     dir=$SCRATCH/$name-$w
     rm -rf "$dir"
     mkdir -p "$dir"
-    start_server "$name" "$dir" || continue
+    if [[ $name == ours-postgres* ]]; then
+      db=bench_${name//-/_}_$w # named after the target, for pg_stat_activity
+      DB_URL=$("$PGSH" createdb "$db") || {
+        echo "RESULT server=$name label=$w error=\"scripts/pg.sh createdb failed\"" >>"$RESULTS"
+        continue
+      }
+    fi
+    start_server "$name" "$dir" || { stop_server; continue; }
     case $w in
       append1) load "$name" append1 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=1 ;;
       append256) load "$name" append256 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=256 ;;
@@ -184,6 +256,7 @@ for name in $TARGETS; do
     esac
     stop_server
     rm -rf "$dir"
+    [[ $name == ours-postgres* ]] && "$PGSH" dropdb "$db"
   done
 done
 echo "MACHINE uptime_end=\"$(uptime)\"" >>"$RESULTS"
