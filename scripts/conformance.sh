@@ -3,6 +3,9 @@
 #
 # Usage: scripts/conformance.sh [BACKEND] [extra vitest args...]
 #   BACKEND defaults to "memory" (passed to `durable-streams serve --storage`).
+#   "postgres" runs one node on a fresh database of scripts/pg.sh's server;
+#   "postgres_2nodes" runs two nodes on one fresh database behind
+#   examples/rr_proxy, which sends each request to the next node in turn.
 #   Extra args go to `vitest run`, e.g. scripts/conformance.sh memory -t "long-poll"
 #
 # Environment:
@@ -12,8 +15,9 @@
 #   DS_SKIP_BUILD            "1" to skip `cargo build --release` (binary must exist)
 #
 # Builds the release binary, starts it on a random loopback port with a fresh
-# temporary data dir, runs the suite, and always stops the server and removes
-# the temp dir. Exits non-zero if the build, the server start, or the suite fails.
+# temporary data dir, runs the suite, and always stops the server(s) and the
+# proxy, drops the database and removes the temp dir. Exits non-zero if the
+# build, a server start, or the suite fails.
 set -euo pipefail
 
 BACKEND="${1:-memory}"

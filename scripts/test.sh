@@ -3,10 +3,16 @@
 #
 #   scripts/test.sh
 #
+# 0. a PostgreSQL server for the postgres backend (scripts/pg.sh start,
+#    installing Debian's package when root); its URL is exported as
+#    DS_TEST_DATABASE_URL for the Rust tests (tests/common/pg.rs). If this
+#    script started it, it stops it on exit.
 # 1. cargo unit/integration tests (all targets, then doc tests)
 # 2. the upstream Durable Streams conformance suite against the release
-#    binary, once per storage backend in $DS_BACKENDS (space separated,
-#    default "memory file acid"; e.g. DS_BACKENDS="memory").
+#    binary, once per backend in $DS_BACKENDS (space separated, default
+#    "memory file acid postgres postgres_2nodes"; e.g. DS_BACKENDS="memory").
+#    postgres_2nodes is two nodes on one database behind a round-robin proxy
+#    (see scripts/conformance.sh).
 # 3. real-client end-to-end tests (scripts/clients.sh: the official
 #    TypeScript client and examples/tail.html in headless Chromium) against
 #    the release binary (memory backend).
@@ -18,9 +24,20 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-BACKENDS="${DS_BACKENDS:-memory file acid}"
+BACKENDS="${DS_BACKENDS:-memory file acid postgres postgres_2nodes}"
 SUMMARY_LOG="$(mktemp "${TMPDIR:-/tmp}/ds-test-summary.XXXXXX")"
-trap 'rm -f "$SUMMARY_LOG"' EXIT
+PG_STARTED=0
+cleanup() {
+  rm -f "$SUMMARY_LOG"
+  if [[ $PG_STARTED -eq 1 ]]; then "$ROOT/scripts/pg.sh" stop || true; fi
+}
+trap cleanup EXIT
+
+echo "==> PostgreSQL (scripts/pg.sh start)"
+if ! "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then PG_STARTED=1; fi
+DS_TEST_DATABASE_URL="$("$ROOT/scripts/pg.sh" start)"
+export DS_TEST_DATABASE_URL
+echo "DS_TEST_DATABASE_URL=$DS_TEST_DATABASE_URL"
 
 echo "==> cargo test --all-targets --locked"
 cargo test --all-targets --locked 2>&1 | tee -a "$SUMMARY_LOG"

@@ -1,0 +1,135 @@
+//! A PostgreSQL server for the postgres backend's tests: the one
+//! `scripts/pg.sh` runs (installing and starting it on first use), or the one
+//! `DS_TEST_DATABASE_URL` names (`scripts/test.sh` exports it). Every test gets
+//! a fresh database. Include it with
+//!
+//! ```ignore
+//! #[path = "common/pg.rs"]
+//! mod pg;
+//! ```
+//!
+//! Nothing here skips a test when PostgreSQL is missing: it panics and says why.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Runs `scripts/pg.sh ARGS` and returns its stdout (a URL, or nothing);
+/// panics with its stderr if it fails.
+fn pg_sh(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "`scripts/pg.sh {}` failed ({}); the postgres tests need a PostgreSQL server \
+         (set DS_TEST_DATABASE_URL to use another one):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("pg.sh prints a UTF-8 URL")
+        .trim()
+        .to_string()
+}
+
+/// The server's URL (its maintenance database): `DS_TEST_DATABASE_URL` if set,
+/// else what `scripts/pg.sh start` prints. Starts the server once per process.
+pub fn server_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DS_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url.trim().to_string(),
+        _ => pg_sh(&["start"]),
+    })
+    .clone()
+}
+
+/// `url` with its database (the path) replaced by `name`; the query is kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("not a postgres URL: {url:?}"));
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail.find('?').map_or("", |i| &tail[i..]);
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// Creates a new, empty database named `ds_t_<tag>_<pid>_<n>` (unique per
+/// call, also across concurrent test processes) and returns its URL. The
+/// database is left behind: `scripts/pg.sh stop` and `rm -rf target/pg`
+/// remove them all.
+pub fn fresh_database(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let suffix = format!("_{}_{n}", std::process::id());
+    // PostgreSQL names are at most 63 bytes; keep the unique suffix whole.
+    let tag: String = tag
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '_',
+        })
+        .take(63 - "ds_t_".len() - suffix.len())
+        .collect();
+    let name = format!("ds_t_{tag}{suffix}");
+    let server = server_url();
+    psql(
+        &server,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    );
+    psql(&server, &format!("CREATE DATABASE \"{name}\""));
+    with_database(&server, &name)
+}
+
+/// Runs `sql` with `psql` on the database at `url`; returns its unaligned,
+/// tuples-only output (`SELECT 1` gives `"1"`). Panics if psql fails.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run psql (install postgresql-client): {e}"));
+    assert!(
+        out.status.success(),
+        "psql {url} -c {sql:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// The wrappers below control the server of `scripts/pg.sh` (the one test.sh
+// exports too), not an arbitrary DS_TEST_DATABASE_URL. They stop the server
+// every test of the process shares: an outage test belongs in its own test
+// binary (cargo runs test binaries one after another).
+
+/// `scripts/pg.sh stop`: a fast shutdown; open connections are cut.
+pub fn stop_server() {
+    pg_sh(&["stop"]);
+}
+
+/// `scripts/pg.sh start`: start it again on the same data and port.
+pub fn start_server() {
+    pg_sh(&["start"]);
+}
+
+/// `scripts/pg.sh restart`: a short outage; committed data survives.
+pub fn restart_server() {
+    pg_sh(&["restart"]);
+}
