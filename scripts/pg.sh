@@ -217,7 +217,10 @@ cmd_status() {
 if command -v flock >/dev/null; then
   mkdir -p "$(dirname "$PG_DIR")"
   exec 9>"$PG_DIR.lock"
-  flock 9
+  # A wait this long means a stuck holder, e.g. a postmaster started by an
+  # early pg.sh that leaked this descriptor: say so instead of hanging.
+  flock -w 120 9 || die "$PG_DIR.lock is still held after 120 s (another pg.sh, or a" \
+    "server that inherited the lock: stop it with pg_ctl stop -D $PG_DIR)"
 fi
 
 case "${1:-}" in
