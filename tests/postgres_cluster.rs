@@ -12,11 +12,15 @@
 //!   503 + `Retry-After` (problem+json) promptly, never hang and never 500;
 //!   when it returns the same nodes serve again by themselves, and a live
 //!   reader on the other node gets the appends made after the recovery.
+//! * `database_restart_while_idle`: the first calls after a database
+//!   restart do not fail on pooled connections that died with the old
+//!   server, and an SSE connection waiting through it stays open.
 //!
 //! Each test has a fresh database (tests/common/pg.rs: scripts/pg.sh, or
-//! `DS_TEST_DATABASE_URL`); the outage test stops a PostgreSQL server of
-//! its own, so the other tests keep theirs. Without PostgreSQL the tests
-//! fail, never skip. Node logs go to `target/tmp/postgres_cluster/`.
+//! `DS_TEST_DATABASE_URL`); the outage tests stop PostgreSQL servers of
+//! their own (`pg::OwnServer`), so the other tests keep theirs. Without
+//! PostgreSQL the tests fail, never skip. Node logs go to
+//! `target/tmp/postgres_cluster/`.
 
 mod common;
 #[path = "common/pg.rs"]
@@ -950,4 +954,51 @@ fn database_restart_mid_traffic() {
         started.elapsed(),
         sse.connects
     );
+}
+
+/// PostgreSQL restarts while nothing happens. The first calls afterwards
+/// must not fail on connections that died with the old server (they sit
+/// idle in the pools, looking open), and an SSE connection that waited
+/// through the restart stays open and gets the next append from the other
+/// node.
+#[test]
+fn database_restart_while_idle() {
+    let test = "database_restart_while_idle";
+    let started = Instant::now();
+    let server = pg::OwnServer::start("idle");
+    let db = server.fresh_database(test);
+    let a = Node::start(&db, test, "A");
+    let b = Node::start(&db, test, "B");
+    let r = common::request(a.addr(), "PUT", STREAM, &[JSON], b"");
+    assert_eq!(r.status, 201, "create on A: {}", r.text());
+    append_ok(a.addr(), "before");
+    let mut sse = sse_reader(b.addr());
+    sse.wait_for(1, WOKEN_WITHIN);
+    // Pooled connections on both nodes, idle from here on.
+    assert_eq!(read_all(a.addr()), ["before"]);
+    assert_eq!(read_all(b.addr()), ["before"]);
+
+    server.stop();
+    server.start_again();
+
+    let read = common::request(b.addr(), "GET", &format!("{STREAM}?offset=-1"), &[], b"");
+    let write = append(a.addr(), "after", None).expect("append on A");
+    assert_eq!(
+        (read.status, write.status),
+        (200, 204),
+        "the first read on B and the first append on A after the restart: {} / {}",
+        read.text(),
+        write.text()
+    );
+    sse.wait_for(2, WOKEN_WITHIN);
+    assert_eq!(
+        sse.got,
+        ["before", "after"],
+        "what the SSE reader on B received"
+    );
+    assert_eq!(
+        sse.connects, 1,
+        "the SSE connection on B survived the restart"
+    );
+    eprintln!("{test}: {:?}", started.elapsed());
 }
