@@ -74,6 +74,9 @@ impl Node {
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--storage", "postgres"])
             .args(["--database-url", database])
             .args(["--long-poll-timeout", LONG_POLL_TIMEOUT])
+            // Longer than any test: an SSE connection that ends was ended
+            // by a failure, not by the reconnect interval.
+            .args(["--sse-reconnect", "10m"])
             .arg("--data-dir")
             .arg(data.path())
             .stderr(file);
