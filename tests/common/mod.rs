@@ -39,30 +39,41 @@ impl Server {
     /// Starts `durable-streams serve <args>` exactly as given (no port or
     /// data directory added): the caller must make it listen on port 0.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_durable-streams"));
+        cmd.arg("serve")
             .args(args)
             .envs(env.iter().copied())
+            .stderr(Stdio::null());
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd`, any program whose first line on stdout ends in
+    /// `listening on http://HOST:PORT` (the server, the `rr_proxy` example),
+    /// and waits for that line. Stdout is piped here; the caller chooses
+    /// where stderr goes.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
-            .expect("start server");
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let stdout = child.stdout.take().expect("stdout");
+        // Owned from here on, so a panic below still kills the child.
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            _data: None,
+        };
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read listening line");
-        let addr = line
+        server.addr = line
             .split("listening on http://")
             .nth(1)
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .trim()
             .to_string();
-        Server {
-            child,
-            addr,
-            _data: None,
-        }
+        server
     }
 
     /// Sends SIGTERM and waits for the exit status.

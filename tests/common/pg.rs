@@ -20,9 +20,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Runs `scripts/pg.sh ARGS` and returns its stdout (a URL, or nothing);
 /// panics with its stderr if it fails.
 fn pg_sh(args: &[&str]) -> String {
+    pg_sh_with(&[], args)
+}
+
+/// [`pg_sh`] with extra environment variables (`DS_PG_DIR`, `DS_PG_PORT`).
+fn pg_sh_with(env: &[(&str, &str)], args: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
     let out = Command::new(&script)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(
@@ -65,6 +71,11 @@ pub fn with_database(url: &str, name: &str) -> String {
 /// database is left behind: `scripts/pg.sh stop` and `rm -rf target/pg`
 /// remove them all.
 pub fn fresh_database(tag: &str) -> String {
+    fresh_database_on(&server_url(), tag)
+}
+
+/// [`fresh_database`] on the server at `server` (its maintenance URL).
+fn fresh_database_on(server: &str, tag: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let suffix = format!("_{}_{n}", std::process::id());
@@ -78,13 +89,12 @@ pub fn fresh_database(tag: &str) -> String {
         .take(63 - "ds_t_".len() - suffix.len())
         .collect();
     let name = format!("ds_t_{tag}{suffix}");
-    let server = server_url();
     psql(
-        &server,
+        server,
         &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
     );
-    psql(&server, &format!("CREATE DATABASE \"{name}\""));
-    with_database(&server, &name)
+    psql(server, &format!("CREATE DATABASE \"{name}\""));
+    with_database(server, &name)
 }
 
 /// A postgres storage node on the database at `url` (a small pool, a wake hub
@@ -150,4 +160,83 @@ pub fn start_server() {
 /// `scripts/pg.sh restart`: a short outage; committed data survives.
 pub fn restart_server() {
     pg_sh(&["restart"]);
+}
+
+/// A PostgreSQL server of one test's own: `scripts/pg.sh` on a data
+/// directory beside the shared one (`<DS_PG_DIR or target/pg>-<name>`) and
+/// on a free port. For a test that stops its server while other tests of
+/// the same binary run (they share the default one); stopped when dropped.
+/// Two processes must not use the same `name` at once.
+pub struct OwnServer {
+    /// Its data directory (`DS_PG_DIR`).
+    dir: String,
+    /// Its port (`DS_PG_PORT`).
+    port: String,
+    /// Its maintenance database's URL.
+    url: String,
+}
+
+impl OwnServer {
+    /// Starts the server (initdb on first use), stopping first one a killed
+    /// earlier run may have left behind on another port.
+    pub fn start(name: &str) -> OwnServer {
+        let shared = std::env::var("DS_PG_DIR")
+            .ok()
+            .filter(|d| !d.trim().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pg"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port for PostgreSQL")
+            .port();
+        let mut server = OwnServer {
+            dir: format!("{}-{name}", shared.display()),
+            port: port.to_string(),
+            url: String::new(),
+        };
+        server.sh(&["stop"]);
+        server.url = server.sh(&["start"]);
+        server
+    }
+
+    fn env(&self) -> [(&'static str, &str); 2] {
+        [("DS_PG_DIR", &self.dir), ("DS_PG_PORT", &self.port)]
+    }
+
+    fn sh(&self, args: &[&str]) -> String {
+        pg_sh_with(&self.env(), args)
+    }
+
+    /// The maintenance database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new, empty database on this server (see [`fresh_database`]).
+    pub fn fresh_database(&self, tag: &str) -> String {
+        fresh_database_on(&self.url, tag)
+    }
+
+    /// A fast shutdown (`pg_ctl stop -m fast`): open connections are cut.
+    pub fn stop(&self) {
+        self.sh(&["stop"]);
+    }
+
+    /// Starts it again on the same data and port.
+    pub fn start_again(&self) {
+        self.sh(&["start"]);
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        // Not `sh`: a panic while unwinding would abort the test binary.
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
+        let _ = Command::new(script)
+            .arg("stop")
+            .envs(self.env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

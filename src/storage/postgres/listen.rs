@@ -59,6 +59,8 @@ pub(super) fn run(shared: Arc<Shared>) {
         if !shared.stopping.load(Ordering::Relaxed) {
             tracing::warn!("postgres storage: wake listener lost its connection; reconnecting");
             was_down = true;
+            // The others most likely went with it, unbeknownst to them.
+            shared.pool.invalidate();
         }
     }
 }

@@ -5,12 +5,17 @@
 //! `may_block() == true`), so a call simply takes a connection, uses it and
 //! gives it back. A connection that failed (the database restarted, the
 //! network dropped) is discarded and the next call opens a new one, so the
-//! node recovers by itself when the database returns. Waiting for a free
+//! node recovers by itself when the database returns. An idle connection
+//! reads nothing, so one that died with a restarted database still looks
+//! open: the wake listener, which always waits on its socket, notices the
+//! loss at once and [`Pool::invalidate`]s every older connection, so no
+//! request fails on one after the database is back. Waiting for a free
 //! connection is bounded: past [`WAIT`] the call answers
 //! [`StorageError::Unavailable`] (503) instead of hanging.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -30,6 +35,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) struct Conn {
     pub client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// The pool's generation when it was opened ([`Pool::open`]).
+    generation: u64,
 }
 
 impl Conn {
@@ -40,6 +47,7 @@ impl Conn {
         Ok(Conn {
             client,
             statements: HashMap::new(),
+            generation: 0,
         })
     }
 
@@ -98,6 +106,8 @@ pub(super) struct Pool {
     max: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Connections opened before the last [`Pool::invalidate`] are not used.
+    generation: AtomicU64,
 }
 
 struct PoolState {
@@ -116,11 +126,35 @@ impl Pool {
                 open: 0,
             }),
             freed: Condvar::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Opens a connection of the current generation (for the pool and the
+    /// writer).
+    pub fn open(&self) -> Result<Conn, StorageError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mut conn = Conn::open(&self.target)?;
+        conn.generation = generation;
+        Ok(conn)
+    }
+
+    /// Whether `conn` may still be used: not known closed, and opened since
+    /// the last [`Pool::invalidate`].
+    pub fn usable(&self, conn: &Conn) -> bool {
+        !conn.is_closed() && conn.generation == self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Retires every connection opened so far (the writer's too): the
+    /// listener lost its connection, so the others probably died with it
+    /// (a database restart) without noticing, and the next request on each
+    /// would fail although the database is back.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection: an idle one, a new one while under the cap, or the
@@ -130,7 +164,7 @@ impl Pool {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             while let Some(conn) = state.idle.pop() {
-                if !conn.is_closed() {
+                if self.usable(&conn) {
                     return Ok(Pooled {
                         pool: self,
                         conn: Some(conn),
@@ -141,7 +175,7 @@ impl Pool {
             if state.open < self.max {
                 state.open += 1;
                 drop(state);
-                return match Conn::open(&self.target) {
+                return match self.open() {
                     Ok(conn) => Ok(Pooled {
                         pool: self,
                         conn: Some(conn),
@@ -175,7 +209,7 @@ impl Pool {
 
     fn put(&self, conn: Conn) {
         let mut state = self.state.lock();
-        if conn.is_closed() {
+        if !self.usable(&conn) {
             state.open -= 1;
         } else {
             state.idle.push(conn);

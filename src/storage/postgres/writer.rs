@@ -108,8 +108,8 @@ fn commit(shared: &Shared, slot: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Do
     let mut attempt = 0;
     let failed = loop {
         attempt += 1;
-        if slot.as_ref().is_none_or(Conn::is_closed) {
-            match Conn::open(shared.pool.target()) {
+        if slot.as_ref().is_none_or(|c| !shared.pool.usable(c)) {
+            match shared.pool.open() {
                 Ok(c) => *slot = Some(c),
                 Err(e) => break e,
             }
