@@ -148,6 +148,11 @@ impl WakeHub {
         }
     }
 
+    /// True when someone waits on `stream`.
+    pub fn has_waiters(&self, stream: &str) -> bool {
+        self.channels.read().contains_key(stream)
+    }
+
     /// Number of streams with at least one waiting reader.
     pub fn watched(&self) -> usize {
         self.channels.read().len()

@@ -136,6 +136,10 @@ fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: boo
     Bytes::from(ev)
 }
 
+/// How long an SSE connection waits before reading again while storage
+/// answers 503.
+const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Data events up to this size travel in one body frame with their
 /// control event (larger ones are not copied for that).
 const JOIN_EVENTS_MAX: usize = 16 * 1024;
@@ -229,11 +233,24 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
                 continue;
             }
             let from = ReadFrom::At(out.next);
-            out = match read_chunk(&state, &name, from).await {
-                Ok(o) => o,
-                // Deleted or expired meanwhile: end the stream; the client's
-                // reconnect gets the error as an HTTP status.
-                Err(_) => break,
+            out = loop {
+                match read_chunk(&state, &name, from).await {
+                    Ok(o) => break o,
+                    // Storage briefly unavailable (a shared database
+                    // restarting): keep the connection, with keep-alives,
+                    // and read again; a reconnect would only be refused.
+                    Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(UNAVAILABLE_RETRY) => {}
+                            _ = tokio::time::sleep_until(reconnect) => return,
+                            _ = state.shutdown.cancelled() => return,
+                        }
+                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                    // Deleted or expired meanwhile: end the stream; the
+                    // client's reconnect gets the error as an HTTP status.
+                    Err(_) => return,
+                }
             };
             // A wake without new data (e.g. a lagged receiver) is not news.
             announce = false;

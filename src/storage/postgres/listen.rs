@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::pool::Conn;
+use super::schema::{int, uint};
 use super::{Shared, WAKE_CHANNEL};
-use crate::notify::Wake;
+use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
 
 /// How often the thread checks for shutdown while no notification arrives.
@@ -68,18 +70,31 @@ pub(super) fn run(shared: Arc<Shared>) {
 /// Delivers notifications until the connection fails or the storage stops.
 fn listen(shared: &Shared, conn: &mut Conn) {
     while !shared.stopping.load(Ordering::Relaxed) {
-        {
+        // The first notification (waiting up to POLL), then whatever else
+        // has arrived, so the connection is free for reading records.
+        let batch = {
             let mut notifications = conn.client.notifications();
-            let mut iter = notifications.timeout_iter(POLL);
-            loop {
-                match iter.next() {
-                    Ok(Some(n)) => deliver(shared, n.payload()),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "postgres storage: notification stream failed");
-                        return;
+            let first = notifications.timeout_iter(POLL).next();
+            match first {
+                Ok(Some(first)) => {
+                    let mut batch = vec![first];
+                    let mut pending = notifications.iter();
+                    while let Ok(Some(n)) = pending.next() {
+                        batch.push(n);
                     }
+                    batch
                 }
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "postgres storage: notification stream failed");
+                    return;
+                }
+            }
+        };
+        for n in &batch {
+            if let Some((name, wake)) = parse(shared, n.payload()) {
+                let wake = with_records(shared, conn, &name, wake);
+                shared.hub.wake(&name, wake);
             }
         }
         if conn.is_closed() {
@@ -88,26 +103,61 @@ fn listen(shared: &Shared, conn: &mut Conn) {
     }
 }
 
-/// Wakes the local readers a notification names, unless it is this node's.
-fn deliver(shared: &Shared, payload: &str) {
-    let mut parts = payload.splitn(5, '\t');
-    let (Some(node), Some(seq), Some(pos), Some(closed), Some(name)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        tracing::debug!(payload, "postgres storage: malformed notification ignored");
-        return;
-    };
+/// A notification from another node, as a wake (records not yet read).
+/// `None` for this node's own and for malformed ones.
+fn parse(shared: &Shared, payload: &str) -> Option<(String, Wake)> {
+    let mut parts = payload.splitn(8, '\t');
+    let mut next = || parts.next();
+    let (node, seq, pos, closed) = (next()?, next()?, next()?, next()?);
+    let (id, from_seq, from_pos, name) = (next()?, next()?, next()?, next()?);
     if node == shared.node {
-        return;
+        return None;
     }
-    let (Ok(seq), Ok(pos)) = (seq.parse(), pos.parse()) else {
-        return;
+    let tail = Offset::new(seq.parse().ok()?, pos.parse().ok()?);
+    let mut wake = Wake::bare(tail, closed == "1");
+    let id: u64 = id.parse().ok()?;
+    if id != 0 {
+        let from = Offset::new(from_seq.parse().ok()?, from_pos.parse().ok()?);
+        // Placeholder records: filled in by `with_records`.
+        wake.appended = Some(Appended::new(id, from, Vec::new()));
+    }
+    Some((name.to_string(), wake))
+}
+
+/// Reads, once for every local reader, the records a wake announces, so
+/// that readers waiting at the old tail answer without a query each. A wake
+/// whose records cannot be read exactly goes out bare (readers re-read).
+fn with_records(shared: &Shared, conn: &mut Conn, name: &str, mut wake: Wake) -> Wake {
+    let Some(announced) = wake.appended.take() else {
+        return wake;
     };
-    shared
-        .hub
-        .wake(name, Wake::bare(Offset::new(seq, pos), closed == "1"));
+    if !shared.hub.has_waiters(name) {
+        return wake;
+    }
+    let rows = conn.query(
+        "SELECT pos, seq, body FROM ds_records
+         WHERE stream_id = $1 AND pos >= $2 AND pos < $3 ORDER BY pos",
+        &[
+            &int(announced.id),
+            &int(announced.from.pos),
+            &int(wake.tail.pos),
+        ],
+    );
+    let Ok(rows) = rows else {
+        return wake;
+    };
+    let mut at = announced.from;
+    let mut records = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: Vec<u8> = row.get(2);
+        if uint(row.get(0)) != at.pos || uint(row.get(1)) != at.seq {
+            return wake;
+        }
+        at = Offset::new(at.seq + 1, at.pos + body.len() as u64);
+        records.push(Bytes::from(body));
+    }
+    if at == wake.tail && !records.is_empty() {
+        wake.appended = Some(Appended::new(announced.id, announced.from, records));
+    }
+    wake
 }

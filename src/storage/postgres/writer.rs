@@ -207,8 +207,8 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
         conn.client.batch_execute("ROLLBACK").map_err(abort)?;
         return Ok((answers, Vec::new()));
     }
-    b.persist().map_err(|e| b.abort(e))?;
     let wakes = b.finish_wakes();
+    b.persist(&wakes).map_err(|e| b.abort(e))?;
     let conn = b.conn.into_inner();
     conn.client.batch_execute("COMMIT").map_err(abort)?;
     Ok((answers, wakes))
@@ -358,7 +358,7 @@ impl Batch<'_> {
 
     /// Writes every changed stream row and producer state and queues the
     /// notifications.
-    fn persist(&mut self) -> Result<(), StorageError> {
+    fn persist(&mut self, wakes: &[(String, Wake)]) -> Result<(), StorageError> {
         let loaded = std::mem::take(&mut *self.loaded.borrow_mut());
         let mut p_ids = Vec::new();
         let mut p_names = Vec::new();
@@ -431,8 +431,7 @@ impl Batch<'_> {
             conn.execute(UPSERT_PRODUCERS, &[&p_ids, &p_names, &p_epochs, &p_seqs])
                 .map_err(map_err)?;
         }
-        let payloads: Vec<String> = self
-            .wakes
+        let payloads: Vec<String> = wakes
             .iter()
             .map(|(name, w)| wake_payload(self.node, name, w))
             .collect();
@@ -463,14 +462,23 @@ impl Batch<'_> {
     }
 }
 
-/// `NODE \t SEQ \t POS \t CLOSED \t NAME`: what another node needs to wake
-/// its readers of `name` (see [`super::listen`]).
+/// `NODE \t SEQ \t POS \t CLOSED \t ID \t FROM_SEQ \t FROM_POS \t NAME`:
+/// what another node needs to wake its readers of `name` (see
+/// [`super::listen`]). When the batch holds exactly the records that moved
+/// the tail, `ID` (the incarnation) and `FROM` (where they start) let that
+/// node read them once for all its readers; otherwise `ID` is 0.
 pub(super) fn wake_payload(node: &str, name: &str, w: &Wake) -> String {
+    let (id, from) = w
+        .appended
+        .as_ref()
+        .map_or((0, Offset::ZERO), |a| (a.id, a.from));
     format!(
-        "{node}\t{}\t{}\t{}\t{name}",
+        "{node}\t{}\t{}\t{}\t{id}\t{}\t{}\t{name}",
         w.tail.seq,
         w.tail.pos,
-        u8::from(w.closed)
+        u8::from(w.closed),
+        from.seq,
+        from.pos
     )
 }
 
