@@ -10,13 +10,16 @@
 #                                NAME (an existing one is dropped first); print its URL
 #   scripts/pg.sh dropdb NAME    drop database NAME if it exists
 #   scripts/pg.sh status         exit 0 and print the URL if the server runs, else exit 3
+#   scripts/pg.sh dir            print the data directory in use (see DS_PG_DIR)
 #
 # The URL, e.g. postgres://ds@127.0.0.1:54329/postgres, is the only thing
 # printed on stdout; progress and errors go to stderr.
 #
 # Environment:
-#   DS_PG_DIR   data directory (default $ROOT/target/pg); the unix socket and the
-#               server log (postgres.log) live in it too
+#   DS_PG_DIR   data directory (default $ROOT/target/pg; as root
+#               /var/tmp/ds-pg-<checksum of $ROOT>, which user postgres can
+#               always reach); the unix socket and the server log
+#               (postgres.log) live in it too
 #   DS_PG_PORT  TCP port on 127.0.0.1 (default 54329)
 #   DS_PG_BIN   directory with initdb/pg_ctl/psql (default: the newest
 #               /usr/lib/postgresql/*/bin, else the ones on PATH)
@@ -36,6 +39,11 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# As root the server runs as `postgres`, which cannot enter a checkout under
+# a private directory (/root, a 0700 mktemp dir): keep its data in /var/tmp.
+if [[ -z "${DS_PG_DIR:-}" && $(id -u) -eq 0 ]]; then
+  DS_PG_DIR="/var/tmp/ds-pg-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+fi
 PG_DIR="${DS_PG_DIR:-$ROOT/target/pg}"
 case "$PG_DIR" in /*) ;; *) PG_DIR="$PWD/$PG_DIR" ;; esac
 PG_PORT="${DS_PG_PORT:-54329}"
@@ -233,8 +241,9 @@ case "${1:-}" in
   createdb) cmd_createdb "${2:-}" ;;
   dropdb) cmd_dropdb "${2:-}" ;;
   status) cmd_status ;;
+  dir) echo "$PG_DIR" ;;
   *)
-    echo "usage: $0 start|stop|restart|status|createdb NAME|dropdb NAME" >&2
+    echo "usage: $0 start|stop|restart|status|dir|createdb NAME|dropdb NAME" >&2
     exit 2
     ;;
 esac

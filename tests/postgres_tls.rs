@@ -1,54 +1,24 @@
 //! TLS to the database: a server whose certificate the node cannot verify is
 //! refused at once (a setting to fix, not an outage to wait out), and with
 //! `database_ca_file` trusting it, every connection the node opens is
-//! encrypted. Runs its own PostgreSQL server (scripts/pg.sh with a private
-//! data directory and port), so turning TLS on touches no other test.
+//! encrypted. Runs its own PostgreSQL server (`pg::OwnServer`), so turning
+//! TLS on touches no other test.
 
 mod common;
 
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::Server;
 
-/// scripts/pg.sh on this test's private server.
-fn pg_sh(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh"))
-        .args(args)
-        .env("DS_PG_DIR", dir)
-        .env("DS_PG_PORT", "54339")
-        .output()
-        .expect("run scripts/pg.sh");
-    assert!(
-        out.status.success(),
-        "scripts/pg.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Stops the private server even when the test fails.
-struct Private(PathBuf);
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh"))
-            .arg("stop")
-            .env("DS_PG_DIR", &self.0)
-            .env("DS_PG_PORT", "54339")
-            .output();
-    }
-}
-
 #[test]
 fn tls_to_the_database_is_verified_against_the_configured_ca() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pg-tls");
-    let _ = std::fs::remove_dir_all(&dir);
-    let url = pg_sh(&dir, &["start"]);
-    let private = Private(dir.clone());
+    let server = pg::OwnServer::start("tls");
+    let url = server.url().to_string();
+    let dir = PathBuf::from(server.dir());
 
     // A certificate for 127.0.0.1, kept in the data directory (PostgreSQL
     // insists on owning its key), and TLS turned on.
@@ -102,18 +72,18 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
     );
 
     // Trusted through database_ca_file: it serves, over TLS only.
-    let server = Server::start_with_env(
+    let node = Server::start_with_env(
         &["--storage", "postgres", "--database-url", &tls_url],
         &[("DS_DATABASE_CA_FILE", ca.path().to_str().unwrap())],
     );
-    let put = server.request(
+    let put = node.request(
         "PUT",
         "/v1/stream/tls",
         &[("content-type", "text/plain")],
         b"hi",
     );
     assert_eq!(put.status, 201, "{}", put.text());
-    let get = server.request("GET", "/v1/stream/tls?offset=-1", &[], b"");
+    let get = node.request("GET", "/v1/stream/tls?offset=-1", &[], b"");
     assert_eq!(get.text(), "hi");
     let counts = pg::psql(
         &url,
@@ -123,6 +93,6 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
     let (all, encrypted) = counts.trim().split_once(' ').unwrap();
     assert!(all.parse::<u32>().unwrap() >= 2, "{counts}");
     assert_eq!(all, encrypted, "every connection is encrypted: {counts}");
+    drop(node);
     drop(server);
-    drop(private);
 }

@@ -180,11 +180,13 @@ impl OwnServer {
     /// Starts the server (initdb on first use), stopping first one a killed
     /// earlier run may have left behind on another port.
     pub fn start(name: &str) -> OwnServer {
+        // Beside the shared server's directory, wherever scripts/pg.sh
+        // keeps that (as root: somewhere user postgres can reach).
         let shared = std::env::var("DS_PG_DIR")
             .ok()
             .filter(|d| !d.trim().is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pg"));
+            .unwrap_or_else(|| PathBuf::from(pg_sh(&["dir"])));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port for PostgreSQL")
@@ -205,6 +207,11 @@ impl OwnServer {
 
     fn sh(&self, args: &[&str]) -> String {
         pg_sh_with(&self.env(), args)
+    }
+
+    /// Its data directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
     }
 
     /// The maintenance database's URL.
