@@ -54,7 +54,7 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
         &format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
     );
     pg::psql(&url, "SELECT pg_reload_conf()");
-    let tls_url = format!("{url}?sslmode=require");
+    let tls_url = format!("{}?sslmode=require", server.fresh_database("tls"));
 
     // Untrusted: the node refuses to start, and says why, without waiting.
     let started = std::time::Instant::now();

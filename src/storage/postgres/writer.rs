@@ -163,6 +163,7 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
         overlay: HashMap::new(),
         wakes: Vec::new(),
         appended: HashMap::new(),
+        pending: RefCell::new(Pending::default()),
         retry: Cell::new(false),
         node: &shared.node,
     };
@@ -225,9 +226,32 @@ struct Batch<'c> {
     wakes: Vec<(String, Wake)>,
     /// Records appended per stream in this batch, for the local wake.
     appended: HashMap<String, (u64, Offset, Vec<Bytes>)>,
+    /// Records inserted by the batch's ops so far, written by one statement
+    /// before anything reads or removes records, and at the end.
+    pending: RefCell<Pending>,
     /// A statement failed in a way worth retrying the whole batch.
     retry: Cell<bool>,
     node: &'c str,
+}
+
+/// Changed stream rows, as the columns of one `UPDATE … FROM unnest`.
+#[derive(Default)]
+struct Updates {
+    ids: Vec<i64>,
+    metas: Vec<Vec<u8>>,
+    last_access: Vec<i64>,
+    ttl_ms: Vec<Option<i64>>,
+    expires_at: Vec<Option<i64>>,
+    refcounts: Vec<i64>,
+}
+
+/// Records not yet written, as the columns of one `INSERT … unnest`.
+#[derive(Default)]
+struct Pending {
+    ids: Vec<i64>,
+    positions: Vec<i64>,
+    seqs: Vec<i64>,
+    bodies: Vec<Bytes>,
 }
 
 const LOCK: &str = "SELECT name, meta, last_access FROM ds_streams
@@ -236,11 +260,13 @@ const LOCK_ONE: &str = "SELECT meta, last_access FROM ds_streams WHERE name = $1
 const PRODUCERS: &str = "SELECT stream_id, producer, epoch, last_seq FROM ds_producers
      WHERE stream_id = ANY($1) AND producer = ANY($2)";
 const INSERT_RECORDS: &str = "INSERT INTO ds_records (stream_id, pos, seq, body)
-     SELECT $1, * FROM unnest($2::BIGINT[], $3::BIGINT[], $4::BYTEA[])";
-const UPDATE_STREAM: &str = "UPDATE ds_streams
-     SET meta = $2, last_access = GREATEST(last_access, $3), ttl_ms = $4, expires_at = $5,
-         refcount = $6
-     WHERE id = $1";
+     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[])";
+const UPDATE_STREAMS: &str = "UPDATE ds_streams AS s
+     SET meta = v.meta, last_access = GREATEST(s.last_access, v.last_access),
+         ttl_ms = v.ttl_ms, expires_at = v.expires_at, refcount = v.refcount
+     FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
+                 $6::BIGINT[]) AS v(id, meta, last_access, ttl_ms, expires_at, refcount)
+     WHERE s.id = v.id";
 const INSERT_STREAM: &str = "INSERT INTO ds_streams
      (id, name, meta, last_access, ttl_ms, expires_at, refcount)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -332,6 +358,19 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Writes the pending records (one statement for the whole batch).
+    fn flush_records(&self) -> Result<(), StorageError> {
+        let p = std::mem::take(&mut *self.pending.borrow_mut());
+        if p.ids.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<&[u8]> = p.bodies.iter().map(|b| b.as_ref()).collect();
+        let mut conn = self.conn.borrow_mut();
+        conn.execute(INSERT_RECORDS, &[&p.ids, &p.positions, &p.seqs, &bodies])
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// The stream's tail before an append, if it exists.
     fn tail_before(&self, name: &str) -> Option<Offset> {
         self.meta(name).ok().flatten().map(|m| m.tail)
@@ -359,7 +398,9 @@ impl Batch<'_> {
     /// Writes every changed stream row and producer state and queues the
     /// notifications.
     fn persist(&mut self, wakes: &[(String, Wake)]) -> Result<(), StorageError> {
+        self.flush_records()?;
         let loaded = std::mem::take(&mut *self.loaded.borrow_mut());
+        let mut updates = Updates::default();
         let mut p_ids = Vec::new();
         let mut p_names = Vec::new();
         let mut p_epochs = Vec::new();
@@ -385,18 +426,12 @@ impl Batch<'_> {
             };
             let bytes = encode_meta(meta)?;
             if same {
-                conn.execute(
-                    UPDATE_STREAM,
-                    &[
-                        &int(meta.id),
-                        &bytes,
-                        &int(meta.last_access),
-                        &ttl_ms,
-                        &expires_at,
-                        &int(meta.refcount),
-                    ],
-                )
-                .map_err(map_err)?;
+                updates.ids.push(int(meta.id));
+                updates.metas.push(bytes);
+                updates.last_access.push(int(meta.last_access));
+                updates.ttl_ms.push(ttl_ms);
+                updates.expires_at.push(expires_at);
+                updates.refcounts.push(int(meta.refcount));
             } else {
                 conn.execute(
                     INSERT_STREAM,
@@ -426,6 +461,21 @@ impl Batch<'_> {
                     p_seqs.push(int(state.last_seq));
                 }
             }
+        }
+        if !updates.ids.is_empty() {
+            let u = &updates;
+            conn.execute(
+                UPDATE_STREAMS,
+                &[
+                    &u.ids,
+                    &u.metas,
+                    &u.last_access,
+                    &u.ttl_ms,
+                    &u.expires_at,
+                    &u.refcounts,
+                ],
+            )
+            .map_err(map_err)?;
         }
         if !p_ids.is_empty() {
             conn.execute(UPSERT_PRODUCERS, &[&p_ids, &p_names, &p_epochs, &p_seqs])
@@ -515,6 +565,7 @@ impl Records for Batch<'_> {
         limit: u64,
         budget: Budget,
     ) -> Result<Window, StorageError> {
+        self.flush_records()?;
         read::fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
     }
 }
@@ -535,25 +586,20 @@ impl Txn for Batch<'_> {
     }
 
     fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut positions = Vec::with_capacity(records.len());
-        let mut seqs = Vec::with_capacity(records.len());
+        let mut p = self.pending.borrow_mut();
         let mut at = start;
         for r in records {
-            positions.push(int(at.pos));
-            seqs.push(int(at.seq));
+            p.ids.push(int(id));
+            p.positions.push(int(at.pos));
+            p.seqs.push(int(at.seq));
+            p.bodies.push(r.clone());
             at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
         }
-        let bodies: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-        let mut conn = self.conn.borrow_mut();
-        conn.execute(INSERT_RECORDS, &[&int(id), &positions, &seqs, &bodies])
-            .map_err(|e| Fail::Fatal(self.fail(e)))?;
         Ok(())
     }
 
     fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
+        self.flush_records().map_err(Fail::Fatal)?;
         let mut conn = self.conn.borrow_mut();
         conn.execute("DELETE FROM ds_records WHERE stream_id = $1", &[&int(id)])
             .map_err(|e| Fail::Fatal(self.fail(e)))?;
