@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::pool::Conn;
-use super::schema::{int, uint};
+use super::read;
 use super::{Shared, WAKE_CHANNEL};
 use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
@@ -134,29 +133,9 @@ fn with_records(shared: &Shared, conn: &mut Conn, name: &str, mut wake: Wake) ->
     if !shared.hub.has_waiters(name) {
         return wake;
     }
-    let rows = conn.query(
-        "SELECT pos, seq, body FROM ds_records
-         WHERE stream_id = $1 AND pos >= $2 AND pos < $3 ORDER BY pos",
-        &[
-            &int(announced.id),
-            &int(announced.from.pos),
-            &int(wake.tail.pos),
-        ],
-    );
-    let Ok(rows) = rows else {
-        return wake;
-    };
-    let mut at = announced.from;
-    let mut records = Vec::with_capacity(rows.len());
-    for row in rows {
-        let body: Vec<u8> = row.get(2);
-        if uint(row.get(0)) != at.pos || uint(row.get(1)) != at.seq {
-            return wake;
-        }
-        at = Offset::new(at.seq + 1, at.pos + body.len() as u64);
-        records.push(Bytes::from(body));
-    }
-    if at == wake.tail && !records.is_empty() {
+    if let Ok(Some(records)) = read::range(conn, announced.id, announced.from, wake.tail)
+        && !records.is_empty()
+    {
         wake.appended = Some(Appended::new(announced.id, announced.from, records));
     }
     wake

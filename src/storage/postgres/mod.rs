@@ -42,7 +42,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::pool::{Conn, Pool, Target};
 use self::read::Committed;
-use self::schema::{decode_meta, int, map_err, uint};
+use self::schema::{decode_meta, int, map_err};
 use self::writer::{Done, Op, Work};
 use super::chain::Chain;
 use super::model::{Expiry, StreamMeta};
@@ -348,28 +348,14 @@ impl Storage for PgStorage {
             let result = (|| {
                 let mut meta = read::meta(conn, name)?.ok_or(StorageError::NotFound)?;
                 meta.producers = read::producers(conn, meta.id)?;
-                let rows = conn
-                    .query(
-                        "SELECT pos, seq, body FROM ds_records WHERE stream_id = $1 ORDER BY pos",
-                        &[&int(meta.id)],
-                    )
-                    .map_err(map_err)?;
-                let mut at = meta.base;
-                let mut records = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let body: Vec<u8> = row.get(2);
-                    if uint(row.get(0)) != at.pos || uint(row.get(1)) != at.seq {
-                        break;
-                    }
-                    at = crate::offset::Offset::new(at.seq + 1, at.pos + body.len() as u64);
-                    records.push(Bytes::from(body));
-                }
-                if at != meta.tail {
-                    return Err(StorageError::Corrupt(format!(
-                        "stream {name:?} has records up to {at}, not to its tail {}",
-                        meta.tail
-                    )));
-                }
+                let records = read::range(conn, meta.id, meta.base, meta.tail)
+                    .map_err(map_err)?
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "stream {name:?} does not hold exactly its records from {} to {}",
+                            meta.base, meta.tail
+                        ))
+                    })?;
                 Ok((meta, records))
             })();
             let _ = conn.client.batch_execute("COMMIT");

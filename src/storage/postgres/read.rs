@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::pool::Conn;
 use super::schema::{decode_meta, int, map_err, uint};
+use crate::offset::Offset;
 use crate::storage::StorageError;
 use crate::storage::chain::{Collect, Metas, Records, Window};
 use crate::storage::model::{ProducerState, StreamMeta};
@@ -54,6 +55,32 @@ pub(super) fn fetch(
         }
     }
     rows.finish()
+}
+
+/// The records of stream `id` in `[from, to)`, when they are exactly there
+/// (contiguous from `from`, ending at `to`); `Ok(None)` otherwise.
+pub(super) fn range(
+    conn: &mut Conn,
+    id: u64,
+    from: Offset,
+    to: Offset,
+) -> Result<Option<Vec<Bytes>>, postgres::Error> {
+    let rows = conn.query(
+        "SELECT pos, seq, body FROM ds_records
+         WHERE stream_id = $1 AND pos >= $2 AND pos < $3 ORDER BY pos",
+        &[&int(id), &int(from.pos), &int(to.pos)],
+    )?;
+    let mut at = from;
+    let mut records = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: Vec<u8> = row.get(2);
+        if uint(row.get(0)) != at.pos || uint(row.get(1)) != at.seq {
+            return Ok(None);
+        }
+        at = Offset::new(at.seq + 1, at.pos + body.len() as u64);
+        records.push(Bytes::from(body));
+    }
+    Ok((at == to).then_some(records))
 }
 
 /// A stream's committed metadata (without producers), or `None`.

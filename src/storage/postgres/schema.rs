@@ -78,7 +78,8 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), StorageError> {
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(map_err)?;
     txn.batch_execute(
-        "CREATE TABLE IF NOT EXISTS ds_schema (
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS ds_schema (
              version    INT PRIMARY KEY,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
          )",
