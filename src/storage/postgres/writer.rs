@@ -177,18 +177,11 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
                     // Other nodes' subscription engines learn of new streams
                     // from this (their HTTP layer never saw the request).
                     b.wakes
-                        .push((name.clone(), Wake::bare(info.tail, info.closed)));
+                        .push((name.clone(), info.id, Wake::bare(info.tail, info.closed)));
                 }
                 r.map(Done::Create)
             }
-            Work::Append(name, req) => {
-                let from = b.tail_before(name);
-                let r = txn::append(&mut b, name, req);
-                if let (Ok(AppendOutcome::Appended { info, .. }), Some(from)) = (&r, from) {
-                    b.note_append(name, info.id, from, req);
-                }
-                r.map(Done::Append)
-            }
+            Work::Append(name, req) => txn::append(&mut b, name, req).map(Done::Append),
             Work::Delete(name, now) => txn::delete(&mut b, name, *now).map(|()| Done::Delete),
             Work::Sweep(now) => txn::sweep(&mut b, *now).map(Done::Sweep),
             Work::Restore(name, restore) => {
@@ -223,9 +216,11 @@ struct Batch<'c> {
     loaded: RefCell<HashMap<String, Option<StreamMeta>>>,
     /// The batch's changes (`None`: removed).
     overlay: HashMap<String, Option<StreamMeta>>,
-    wakes: Vec<(String, Wake)>,
-    /// Records appended per stream in this batch, for the local wake.
-    appended: HashMap<String, (u64, Offset, Vec<Bytes>)>,
+    /// Wakes with the incarnation they concern.
+    wakes: Vec<(String, u64, Wake)>,
+    /// Per stream incarnation, the records this batch inserted last, where
+    /// they start and (contiguous runs merged), for the wakes.
+    appended: HashMap<u64, (Offset, Vec<Bytes>)>,
     /// Records inserted by the batch's ops so far, written by one statement
     /// before anything reads or removes records, and at the end.
     pending: RefCell<Pending>,
@@ -371,30 +366,6 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The stream's tail before an append, if it exists.
-    fn tail_before(&self, name: &str) -> Option<Offset> {
-        self.meta(name).ok().flatten().map(|m| m.tail)
-    }
-
-    /// Remembers an append's records for the local wake (contiguous
-    /// appends to one stream in a batch are merged).
-    fn note_append(&mut self, name: &str, id: u64, from: Offset, req: &AppendRequest) {
-        let json = self
-            .overlay
-            .get(name)
-            .and_then(|m| m.as_ref())
-            .is_some_and(|m| crate::storage::model::is_json(&m.content_type));
-        let Ok(records) = crate::storage::model::frame_records(json, &req.body, true) else {
-            return;
-        };
-        match self.appended.get_mut(name) {
-            Some((same, _, recs)) if *same == id => recs.extend(records),
-            _ => {
-                self.appended.insert(name.to_string(), (id, from, records));
-            }
-        }
-    }
-
     /// Writes every changed stream row and producer state and queues the
     /// notifications.
     fn persist(&mut self, wakes: &[(String, Wake)]) -> Result<(), StorageError> {
@@ -495,13 +466,14 @@ impl Batch<'_> {
     /// The local wakes, carrying the appended records where the batch
     /// holds exactly the records that moved the tail.
     fn finish_wakes(&mut self) -> Vec<(String, Wake)> {
-        let mut last: HashMap<String, Wake> = HashMap::new();
-        for (name, wake) in std::mem::take(&mut self.wakes) {
-            last.insert(name, wake);
+        let mut last: HashMap<String, (u64, Wake)> = HashMap::new();
+        for (name, id, wake) in std::mem::take(&mut self.wakes) {
+            last.insert(name, (id, wake));
         }
         last.into_iter()
-            .map(|(name, mut wake)| {
-                if let Some((id, from, records)) = self.appended.remove(&name)
+            .map(|(name, (id, mut wake))| {
+                if let Some((from, records)) = self.appended.remove(&id)
+                    && !records.is_empty()
                     && crate::storage::model::advance(from, &records) == wake.tail
                 {
                     wake.appended = Some(Appended::new(id, from, records));
@@ -586,6 +558,14 @@ impl Txn for Batch<'_> {
     }
 
     fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
+        match self.appended.get_mut(&id) {
+            Some((from, recs)) if crate::storage::model::advance(*from, recs) == start => {
+                recs.extend_from_slice(records)
+            }
+            _ => {
+                self.appended.insert(id, (start, records.to_vec()));
+            }
+        }
         let mut p = self.pending.borrow_mut();
         let mut at = start;
         for r in records {
@@ -599,6 +579,7 @@ impl Txn for Batch<'_> {
     }
 
     fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
+        self.appended.remove(&id);
         self.flush_records().map_err(Fail::Fatal)?;
         let mut conn = self.conn.borrow_mut();
         conn.execute("DELETE FROM ds_records WHERE stream_id = $1", &[&int(id)])
@@ -607,8 +588,11 @@ impl Txn for Batch<'_> {
     }
 
     fn wake(&mut self, name: &str, meta: &StreamMeta) {
-        self.wakes
-            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
+        self.wakes.push((
+            name.to_string(),
+            meta.id,
+            Wake::bare(meta.tail, meta.closed),
+        ));
     }
 
     fn fork_base(
