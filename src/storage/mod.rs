@@ -37,6 +37,7 @@
 pub mod acid;
 pub mod chain;
 pub mod file;
+pub mod handle;
 pub mod memory;
 pub mod model;
 pub mod postgres;
@@ -158,6 +159,21 @@ pub struct CreateRequest {
     pub now: Millis,
 }
 
+impl CreateRequest {
+    /// A plain create: `content_type` (or the default), no expiry, open, not
+    /// a fork, with `body` as its initial data.
+    pub fn new(content_type: Option<&str>, body: impl Into<Bytes>, now: Millis) -> Self {
+        CreateRequest {
+            content_type: content_type.map(str::to_string),
+            expiry: None,
+            closed: false,
+            fork: None,
+            body: body.into(),
+            now,
+        }
+    }
+}
+
 /// The idempotent-producer headers of an append.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerHeaders {
@@ -180,6 +196,31 @@ pub struct AppendRequest {
     pub now: Millis,
 }
 
+impl AppendRequest {
+    /// A plain append of `body` as `content_type`: no close, no
+    /// `Stream-Seq`, no producer.
+    pub fn new(content_type: Option<&str>, body: impl Into<Bytes>, now: Millis) -> Self {
+        AppendRequest {
+            content_type: content_type.map(str::to_string),
+            body: body.into(),
+            close: false,
+            stream_seq: None,
+            producer: None,
+            now,
+        }
+    }
+
+    /// The same append sent by idempotent producer `id` with `epoch` and `seq`.
+    pub fn by_producer(mut self, id: &str, epoch: u64, seq: u64) -> Self {
+        self.producer = Some(ProducerHeaders {
+            id: id.to_string(),
+            epoch,
+            seq,
+        });
+        self
+    }
+}
+
 /// A read of stored bytes.
 #[derive(Clone, Debug)]
 pub struct ReadRequest {
@@ -188,6 +229,17 @@ pub struct ReadRequest {
     /// least one byte) is returned when data exists.
     pub max_bytes: usize,
     pub now: Millis,
+}
+
+impl ReadRequest {
+    /// A read of everything from `from`, without a byte limit.
+    pub fn all(from: ReadFrom, now: Millis) -> Self {
+        ReadRequest {
+            from,
+            max_bytes: usize::MAX,
+            now,
+        }
+    }
 }
 
 /// What a client may learn about a stream.
@@ -266,6 +318,15 @@ impl ReadOutcome {
 
     pub fn is_empty(&self) -> bool {
         self.chunks.iter().all(Bytes::is_empty)
+    }
+
+    /// The returned bytes in one buffer.
+    pub fn concat(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len());
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
+        all
     }
 }
 

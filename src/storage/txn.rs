@@ -181,38 +181,80 @@ fn plan_fork<T: Txn + ?Sized>(
     Ok((meta, records))
 }
 
-/// A `POST`: appends and/or closes, or recognises a duplicate.
+/// What [`append_to`] decided and applied to a stream's state.
+pub struct Applied {
+    pub outcome: AppendOutcome,
+    /// The tail before the append.
+    pub from: Offset,
+    /// The records written (none for a duplicate or a close alone).
+    pub records: Vec<Bytes>,
+    /// True when the state changed beyond a renewal (records or closure):
+    /// the stream's readers are to be woken once it is durable.
+    pub wrote: bool,
+}
+
+/// The append decision on one stream's state, in place: the one path every
+/// backend takes for a `POST`. Checks that the stream is visible, plans
+/// with [`model::plan_append`]; a duplicate only renews access; a write
+/// first calls `store(meta, plan)` (with the state before the append: the
+/// backend stores the records at `meta.tail` and queues what it must; an
+/// error there leaves `meta` untouched), then applies the plan to `meta`.
+pub fn append_to<E: From<StorageError>>(
+    meta: &mut StreamMeta,
+    req: &AppendRequest,
+    store: impl FnOnce(&StreamMeta, &model::WritePlan) -> Result<(), E>,
+) -> Result<Applied, E> {
+    meta.check_visible(req.now)?;
+    let from = meta.tail;
+    match model::plan_append(meta, req)? {
+        AppendPlan::Duplicate(producer) => {
+            // A retried or repeated write still counts as access.
+            meta.last_access = req.now;
+            Ok(Applied {
+                outcome: AppendOutcome::Duplicate {
+                    info: meta.info(),
+                    producer,
+                },
+                from,
+                records: Vec::new(),
+                wrote: false,
+            })
+        }
+        AppendPlan::Write(plan) => {
+            store(meta, &plan)?;
+            model::apply_write(meta, &plan, req.producer.as_ref(), req.now);
+            let producer = plan
+                .producer
+                .as_ref()
+                .map(|(_, st)| (st.epoch, st.last_seq));
+            Ok(Applied {
+                outcome: AppendOutcome::Appended {
+                    info: meta.info(),
+                    producer,
+                },
+                from,
+                records: plan.records,
+                wrote: true,
+            })
+        }
+    }
+}
+
+/// A `POST` in a transaction: [`append_to`] on the transaction's view.
 pub fn append<T: Txn + ?Sized>(
     t: &mut T,
     name: &str,
     req: &AppendRequest,
 ) -> Result<AppendOutcome, Fail> {
     let mut meta = meta_of(t, name)?.ok_or(StorageError::NotFound)?;
-    meta.check_visible(req.now)?;
-    match model::plan_append(&meta, req)? {
-        AppendPlan::Duplicate(producer) => {
-            // A retried or repeated write still counts as access.
-            meta.last_access = req.now;
-            let info = meta.info();
-            t.set(name, Some(meta));
-            Ok(AppendOutcome::Duplicate { info, producer })
-        }
-        AppendPlan::Write(plan) => {
-            let echo = plan
-                .producer
-                .as_ref()
-                .map(|(_, st)| (st.epoch, st.last_seq));
-            t.insert_records(meta.id, meta.tail, &plan.records)?;
-            model::apply_write(&mut meta, &plan, req.producer.as_ref(), req.now);
-            t.wake(name, &meta);
-            let info = meta.info();
-            t.set(name, Some(meta));
-            Ok(AppendOutcome::Appended {
-                info,
-                producer: echo,
-            })
-        }
+    let applied = append_to(&mut meta, req, |m, plan| {
+        t.insert_records(m.id, m.tail, &plan.records)
+    })?;
+    if applied.wrote {
+        t.wake(name, &meta);
     }
+    t.set(name, Some(meta));
+    Ok(applied.outcome)
 }
 
 /// A `DELETE`: soft-deletes a stream that forks still read, removes it
