@@ -7,13 +7,15 @@
 #    installing Debian's package when root); its URL is exported as
 #    DS_TEST_DATABASE_URL for the Rust tests (tests/common/pg.rs). If this
 #    script started it, it stops it on exit.
-# 1. cargo unit/integration tests (all targets, then doc tests)
-# 2. the upstream Durable Streams conformance suite against the release
+# 1. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`:
+#    unformatted code or a lint fails the run before any test
+# 2. cargo unit/integration tests (all targets, then doc tests)
+# 3. the upstream Durable Streams conformance suite against the release
 #    binary, once per backend in $DS_BACKENDS (space separated, default
 #    "memory file acid postgres postgres_2nodes"; e.g. DS_BACKENDS="memory").
 #    postgres_2nodes is two nodes on one database behind a round-robin proxy
 #    (see scripts/conformance.sh).
-# 3. real-client end-to-end tests (scripts/clients.sh: the official
+# 4. real-client end-to-end tests (scripts/clients.sh: the official
 #    TypeScript client and examples/tail.html in headless Chromium) against
 #    the release binary (memory backend).
 #
@@ -38,6 +40,12 @@ if ! "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then PG_STARTED=1; fi
 DS_TEST_DATABASE_URL="$("$ROOT/scripts/pg.sh" start)"
 export DS_TEST_DATABASE_URL
 echo "DS_TEST_DATABASE_URL=$DS_TEST_DATABASE_URL"
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+
+echo "==> cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test --all-targets --locked"
 cargo test --all-targets --locked 2>&1 | tee -a "$SUMMARY_LOG"
