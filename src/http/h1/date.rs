@@ -24,3 +24,24 @@ pub(super) fn date() -> [u8; 29] {
         text
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_date_is_an_imf_fixdate_of_now() {
+        let text = date();
+        let parsed = httpdate::parse_http_date(std::str::from_utf8(&text).unwrap()).unwrap();
+        let off = SystemTime::now()
+            .duration_since(parsed)
+            .unwrap_or_default()
+            .as_secs();
+        assert!(off <= 2, "{off} s old");
+        assert!(
+            text.ends_with(b" GMT"),
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+}

@@ -98,4 +98,31 @@ mod tests {
         assert_eq!(chunk_size_line(0x10000, &mut b), b"10000\r\n");
         assert_eq!(chunk_size_line(usize::MAX, &mut b), b"ffffffffffffffff\r\n");
     }
+
+    fn framed(out: Out, frames: &[&'static str]) -> io::Result<Vec<u8>> {
+        let mut enc = Encoder::new(out);
+        let mut segs = Vec::new();
+        for f in frames {
+            enc.push(Bytes::from_static(f.as_bytes()), &mut segs)?;
+        }
+        enc.finish(&mut segs)?;
+        Ok(segs.concat())
+    }
+
+    #[test]
+    fn bodies_are_framed_as_announced() {
+        assert_eq!(
+            framed(Out::Chunked, &["ab", "cde"]).unwrap(),
+            b"2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+        );
+        assert_eq!(framed(Out::Close, &["ab", "cd"]).unwrap(), b"abcd");
+        assert_eq!(framed(Out::Length(4), &["ab", "cd"]).unwrap(), b"abcd");
+        assert!(framed(Out::Length(3), &["ab", "cd"]).is_err(), "too long");
+        assert!(framed(Out::Length(5), &["ab", "cd"]).is_err(), "too short");
+        let mut enc = Encoder::new(Out::Length(2));
+        assert!(!enc.is_complete());
+        enc.push(Bytes::from_static(b"ab"), &mut Vec::new())
+            .unwrap();
+        assert!(enc.is_complete());
+    }
 }
