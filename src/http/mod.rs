@@ -16,6 +16,7 @@ pub mod ops;
 pub mod read;
 pub mod serve;
 pub mod sse;
+pub mod transport;
 pub mod write;
 
 use std::sync::Arc;

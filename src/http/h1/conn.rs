@@ -1,0 +1,449 @@
+//! The connection: its socket and read buffer, and the steps of its life
+//! that [`dispatch`](super::dispatch) drives: reading the next request
+//! head, writing a response (head and body frames gathered into writevs),
+//! draining an unread request body, rejecting a bad head, and closing
+//! without losing the last response to a reset.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Response, StatusCode, Version, header};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body as _;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::decode::{Decoded, Decoder};
+use super::encode::{Encoder, SEGS_PER_FRAME};
+use super::io::{READ_CHUNK, next_frame, read_some, write_all};
+use super::role::{Head, Out, Parsed, encode_head, has_token, parse_head, rejection};
+use crate::http::transport::Timeouts;
+
+/// Most buffers in one response writev, and most bytes of body frames
+/// gathered for it.
+const MAX_SEGS: usize = 16;
+const BATCH_BYTES: usize = 64 * 1024;
+/// An unread request body up to this is drained after the response to keep
+/// the connection; a larger one closes it.
+pub(super) const DRAIN_MAX: u64 = 64 * 1024;
+/// How long a closing connection still reads (and discards) what the client
+/// sends, so that its last response is not lost to a reset.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+/// The HTTP/2 connection preface (prior-knowledge h2c).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What [`Conn::read_head`] found.
+pub(super) enum Next {
+    /// A request head to answer.
+    Head(Box<Head>),
+    /// The client closed, or was cut off (head deadline, shutdown).
+    Closed,
+    /// The HTTP/2 preface: hand the connection to hyper.
+    H2,
+    /// A head that cannot be served: answer this and close.
+    Bad(StatusCode),
+}
+
+/// One accepted HTTP/1.1 connection.
+pub(super) struct Conn {
+    pub(super) tcp: TcpStream,
+    /// Unparsed input; empty and unallocated while idle.
+    pub(super) buf: BytesMut,
+    pub(super) t: Timeouts,
+    /// The head deadline and the shutdown signal, registered once per
+    /// connection: a fresh timer and cancellation waiter per request each
+    /// took a lock shared by all connections.
+    pub(super) timer: Pin<Box<Sleep>>,
+    pub(super) cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Conn {
+    /// A connection just accepted: no buffer yet, the head deadline armed.
+    pub(super) fn new(tcp: TcpStream, t: Timeouts, shutdown: &CancellationToken) -> Self {
+        Conn {
+            tcp,
+            buf: BytesMut::new(),
+            t,
+            timer: Box::pin(tokio::time::sleep(t.header_read)),
+            cancelled: Box::pin(shutdown.clone().cancelled_owned()),
+        }
+    }
+
+    /// Waits for and parses the next request head.
+    pub(super) async fn read_head(&mut self, first: bool) -> io::Result<Next> {
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.t.header_read);
+        loop {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(PREFACE.len());
+                if first && self.buf[..n] == PREFACE[..n] {
+                    if n == PREFACE.len() {
+                        return Ok(Next::H2);
+                    }
+                } else {
+                    match parse_head(&self.buf) {
+                        Parsed::Head(h, len) => {
+                            self.buf.advance(len);
+                            return Ok(Next::Head(h));
+                        }
+                        Parsed::Bad(s) => return Ok(Next::Bad(s)),
+                        Parsed::Partial => {}
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            // Input that has arrived counts even when the deadline has
+            // passed too: a busy server may poll this connection late, and
+            // an unbiased select closed it half the time with the request
+            // unread (the client saw a reset; `hostile_clients` in CI). A
+            // head still incomplete once nothing more is waiting is cut off.
+            let mut expired = false;
+            tokio::select! {
+                biased;
+                r = self.tcp.readable() => r?,
+                () = self.cancelled.as_mut(), if idle => return Ok(Next::Closed),
+                () = self.timer.as_mut() => expired = true,
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK.max(self.buf.len()));
+            }
+            match self.tcp.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(Next::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        // Stale readiness: nothing came; wait without a buffer.
+                        self.buf = BytesMut::new();
+                    }
+                    if expired {
+                        return Ok(Next::Closed);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads and discards the rest of a request body, up to `DRAIN_MAX`
+    /// bytes within `header_read_timeout`; false if it did not end so.
+    pub(super) async fn drain(&mut self, dec: &mut Decoder) -> bool {
+        let deadline = Instant::now() + self.t.header_read;
+        let mut seen = 0u64;
+        loop {
+            match dec.decode(&mut self.buf) {
+                Ok(Decoded::Data(b)) => {
+                    seen += b.len() as u64;
+                    if seen > DRAIN_MAX {
+                        return false;
+                    }
+                }
+                Ok(Decoded::Done) => return true,
+                Ok(Decoded::More) => {
+                    let read = read_some(&self.tcp, &mut self.buf, READ_CHUNK);
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Ok(Ok(())) => {}
+                        _ => return false,
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Writes a response; returns whether the connection stays open.
+    pub(super) async fn respond(
+        &mut self,
+        res: Response<Body>,
+        is_head: bool,
+        version: Version,
+        mut keep: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = res.into_parts();
+        let status = parts.status;
+        let bodiless = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close"))
+        {
+            keep = false;
+        }
+        let length = body.size_hint().exact();
+        let out = if bodiless {
+            Out::None
+        } else if let Some(n) = length {
+            Out::Length(n)
+        } else if version == Version::HTTP_11 {
+            Out::Chunked
+        } else {
+            keep = false;
+            Out::Close
+        };
+        let head = encode_head(status, &parts.headers, out, keep, version);
+        if let Out::None = out {
+            return write_all(&self.tcp, &mut [IoSlice::new(&head)], self.t.send)
+                .await
+                .map(|()| keep);
+        }
+        // Every frame the body has ready now goes out in one writev with
+        // the head or the frames before it (as hyper flushes only when the
+        // body is pending): SSE events and the control event after them
+        // arrive together, and a burst costs one syscall.
+        let mut segs = vec![Bytes::from(head)];
+        let mut enc = Encoder::new(out);
+        let mut watch = true;
+        let mut waited = None;
+        loop {
+            let mut ended = false;
+            let mut batch = 0;
+            loop {
+                if enc.is_complete() {
+                    ended = true;
+                    break;
+                }
+                let frame = match waited.take() {
+                    Some(f) => f,
+                    // Room for one more frame and the body's end.
+                    None if batch >= BATCH_BYTES || segs.len() + SEGS_PER_FRAME + 1 > MAX_SEGS => {
+                        break;
+                    }
+                    None => match std::future::poll_fn(|cx| {
+                        Poll::Ready(Pin::new(&mut body).poll_frame(cx))
+                    })
+                    .await
+                    {
+                        Poll::Ready(f) => f,
+                        Poll::Pending => break,
+                    },
+                };
+                let data = match frame {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) if !d.is_empty() => d,
+                        _ => continue,
+                    },
+                };
+                batch += data.len();
+                enc.push(data, &mut segs)?;
+            }
+            if ended {
+                enc.finish(&mut segs)?;
+            }
+            if !segs.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SEGS];
+                for (slot, seg) in slices.iter_mut().zip(&segs) {
+                    *slot = IoSlice::new(seg);
+                }
+                write_all(&self.tcp, &mut slices[..segs.len()], self.t.send).await?;
+            }
+            if ended {
+                return Ok(keep);
+            }
+            // Nothing held while a long response (SSE) waits.
+            segs = Vec::new();
+            waited = Some(next_frame(&self.tcp, &mut body, &mut watch).await?);
+        }
+    }
+
+    /// Answers a head that cannot be served; the connection closes after.
+    pub(super) async fn reject(&mut self, status: StatusCode) -> io::Result<()> {
+        let (head, body) = rejection(status);
+        let mut bufs = [IoSlice::new(&head), IoSlice::new(body.as_bytes())];
+        write_all(&self.tcp, &mut bufs, self.t.send).await
+    }
+
+    /// Closes the connection. With `unread` input possible, first shuts our
+    /// side and reads a little longer: closing a socket with unread input
+    /// resets it, which can destroy the response the client has not read.
+    pub(super) async fn close(mut self, unread: bool) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.tcp.shutdown().await;
+        if !unread {
+            return;
+        }
+        self.buf.clear();
+        let linger = async {
+            let mut seen = 0;
+            while seen < LINGER_BYTES {
+                self.buf.clear();
+                match read_some(&self.tcp, &mut self.buf, READ_CHUNK).await {
+                    Ok(()) => seen += self.buf.len(),
+                    Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::http::h1::io::socket_pair;
+    use axum::http::HeaderValue;
+
+    /// A connected pair: our `Conn` and the client's socket.
+    async fn pair() -> (Conn, TcpStream) {
+        let (tcp, client) = socket_pair().await;
+        let t = Timeouts {
+            header_read: Duration::from_secs(5),
+            send: Duration::from_secs(5),
+        };
+        (Conn::new(tcp, t, &CancellationToken::new()), client)
+    }
+
+    /// What the client received for one response, until we closed.
+    struct Sent {
+        /// `respond` kept the connection.
+        kept: bool,
+        head: String,
+        body: String,
+    }
+
+    impl Sent {
+        /// Checks the outcome: whether the connection stays, lines the head
+        /// has and has not, and the body.
+        fn check(&self, kept: bool, has: &[&str], lacks: &[&str], body: &str) {
+            let h = &self.head;
+            assert_eq!(self.kept, kept, "{h}");
+            for s in has {
+                assert!(h.contains(s), "{s:?} not in {h}");
+            }
+            for s in lacks {
+                assert!(!h.contains(s), "{s:?} in {h}");
+            }
+            assert_eq!(self.body, body, "{h}");
+        }
+    }
+
+    /// Writes `res` to a client of `version` that asked to keep the
+    /// connection (to a HEAD request when `is_head`).
+    async fn send(res: Response<Body>, is_head: bool, version: Version) -> Sent {
+        let (mut conn, mut client) = pair().await;
+        let kept = conn.respond(res, is_head, version, true).await.unwrap();
+        drop(conn);
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        Sent {
+            kept,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    fn streaming(parts: &'static [&'static str]) -> Body {
+        let s =
+            futures_util::stream::iter(parts.iter().map(|p| Ok::<_, io::Error>(Bytes::from(*p))));
+        Body::from_stream(s)
+    }
+
+    #[tokio::test]
+    async fn full_bodies_get_a_content_length() {
+        let res = Response::new(Body::from("hello"));
+        send(res, false, Version::HTTP_11)
+            .await
+            .check(true, &["content-length: 5"], &[], "hello");
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_send_no_body() {
+        let mut res = Response::new(Body::empty());
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        send(res, true, Version::HTTP_11)
+            .await
+            .check(true, &["content-length: 42"], &[], "");
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            let mut res = Response::new(Body::from("ignored"));
+            *res.status_mut() = status;
+            send(res, false, Version::HTTP_11).await.check(
+                true,
+                &[],
+                &["content-length", "chunked"],
+                "",
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_length_bodies_are_chunked_per_frame() {
+        let res = Response::new(streaming(&["ab", "", "cde"]));
+        send(res, false, Version::HTTP_11).await.check(
+            true,
+            &["transfer-encoding: chunked"],
+            &[],
+            "2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
+        );
+    }
+
+    #[tokio::test]
+    async fn http10_clients_get_close_delimited_bodies() {
+        let res = Response::new(streaming(&["ab", "cd"]));
+        send(res, false, Version::HTTP_10).await.check(
+            false,
+            &["connection: close"],
+            &["chunked"],
+            "abcd",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handler_asking_to_close_closes() {
+        let mut res = Response::new(Body::from("x"));
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        send(res, false, Version::HTTP_11)
+            .await
+            .check(false, &["connection: close"], &[], "x");
+    }
+
+    /// A request that has arrived is served even when its connection is polled
+    /// only after the head deadline (a busy server): the deadline cuts off
+    /// heads that are still incomplete, not input that is waiting to be read.
+    #[tokio::test]
+    async fn arrived_heads_beat_an_expired_deadline() {
+        for _ in 0..32 {
+            let (mut conn, mut client) = pair().await;
+            conn.t.header_read = Duration::from_millis(20);
+            let next = conn.read_head(true);
+            tokio::pin!(next);
+            // Waiting: the deadline is set and the socket registered.
+            assert!(futures_util::poll!(next.as_mut()).is_pending());
+            client
+                .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            // The runtime is busy past the deadline: its next turn sees the
+            // request and the expired deadline at once.
+            std::thread::sleep(Duration::from_millis(60));
+            let next = next.await.unwrap();
+            assert!(matches!(next, Next::Head(_)), "request dropped");
+        }
+        // Silence, or a head that stops halfway, is still cut off.
+        let (mut conn, _client) = pair().await;
+        conn.t.header_read = Duration::from_millis(50);
+        assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+        let (mut conn, mut client) = pair().await;
+        conn.t.header_read = Duration::from_millis(50);
+        client.write_all(b"GET /x HTTP/1.1\r\nHo").await.unwrap();
+        assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+    }
+}
