@@ -128,8 +128,15 @@ impl Kind for Addr {
 pub struct Choice<T>(PhantomData<T>);
 
 impl<T> Choice<T> {
+    /// The kind for `T`'s values.
     pub const fn new() -> Self {
         Choice(PhantomData)
+    }
+}
+
+impl<T> Default for Choice<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -324,7 +331,7 @@ impl Kind for Span {
     }
     fn show(&self, v: &Duration) -> toml::Value {
         let ms = v.as_millis();
-        text(if ms % 1000 == 0 {
+        text(if ms.is_multiple_of(1000) {
             format!("{}s", ms / 1000)
         } else {
             format!("{ms}ms")
