@@ -282,33 +282,45 @@ impl Kind for Count {
     }
 }
 
-/// A 64-bit count of bytes.
-pub struct Bytes {
+/// A count of bytes that fits in `T` (`u64`, or `u16` for 0 to 65535).
+pub struct Bytes<T> {
+    /// Shown in the error message.
     pub example: &'static str,
+    of: PhantomData<T>,
 }
 
-impl Kind for Bytes {
-    type Value = u64;
-    fn parse(&self, raw: &Raw<'_>) -> Result<u64, String> {
-        raw.uint(self.example)
-    }
-    fn show(&self, v: &u64) -> toml::Value {
-        int(*v)
+impl<T> Bytes<T> {
+    /// The kind, with `example` for its error message.
+    pub const fn new(example: &'static str) -> Self {
+        Bytes {
+            example,
+            of: PhantomData,
+        }
     }
 }
 
-/// A count of bytes from 0 to 65535.
-pub struct SmallBytes {
-    pub example: &'static str,
+/// An unsigned field type a [`Bytes`] value can land in.
+pub trait Unsigned: TryFrom<u64> + Into<u64> + Copy {
+    /// Its largest value (for the error message).
+    const MAX: u64;
 }
 
-impl Kind for SmallBytes {
-    type Value = u16;
-    fn parse(&self, raw: &Raw<'_>) -> Result<u16, String> {
-        u16::try_from(raw.uint(self.example)?).map_err(|_| "accepted values: 0 to 65535".into())
+impl Unsigned for u16 {
+    const MAX: u64 = u16::MAX as u64;
+}
+
+impl Unsigned for u64 {
+    const MAX: u64 = u64::MAX;
+}
+
+impl<T: Unsigned> Kind for Bytes<T> {
+    type Value = T;
+    fn parse(&self, raw: &Raw<'_>) -> Result<T, String> {
+        T::try_from(raw.uint(self.example)?)
+            .map_err(|_| format!("accepted values: 0 to {}", T::MAX))
     }
-    fn show(&self, v: &u16) -> toml::Value {
-        int(*v)
+    fn show(&self, v: &T) -> toml::Value {
+        int((*v).into())
     }
 }
 

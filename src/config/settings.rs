@@ -19,7 +19,7 @@ use clap::builder::PossibleValue;
 use super::ServerConfig;
 use super::kinds::{
     Addr, Bytes, Choice, Count, FsPath, Kind, OptionalPath, OptionalSecret, OptionalUrl, Origins,
-    Raw, SmallBytes, Span, Switch, Tokens, Word,
+    Raw, Span, Switch, Tokens, Word,
 };
 use super::{HttpEngine, LogFormat, StorageKind, SyncMode};
 
@@ -175,7 +175,7 @@ settings! {
     "chunk_bytes", limits.chunk_bytes, Count { example: "1048576", min: 1 },
         flag("chunk-bytes", "Soft limit on the bytes one catch-up read returns"),
         "soft limit on one catch-up read / SSE event";
-    "memory_limit_bytes", memory_limit_bytes, Bytes { example: "1073741824" },
+    "memory_limit_bytes", memory_limit_bytes, Bytes::<u64>::new("1073741824"),
         flag("memory-limit-bytes",
             "Cap on the memory backend's stream bytes (0: none); writes past it get 507"),
         "cap on the stream bytes the memory backend holds\n\
@@ -192,7 +192,7 @@ settings! {
     "http_engine", http_engine, Choice::<HttpEngine>::new(),
         flag("http-engine", "Which code serves HTTP/1.1 connections"),
         "native (our HTTP/1.1 loop) | hyper (hyper's, for comparison)";
-    "compression_min_bytes", compression_min_bytes, SmallBytes { example: "1024" }, None,
+    "compression_min_bytes", compression_min_bytes, Bytes::<u16>::new("1024"), None,
         "catch-up reads at least this large are gzip/br compressed (0-65535)";
     "webhook_ca_file", webhook_ca_file, OptionalPath, None,
         "A PEM file of extra CA certificates trusted for https:// webhooks, on top of\n\
