@@ -2,16 +2,35 @@
 //!
 //! Settings come in layers, each overriding the one before: built-in
 //! defaults ([`ServerConfig::default`]) < a TOML file (`--config FILE`) <
-//! environment variables (`DS_*`) < command-line flags. [`layers`] holds the
-//! pure merging and validation; `config.example.toml` documents every key.
+//! environment variables (`DS_*`) < command-line flags.
+//!
+//! - [`settings`]: the one table that declares every setting (key, `DS_*`
+//!   variable, flag, kind of value, note in the example file).
+//! - [`kinds`]: how each kind of value is parsed, validated and shown.
+//! - [`layers`]: the pure merging of defaults, file and environment, and
+//!   the checks that span keys.
+//! - [`flags`]: `serve`'s flags, built from the table (the last layer).
+//! - [`example`]: `config.example.toml`, generated from the table.
 
+pub mod example;
+pub mod flags;
+pub mod kinds;
 pub mod layers;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use flags::ServeFlags;
 pub use layers::{ConfigError, KEYS, env_var, resolve, validate};
+
+/// The environment layer: this process's `DS_*` variables.
+pub fn environment() -> std::collections::BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("DS_"))
+        .collect()
+}
 
 /// Reads the TOML file (when given) and merges it over the defaults and
 /// under the environment. The only I/O of configuration besides

@@ -2,10 +2,8 @@
 //! logging, serve.
 
 use std::io::{Read, Seek, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +16,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use durable_streams::backup::{self, Existing};
 use durable_streams::config::{
-    self, HttpEngine, LogFormat, ServerConfig, StorageKind, SyncMode, parse_duration,
+    self, LogFormat, ServeFlags, ServerConfig, StorageKind, parse_duration,
 };
 
 #[derive(Parser)]
@@ -35,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
-    Serve(Box<ServeArgs>),
+    Serve(ServeFlags),
     /// Probe a running server's health endpoint; exit 0 when it answers 200
     /// (for container HEALTHCHECKs).
     Health {
@@ -96,133 +94,6 @@ struct ImportArgs {
     existing: Existing,
 }
 
-/// Command-line flags: the last configuration layer. Every flag is optional
-/// and overrides the file and the environment (see config.example.toml).
-#[derive(clap::Args, Default)]
-struct ServeArgs {
-    /// TOML configuration file (see config.example.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long)]
-    bind: Option<SocketAddr>,
-    /// Storage backend.
-    #[arg(long, value_enum)]
-    storage: Option<StorageKind>,
-    /// Directory for the durable backends.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// The postgres backend's database, e.g. postgres://user:pass@host/db.
-    #[arg(long)]
-    database_url: Option<String>,
-    /// Most pooled database connections per node (postgres backend).
-    #[arg(long)]
-    database_pool_size: Option<usize>,
-    /// Where the other nodes of a postgres deployment reach this one.
-    #[arg(long)]
-    advertise_url: Option<String>,
-    /// PEM file of CA certificates trusted for TLS to the database.
-    #[arg(long)]
-    database_ca_file: Option<PathBuf>,
-    /// When durable backends flush to disk.
-    #[arg(long, value_enum)]
-    sync: Option<SyncMode>,
-    /// Background fsync period with `--sync interval` (e.g. 100ms).
-    #[arg(long, value_parser = parse_duration)]
-    sync_interval: Option<Duration>,
-    /// How long a long-poll waits for data (e.g. 500ms, 30s, 2m).
-    #[arg(long, value_parser = parse_duration)]
-    long_poll_timeout: Option<Duration>,
-    /// How long an SSE connection stays open before the server closes it.
-    #[arg(long, value_parser = parse_duration)]
-    sse_reconnect: Option<Duration>,
-    /// Width of a Stream-Cursor interval (e.g. 20s).
-    #[arg(long, value_parser = parse_duration)]
-    cursor_interval: Option<Duration>,
-    /// Largest accepted request body in bytes.
-    #[arg(long)]
-    max_body_bytes: Option<usize>,
-    /// Longest accepted stream name in bytes.
-    #[arg(long)]
-    max_name_bytes: Option<usize>,
-    /// Soft limit on the bytes one catch-up read returns.
-    #[arg(long)]
-    chunk_bytes: Option<usize>,
-    /// Cap on the memory backend's stream bytes (0: none); writes past it get 507.
-    #[arg(long)]
-    memory_limit_bytes: Option<u64>,
-    /// An origin allowed by CORS ("*" for any); repeat for several.
-    #[arg(long = "cors-origin")]
-    cors_origins: Vec<String>,
-    /// Log level (RUST_LOG, when set, overrides it).
-    #[arg(long, value_parser = ["trace", "debug", "info", "warn", "error", "off"])]
-    log_level: Option<String>,
-    /// Log line format.
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
-    /// Which code serves HTTP/1.1 connections.
-    #[arg(long, value_enum)]
-    http_engine: Option<HttpEngine>,
-}
-
-impl ServeArgs {
-    /// Applies the flags that were given over `c`.
-    fn apply(self, c: &mut ServerConfig) {
-        fn set<T>(slot: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
-        set(&mut c.bind, self.bind);
-        set(&mut c.storage, self.storage);
-        set(&mut c.data_dir, self.data_dir);
-        if let Some(url) = self.database_url {
-            c.database_url = Some(durable_streams::config::Secret(url));
-        }
-        if self.advertise_url.is_some() {
-            c.advertise_url = self.advertise_url;
-        }
-        if self.database_ca_file.is_some() {
-            c.database_ca_file = self.database_ca_file;
-        }
-        set(
-            &mut c.database_pool_size,
-            self.database_pool_size.map(|n| n.max(1)),
-        );
-        set(&mut c.sync, self.sync);
-        set(&mut c.sync_interval, self.sync_interval);
-        set(&mut c.long_poll_timeout, self.long_poll_timeout);
-        set(&mut c.sse_reconnect, self.sse_reconnect);
-        set(&mut c.cursor_interval, self.cursor_interval);
-        set(&mut c.limits.max_body_bytes, self.max_body_bytes);
-        set(&mut c.limits.max_name_bytes, self.max_name_bytes);
-        set(
-            &mut c.limits.chunk_bytes,
-            self.chunk_bytes.map(|v| v.max(1)),
-        );
-        set(&mut c.memory_limit_bytes, self.memory_limit_bytes);
-        if !self.cors_origins.is_empty() {
-            c.cors_origins = self.cors_origins;
-        }
-        set(&mut c.log_level, self.log_level);
-        set(&mut c.log_format, self.log_format);
-        set(&mut c.http_engine, self.http_engine);
-    }
-}
-
-/// Defaults < file < environment < flags, then the tokens file and the
-/// checks that span keys.
-fn configure(args: ServeArgs) -> Result<ServerConfig, config::ConfigError> {
-    let env = std::env::vars()
-        .filter(|(k, _)| k.starts_with("DS_"))
-        .collect();
-    let mut c = config::load(args.config.as_deref(), &env)?;
-    args.apply(&mut c);
-    config::load_tokens_file(&mut c)?;
-    config::validate(&c)?;
-    Ok(c)
-}
-
 /// Logs go to stderr; stdout carries only the `listening on` line.
 fn init_logging(c: &ServerConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -261,10 +132,7 @@ async fn shutdown_signal() {
 fn open_store(
     args: StoreArgs,
 ) -> Result<Arc<dyn durable_streams::storage::Storage>, Box<dyn std::error::Error>> {
-    let env = std::env::vars()
-        .filter(|(k, _)| k.starts_with("DS_"))
-        .collect();
-    let mut c = config::load(args.config.as_deref(), &env)?;
+    let mut c = config::load(args.config.as_deref(), &config::environment())?;
     if let Some(s) = args.storage {
         c.storage = s;
     }
@@ -372,7 +240,7 @@ impl<T: Read + Seek> ReadSeek for T {}
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(a)) => *a,
+        Some(Command::Serve(flags)) => flags,
         Some(Command::Health { url, timeout }) => {
             return match durable_streams::healthcheck::probe(&url, timeout) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -382,7 +250,7 @@ async fn main() -> std::process::ExitCode {
                 }
             };
         }
-        None => ServeArgs::default(),
+        None => ServeFlags::default(),
         Some(other) => {
             // Blocking storage calls: keep them off the async workers.
             let r =
@@ -401,7 +269,7 @@ async fn main() -> std::process::ExitCode {
             };
         }
     };
-    let config = match configure(args) {
+    let config = match args.configure(&config::environment()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("durable-streams: {e}");

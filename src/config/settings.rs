@@ -1,0 +1,221 @@
+//! The one table of settings. Each entry declares a setting once: its key
+//! (the TOML key, dotted for a table: `auth.tokens_file`; the `DS_*`
+//! variable follows from it, see [`env_var`]), the `ServerConfig` field it
+//! sets, the [`Kind`] of value (parsing, validation, its TOML form), its
+//! `serve` flag if it has one (long name and `--help` text) and its note in
+//! `config.example.toml`. Its default is the field's value in
+//! `ServerConfig::default()`.
+//!
+//! Adding a setting: the `ServerConfig` field and its default, then one
+//! entry here; then regenerate `config.example.toml` (see
+//! [`super::example`]). The layers ([`super::layers`]), the flags
+//! ([`super::flags`]) and the example file all read this table.
+//!
+//! Entries are in the order of the example file; the flags keep that order
+//! in `--help`.
+
+use clap::builder::PossibleValue;
+
+use super::ServerConfig;
+use super::kinds::{
+    Addr, Bytes, Choice, Count, FsPath, Kind, OptionalPath, OptionalSecret, OptionalUrl, Origins,
+    Raw, Span, Switch, Tokens, Word,
+};
+use super::{HttpEngine, LogFormat, StorageKind, SyncMode};
+
+/// One setting; see the module doc.
+pub struct Setting {
+    /// The TOML key; `table.key` for a key inside a TOML table.
+    pub key: &'static str,
+    /// The `serve` flag, if the setting has one.
+    pub flag: Option<Flag>,
+    /// Its comment in `config.example.toml`: one line is written after the
+    /// value, several lines (separated by `\n`) above it.
+    pub note: &'static str,
+    /// Parses, validates and stores one value; the error says what is
+    /// accepted (the caller names the key and the origin).
+    pub apply: fn(&mut ServerConfig, &Raw<'_>) -> Result<(), String>,
+    /// The setting's value in `c`, in TOML (secrets redacted).
+    pub show: fn(&ServerConfig) -> toml::Value,
+    /// The closed set of values `--help` lists, if any.
+    pub choices: fn() -> Option<Vec<PossibleValue>>,
+}
+
+/// A command-line flag of `serve`.
+pub struct Flag {
+    /// The long name, without `--`.
+    pub long: &'static str,
+    /// The `--help` text.
+    pub help: &'static str,
+    /// May be given several times; every occurrence makes up one list.
+    pub repeated: bool,
+}
+
+impl Setting {
+    /// The environment variable that sets it.
+    pub fn env_var(&self) -> String {
+        env_var(self.key)
+    }
+}
+
+/// The environment variable that sets `key`: `DS_` and the key in capitals,
+/// a table's dot as `_` (`auth.read_tokens`: `DS_AUTH_READ_TOKENS`).
+pub fn env_var(key: &str) -> String {
+    format!("DS_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The setting named `key`.
+pub fn find(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+const fn flag(long: &'static str, help: &'static str) -> Option<Flag> {
+    Some(Flag {
+        long,
+        help,
+        repeated: false,
+    })
+}
+
+const fn repeated(long: &'static str, help: &'static str) -> Option<Flag> {
+    Some(Flag {
+        long,
+        help,
+        repeated: true,
+    })
+}
+
+/// Levels accepted by `log_level`.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// `key, field.path, kind, flag, note;` per setting: builds [`KEYS`] and
+/// [`SETTINGS`]. The field's type must be the kind's `Value` (checked by
+/// the compiler).
+macro_rules! settings {
+    ($($key:literal, $($field:ident).+, $kind:expr, $flag:expr, $note:expr;)*) => {
+        /// Every configuration key, in the order `config.example.toml`
+        /// documents them.
+        pub const KEYS: &[&str] = &[$($key),*];
+
+        /// Every setting, in the order of [`KEYS`].
+        pub static SETTINGS: &[Setting] = &[$(Setting {
+            key: $key,
+            flag: $flag,
+            note: $note,
+            apply: |c, raw| {
+                c.$($field).+ = Kind::parse(&$kind, raw)?;
+                Ok(())
+            },
+            show: |c| Kind::show(&$kind, &c.$($field).+),
+            choices: || Kind::choices(&$kind),
+        }),*];
+    };
+}
+
+settings! {
+    "bind", bind, Addr,
+        flag("bind", "Address to listen on (port 0 picks a free port)"),
+        "port 0 picks a free port";
+    "storage", storage, Choice::<StorageKind>::new(),
+        flag("storage", "Storage backend"),
+        "memory | file | acid | postgres";
+    "data_dir", data_dir, FsPath,
+        flag("data-dir", "Directory for the durable backends"),
+        "where file and acid keep data";
+    "database_url", database_url, OptionalSecret,
+        flag("database-url", "The postgres backend's database, e.g. postgres://user:pass@host/db"),
+        "the postgres backend's database, shared by every node, e.g.\n\
+         \"postgres://streams:secret@db.internal:5432/streams\" (libpq URL or key=value\n\
+         form; the schema is created and migrated by the server). Redacted in logs.";
+    "database_pool_size", database_pool_size, Count { example: "16", min: 1 },
+        flag("database-pool-size", "Most pooled database connections per node (postgres backend)"),
+        "pooled read connections per node (+1 writer, +1 listener, +1 leadership)";
+    "advertise_url", advertise_url, OptionalUrl,
+        flag("advertise-url", "Where the other nodes of a postgres deployment reach this one"),
+        "where the other nodes of a postgres deployment reach this\n\
+         one (subscription requests are forwarded to the leading node). Empty: the\n\
+         bound address, with the host name for 0.0.0.0 / [::].";
+    "database_ca_file", database_ca_file, OptionalPath,
+        flag("database-ca-file", "PEM file of CA certificates trusted for TLS to the database"),
+        "TLS to the database follows the URL's sslmode\n\
+         (prefer, the default: TLS when the server offers it; require: always),\n\
+         verified against Mozilla's roots plus the PEM certificates in this file\n\
+         (e.g. your provider's CA bundle).";
+    "sync", sync, Choice::<SyncMode>::new(),
+        flag("sync", "When durable backends flush to disk"),
+        "always (ack after fsync) | interval";
+    "sync_interval", sync_interval, Span { positive: false },
+        flag("sync-interval", "Background fsync period with `--sync interval` (e.g. 100ms)"),
+        "background fsync period for sync = \"interval\"";
+    "long_poll_timeout", long_poll_timeout, Span { positive: false },
+        flag("long-poll-timeout", "How long a long-poll waits for data (e.g. 500ms, 30s, 2m)"),
+        "long-poll wait before 204";
+    "sse_reconnect", sse_reconnect, Span { positive: false },
+        flag("sse-reconnect", "How long an SSE connection stays open before the server closes it"),
+        "SSE connections close after this (clients reconnect)";
+    "sse_keepalive", sse_keepalive, Span { positive: false }, None,
+        "SSE keep-alive comment interval";
+    "cursor_interval", cursor_interval, Span { positive: false },
+        flag("cursor-interval", "Width of a Stream-Cursor interval (e.g. 20s)"),
+        "width of a Stream-Cursor interval";
+    "sweep_interval", sweep_interval, Span { positive: false }, None,
+        "how often expired streams are removed";
+    "header_read_timeout", header_read_timeout, Span { positive: true }, None,
+        "a request head must arrive within this; idle keep-alive connections close after it";
+    "body_read_timeout", body_read_timeout, Span { positive: true }, None,
+        "a PUT/POST body must arrive within this (408 otherwise)";
+    "send_timeout", send_timeout, Span { positive: true }, None,
+        "close a connection whose client accepts no response bytes for this long";
+    "max_body_bytes", limits.max_body_bytes, Count { example: "33554432", min: 0 },
+        flag("max-body-bytes", "Largest accepted request body in bytes"),
+        "larger PUT/POST bodies get 413";
+    "max_name_bytes", limits.max_name_bytes, Count { example: "1024", min: 0 },
+        flag("max-name-bytes", "Longest accepted stream name in bytes"),
+        "longer stream names get 400";
+    "chunk_bytes", limits.chunk_bytes, Count { example: "1048576", min: 1 },
+        flag("chunk-bytes", "Soft limit on the bytes one catch-up read returns"),
+        "soft limit on one catch-up read / SSE event";
+    "memory_limit_bytes", memory_limit_bytes, Bytes::<u64>::new("1073741824"),
+        flag("memory-limit-bytes",
+            "Cap on the memory backend's stream bytes (0: none); writes past it get 507"),
+        "cap on the stream bytes the memory backend holds\n\
+         (0 = none); writes past it answer 507 until deletes or expiry free room.";
+    "cors_origins", cors_origins, Origins,
+        repeated("cors-origin", "An origin allowed by CORS (\"*\" for any); repeat for several"),
+        "\"*\" or e.g. \"https://app.example.com\"";
+    "log_level", log_level, Word(LOG_LEVELS),
+        flag("log-level", "Log level (RUST_LOG, when set, overrides it)"),
+        "trace | debug | info | warn | error | off (RUST_LOG overrides)";
+    "log_format", log_format, Choice::<LogFormat>::new(),
+        flag("log-format", "Log line format"),
+        "pretty | json";
+    "http_engine", http_engine, Choice::<HttpEngine>::new(),
+        flag("http-engine", "Which code serves HTTP/1.1 connections"),
+        "native (our HTTP/1.1 loop) | hyper (hyper's, for comparison)";
+    "compression_min_bytes", compression_min_bytes, Bytes::<u16>::new("1024"), None,
+        "catch-up reads at least this large are gzip/br compressed (0-65535)";
+    "webhook_ca_file", webhook_ca_file, OptionalPath, None,
+        "A PEM file of extra CA certificates trusted for https:// webhooks, on top of\n\
+         the built-in Mozilla roots (e.g. a private CA); \"\" = built-in roots only.";
+    "auth.enabled", auth.enabled, Switch, None,
+        "DS_AUTH_ENABLED";
+    "auth.public_reads", auth.public_reads, Switch, None,
+        "anyone may read (and scrape /metrics); writes still need a token";
+    "auth.read_tokens", auth.read_tokens, Tokens, None,
+        "DS_AUTH_READ_TOKENS=a,b";
+    "auth.write_tokens", auth.write_tokens, Tokens, None,
+        "DS_AUTH_WRITE_TOKENS=c";
+    "auth.tokens_file", auth.tokens_file, OptionalPath, None,
+        "A file of more tokens, read at start: one per line, `read:TOKEN`,\n\
+         `write:TOKEN` or `rw:TOKEN` (both scopes); blank lines and `# ...` ignored.";
+}
+
+/// The comment above a TOML table in `config.example.toml`, per table.
+pub const TABLE_NOTES: &[(&str, &str)] = &[(
+    "auth",
+    "Bearer-token auth, off by default. With it on, stream requests need\n\
+     `Authorization: Bearer TOKEN`: GET/HEAD (and /metrics) need a read token,\n\
+     PUT/POST/DELETE a write token; the scopes are separate (list a token in both\n\
+     to grant both). Missing/unknown token: 401; wrong scope: 403. CORS\n\
+     preflights, /healthz and /readyz never need a token.",
+)];
