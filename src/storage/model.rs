@@ -116,6 +116,13 @@ impl StreamMeta {
         self.expiry.is_expired(self.last_access, now)
     }
 
+    /// True when the stream is expired and no fork reads from it: it is gone
+    /// for good, and the sweeper (or a create of its name) removes it. The
+    /// one rule of what expiry reclaims, for every backend.
+    pub fn is_sweepable(&self, now: Millis) -> bool {
+        self.is_expired(now) && self.refcount == 0
+    }
+
     /// True when clients can no longer see the stream (deleted or expired)
     /// but it is kept because forks read from it.
     pub fn is_hidden(&self, now: Millis) -> bool {

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use super::chain::Metas;
+use super::chain::{Chain, Metas, Records};
 use super::model::{self, AppendPlan, ForkLink, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
@@ -51,14 +51,31 @@ pub trait Txn: Metas {
     /// Wakes the stream's readers once the transaction commits.
     fn wake(&mut self, name: &str, meta: &StreamMeta);
     /// Resolves a fork's base against its source, reading the transaction's
-    /// own records.
+    /// own records. By default, through a [`Chain`] over this view and
+    /// [`Txn::records`].
     fn fork_base(
         &self,
         source: &StreamMeta,
         anchor: Offset,
         sub_offset: u64,
-    ) -> Result<Offset, StorageError>;
-    /// Streams that may be expired and unreferenced at `now` (re-checked).
+    ) -> Result<Offset, StorageError> {
+        let records = self.records().ok_or_else(|| {
+            StorageError::Corrupt("this backend resolves no forks in a transaction".into())
+        })?;
+        let chain = Chain {
+            metas: self,
+            records,
+        };
+        chain.resolve_fork_base(source, anchor, sub_offset)
+    }
+    /// The records as this transaction sees them (its own writes included),
+    /// for the default [`Txn::fork_base`]. `None` (the default) for a
+    /// backend that overrides `fork_base` instead.
+    fn records(&self) -> Option<&dyn Records> {
+        None
+    }
+    /// Streams that may be expired and unreferenced at `now` (re-checked
+    /// with [`StreamMeta::is_sweepable`]).
     fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail>;
 }
 
@@ -105,7 +122,7 @@ pub fn create<T: Txn + ?Sized>(
         if existing.soft_deleted || (existing.is_expired(req.now) && existing.refcount > 0) {
             return Err(StorageError::PathReserved.into());
         }
-        if !existing.is_expired(req.now) {
+        if !existing.is_sweepable(req.now) {
             return if model::create_matches(&existing, req) {
                 Ok(CreateOutcome::Exists(existing.info()))
             } else {
@@ -311,7 +328,7 @@ pub fn restore<T: Txn + ?Sized>(
 pub fn sweep<T: Txn + ?Sized>(t: &mut T, now: Millis) -> Result<usize, Fail> {
     let mut removed = 0;
     for name in t.sweep_candidates(now)? {
-        if meta_of(t, &name)?.is_some_and(|m| m.is_expired(now) && m.refcount == 0) {
+        if meta_of(t, &name)?.is_some_and(|m| m.is_sweepable(now)) {
             remove_cascade(t, &name, now)?;
             removed += 1;
         }

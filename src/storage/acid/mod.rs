@@ -94,10 +94,7 @@ impl Shared {
         self.cache
             .read()
             .iter()
-            .filter(|(_, m)| {
-                let m = m.lock();
-                m.is_expired(now) && m.refcount == 0
-            })
+            .filter(|(_, m)| m.lock().is_sweepable(now))
             .map(|(n, _)| n.clone())
             .collect()
     }

@@ -38,10 +38,9 @@ use super::schema::{clone_err, decode_meta, encode_meta, int, is_retryable, map_
 use super::{Shared, WAKE_CHANNEL};
 use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
-use crate::storage::chain::{Chain, Metas, Records, Window};
+use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::{Expiry, ProducerState, StreamMeta};
 use crate::storage::txn::{self, Fail, Txn};
-use crate::storage::view::Budget;
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
 };
@@ -530,15 +529,9 @@ impl Metas for Batch<'_> {
 }
 
 impl Records for Batch<'_> {
-    fn fetch(
-        &self,
-        meta: &StreamMeta,
-        from: u64,
-        limit: u64,
-        budget: Budget,
-    ) -> Result<Window, StorageError> {
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError> {
         self.flush_records()?;
-        read::fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
+        read::fetch(&mut self.conn.borrow_mut(), rows)
     }
 }
 
@@ -595,17 +588,8 @@ impl Txn for Batch<'_> {
         ));
     }
 
-    fn fork_base(
-        &self,
-        source: &StreamMeta,
-        anchor: Offset,
-        sub_offset: u64,
-    ) -> Result<Offset, StorageError> {
-        let chain = Chain {
-            metas: self,
-            records: self,
-        };
-        chain.resolve_fork_base(source, anchor, sub_offset)
+    fn records(&self) -> Option<&dyn Records> {
+        Some(self)
     }
 
     fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail> {
