@@ -465,8 +465,11 @@ pub trait Cluster: Send + Sync {
 /// the guarantees that hold for every method.
 pub trait Storage: Send + Sync + 'static {
     /// True when calls may block on I/O; callers then run them on a blocking
-    /// thread. The memory backend answers false.
-    fn may_block(&self) -> bool;
+    /// thread. The default (true) is the safe answer; the memory backend
+    /// answers false.
+    fn may_block(&self) -> bool {
+        true
+    }
 
     /// Creates a stream, or confirms an existing one with the same
     /// configuration (content type, expiry, closure, fork source, fork offset

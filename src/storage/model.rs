@@ -454,23 +454,7 @@ mod tests {
     }
 
     fn append(body: &str) -> AppendRequest {
-        AppendRequest {
-            content_type: Some("text/plain".into()),
-            body: Bytes::copy_from_slice(body.as_bytes()),
-            close: false,
-            stream_seq: None,
-            producer: None,
-            now: 0,
-        }
-    }
-
-    fn with_producer(mut req: AppendRequest, epoch: u64, seq: u64) -> AppendRequest {
-        req.producer = Some(ProducerHeaders {
-            id: "p".into(),
-            epoch,
-            seq,
-        });
-        req
+        AppendRequest::new(Some("text/plain"), body.to_string(), 0)
     }
 
     fn commit(m: &mut StreamMeta, req: &AppendRequest) -> AppendPlan {
@@ -521,35 +505,35 @@ mod tests {
     fn producer_lifecycle_follows_the_spec_table() {
         let mut m = meta("text/plain");
         assert!(matches!(
-            commit(&mut m, &with_producer(append("a"), 0, 0)),
+            commit(&mut m, &append("a").by_producer("p", 0, 0)),
             AppendPlan::Write(_)
         ));
         assert!(matches!(
-            commit(&mut m, &with_producer(append("b"), 0, 1)),
+            commit(&mut m, &append("b").by_producer("p", 0, 1)),
             AppendPlan::Write(_)
         ));
         // Duplicate echoes the highest accepted seq, not the request's.
         assert_eq!(
-            plan_append(&m, &with_producer(append("a"), 0, 0)).unwrap(),
+            plan_append(&m, &append("a").by_producer("p", 0, 0)).unwrap(),
             AppendPlan::Duplicate(Some((0, 1)))
         );
         assert!(matches!(
-            plan_append(&m, &with_producer(append("c"), 0, 5)),
+            plan_append(&m, &append("c").by_producer("p", 0, 5)),
             Err(StorageError::SeqGap {
                 expected: 2,
                 received: 5
             })
         ));
         assert!(matches!(
-            plan_append(&m, &with_producer(append("c"), 1, 3)),
+            plan_append(&m, &append("c").by_producer("p", 1, 3)),
             Err(StorageError::EpochMustStartAtZero)
         ));
         assert!(matches!(
-            commit(&mut m, &with_producer(append("c"), 1, 0)),
+            commit(&mut m, &append("c").by_producer("p", 1, 0)),
             AppendPlan::Write(_)
         ));
         assert!(matches!(
-            plan_append(&m, &with_producer(append("z"), 0, 2)),
+            plan_append(&m, &append("z").by_producer("p", 0, 2)),
             Err(StorageError::StaleEpoch {
                 current: 1,
                 received: 0
@@ -561,12 +545,12 @@ mod tests {
     #[test]
     fn closed_stream_precedence() {
         let mut m = meta("text/plain");
-        let mut close = with_producer(append("final"), 0, 0);
+        let mut close = append("final").by_producer("p", 0, 0);
         close.close = true;
         commit(&mut m, &close);
         assert!(m.closed);
         // Retry of the closing tuple, even with another body, is a duplicate.
-        let mut retry = with_producer(append("other"), 0, 0);
+        let mut retry = append("other").by_producer("p", 0, 0);
         retry.close = true;
         assert_eq!(
             plan_append(&m, &retry).unwrap(),
@@ -611,14 +595,7 @@ mod tests {
     #[test]
     fn create_matching_compares_type_expiry_closure_and_fork() {
         let mut m = meta("application/json");
-        let req = CreateRequest {
-            content_type: Some("APPLICATION/JSON; charset=utf-8".into()),
-            expiry: None,
-            closed: false,
-            fork: None,
-            body: Bytes::new(),
-            now: 0,
-        };
+        let req = CreateRequest::new(Some("APPLICATION/JSON; charset=utf-8"), "", 0);
         assert!(create_matches(&m, &req));
         assert!(!create_matches(
             &m,

@@ -286,10 +286,6 @@ impl Drop for AcidStorage {
 }
 
 impl Storage for AcidStorage {
-    fn may_block(&self) -> bool {
-        true
-    }
-
     /// From the in-memory map: includes soft-deleted streams kept for forks.
     fn stream_count(&self) -> Option<u64> {
         Some(self.shared.cache.read().len() as u64)
