@@ -1,6 +1,9 @@
 //! Reading a stream's view, through its fork chain, out of a table of
 //! records keyed by `(stream id, start position)`: the shape shared by the
-//! acid (redb) and PostgreSQL backends.
+//! acid (redb) and PostgreSQL backends' reads, and by fork resolution in
+//! every [`Txn`](crate::storage::txn::Txn) (the default
+//! [`Txn::fork_base`](crate::storage::txn::Txn::fork_base), which the
+//! memory backend's transaction uses too, over the streams it locked).
 //!
 //! A backend supplies two things: [`Metas`] (a stream's metadata by name, to
 //! walk up to fork sources) and [`Records`] (the own records one read step

@@ -1,15 +1,26 @@
-//! The mutations of one write transaction, over any transactional store of
-//! stream metadata and records: shared by the acid (redb) and PostgreSQL
-//! backends, which batch many calls into one transaction.
+//! The protocol's calls, decided once for every backend over the state a
+//! backend exposes: the one place where create, fork, append, close,
+//! delete (soft delete and cascade), restore and the expiry sweep are
+//! decided. Backends keep only how they store, log and read.
 //!
-//! A backend implements [`Txn`]: a view of every stream's metadata as the
-//! transaction sees it (committed state overlaid with the batch's own
-//! changes), record insertion and removal, id allocation, wakes, and the
-//! list of sweep candidates. [`create`], [`append`], [`delete`],
-//! [`restore`] and [`sweep`] then decide each call with [`model`]'s pure
-//! functions and write through the trait. A rejected call writes nothing
-//! and does not disturb the others ([`Fail::Reject`]); a failed write loses
-//! the whole transaction ([`Fail::Fatal`]).
+//! * [`append_to`] decides an append (or close) on one stream's state in
+//!   place: visibility, [`model::plan_append`], and the write through a
+//!   backend-supplied `store` step. The memory backend calls it on the
+//!   locked stream's metadata; [`append`] calls it on a [`Txn`]'s view.
+//! * A backend implements [`Txn`] for one call or one batch of calls: a
+//!   view of every stream's metadata as the transaction sees it (committed
+//!   state overlaid with its own changes), record insertion and removal, id
+//!   allocation, wakes, and the list of sweep candidates. [`create`],
+//!   [`delete`], [`restore`] and [`sweep`] then decide each call with
+//!   [`model`]'s pure functions and write through the trait. The memory
+//!   backend's `MemTxn` (one call under its map lock) and the acid and
+//!   PostgreSQL writers' batches (many calls in one transaction) implement
+//!   it.
+//!
+//! A rejected call ([`Fail::Reject`]) has set nothing except, for a create,
+//! the removal of an expired, unreferenced stream of that name (which is
+//! gone either way), and does not disturb the other calls of a batch; a
+//! failed write loses the whole transaction ([`Fail::Fatal`]).
 
 use bytes::Bytes;
 

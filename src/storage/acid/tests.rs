@@ -1,7 +1,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-
 use super::AcidStorage;
 use crate::notify::WakeHub;
 use crate::offset::{Offset, ReadFrom};

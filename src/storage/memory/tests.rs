@@ -138,3 +138,50 @@ fn expired_streams_are_absent_and_swept() {
     assert_eq!(s.sweep_expired(1000).unwrap(), 1);
     assert!(s.streams.read().is_empty());
 }
+
+#[test]
+fn a_refused_create_leaves_nothing_behind() {
+    let s = MemoryStorage::with_limit(WakeHub::new(), 10);
+    create(&s, "a", "text/plain", "12345678", None).unwrap();
+    assert!(matches!(
+        create(&s, "b", "text/plain", "12345", None),
+        Err(StorageError::NoSpace)
+    ));
+    assert!(matches!(
+        create(&s, "f", "text/plain", "12345", fork("a", None, 0)),
+        Err(StorageError::NoSpace)
+    ));
+    assert!(matches!(s.head("b", 0), Err(StorageError::NotFound)));
+    assert!(matches!(s.head("f", 0), Err(StorageError::NotFound)));
+    assert_eq!(s.stream_count(), Some(1));
+    // The refused fork took no reference: the delete removes the source.
+    s.delete("a", 0).unwrap();
+    assert!(s.streams.read().is_empty());
+    create(&s, "c", "text/plain", "0123456789", None).unwrap();
+}
+
+#[test]
+fn forks_taken_while_the_source_is_appended_lose_nothing() {
+    let s = Arc::new(store());
+    create(&s, "src", "text/plain", "", None).unwrap();
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                append(&s, "src", "text/plain", &format!("{i},"));
+            }
+        })
+    };
+    for i in 0..50 {
+        create(&s, &format!("f{i}"), "text/plain", "", fork("src", None, 0)).unwrap();
+    }
+    writer.join().unwrap();
+    let all: String = (0..200).map(|i| format!("{i},")).collect();
+    assert_eq!(read_all(&s, "src"), all);
+    for i in 0..50 {
+        let seen = read_all(&s, &format!("f{i}"));
+        assert!(all.starts_with(&seen), "fork {i} read {seen:?}");
+    }
+    let (meta, _) = s.export_stream("src").unwrap();
+    assert_eq!(meta.refcount, 50);
+}
