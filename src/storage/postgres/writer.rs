@@ -33,9 +33,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::pool::Conn;
-use super::read;
 use super::schema::{clone_err, decode_meta, encode_meta, int, is_retryable, map_err, uint};
 use super::{Shared, WAKE_CHANNEL};
+use super::{listen, read};
 use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
 use crate::storage::chain::{Collect, Metas, Records};
@@ -453,7 +453,7 @@ impl Batch<'_> {
         }
         let payloads: Vec<String> = wakes
             .iter()
-            .map(|(name, w)| wake_payload(self.node, name, w))
+            .map(|(name, w)| listen::wake_payload(self.node, name, w))
             .collect();
         if !payloads.is_empty() {
             conn.query(NOTIFY, &[&WAKE_CHANNEL, &payloads])
@@ -481,26 +481,6 @@ impl Batch<'_> {
             })
             .collect()
     }
-}
-
-/// `NODE \t SEQ \t POS \t CLOSED \t ID \t FROM_SEQ \t FROM_POS \t NAME`:
-/// what another node needs to wake its readers of `name` (see
-/// [`super::listen`]). When the batch holds exactly the records that moved
-/// the tail, `ID` (the incarnation) and `FROM` (where they start) let that
-/// node read them once for all its readers; otherwise `ID` is 0.
-pub(super) fn wake_payload(node: &str, name: &str, w: &Wake) -> String {
-    let (id, from) = w
-        .appended
-        .as_ref()
-        .map_or((0, Offset::ZERO), |a| (a.id, a.from));
-    format!(
-        "{node}\t{}\t{}\t{}\t{id}\t{}\t{}\t{name}",
-        w.tail.seq,
-        w.tail.pos,
-        u8::from(w.closed),
-        from.seq,
-        from.pos
-    )
 }
 
 impl Metas for Batch<'_> {
