@@ -1,6 +1,9 @@
 //! Reading a stream's view, through its fork chain, out of a table of
 //! records keyed by `(stream id, start position)`: the shape shared by the
-//! acid (redb) and PostgreSQL backends.
+//! acid (redb) and PostgreSQL backends' reads, and by fork resolution in
+//! every [`Txn`](crate::storage::txn::Txn) (the default
+//! [`Txn::fork_base`](crate::storage::txn::Txn::fork_base), which the
+//! memory backend's transaction uses too, over the streams it locked).
 //!
 //! A backend supplies two things: [`Metas`] (a stream's metadata by name, to
 //! walk up to fork sources) and [`Records`] (the own records one read step
@@ -23,17 +26,11 @@ pub trait Metas {
 
 /// Where a stream's own records come from.
 pub trait Records {
-    /// The own records of `meta` that a plan of `[from, limit)` under
-    /// `budget` can touch; `from` lies in `[meta.base.pos, meta.tail.pos)`
-    /// and `limit` is at most the tail. Implementations feed their rows, in
-    /// position order from the record containing `from`, to a [`Collect`].
-    fn fetch(
-        &self,
-        meta: &StreamMeta,
-        from: u64,
-        limit: u64,
-        budget: Budget,
-    ) -> Result<Window, StorageError>;
+    /// Feeds `rows` the own records of [`Collect::meta`] that its step can
+    /// touch, in position order from the record containing
+    /// [`Collect::from`], until [`Collect::push`] answers false or the rows
+    /// run out. Called only when [`Collect::wanted`].
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError>;
 }
 
 /// The own records of one stream that one read step touches, plus the start
@@ -92,7 +89,8 @@ pub struct Collect<'m> {
 }
 
 impl<'m> Collect<'m> {
-    /// A collection for [`Records::fetch`]'s arguments.
+    /// A collection of the own records of `meta` that a plan of
+    /// `[from, limit)` under `budget` can touch.
     pub fn new(meta: &'m StreamMeta, from: u64, limit: u64, budget: Budget) -> Self {
         Collect {
             meta,
@@ -109,6 +107,16 @@ impl<'m> Collect<'m> {
             taken: 0,
             done: false,
         }
+    }
+
+    /// The stream whose records are collected.
+    pub fn meta(&self) -> &StreamMeta {
+        self.meta
+    }
+
+    /// The read position: the first row must be the record containing it.
+    pub fn from(&self) -> u64 {
+        self.from
     }
 
     /// False when nothing needs fetching (`from` outside the own records).
@@ -179,6 +187,22 @@ pub struct Chain<'a, M: ?Sized, R: ?Sized> {
 }
 
 impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
+    /// The own records of `meta` that a plan of `[from, limit)` under
+    /// `budget` can touch; `from` lies in `[meta.base.pos, meta.tail.pos]`.
+    fn fetch(
+        &self,
+        meta: &StreamMeta,
+        from: u64,
+        limit: u64,
+        budget: Budget,
+    ) -> Result<Window, StorageError> {
+        let mut rows = Collect::new(meta, from, limit, budget);
+        if rows.wanted() {
+            self.records.fill(&mut rows)?;
+        }
+        rows.finish()
+    }
+
     fn source_of(
         &self,
         meta: &StreamMeta,
@@ -204,7 +228,7 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
             )?;
             return self.read_view(&source, from, limit.min(meta.base.pos), budget);
         }
-        let window = self.records.fetch(meta, from.pos, limit, budget)?;
+        let window = self.fetch(meta, from.pos, limit, budget)?;
         let layout = Layout {
             base: meta.base,
             tail: meta.tail,
@@ -237,7 +261,7 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
             records: 1,
             split: false,
         };
-        let window = self.records.fetch(meta, from.pos, from.pos + 1, one)?;
+        let window = self.fetch(meta, from.pos, from.pos + 1, one)?;
         Layout {
             base: meta.base,
             tail: meta.tail,

@@ -30,9 +30,26 @@
 //!   TTL or expiry time as if it did not exist, whether or not the sweeper
 //!   has reclaimed it yet.
 //!
-//! The protocol decisions themselves (producer fencing, closure, config
-//! matching, JSON framing) live in [`model`] as pure functions so that every
-//! backend makes the same ones.
+//! # Where the decisions live
+//!
+//! A backend keeps only how it stores, logs, locks and reads; what a
+//! request does is decided in two shared places, so that every backend makes
+//! the same decisions:
+//!
+//! * [`model`]: pure functions over one stream's state: producer fencing
+//!   and dedup, closure, `Stream-Seq`, config matching of a `PUT`, JSON
+//!   framing, fork expiry, and the one expiry rule
+//!   ([`StreamMeta::is_sweepable`]: expired and unreferenced).
+//! * [`txn`]: the calls themselves. [`txn::append_to`] decides an append on
+//!   a stream's state in place (a new precondition on appends goes in
+//!   [`model::plan_append`], which it calls); [`txn::create`] (forks
+//!   included), [`txn::delete`] (soft delete and cascade), [`txn::restore`]
+//!   and [`txn::sweep`] decide multi-stream calls over a backend's
+//!   [`txn::Txn`] (the memory backend's call under its map lock, a batch of
+//!   the acid or PostgreSQL writer).
+//!
+//! [`view`] and [`chain`] hold the shared position arithmetic of reads and
+//! of fork resolution.
 
 pub mod acid;
 pub mod chain;
@@ -465,8 +482,11 @@ pub trait Cluster: Send + Sync {
 /// the guarantees that hold for every method.
 pub trait Storage: Send + Sync + 'static {
     /// True when calls may block on I/O; callers then run them on a blocking
-    /// thread. The memory backend answers false.
-    fn may_block(&self) -> bool;
+    /// thread. The default (true) is the safe answer; the memory backend
+    /// answers false.
+    fn may_block(&self) -> bool {
+        true
+    }
 
     /// Creates a stream, or confirms an existing one with the same
     /// configuration (content type, expiry, closure, fork source, fork offset

@@ -1,19 +1,30 @@
-//! The mutations of one write transaction, over any transactional store of
-//! stream metadata and records: shared by the acid (redb) and PostgreSQL
-//! backends, which batch many calls into one transaction.
+//! The protocol's calls, decided once for every backend over the state a
+//! backend exposes: the one place where create, fork, append, close,
+//! delete (soft delete and cascade), restore and the expiry sweep are
+//! decided. Backends keep only how they store, log and read.
 //!
-//! A backend implements [`Txn`]: a view of every stream's metadata as the
-//! transaction sees it (committed state overlaid with the batch's own
-//! changes), record insertion and removal, id allocation, wakes, and the
-//! list of sweep candidates. [`create`], [`append`], [`delete`],
-//! [`restore`] and [`sweep`] then decide each call with [`model`]'s pure
-//! functions and write through the trait. A rejected call writes nothing
-//! and does not disturb the others ([`Fail::Reject`]); a failed write loses
-//! the whole transaction ([`Fail::Fatal`]).
+//! * [`append_to`] decides an append (or close) on one stream's state in
+//!   place: visibility, [`model::plan_append`], and the write through a
+//!   backend-supplied `store` step. The memory backend calls it on the
+//!   locked stream's metadata; [`append`] calls it on a [`Txn`]'s view.
+//! * A backend implements [`Txn`] for one call or one batch of calls: a
+//!   view of every stream's metadata as the transaction sees it (committed
+//!   state overlaid with its own changes), record insertion and removal, id
+//!   allocation, wakes, and the list of sweep candidates. [`create`],
+//!   [`delete`], [`restore`] and [`sweep`] then decide each call with
+//!   [`model`]'s pure functions and write through the trait. The memory
+//!   backend's `MemTxn` (one call under its map lock) and the acid and
+//!   PostgreSQL writers' batches (many calls in one transaction) implement
+//!   it.
+//!
+//! A rejected call ([`Fail::Reject`]) has set nothing except, for a create,
+//! the removal of an expired, unreferenced stream of that name (which is
+//! gone either way), and does not disturb the other calls of a batch; a
+//! failed write loses the whole transaction ([`Fail::Fatal`]).
 
 use bytes::Bytes;
 
-use super::chain::Metas;
+use super::chain::{Chain, Metas, Records};
 use super::model::{self, AppendPlan, ForkLink, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
@@ -51,14 +62,31 @@ pub trait Txn: Metas {
     /// Wakes the stream's readers once the transaction commits.
     fn wake(&mut self, name: &str, meta: &StreamMeta);
     /// Resolves a fork's base against its source, reading the transaction's
-    /// own records.
+    /// own records. By default, through a [`Chain`] over this view and
+    /// [`Txn::records`].
     fn fork_base(
         &self,
         source: &StreamMeta,
         anchor: Offset,
         sub_offset: u64,
-    ) -> Result<Offset, StorageError>;
-    /// Streams that may be expired and unreferenced at `now` (re-checked).
+    ) -> Result<Offset, StorageError> {
+        let records = self.records().ok_or_else(|| {
+            StorageError::Corrupt("this backend resolves no forks in a transaction".into())
+        })?;
+        let chain = Chain {
+            metas: self,
+            records,
+        };
+        chain.resolve_fork_base(source, anchor, sub_offset)
+    }
+    /// The records as this transaction sees them (its own writes included),
+    /// for the default [`Txn::fork_base`]. `None` (the default) for a
+    /// backend that overrides `fork_base` instead.
+    fn records(&self) -> Option<&dyn Records> {
+        None
+    }
+    /// Streams that may be expired and unreferenced at `now` (re-checked
+    /// with [`StreamMeta::is_sweepable`]).
     fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail>;
 }
 
@@ -105,7 +133,7 @@ pub fn create<T: Txn + ?Sized>(
         if existing.soft_deleted || (existing.is_expired(req.now) && existing.refcount > 0) {
             return Err(StorageError::PathReserved.into());
         }
-        if !existing.is_expired(req.now) {
+        if !existing.is_sweepable(req.now) {
             return if model::create_matches(&existing, req) {
                 Ok(CreateOutcome::Exists(existing.info()))
             } else {
@@ -311,7 +339,7 @@ pub fn restore<T: Txn + ?Sized>(
 pub fn sweep<T: Txn + ?Sized>(t: &mut T, now: Millis) -> Result<usize, Fail> {
     let mut removed = 0;
     for name in t.sweep_candidates(now)? {
-        if meta_of(t, &name)?.is_some_and(|m| m.is_expired(now) && m.refcount == 0) {
+        if meta_of(t, &name)?.is_some_and(|m| m.is_sweepable(now)) {
             remove_cascade(t, &name, now)?;
             removed += 1;
         }

@@ -94,10 +94,7 @@ impl Shared {
         self.cache
             .read()
             .iter()
-            .filter(|(_, m)| {
-                let m = m.lock();
-                m.is_expired(now) && m.refcount == 0
-            })
+            .filter(|(_, m)| m.lock().is_sweepable(now))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -289,10 +286,6 @@ impl Drop for AcidStorage {
 }
 
 impl Storage for AcidStorage {
-    fn may_block(&self) -> bool {
-        true
-    }
-
     /// From the in-memory map: includes soft-deleted streams kept for forks.
     fn stream_count(&self) -> Option<u64> {
         Some(self.shared.cache.read().len() as u64)

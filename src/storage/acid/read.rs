@@ -11,9 +11,7 @@ use redb::ReadableTable;
 
 use super::tables::map_err;
 use crate::storage::StorageError;
-use crate::storage::chain::{Collect, Records, Window};
-use crate::storage::model::StreamMeta;
-use crate::storage::view::Budget;
+use crate::storage::chain::{Collect, Records};
 
 /// The `data` table as any readable redb table.
 pub(super) trait DataTable: ReadableTable<(u64, u64), (u64, &'static [u8])> {}
@@ -23,18 +21,8 @@ impl<T: ReadableTable<(u64, u64), (u64, &'static [u8])>> DataTable for T {}
 pub(super) struct Data<'a, T: ?Sized>(pub &'a T);
 
 impl<T: DataTable + ?Sized> Records for Data<'_, T> {
-    fn fetch(
-        &self,
-        meta: &StreamMeta,
-        from: u64,
-        limit: u64,
-        budget: Budget,
-    ) -> Result<Window, StorageError> {
-        let mut rows = Collect::new(meta, from, limit, budget);
-        if !rows.wanted() {
-            return rows.finish();
-        }
-        let id = meta.id;
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError> {
+        let (id, from) = (rows.meta().id, rows.from());
         // The record containing `from`: the last key at or before it.
         let first_start = match self
             .0
@@ -43,7 +31,7 @@ impl<T: DataTable + ?Sized> Records for Data<'_, T> {
             .next_back()
         {
             Some(item) => item.map_err(map_err)?.0.value().1,
-            None => return rows.finish(),
+            None => return Ok(()),
         };
         for item in self
             .0
@@ -56,6 +44,6 @@ impl<T: DataTable + ?Sized> Records for Data<'_, T> {
                 break;
             }
         }
-        rows.finish()
+        Ok(())
     }
 }

@@ -1,8 +1,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::AcidStorage;
 use crate::notify::WakeHub;
 use crate::offset::{Offset, ReadFrom};
@@ -15,44 +13,14 @@ fn open(dir: &Path) -> AcidStorage {
     AcidStorage::open(dir, WakeHub::new()).expect("open")
 }
 
-fn create(ct: &str, body: &str, now: u64) -> CreateRequest {
-    CreateRequest {
-        content_type: Some(ct.into()),
-        expiry: None,
-        closed: false,
-        fork: None,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-        now,
-    }
-}
-
-fn append(ct: &str, body: &str, now: u64) -> AppendRequest {
-    AppendRequest {
-        content_type: Some(ct.into()),
-        body: Bytes::copy_from_slice(body.as_bytes()),
-        close: false,
-        stream_seq: None,
-        producer: None,
-        now,
-    }
-}
-
 fn read_all(
     s: &AcidStorage,
     name: &str,
     from: ReadFrom,
     now: u64,
 ) -> Result<(String, Offset), StorageError> {
-    let out = s.read(
-        name,
-        ReadRequest {
-            from,
-            max_bytes: usize::MAX,
-            now,
-        },
-    )?;
-    let text: Vec<u8> = out.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-    Ok((String::from_utf8(text).unwrap(), out.next))
+    let out = s.read(name, ReadRequest::all(from, now))?;
+    Ok((String::from_utf8(out.concat()).unwrap(), out.next))
 }
 
 #[test]
@@ -60,10 +28,13 @@ fn append_read_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     assert!(s.may_block());
-    let c = s.create("a", create("text/plain", "hello ", 0)).unwrap();
+    let c = s
+        .create("a", CreateRequest::new(Some("text/plain"), "hello ", 0))
+        .unwrap();
     assert!(matches!(c, CreateOutcome::Created(ref i) if i.tail == Offset::new(1, 6)));
-    let AppendOutcome::Appended { info, .. } =
-        s.append("a", append("text/plain", "world", 1)).unwrap()
+    let AppendOutcome::Appended { info, .. } = s
+        .append("a", AppendRequest::new(Some("text/plain"), "world", 1))
+        .unwrap()
     else {
         panic!("not appended");
     };
@@ -99,12 +70,12 @@ fn append_read_round_trip() {
         Err(StorageError::InvalidOffset)
     ));
     assert!(matches!(
-        s.append("nope", append("text/plain", "x", 0)),
+        s.append("nope", AppendRequest::new(Some("text/plain"), "x", 0)),
         Err(StorageError::NotFound)
     ));
     s.shutdown().unwrap();
     assert!(matches!(
-        s.append("a", append("text/plain", "x", 0)),
+        s.append("a", AppendRequest::new(Some("text/plain"), "x", 0)),
         Err(StorageError::Unavailable(_))
     ));
 }
@@ -121,10 +92,10 @@ fn reopen_keeps_everything() {
         let s = open(dir.path());
         s.create(
             "src",
-            create("application/json", r#"[{"a":1},{"b":2},{"c":3}]"#, 10),
+            CreateRequest::new(Some("application/json"), r#"[{"a":1},{"b":2},{"c":3}]"#, 10),
         )
         .unwrap();
-        let mut req = append("application/json", r#"{"d":4}"#, 11);
+        let mut req = AppendRequest::new(Some("application/json"), r#"{"d":4}"#, 11);
         req.producer = Some(producer.clone());
         req.stream_seq = Some("0005".into());
         assert!(matches!(
@@ -134,7 +105,7 @@ fn reopen_keeps_everything() {
                 ..
             }
         ));
-        let mut fork = create("application/json", r#"{"f":1}"#, 12);
+        let mut fork = CreateRequest::new(Some("application/json"), r#"{"f":1}"#, 12);
         fork.fork = Some(ForkSpec {
             source: "src".into(),
             offset: Some(Offset::new(1, 8)),
@@ -144,14 +115,15 @@ fn reopen_keeps_everything() {
             panic!()
         };
         assert_eq!(info.tail, Offset::new(3, 24));
-        let mut ttl = create("text/plain", "t", 13);
+        let mut ttl = CreateRequest::new(Some("text/plain"), "t", 13);
         ttl.expiry = Some(Expiry::Ttl(60));
         s.create("ttl", ttl).unwrap();
         // A read renews the TTL in memory only; the shutdown persists it.
         read_all(&s, "ttl", ReadFrom::Start, 50_000).unwrap();
-        let mut close = append("text/plain", "", 14);
+        let mut close = AppendRequest::new(Some("text/plain"), "", 14);
         close.close = true;
-        s.create("closed", create("text/plain", "bye", 14)).unwrap();
+        s.create("closed", CreateRequest::new(Some("text/plain"), "bye", 14))
+            .unwrap();
         s.append("closed", close).unwrap();
         s.delete("src", 15).unwrap(); // soft: the fork holds it
         s.shutdown().unwrap();
@@ -171,14 +143,14 @@ fn reopen_keeps_everything() {
     // Soft delete and the fork link survive.
     assert!(matches!(s.head("src", 20), Err(StorageError::Gone)));
     assert!(matches!(
-        s.create("src", create("text/plain", "", 20)),
+        s.create("src", CreateRequest::new(Some("text/plain"), "", 20)),
         Err(StorageError::PathReserved)
     ));
     // Closure.
     let closed = s.head("closed", 20).unwrap();
     assert!(closed.closed);
     assert!(matches!(
-        s.append("closed", append("text/plain", "x", 20)),
+        s.append("closed", AppendRequest::new(Some("text/plain"), "x", 20)),
         Err(StorageError::Closed { .. })
     ));
     // TTL metadata and the renewal made by the read before shutdown.
@@ -190,7 +162,8 @@ fn reopen_keeps_everything() {
     // Deleting the fork releases the soft-deleted source: both disappear.
     s.delete("fork", 21).unwrap();
     assert!(matches!(s.head("src", 21), Err(StorageError::NotFound)));
-    s.create("src", create("text/plain", "new", 22)).unwrap();
+    s.create("src", CreateRequest::new(Some("text/plain"), "new", 22))
+        .unwrap();
     drop(s);
     let s = open(dir.path());
     assert_eq!(read_all(&s, "src", ReadFrom::Start, 23).unwrap().0, "new");
@@ -200,7 +173,7 @@ fn reopen_keeps_everything() {
 #[test]
 fn producer_retry_after_reopen_is_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let mut req = append("text/plain", "once", 1);
+    let mut req = AppendRequest::new(Some("text/plain"), "once", 1);
     req.producer = Some(ProducerHeaders {
         id: "p".into(),
         epoch: 0,
@@ -208,7 +181,8 @@ fn producer_retry_after_reopen_is_duplicate() {
     });
     {
         let s = open(dir.path());
-        s.create("s", create("text/plain", "", 0)).unwrap();
+        s.create("s", CreateRequest::new(Some("text/plain"), "", 0))
+            .unwrap();
         assert!(matches!(
             s.append("s", req.clone()).unwrap(),
             AppendOutcome::Appended { .. }
@@ -227,13 +201,15 @@ fn producer_retry_after_reopen_is_duplicate() {
 fn concurrent_appends_share_commits_and_stay_ordered() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(open(dir.path()));
-    s.create("s", create("application/json", "", 0)).unwrap();
+    s.create("s", CreateRequest::new(Some("application/json"), "", 0))
+        .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let s = Arc::clone(&s);
             std::thread::spawn(move || {
                 for i in 0..25 {
-                    let mut req = append("application/json", &format!("[[{t},{i}]]"), 1);
+                    let mut req =
+                        AppendRequest::new(Some("application/json"), format!("[[{t},{i}]]"), 1);
                     req.producer = Some(ProducerHeaders {
                         id: format!("p{t}"),
                         epoch: 0,
@@ -268,7 +244,8 @@ fn concurrent_appends_share_commits_and_stay_ordered() {
 fn rejected_op_does_not_disturb_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(open(dir.path()));
-    s.create("s", create("text/plain", "", 0)).unwrap();
+    s.create("s", CreateRequest::new(Some("text/plain"), "", 0))
+        .unwrap();
     let threads: Vec<_> = (0..16)
         .map(|i| {
             let s = Arc::clone(&s);
@@ -279,7 +256,7 @@ fn rejected_op_does_not_disturb_its_batch() {
                 } else {
                     "application/json"
                 };
-                s.append("s", append(ct, "ab", 1)).is_ok()
+                s.append("s", AppendRequest::new(Some(ct), "ab", 1)).is_ok()
             })
         })
         .collect();
@@ -296,10 +273,11 @@ fn rejected_op_does_not_disturb_its_batch() {
 fn sweep_removes_expired_streams_and_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let mut req = create("text/plain", "x", 0);
+    let mut req = CreateRequest::new(Some("text/plain"), "x", 0);
     req.expiry = Some(Expiry::At(1_000));
     s.create("e", req).unwrap();
-    s.create("keep", create("text/plain", "y", 0)).unwrap();
+    s.create("keep", CreateRequest::new(Some("text/plain"), "y", 0))
+        .unwrap();
     assert!(matches!(s.head("e", 1_000), Err(StorageError::NotFound)));
     assert_eq!(s.sweep_expired(1_000).unwrap(), 1);
     assert_eq!(s.sweep_expired(1_000).unwrap(), 0);
@@ -319,10 +297,11 @@ fn queued_appends_share_one_commit_and_see_each_other() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("s", create("text/plain", "", 0)).unwrap();
+    s.create("s", CreateRequest::new(Some("text/plain"), "", 0))
+        .unwrap();
     let before = s.shared.commits.load(Ordering::Relaxed);
     let producer = |seq| {
-        let mut req = append("text/plain", "xy", 1);
+        let mut req = AppendRequest::new(Some("text/plain"), "xy", 1);
         req.producer = Some(ProducerHeaders {
             id: "p".into(),
             epoch: 0,
@@ -378,9 +357,10 @@ fn failed_transaction_changes_neither_disk_nor_cache() {
     let dir = tempfile::tempdir().unwrap();
     let hub = WakeHub::new();
     let s = AcidStorage::open(dir.path(), Arc::clone(&hub)).unwrap();
-    s.create("s", create("text/plain", "a", 0)).unwrap();
+    s.create("s", CreateRequest::new(Some("text/plain"), "a", 0))
+        .unwrap();
     let mut sub = hub.subscribe("s");
-    let mut req = append("text/plain", "b", 1);
+    let mut req = AppendRequest::new(Some("text/plain"), "b", 1);
     req.producer = Some(ProducerHeaders {
         id: "p".into(),
         epoch: 0,
@@ -395,7 +375,8 @@ fn failed_transaction_changes_neither_disk_nor_cache() {
     assert_eq!(s.head("s", 1).unwrap().tail, Offset::new(1, 1));
     assert!(sub.changed().now_or_never().is_none());
     assert!(matches!(
-        s.create("t", create("text/plain", "", 1)).map(|_| ()),
+        s.create("t", CreateRequest::new(Some("text/plain"), "", 1))
+            .map(|_| ()),
         Ok(())
     ));
     // The retry is accepted as new, not a duplicate.

@@ -32,7 +32,7 @@ use super::read::Data;
 use super::tables::{DATA, KEY_NEXT_ID, META, STREAMS, clone_err, encode_meta, map_err};
 use crate::notify::Wake;
 use crate::offset::Offset;
-use crate::storage::chain::{Chain, Metas};
+use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::StreamMeta;
 use crate::storage::txn::{self, Fail, Txn};
 use crate::storage::{
@@ -361,6 +361,12 @@ impl Metas for Batch<'_, '_> {
     }
 }
 
+impl Records for Batch<'_, '_> {
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError> {
+        Data(&self.data).fill(rows)
+    }
+}
+
 impl Batch<'_, '_> {
     fn meta(&self, name: &str) -> Option<StreamMeta> {
         match self.overlay.get(name) {
@@ -464,28 +470,17 @@ impl Txn for Batch<'_, '_> {
             .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
     }
 
-    fn fork_base(
-        &self,
-        source: &StreamMeta,
-        anchor: Offset,
-        sub_offset: u64,
-    ) -> Result<Offset, StorageError> {
-        let data = Data(&self.data);
-        let chain = Chain {
-            metas: self,
-            records: &data,
-        };
-        chain.resolve_fork_base(source, anchor, sub_offset)
+    fn records(&self) -> Option<&dyn Records> {
+        Some(self)
     }
 
     fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail> {
-        let expired = |m: &StreamMeta| m.is_expired(now) && m.refcount == 0;
         let mut candidates = self.shared.sweepable(now);
         candidates.retain(|n| !self.overlay.contains_key(n));
         candidates.extend(
             self.overlay
                 .iter()
-                .filter(|(_, m)| m.as_ref().is_some_and(expired))
+                .filter(|(_, m)| m.as_ref().is_some_and(|m| m.is_sweepable(now)))
                 .map(|(n, _)| n.clone()),
         );
         Ok(candidates)

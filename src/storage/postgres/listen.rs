@@ -1,7 +1,7 @@
 //! Cross-node wake-ups: one `LISTEN ds_wake` connection per node.
 //!
 //! Every committing transaction (on any node) queues a notification per
-//! changed stream ([`super::writer::wake_payload`]); PostgreSQL delivers it
+//! changed stream ([`wake_payload`]); PostgreSQL delivers it
 //! at commit. This thread turns each one from another node into a wake of
 //! the local readers of that stream (this node's own commits wake its
 //! readers directly). Whenever the connection is (re-)established, every
@@ -100,6 +100,26 @@ fn listen(shared: &Shared, conn: &mut Conn) {
             return;
         }
     }
+}
+
+/// `NODE \t SEQ \t POS \t CLOSED \t ID \t FROM_SEQ \t FROM_POS \t NAME`:
+/// what another node needs to wake its readers of `name` (read back by
+/// [`parse`]). When the batch holds exactly the records that moved
+/// the tail, `ID` (the incarnation) and `FROM` (where they start) let that
+/// node read them once for all its readers; otherwise `ID` is 0.
+pub(super) fn wake_payload(node: &str, name: &str, w: &Wake) -> String {
+    let (id, from) = w
+        .appended
+        .as_ref()
+        .map_or((0, Offset::ZERO), |a| (a.id, a.from));
+    format!(
+        "{node}\t{}\t{}\t{}\t{id}\t{}\t{}\t{name}",
+        w.tail.seq,
+        w.tail.pos,
+        u8::from(w.closed),
+        from.seq,
+        from.pos
+    )
 }
 
 /// A notification from another node, as a wake (records not yet read).

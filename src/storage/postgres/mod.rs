@@ -223,10 +223,6 @@ impl Drop for PgStorage {
 }
 
 impl Storage for PgStorage {
-    fn may_block(&self) -> bool {
-        true
-    }
-
     fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
         match self.call(Work::Create(name.to_string(), Box::new(req)))? {
             Done::Create(o) => Ok(o),

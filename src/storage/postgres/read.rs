@@ -10,9 +10,8 @@ use super::pool::Conn;
 use super::schema::{decode_meta, int, map_err, uint};
 use crate::offset::Offset;
 use crate::storage::StorageError;
-use crate::storage::chain::{Collect, Metas, Records, Window};
+use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::{ProducerState, StreamMeta};
-use crate::storage::view::Budget;
 
 /// The records one read step needs: from the record containing `from` (the
 /// last row at or before it) up to the step's end bound.
@@ -25,24 +24,14 @@ const FETCH: &str = "SELECT pos, seq, body FROM ds_records
 
 const META: &str = "SELECT meta, last_access FROM ds_streams WHERE name = $1";
 
-/// Fetches a read step's window of `meta`'s own records.
-pub(super) fn fetch(
-    conn: &mut Conn,
-    meta: &StreamMeta,
-    from: u64,
-    limit: u64,
-    budget: Budget,
-) -> Result<Window, StorageError> {
-    let mut rows = Collect::new(meta, from, limit, budget);
-    if !rows.wanted() {
-        return rows.finish();
-    }
+/// Feeds `rows` the records of a read step.
+pub(super) fn fetch(conn: &mut Conn, rows: &mut Collect<'_>) -> Result<(), StorageError> {
     let found = conn
         .query(
             FETCH,
             &[
-                &int(meta.id),
-                &int(from),
+                &int(rows.meta().id),
+                &int(rows.from()),
                 &int(rows.end_bound()),
                 &int(rows.max_rows() as u64),
             ],
@@ -54,7 +43,7 @@ pub(super) fn fetch(
             break;
         }
     }
-    rows.finish()
+    Ok(())
 }
 
 /// The records of stream `id` in `[from, to)`, when they are exactly there
@@ -129,13 +118,7 @@ impl Metas for Committed<'_> {
 }
 
 impl Records for Committed<'_> {
-    fn fetch(
-        &self,
-        meta: &StreamMeta,
-        from: u64,
-        limit: u64,
-        budget: Budget,
-    ) -> Result<Window, StorageError> {
-        fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError> {
+        fetch(&mut self.conn.borrow_mut(), rows)
     }
 }

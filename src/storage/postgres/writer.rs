@@ -33,15 +33,14 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::pool::Conn;
-use super::read;
 use super::schema::{clone_err, decode_meta, encode_meta, int, is_retryable, map_err, uint};
 use super::{Shared, WAKE_CHANNEL};
+use super::{listen, read};
 use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
-use crate::storage::chain::{Chain, Metas, Records, Window};
+use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::{Expiry, ProducerState, StreamMeta};
 use crate::storage::txn::{self, Fail, Txn};
-use crate::storage::view::Budget;
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
 };
@@ -454,7 +453,7 @@ impl Batch<'_> {
         }
         let payloads: Vec<String> = wakes
             .iter()
-            .map(|(name, w)| wake_payload(self.node, name, w))
+            .map(|(name, w)| listen::wake_payload(self.node, name, w))
             .collect();
         if !payloads.is_empty() {
             conn.query(NOTIFY, &[&WAKE_CHANNEL, &payloads])
@@ -484,26 +483,6 @@ impl Batch<'_> {
     }
 }
 
-/// `NODE \t SEQ \t POS \t CLOSED \t ID \t FROM_SEQ \t FROM_POS \t NAME`:
-/// what another node needs to wake its readers of `name` (see
-/// [`super::listen`]). When the batch holds exactly the records that moved
-/// the tail, `ID` (the incarnation) and `FROM` (where they start) let that
-/// node read them once for all its readers; otherwise `ID` is 0.
-pub(super) fn wake_payload(node: &str, name: &str, w: &Wake) -> String {
-    let (id, from) = w
-        .appended
-        .as_ref()
-        .map_or((0, Offset::ZERO), |a| (a.id, a.from));
-    format!(
-        "{node}\t{}\t{}\t{}\t{id}\t{}\t{}\t{name}",
-        w.tail.seq,
-        w.tail.pos,
-        u8::from(w.closed),
-        from.seq,
-        from.pos
-    )
-}
-
 impl Metas for Batch<'_> {
     fn meta(&self, name: &str) -> Result<Option<StreamMeta>, StorageError> {
         if let Some(m) = self.overlay.get(name) {
@@ -530,15 +509,9 @@ impl Metas for Batch<'_> {
 }
 
 impl Records for Batch<'_> {
-    fn fetch(
-        &self,
-        meta: &StreamMeta,
-        from: u64,
-        limit: u64,
-        budget: Budget,
-    ) -> Result<Window, StorageError> {
+    fn fill(&self, rows: &mut Collect<'_>) -> Result<(), StorageError> {
         self.flush_records()?;
-        read::fetch(&mut self.conn.borrow_mut(), meta, from, limit, budget)
+        read::fetch(&mut self.conn.borrow_mut(), rows)
     }
 }
 
@@ -595,17 +568,8 @@ impl Txn for Batch<'_> {
         ));
     }
 
-    fn fork_base(
-        &self,
-        source: &StreamMeta,
-        anchor: Offset,
-        sub_offset: u64,
-    ) -> Result<Offset, StorageError> {
-        let chain = Chain {
-            metas: self,
-            records: self,
-        };
-        chain.resolve_fork_base(source, anchor, sub_offset)
+    fn records(&self) -> Option<&dyn Records> {
+        Some(self)
     }
 
     fn sweep_candidates(&mut self, now: Millis) -> Result<Vec<String>, Fail> {
