@@ -43,6 +43,7 @@ use super::faults::{Faults, Point};
 use super::format::{self, WAL_HEADER_LEN, WAL_MAGIC};
 use crate::config::SyncMode;
 use crate::storage::StorageError;
+use crate::storage::handle::blocking_io;
 
 /// How long the committer lets concurrent appends gather before a sync
 /// when the previous batch had several (see `run`). A sync here takes
@@ -74,6 +75,7 @@ pub fn create_segment(wal_dir: &Path, n: u64) -> std::io::Result<File> {
 
 /// Makes a directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    blocking_io("fsync a directory");
     File::open(dir)?.sync_all()
 }
 
@@ -210,10 +212,14 @@ impl Space {
         }
     }
 
-    /// Makes sure the first `need` bytes of the segment are allocated.
-    fn reserve(&mut self, need: u64) -> Result<(), StorageError> {
+    /// Makes sure the first `need` bytes of the segment are allocated;
+    /// false (nothing done) when that needs `fallocate` and `wait` is false.
+    fn reserve(&mut self, need: u64, wait: bool) -> Result<bool, StorageError> {
         if !self.supported || need <= self.allocated {
-            return Ok(());
+            return Ok(true);
+        }
+        if !wait {
+            return Ok(false);
         }
         // A chunk at a time, so that claims rarely call fallocate; the
         // exact need when a chunk no longer fits.
@@ -226,14 +232,14 @@ impl Space {
         match r {
             Ok(upto) => {
                 self.allocated = upto;
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 tracing::warn!(
                     "the WAL's file system has no fallocate; a full disk will stop writes until restart"
                 );
                 self.supported = false;
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e.into()),
         }
@@ -243,6 +249,7 @@ impl Space {
 /// Allocates `[at, at + len)` of `file` without changing its size.
 fn fallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    blocking_io("fallocate the WAL");
     // SAFETY: `file` is an open descriptor for the whole call.
     let r = unsafe {
         libc::fallocate(
@@ -323,7 +330,7 @@ impl Wal {
     pub fn claim(self: &Arc<Self>, bytes: u64, headroom: u64) -> Result<Claim, StorageError> {
         let mut s = self.space.lock();
         let need = s.used + s.claimed + bytes + headroom;
-        s.reserve(need)?;
+        s.reserve(need, true)?;
         s.claimed += bytes;
         Ok(Claim {
             wal: Arc::clone(self),
@@ -334,16 +341,25 @@ impl Wal {
     /// Claims room for an entry payload (leaving `headroom` unclaimed) and
     /// queues it, or fails with `NoSpace`, nothing queued: [`Self::claim`]
     /// and [`Self::submit`] in one step, for the append path, which took
-    /// the space lock three times per append otherwise.
-    pub fn submit_claimed(&self, payload: &[u8], headroom: u64) -> Result<u64, StorageError> {
+    /// the space lock three times per append otherwise. With `wait` false
+    /// (a caller that must not block) it queues nothing and answers `None`
+    /// when the segment would have to grow first.
+    pub fn submit_claimed(
+        &self,
+        payload: &[u8],
+        headroom: u64,
+        wait: bool,
+    ) -> Result<Option<u64>, StorageError> {
         {
             let mut s = self.space.lock();
             let bytes = framed(payload.len());
             let need = s.used + s.claimed + bytes + headroom;
-            s.reserve(need)?;
+            if !s.reserve(need, wait)? {
+                return Ok(None);
+            }
             s.used += bytes;
         }
-        Ok(self.enqueue(payload))
+        Ok(Some(self.enqueue(payload)))
     }
 
     /// Queues an entry payload; returns its LSN. Entries commit in LSN order.
@@ -354,7 +370,7 @@ impl Wal {
             let mut s = self.space.lock();
             s.used += framed(payload.len());
             let need = s.used + s.claimed;
-            let _ = s.reserve(need);
+            let _ = s.reserve(need, true);
         }
         self.enqueue(payload)
     }
@@ -379,6 +395,7 @@ impl Wal {
         if self.is_committed(lsn) {
             return Ok(());
         }
+        blocking_io("wait for a WAL commit");
         let mut d = self.done.lock();
         loop {
             if d.committed >= lsn {
