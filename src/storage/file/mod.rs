@@ -362,4 +362,10 @@ impl Storage for FileStorage {
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
+mod staged_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
