@@ -1,10 +1,25 @@
 //! The append-log file backend: a shared, group-committed write-ahead log,
 //! per-stream data files, and periodic checkpoints.
 //!
+//! # Layout
+//!
+//! * this file: [`FileStorage`], opening (recovery first), the [`Storage`]
+//!   impl, the in-memory `Stream` and the answers' durability waits;
+//! * `append`: the staged (async, never blocking) and blocking append;
+//! * `write`: create (a fork too), delete, sweep and restore, through the
+//!   shared decisions of [`txn`](super::txn);
+//! * `read`: reads through fork chains, head, listing, export;
+//! * `checkpoint`: the checkpoint and its thread, finding garbage files;
+//! * `recover`, `wal`, `files`, [`format`], [`control`], `faults`: recovery,
+//!   the log, the stream files, the byte layout, control records, injected
+//!   failures (tests).
+//!
 //! # Write path
 //!
-//! Under the stream's lock an append is planned with
-//! [`model::plan_append`], its records are written (page cache, no sync) past
+//! Every backend takes its decisions from [`txn`](super::txn); this one
+//! keeps how it stores them. Under the stream's lock an append is decided
+//! by [`txn::append_to`](super::txn::append_to) on the stream's metadata in
+//! place, its records are written (page cache, no sync) past
 //! the stream's tail in its data file, and *one* WAL entry carrying the
 //! records together with what the append changed (tail, the one producer's
 //! state, `Stream-Seq`, closure: [`format::Op::Append`]) is queued. The lock
@@ -50,9 +65,14 @@
 //!
 //! `gate` (read: any call that queues a WAL entry; write: a checkpoint's cut)
 //! → `streams` map (write: creates, deletes, sweeps) → stream mutexes (fork
-//! chains child before source) → WAL queue / file-handle cache (leaves). All
-//! are `parking_lot` locks: every caller is a blocking thread, and no lock
-//! but a stream's is held across file I/O.
+//! chains child before source; only a multi-stream operation, under the
+//! map's write lock, holds several) → WAL queue / file-handle cache
+//! (leaves). All are `parking_lot` locks, held for short sections: callers
+//! are blocking threads, except a staged append on an async worker, which
+//! only try-locks the gate and the map (declining when they are taken) and
+//! never does blocking I/O (see `append`). No lock but a stream's, the
+//! map's (a create writing the new stream's files) and the gate is held
+//! across file I/O.
 
 mod append;
 mod checkpoint;
