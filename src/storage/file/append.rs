@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Inner, Stream, format, recover, wake_of, wal};
+use super::{Inner, Stream, format, wake_of, wal};
 use crate::notify::{Appended, Wake};
 use crate::storage::txn;
 use crate::storage::{AppendOutcome, AppendRequest, Staged, Staging, StorageError};
@@ -153,7 +153,6 @@ impl Inner {
         let mut lsn = seen;
         let applied = txn::append_to(meta, req, |m, plan| -> Result<(), Declined> {
             let records = &plan.records;
-            let (count, _) = recover::own(m);
             if !records.is_empty() {
                 if starts.is_none() && !wait {
                     return Err(Declined::WouldBlock);
@@ -163,8 +162,7 @@ impl Inner {
                     .handles(slot, m.id, wait)?
                     .ok_or(Declined::WouldBlock)?;
                 self.index(m, starts)?;
-                self.files
-                    .write_data(&h, slot, m.id, m.base, count, m.tail.pos, records)?;
+                self.files.write_data(&h, slot, m, records)?;
             }
             let op = format::Op::Append(Box::new(format::AppendOp {
                 name: name.to_string(),

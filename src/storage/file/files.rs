@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use crate::offset::Offset;
-use crate::storage::StorageError;
 use crate::storage::handle::blocking_io;
+use crate::storage::{StorageError, StreamMeta};
 
 /// An open data + index file pair.
 pub struct Handles {
@@ -179,7 +179,13 @@ impl Files {
             return Ok(());
         }
         let h = self.get(id)?;
-        self.write_data(&h, &mut Slot::default(), id, base, count, at, records)?;
+        write_frames(
+            &self.faults,
+            &h,
+            format::data_offset(count, at, base.pos),
+            records,
+        )?;
+        self.dirty.lock().insert(id);
         let mut starts = Vec::with_capacity(records.len());
         let mut pos = at;
         for r in records {
@@ -189,35 +195,26 @@ impl Files {
         self.write_index(id, count, &starts)
     }
 
-    /// Writes `records` framed as own records `count..` from stream
-    /// position `at` to the data file behind `h` (page cache, no sync): the
-    /// index entries are written later by [`Self::write_index`]. `slot` is
-    /// the stream's (it remembers that `id` is in the dirty set).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `records` past the tail of the stream whose state is `meta`
+    /// (its next own records) to the data file behind `h` (page cache, no
+    /// sync): the index entries are written later by [`Self::write_index`].
+    /// `slot` is the stream's (it remembers that `id` is in the dirty set).
     pub fn write_data(
         &self,
         h: &Handles,
         slot: &mut Slot,
-        id: u64,
-        base: Offset,
-        count: u64,
-        at: u64,
+        meta: &StreamMeta,
         records: &[Bytes],
     ) -> Result<(), StorageError> {
-        let bytes: usize = records
-            .iter()
-            .map(|r| r.len() + FRAME_HEADER as usize)
-            .sum();
-        let mut data = Vec::with_capacity(bytes);
-        for r in records {
-            data.extend_from_slice(&format::frame_header(r));
-            data.extend_from_slice(r);
-        }
-        self.faults.check(Point::DataWrite)?;
-        h.data
-            .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        let count = meta.tail.seq - meta.base.seq;
+        write_frames(
+            &self.faults,
+            h,
+            format::data_offset(count, meta.tail.pos, meta.base.pos),
+            records,
+        )?;
         if !slot.marked {
-            self.dirty.lock().insert(id);
+            self.dirty.lock().insert(meta.id);
             slot.marked = true;
         }
         Ok(())
@@ -396,6 +393,27 @@ impl Files {
         }
         Ok(ids)
     }
+}
+
+/// Writes `records`, framed, at byte `offset` of the data file behind `h`.
+fn write_frames(
+    faults: &Faults,
+    h: &Handles,
+    offset: u64,
+    records: &[Bytes],
+) -> Result<(), StorageError> {
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.len() + FRAME_HEADER as usize)
+        .sum();
+    let mut data = Vec::with_capacity(bytes);
+    for r in records {
+        data.extend_from_slice(&format::frame_header(r));
+        data.extend_from_slice(r);
+    }
+    faults.check(Point::DataWrite)?;
+    h.data.write_all_at(&data, offset)?;
+    Ok(())
 }
 
 /// The error of a record that fails its checksum.
