@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::test_support::{
     append, append_bytes, chop, create, file_len, flip_last_byte, newest, open, produce, read_all,
-    read_from,
+    read_from, stopped_with,
 };
 use crate::offset::{Offset, ReadFrom};
 use crate::storage::{AppendOutcome, Storage, StorageError};
@@ -77,11 +77,7 @@ fn torn_data_file_tail_is_rebuilt_from_the_wal() {
 
 #[test]
 fn clean_reopen_replays_nothing_and_ignores_bytes_written_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create("s", create("ab")).unwrap();
-    s.shutdown().unwrap();
-    drop(s);
+    let dir = stopped_with("s", "ab");
     let wal_before = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
     // What a write staged ahead of a WAL entry that never committed leaves.
     append_bytes(&newest(dir.path(), "streams", "dat"), b"garbage garbage");
@@ -182,11 +178,7 @@ fn append_entries_carry_only_what_changed_and_replay() {
 #[test]
 fn entries_of_the_previous_version_still_replay() {
     use super::format::{self, Op};
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create("s", create("ab")).unwrap();
-    s.shutdown().unwrap();
-    drop(s);
+    let dir = stopped_with("s", "ab");
     // What the previous version logged for a producer append: a `Put`
     // with the whole new metadata.
     let ckp = std::fs::read(dir.path().join("checkpoint")).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::test_support::{create, open, produce, read_all};
+use super::test_support::{create, open, produce, read_all, stopped_with};
 use super::{FileStorage, HANDLE_CACHE};
 use crate::storage::handle::{NonBlocking, StorageHandle, blocking_violations};
 use crate::storage::{AppendOutcome, AppendRequest, Staging, Storage, StorageError};
@@ -105,11 +105,7 @@ async fn staged_appends_decline_instead_of_blocking_and_every_byte_lands() {
 
 #[tokio::test]
 async fn the_second_append_to_a_warm_stream_is_staged() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let s = open(dir.path());
-        s.create("s", create("a")).unwrap();
-    }
+    let dir = stopped_with("s", "a");
     let s = Arc::new(open(dir.path()));
     let violations = blocking_violations();
     // After the reopen the first append loads the index (declined), the

@@ -27,6 +27,16 @@ pub fn try_open(dir: &Path) -> Result<FileStorage, StorageError> {
     )
 }
 
+/// A directory holding a store with the plain-text stream `name` created
+/// with `body`, stopped cleanly (a checkpoint, nothing left to replay).
+pub fn stopped_with(name: &str, body: &'static str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create(name, create(body)).unwrap();
+    s.shutdown().unwrap();
+    dir
+}
+
 /// A plain-text create of `body` at time 1.
 pub fn create(body: impl Into<Bytes>) -> CreateRequest {
     CreateRequest::new(Some("text/plain"), body, 1)
