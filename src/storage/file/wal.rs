@@ -36,7 +36,9 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-// std/parking_lot mutexes, not tokio's: every caller is a blocking thread.
+// parking_lot mutexes, not tokio's: held for short sections only, by
+// blocking threads and by the staged append on an async worker (which
+// never waits for the disk here: see `submit_claimed`).
 use parking_lot::{Condvar, Mutex};
 
 use super::faults::{Faults, Point};
