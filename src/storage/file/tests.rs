@@ -292,3 +292,49 @@ fn files_of_removed_streams_are_deleted_after_reopen() {
     assert_eq!(read_all(&s, "kept").unwrap().0, b"y");
     assert!(read_all(&s, "gone").is_err());
 }
+
+/// A create over an expired name removes the old stream (cascading to a
+/// hidden source) and creates the new one in one WAL entry; a fork source
+/// the old stream held is released and taken again by the new fork.
+#[test]
+fn create_over_an_expired_name_replays_as_one_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let fork_of = |source: &str, body: &'static str, now| {
+        let mut req = CreateRequest::new(Some("text/plain"), body, now);
+        req.fork = Some(ForkSpec {
+            source: source.into(),
+            offset: None,
+            sub_offset: 0,
+        });
+        req
+    };
+    {
+        let s = open(dir.path());
+        s.create("a", create("a")).unwrap();
+        s.create("b", create("b")).unwrap();
+        for (name, source) in [("x", "a"), ("y", "b")] {
+            let mut req = fork_of(source, "-old", 1);
+            req.expiry = Some(Expiry::Ttl(1));
+            s.create(name, req).unwrap();
+        }
+        s.delete("a", 2).unwrap(); // soft: "x" still reads it
+        s.checkpoint().unwrap();
+        // Both expired by now: "x" is replaced by a plain stream (and "a",
+        // hidden and unreferenced then, goes with it), "y" by a new fork of
+        // the source the old one held.
+        s.create("x", CreateRequest::new(Some("text/plain"), "new", 5_000))
+            .unwrap();
+        s.create("y", fork_of("b", "+new", 5_000)).unwrap();
+        // Dropped without a checkpoint: the reopen replays both creates.
+    }
+    let s = open(dir.path());
+    assert!(matches!(s.head("a", 5_000), Err(StorageError::NotFound)));
+    assert_eq!(read_all(&s, "x").unwrap().0, b"new");
+    assert_eq!(read_all(&s, "y").unwrap().0, b"b+new");
+    // "b" is referenced once (by the new "y"): a delete is soft.
+    s.delete("b", 5_000).unwrap();
+    assert!(matches!(s.head("b", 5_000), Err(StorageError::Gone)));
+    assert_eq!(read_all(&s, "y").unwrap().0, b"b+new");
+    s.delete("y", 5_000).unwrap();
+    assert!(matches!(s.head("b", 5_000), Err(StorageError::NotFound)));
+}
