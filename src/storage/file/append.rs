@@ -19,6 +19,9 @@
 //!
 //! * the map is write-locked (a create or delete in progress, which may be
 //!   writing files under that lock), or a checkpoint holds the gate;
+//! * the stream's lock, or the WAL's space lock, stays taken for longer
+//!   than [`wal::LOCK_WAIT`] (a blocking thread holds them across the I/O
+//!   listed below; staged appends hold them for a page-cache write);
 //! * the stream's index is not loaded (the first append after a restart:
 //!   reading the index file);
 //! * its files are not open (a handle-cache miss: two `open(2)`);
@@ -138,7 +141,11 @@ impl Inner {
         let Some(stream) = found else {
             return Some(absent(StorageError::NotFound));
         };
-        let mut s = stream.lock();
+        let mut s = if wait {
+            stream.lock()
+        } else {
+            stream.try_lock_for(wal::LOCK_WAIT)?
+        };
         if s.removed {
             return Some(absent(StorageError::NotFound));
         }

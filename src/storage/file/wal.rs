@@ -81,6 +81,11 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The longest a caller that must not block (a staged append) waits for a
+/// lock that a blocking thread may hold across I/O, before declining: the
+/// locks' ordinary holders keep them for microseconds.
+pub const LOCK_WAIT: Duration = Duration::from_micros(100);
+
 /// Space claimed past the data of the current segment, at least.
 const CLAIM_CHUNK: u64 = 4 << 20;
 /// Unclaimed space that claims adding data leave for metadata-only entries.
@@ -353,7 +358,15 @@ impl Wal {
         wait: bool,
     ) -> Result<Option<u64>, StorageError> {
         {
-            let mut s = self.space.lock();
+            let mut s = if wait {
+                self.space.lock()
+            } else {
+                // Held across `fallocate` by a blocking caller.
+                let Some(s) = self.space.try_lock_for(LOCK_WAIT) else {
+                    return Ok(None);
+                };
+                s
+            };
             let bytes = framed(payload.len());
             let need = s.used + s.claimed + bytes + headroom;
             if !s.reserve(need, wait)? {
