@@ -14,69 +14,13 @@
 //!   wholly there or wholly absent; the producer's retry tells which (a
 //!   duplicate, or accepted now).
 
-use std::path::Path;
-use std::time::Duration;
-
-use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 
 use super::FileStorage;
 use super::faults::Point;
-use crate::config::SyncMode;
-use crate::notify::WakeHub;
+use super::test_support::{create, open, produce, read_all, read_from, try_open};
 use crate::offset::{Offset, ReadFrom};
-use crate::storage::{
-    AppendOutcome, AppendRequest, CreateRequest, ProducerHeaders, ReadRequest, Storage,
-    StorageError,
-};
-
-fn open(dir: &Path) -> FileStorage {
-    FileStorage::open(
-        dir,
-        SyncMode::Always,
-        Duration::from_millis(50),
-        WakeHub::new(),
-    )
-    .expect("open")
-}
-
-fn produce(body: &[u8], seq: u64) -> AppendRequest {
-    AppendRequest {
-        content_type: Some("text/plain".into()),
-        body: Bytes::copy_from_slice(body),
-        close: false,
-        stream_seq: None,
-        producer: Some(ProducerHeaders {
-            id: "p".into(),
-            epoch: 0,
-            seq,
-        }),
-        now: 2,
-    }
-}
-
-fn create(body: &[u8]) -> CreateRequest {
-    CreateRequest {
-        content_type: Some("text/plain".into()),
-        expiry: None,
-        closed: false,
-        fork: None,
-        body: Bytes::copy_from_slice(body),
-        now: 1,
-    }
-}
-
-fn read_all(s: &FileStorage, name: &str) -> Result<(Vec<u8>, Offset), StorageError> {
-    let r = s.read(
-        name,
-        ReadRequest {
-            from: ReadFrom::Start,
-            max_bytes: usize::MAX,
-            now: 3,
-        },
-    )?;
-    Ok((r.chunks.iter().flat_map(|c| c.to_vec()).collect(), r.next))
-}
+use crate::storage::{AppendOutcome, Storage, StorageError};
 
 /// What the store must hold: stream `s` with the producer's acknowledged
 /// messages, and the streams created so far (empty at first).
@@ -94,7 +38,7 @@ impl Model {
     }
 
     fn check(&self, s: &FileStorage, when: &str) {
-        let (data, tail) = read_all(s, "s").expect("read s");
+        let (data, tail, _) = read_all(s, "s").expect("read s");
         assert!(data == self.data, "{when}: data of s differs");
         assert_eq!(tail, self.tail(), "{when}: tail of s");
         for (name, body) in &self.created {
@@ -103,7 +47,7 @@ impl Model {
         if self.next_seq > 0 {
             // The producer state survived: the last acknowledged is a duplicate.
             let last = self.next_seq - 1;
-            let r = s.append("s", produce(b"dup", last)).expect("retry");
+            let r = s.append("s", produce("dup", last)).expect("retry");
             assert!(
                 matches!(r, AppendOutcome::Duplicate { .. }),
                 "{when}: retry of seq {last} was not a duplicate"
@@ -138,7 +82,7 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
-    store.create("s", create(b"")).unwrap();
+    store.create("s", create("")).unwrap();
     let mut m = Model::default();
     let (mut faults, mut reopens) = (0, 0);
     for round in 0..rounds {
@@ -163,9 +107,11 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
         let msg: Vec<u8> = format!("<{round}:{}>", "x".repeat(len)).into_bytes();
         let name = format!("c{round}");
         let result = if creating {
-            store.create(&name, create(&msg)).map(|_| ())
+            store.create(&name, create(msg.clone())).map(|_| ())
         } else {
-            store.append("s", produce(&msg, m.next_seq)).map(|_| ())
+            store
+                .append("s", produce(msg.clone(), m.next_seq))
+                .map(|_| ())
         };
         match (fault, result) {
             (_, Ok(())) => {
@@ -192,10 +138,14 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
                 m.check(&store, &when);
                 if creating {
                     assert!(matches!(store.head(&name, 3), Err(StorageError::NotFound)));
-                    store.create(&name, create(&msg)).expect("create retry");
+                    store
+                        .create(&name, create(msg.clone()))
+                        .expect("create retry");
                     m.created.push((name, msg));
                 } else {
-                    let r = store.append("s", produce(&msg, m.next_seq)).expect("retry");
+                    let r = store
+                        .append("s", produce(msg.clone(), m.next_seq))
+                        .expect("retry");
                     let AppendOutcome::Appended { info, .. } = r else {
                         panic!("{when}: retry after a failed file write was a duplicate");
                     };
@@ -220,11 +170,13 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
                         "{when}: unwritten create is there"
                     );
                     if !present {
-                        store.create(&name, create(&msg)).expect("create retry");
+                        store
+                            .create(&name, create(msg.clone()))
+                            .expect("create retry");
                     }
                     m.created.push((name, msg));
                 } else {
-                    let (data, _) = read_all(&store, "s").unwrap();
+                    let (data, _, _) = read_all(&store, "s").unwrap();
                     let landed = data.len() > m.data.len();
                     if landed {
                         assert!(p == Point::WalSync, "{when}: unwritten append is there");
@@ -232,7 +184,9 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
                     } else {
                         assert!(data == m.data, "{when}: data changed");
                     }
-                    let r = store.append("s", produce(&msg, m.next_seq)).expect("retry");
+                    let r = store
+                        .append("s", produce(msg.clone(), m.next_seq))
+                        .expect("retry");
                     assert_eq!(
                         matches!(r, AppendOutcome::Duplicate { .. }),
                         landed,
@@ -277,12 +231,7 @@ fn inconsistent_checkpoint_metadata_is_refused_not_a_panic() {
             streams: vec![("s".into(), meta)],
         };
         std::fs::write(dir.path().join("checkpoint"), format::encode_checkpoint(&c)).unwrap();
-        let r = FileStorage::open(
-            dir.path(),
-            SyncMode::Always,
-            Duration::from_millis(50),
-            WakeHub::new(),
-        );
+        let r = try_open(dir.path());
         assert!(
             matches!(r, Err(StorageError::Corrupt(_))),
             "base {base} tail {tail} segment {segment}"
@@ -297,11 +246,13 @@ fn inconsistent_checkpoint_metadata_is_refused_not_a_panic() {
 fn failed_index_write_fails_the_checkpoint_not_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.create("s", create(b"")).unwrap();
+    store.create("s", create("")).unwrap();
     let mut m = Model::default();
     for i in 0..5u8 {
         let msg = [b'a' + i; 3];
-        store.append("s", produce(&msg, m.next_seq)).unwrap();
+        store
+            .append("s", produce(msg.to_vec(), m.next_seq))
+            .unwrap();
         m.accept(&msg);
     }
     store
@@ -311,7 +262,7 @@ fn failed_index_write_fails_the_checkpoint_not_the_store() {
         .arm(Point::IndexWrite, 0, libc::EIO);
     assert!(matches!(store.checkpoint(), Err(StorageError::Io(_))));
     m.check(&store, "after the failed checkpoint");
-    store.append("s", produce(b"zz", m.next_seq)).unwrap();
+    store.append("s", produce("zz", m.next_seq)).unwrap();
     m.accept(b"zz");
     store.checkpoint().unwrap();
     // Both checkpoints' appends are in the index file: a clean reopen
@@ -320,15 +271,6 @@ fn failed_index_write_fails_the_checkpoint_not_the_store() {
     drop(store);
     let store = open(dir.path());
     m.check(&store, "reopened");
-    let r = store
-        .read(
-            "s",
-            ReadRequest {
-                from: ReadFrom::At(Offset::new(5, 15)),
-                max_bytes: usize::MAX,
-                now: 3,
-            },
-        )
-        .unwrap();
-    assert_eq!(r.chunks.concat(), b"zz");
+    let (rest, _, _) = read_from(&store, "s", ReadFrom::At(Offset::new(5, 15))).unwrap();
+    assert_eq!(rest, b"zz");
 }

@@ -21,7 +21,8 @@ use parking_lot::Mutex;
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use crate::offset::Offset;
-use crate::storage::StorageError;
+use crate::storage::handle::blocking_io;
+use crate::storage::{StorageError, StreamMeta};
 
 /// An open data + index file pair.
 pub struct Handles {
@@ -97,14 +98,8 @@ impl Files {
 
     /// The open handles of incarnation `id`, opening them if needed.
     pub fn get(&self, id: u64) -> Result<Arc<Handles>, StorageError> {
-        {
-            let mut c = self.cache.lock();
-            c.tick += 1;
-            let tick = c.tick;
-            if let Some((h, used)) = c.open.get_mut(&id) {
-                *used = tick;
-                return Ok(Arc::clone(h));
-            }
+        if let Some(h) = self.cached(id) {
+            return Ok(h);
         }
         let handles = Arc::new(Handles {
             data: open_rw(&self.data_path(id), false)?,
@@ -112,6 +107,37 @@ impl Files {
         });
         self.insert(id, Arc::clone(&handles));
         Ok(handles)
+    }
+
+    /// The handles of `id` if the cache has them open.
+    fn cached(&self, id: u64) -> Option<Arc<Handles>> {
+        let mut c = self.cache.lock();
+        c.tick += 1;
+        let tick = c.tick;
+        let (h, used) = c.open.get_mut(&id)?;
+        *used = tick;
+        Some(Arc::clone(h))
+    }
+
+    /// The handles of `id` for the stream whose `slot` this is: the slot's,
+    /// else the cache's, else opened, unless `open` is false (a caller that
+    /// must not block): then `None`.
+    pub fn handles(
+        &self,
+        slot: &mut Slot,
+        id: u64,
+        open: bool,
+    ) -> Result<Option<Arc<Handles>>, StorageError> {
+        if let Some(h) = slot.handles.upgrade() {
+            return Ok(Some(h));
+        }
+        let h = match self.cached(id) {
+            Some(h) => h,
+            None if open => self.get(id)?,
+            None => return Ok(None),
+        };
+        slot.handles = Arc::downgrade(&h);
+        Ok(Some(h))
     }
 
     fn insert(&self, id: u64, h: Arc<Handles>) {
@@ -152,7 +178,14 @@ impl Files {
         if records.is_empty() {
             return Ok(());
         }
-        self.append_data(&mut Slot::default(), id, base, count, at, records)?;
+        let h = self.get(id)?;
+        write_frames(
+            &self.faults,
+            &h,
+            format::data_offset(count, at, base.pos),
+            records,
+        )?;
+        self.dirty.lock().insert(id);
         let mut starts = Vec::with_capacity(records.len());
         let mut pos = at;
         for r in records {
@@ -162,42 +195,26 @@ impl Files {
         self.write_index(id, count, &starts)
     }
 
-    /// [`Self::append`] to the data file only; the index entries are
-    /// written later by [`Self::write_index`]. `slot` is the stream's.
-    pub fn append_data(
+    /// Writes `records` past the tail of the stream whose state is `meta`
+    /// (its next own records) to the data file behind `h` (page cache, no
+    /// sync): the index entries are written later by [`Self::write_index`].
+    /// `slot` is the stream's (it remembers that `id` is in the dirty set).
+    pub fn write_data(
         &self,
+        h: &Handles,
         slot: &mut Slot,
-        id: u64,
-        base: Offset,
-        count: u64,
-        at: u64,
+        meta: &StreamMeta,
         records: &[Bytes],
     ) -> Result<(), StorageError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let h = match slot.handles.upgrade() {
-            Some(h) => h,
-            None => {
-                let h = self.get(id)?;
-                slot.handles = Arc::downgrade(&h);
-                h
-            }
-        };
-        let bytes: usize = records
-            .iter()
-            .map(|r| r.len() + FRAME_HEADER as usize)
-            .sum();
-        let mut data = Vec::with_capacity(bytes);
-        for r in records {
-            data.extend_from_slice(&format::frame_header(r));
-            data.extend_from_slice(r);
-        }
-        self.faults.check(Point::DataWrite)?;
-        h.data
-            .write_all_at(&data, format::data_offset(count, at, base.pos))?;
+        let count = meta.tail.seq - meta.base.seq;
+        write_frames(
+            &self.faults,
+            h,
+            format::data_offset(count, meta.tail.pos, meta.base.pos),
+            records,
+        )?;
         if !slot.marked {
-            self.dirty.lock().insert(id);
+            self.dirty.lock().insert(meta.id);
             slot.marked = true;
         }
         Ok(())
@@ -227,6 +244,7 @@ impl Files {
         tail_pos: u64,
     ) -> Result<Vec<u64>, StorageError> {
         let h = self.get(id)?;
+        blocking_io("read an index file");
         let mut buf = vec![0u8; (8 * count) as usize];
         h.index.read_exact_at(&mut buf, INDEX_HEADER_LEN)?;
         let starts: Vec<u64> = buf
@@ -247,20 +265,18 @@ impl Files {
     /// Reads `len` bytes at data-file offset `at` (a piece of one record).
     pub fn read(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
+        blocking_io("read a stream file");
         Ok(read_bytes(&h.data, at, len as usize)?)
     }
 
     /// Reads a whole record framed at data-file offset `at` and checks its CRC.
     pub fn read_record(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
+        blocking_io("read a stream file");
         let buf = read_bytes(&h.data, at, (len + FRAME_HEADER) as usize)?;
         match format::get_frame(&buf) {
             Ok((payload, _)) if payload.len() as u64 == len => {}
-            _ => {
-                return Err(StorageError::Corrupt(format!(
-                    "record at byte {at} of stream file {id:016x} fails its checksum"
-                )));
-            }
+            _ => return Err(bad_checksum(id, at)),
         }
         Ok(buf.slice(FRAME_HEADER as usize..))
     }
@@ -282,6 +298,7 @@ impl Files {
     pub fn sync_many(&self, ids: &[u64]) -> Result<(), StorageError> {
         const SYNCFS_ABOVE: usize = 32;
         if ids.len() > SYNCFS_ABOVE {
+            blocking_io("syncfs");
             let dir = File::open(&self.dir)?;
             // SAFETY: `dir` is an open descriptor for the whole call.
             if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } == 0 {
@@ -298,6 +315,7 @@ impl Files {
     /// Makes the files of `id` durable.
     pub fn sync(&self, id: u64) -> Result<(), StorageError> {
         let h = self.get(id)?;
+        blocking_io("fsync a stream file");
         h.data.sync_data()?;
         h.index.sync_data()?;
         Ok(())
@@ -360,6 +378,7 @@ impl Files {
 
     /// Ids of every incarnation with a file in the directory.
     pub fn list(&self) -> Result<HashSet<u64>, StorageError> {
+        blocking_io("list the stream files");
         let mut ids = HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
@@ -376,7 +395,36 @@ impl Files {
     }
 }
 
+/// Writes `records`, framed, at byte `offset` of the data file behind `h`.
+fn write_frames(
+    faults: &Faults,
+    h: &Handles,
+    offset: u64,
+    records: &[Bytes],
+) -> Result<(), StorageError> {
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.len() + FRAME_HEADER as usize)
+        .sum();
+    let mut data = Vec::with_capacity(bytes);
+    for r in records {
+        data.extend_from_slice(&format::frame_header(r));
+        data.extend_from_slice(r);
+    }
+    faults.check(Point::DataWrite)?;
+    h.data.write_all_at(&data, offset)?;
+    Ok(())
+}
+
+/// The error of a record that fails its checksum.
+pub fn bad_checksum(id: u64, at: u64) -> StorageError {
+    StorageError::Corrupt(format!(
+        "record at byte {at} of stream file {id:016x} fails its checksum"
+    ))
+}
+
 fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
+    blocking_io("open a stream file");
     OpenOptions::new()
         .read(true)
         .write(true)

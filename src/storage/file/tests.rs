@@ -1,112 +1,24 @@
-//! Unit tests of the file backend: behaviour, reopen, and torn tails.
+//! Unit tests of the file backend: behaviour, reopen, forks, deletes,
+//! concurrency and shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::FileStorage;
+use super::test_support::{append, create, open, produce, read_all, read_from, try_open};
 use crate::config::SyncMode;
 use crate::notify::WakeHub;
 use crate::offset::{Offset, ReadFrom};
 use crate::storage::{
-    AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Expiry, ForkSpec, ProducerHeaders,
-    ReadRequest, Storage, StorageError,
+    AppendOutcome, CreateOutcome, CreateRequest, Expiry, ForkSpec, Storage, StorageError,
 };
-
-fn open(dir: &Path) -> FileStorage {
-    FileStorage::open(
-        dir,
-        SyncMode::Always,
-        Duration::from_millis(50),
-        WakeHub::new(),
-    )
-    .expect("open")
-}
-
-fn create(ct: &str, body: &str) -> CreateRequest {
-    CreateRequest {
-        content_type: Some(ct.into()),
-        expiry: None,
-        closed: false,
-        fork: None,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-        now: 1,
-    }
-}
-
-fn append(body: &str) -> AppendRequest {
-    AppendRequest {
-        content_type: Some("text/plain".into()),
-        body: Bytes::copy_from_slice(body.as_bytes()),
-        close: false,
-        stream_seq: None,
-        producer: None,
-        now: 2,
-    }
-}
-
-fn produce(body: &str, seq: u64) -> AppendRequest {
-    AppendRequest {
-        producer: Some(ProducerHeaders {
-            id: "p".into(),
-            epoch: 0,
-            seq,
-        }),
-        ..append(body)
-    }
-}
-
-fn read_all(s: &FileStorage, name: &str) -> Result<(Vec<u8>, Offset, bool), StorageError> {
-    read_from(s, name, ReadFrom::Start)
-}
-
-fn read_from(
-    s: &FileStorage,
-    name: &str,
-    from: ReadFrom,
-) -> Result<(Vec<u8>, Offset, bool), StorageError> {
-    let r = s.read(
-        name,
-        ReadRequest {
-            from,
-            max_bytes: usize::MAX,
-            now: 3,
-        },
-    )?;
-    let bytes = r.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-    Ok((bytes, r.next, r.info.closed))
-}
-
-fn newest(dir: &Path, sub: &str, ext: &str) -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    found.sort();
-    found.pop().expect("a file")
-}
-
-fn chop(path: &Path, by: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let len = f.metadata().unwrap().len();
-    f.set_len(len - by).unwrap();
-}
-
-fn flip_last_byte(path: &Path) {
-    let mut buf = std::fs::read(path).unwrap();
-    let last = buf.len() - 1;
-    buf[last] ^= 0xff;
-    std::fs::write(path, buf).unwrap();
-}
 
 #[test]
 fn append_and_read_binary_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     assert!(matches!(
-        s.create("b", create("text/plain", "ab")).unwrap(),
+        s.create("b", create("ab")).unwrap(),
         CreateOutcome::Created(_)
     ));
     s.append("b", append("cde")).unwrap();
@@ -132,8 +44,11 @@ fn append_and_read_binary_and_json() {
         read_from(&s, "b", ReadFrom::At(Offset::new(0, 3))),
         Err(StorageError::InvalidOffset)
     ));
-    s.create("j", create("application/json", "[1, {\"a\":2}]"))
-        .unwrap();
+    s.create(
+        "j",
+        CreateRequest::new(Some("application/json"), "[1, {\"a\":2}]", 1),
+    )
+    .unwrap();
     let mut req = append("\"x\"");
     req.content_type = Some("application/json".into());
     s.append("j", req).unwrap();
@@ -146,12 +61,12 @@ fn reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open(dir.path());
-        s.create("a", create("text/plain", "hello")).unwrap();
+        s.create("a", create("hello")).unwrap();
         s.append("a", produce(" world", 0)).unwrap();
         let mut close = produce("!", 1);
         close.close = true;
         s.append("a", close).unwrap();
-        let mut fork = create("text/plain", "fork");
+        let mut fork = create("fork");
         fork.content_type = None;
         fork.fork = Some(ForkSpec {
             source: "a".into(),
@@ -159,9 +74,9 @@ fn reopen_keeps_everything() {
             sub_offset: 3,
         });
         s.create("f", fork).unwrap();
-        s.create("gone", create("text/plain", "x")).unwrap();
+        s.create("gone", create("x")).unwrap();
         s.delete("gone", 2).unwrap();
-        s.create("p", create("text/plain", "")).unwrap();
+        s.create("p", create("")).unwrap();
         s.append("p", produce("one", 0)).unwrap();
         s.delete("a", 2).unwrap(); // soft: "f" still reads from it
     }
@@ -198,10 +113,10 @@ fn closed_and_expiring_streams_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open(dir.path());
-        let mut c = create("text/plain", "done");
+        let mut c = create("done");
         c.closed = true;
         s.create("c", c).unwrap();
-        let mut t = create("text/plain", "");
+        let mut t = create("");
         t.expiry = Some(Expiry::Ttl(1));
         s.create("t", t).unwrap();
         s.checkpoint().unwrap();
@@ -218,73 +133,11 @@ fn closed_and_expiring_streams_survive_reopen() {
     assert_eq!(s.sweep_expired(5_000).unwrap(), 1);
 }
 
-/// Writes "a", "b", "c" as three acknowledged appends after a checkpoint,
-/// so that they live in the WAL and past the checkpointed data length.
-fn three_appends(dir: &Path) {
-    let s = open(dir);
-    s.create("s", create("text/plain", "")).unwrap();
-    s.checkpoint().unwrap();
-    for (i, b) in ["a", "b", "c"].into_iter().enumerate() {
-        s.append("s", produce(b, i as u64)).unwrap();
-    }
-}
-
-#[test]
-fn torn_wal_tail_loses_only_the_torn_entry() {
-    for damage in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        three_appends(dir.path());
-        let wal = newest(dir.path(), "wal", "log");
-        if damage == 0 {
-            chop(&wal, 3);
-        } else {
-            flip_last_byte(&wal);
-        }
-        let s = open(dir.path());
-        let (bytes, next, _) = read_all(&s, "s").unwrap();
-        assert_eq!(bytes, b"ab", "damage {damage}");
-        assert_eq!(next, Offset::new(2, 2));
-        // The torn append was never acknowledged: its retry is new data.
-        assert!(matches!(
-            s.append("s", produce("c", 2)).unwrap(),
-            AppendOutcome::Appended { .. }
-        ));
-        assert!(matches!(
-            s.append("s", produce("b", 1)).unwrap(),
-            AppendOutcome::Duplicate { .. }
-        ));
-        drop(s);
-        assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abc");
-    }
-}
-
-#[test]
-fn torn_data_file_tail_is_rebuilt_from_the_wal() {
-    for damage in 0..3 {
-        let dir = tempfile::tempdir().unwrap();
-        three_appends(dir.path());
-        let data = newest(dir.path(), "streams", "dat");
-        let index = newest(dir.path(), "streams", "idx");
-        match damage {
-            0 => chop(&data, 5),
-            1 => flip_last_byte(&data),
-            // Appends leave the index to the checkpoint, so what a crash
-            // can leave there is a torn write of a checkpoint that never
-            // completed.
-            _ => append_bytes(&index, &[9u8; 13]),
-        }
-        let s = open(dir.path());
-        assert_eq!(read_all(&s, "s").unwrap().0, b"abc", "damage {damage}");
-        s.append("s", produce("d", 3)).unwrap();
-        assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
-    }
-}
-
 #[test]
 fn deletes_give_back_disk_space() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("x", create("text/plain", "bytes")).unwrap();
+    s.create("x", create("bytes")).unwrap();
     let files = || {
         std::fs::read_dir(dir.path().join("streams"))
             .unwrap()
@@ -305,15 +158,7 @@ fn deletes_give_back_disk_space() {
 fn second_open_of_a_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _s = open(dir.path());
-    assert!(
-        FileStorage::open(
-            dir.path(),
-            SyncMode::Always,
-            Duration::from_millis(50),
-            WakeHub::new()
-        )
-        .is_err()
-    );
+    assert!(try_open(dir.path()).is_err());
 }
 
 #[test]
@@ -321,8 +166,7 @@ fn concurrent_appends_share_commits_and_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let s = std::sync::Arc::new(open(dir.path()));
     for t in 0..4 {
-        s.create(&format!("s{t}"), create("text/plain", ""))
-            .unwrap();
+        s.create(&format!("s{t}"), create("")).unwrap();
     }
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -357,7 +201,7 @@ fn interval_mode_round_trips() {
             WakeHub::new(),
         )
         .unwrap();
-        s.create("s", create("text/plain", "a")).unwrap();
+        s.create("s", create("a")).unwrap();
         s.append("s", append("b")).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         s.shutdown().unwrap();
@@ -369,9 +213,9 @@ fn interval_mode_round_trips() {
 fn fork_of_a_fork_at_an_inherited_offset() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("a", create("text/plain", "0123")).unwrap();
+    s.create("a", create("0123")).unwrap();
     s.append("a", append("4567")).unwrap();
-    let mut f1 = create("text/plain", "89");
+    let mut f1 = create("89");
     f1.fork = Some(ForkSpec {
         source: "a".into(),
         offset: None,
@@ -379,7 +223,7 @@ fn fork_of_a_fork_at_an_inherited_offset() {
     });
     s.create("f1", f1).unwrap();
     // Taken inside "a"'s second record, which "f1" only inherits.
-    let mut f2 = create("text/plain", "x");
+    let mut f2 = create("x");
     f2.fork = Some(ForkSpec {
         source: "f1".into(),
         offset: Some(Offset::new(1, 4)),
@@ -396,54 +240,19 @@ fn fork_of_a_fork_at_an_inherited_offset() {
 fn calls_after_shutdown_fail_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("s", create("text/plain", "a")).unwrap();
+    s.create("s", create("a")).unwrap();
     s.shutdown().unwrap();
     assert!(s.append("s", append("b")).is_err());
     drop(s);
     assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"a");
 }
 
-fn append_bytes(path: &Path, bytes: &[u8]) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    f.write_all(bytes).unwrap();
-}
-
-#[test]
-fn clean_reopen_replays_nothing_and_ignores_bytes_written_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create("s", create("text/plain", "ab")).unwrap();
-    s.shutdown().unwrap();
-    drop(s);
-    let wal_before = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
-    // What a write staged ahead of a WAL entry that never committed leaves.
-    append_bytes(&newest(dir.path(), "streams", "dat"), b"garbage garbage");
-    append_bytes(&newest(dir.path(), "streams", "idx"), &[7u8; 12]);
-    let s = open(dir.path());
-    // No replay, so no checkpoint before serving: the old segment is still there.
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
-        wal_before + 1
-    );
-    assert_eq!(read_all(&s, "s").unwrap().0, b"ab");
-    s.append("s", append("cd")).unwrap();
-    assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
-    drop(s);
-    let s = open(dir.path());
-    assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
-    s.append("s", append("e")).unwrap();
-    s.checkpoint().unwrap();
-    drop(s);
-    assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abcde");
-}
-
 #[test]
 fn files_of_removed_streams_are_deleted_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("gone", create("text/plain", "x")).unwrap();
-    s.create("kept", create("text/plain", "y")).unwrap();
+    s.create("gone", create("x")).unwrap();
+    s.create("kept", create("y")).unwrap();
     s.shutdown().unwrap();
     drop(s);
     let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("streams"))
@@ -483,171 +292,49 @@ fn files_of_removed_streams_are_deleted_after_reopen() {
     assert_eq!(read_all(&s, "kept").unwrap().0, b"y");
     assert!(read_all(&s, "gone").is_err());
 }
-/// The ops of every entry in the newest WAL segment.
-fn wal_ops(dir: &Path) -> Vec<super::format::Op> {
-    use super::format;
-    let buf = std::fs::read(newest(dir, "wal", "log")).unwrap();
-    let mut at = format::WAL_HEADER_LEN as usize;
-    let mut ops = Vec::new();
-    while at < buf.len() {
-        let (payload, len) = format::get_frame(&buf[at..]).unwrap();
-        ops.extend(format::decode_entry(payload).unwrap().0);
-        at += len;
-    }
-    ops
-}
 
+/// A create over an expired name removes the old stream (cascading to a
+/// hidden source) and creates the new one in one WAL entry; a fork source
+/// the old stream held is released and taken again by the new fork.
 #[test]
-fn append_entries_carry_only_what_changed_and_replay() {
-    use super::format::Op;
+fn create_over_an_expired_name_replays_as_one_change() {
     let dir = tempfile::tempdir().unwrap();
+    let fork_of = |source: &str, body: &'static str, now| {
+        let mut req = CreateRequest::new(Some("text/plain"), body, now);
+        req.fork = Some(ForkSpec {
+            source: source.into(),
+            offset: None,
+            sub_offset: 0,
+        });
+        req
+    };
     {
         let s = open(dir.path());
-        s.create("s", create("text/plain", "")).unwrap();
-        for (i, id) in ["p", "q", "r"].iter().enumerate() {
-            let mut req = produce(&format!("{id}0;"), 0);
-            req.producer.as_mut().unwrap().id = id.to_string();
-            req.stream_seq = Some(format!("0{i}"));
-            s.append("s", req).unwrap();
+        s.create("a", create("a")).unwrap();
+        s.create("b", create("b")).unwrap();
+        for (name, source) in [("x", "a"), ("y", "b")] {
+            let mut req = fork_of(source, "-old", 1);
+            req.expiry = Some(Expiry::Ttl(1));
+            s.create(name, req).unwrap();
         }
-        s.append("s", append("plain;")).unwrap();
-        let mut close = produce("p1;", 1);
-        close.close = true;
-        s.append("s", close).unwrap();
-        let appends: Vec<_> = wal_ops(dir.path())
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Append(a) => Some(a),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(appends.len(), 5);
-        // Each carries its own producer only, not the stream's three.
-        let ids: Vec<_> = appends
-            .iter()
-            .map(|a| a.producer.as_ref().map(|(id, _)| id.as_str()))
-            .collect();
-        assert_eq!(ids, [Some("p"), Some("q"), Some("r"), None, Some("p")]);
-        assert_eq!(appends[2].stream_seq.as_deref(), Some("02"));
-        assert!(appends[4].close && !appends[3].close);
-        assert_eq!(appends[4].closed_by.as_ref().map(|p| p.seq), Some(1));
-        // Dropped without a checkpoint: the reopen replays the entries.
+        s.delete("a", 2).unwrap(); // soft: "x" still reads it
+        s.checkpoint().unwrap();
+        // Both expired by now: "x" is replaced by a plain stream (and "a",
+        // hidden and unreferenced then, goes with it), "y" by a new fork of
+        // the source the old one held.
+        s.create("x", CreateRequest::new(Some("text/plain"), "new", 5_000))
+            .unwrap();
+        s.create("y", fork_of("b", "+new", 5_000)).unwrap();
+        // Dropped without a checkpoint: the reopen replays both creates.
     }
-    for _ in 0..2 {
-        let s = open(dir.path());
-        let (bytes, next, closed) = read_all(&s, "s").unwrap();
-        assert_eq!(bytes, b"p0;q0;r0;plain;p1;");
-        assert!(closed);
-        assert_eq!(next, Offset::new(5, 18));
-        // Every producer's state survived: retries are duplicates.
-        for (id, seq) in [("p", 1), ("q", 0), ("r", 0)] {
-            let mut req = produce("x", seq);
-            req.producer.as_mut().unwrap().id = id.to_string();
-            req.close = id == "p";
-            assert!(
-                matches!(
-                    s.append("s", req),
-                    Ok(AppendOutcome::Duplicate { .. }) | Err(StorageError::Closed { .. })
-                ),
-                "{id}"
-            );
-        }
-        // Record boundaries, from the replayed index.
-        let (rest, _, _) = read_from(&s, "s", ReadFrom::At(Offset::new(2, 6))).unwrap();
-        assert_eq!(rest, b"r0;plain;p1;");
-    }
-}
-
-#[test]
-fn entries_of_the_previous_version_still_replay() {
-    use super::format::{self, Op};
-    let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.create("s", create("text/plain", "ab")).unwrap();
-    s.shutdown().unwrap();
-    drop(s);
-    // What the previous version logged for a producer append: a `Put`
-    // with the whole new metadata.
-    let ckp = std::fs::read(dir.path().join("checkpoint")).unwrap();
-    let mut meta = format::decode_checkpoint(&ckp).unwrap().streams[0]
-        .1
-        .clone();
-    meta.tail = Offset::new(meta.tail.seq + 1, meta.tail.pos + 2);
-    meta.producers.insert(
-        "p".into(),
-        crate::storage::ProducerState {
-            epoch: 0,
-            last_seq: 0,
-        },
-    );
-    let op = Op::Put {
-        name: "s".into(),
-        meta: Box::new(meta),
-        records: 1,
-    };
-    let mut frame = Vec::new();
-    format::put_frame(
-        &mut frame,
-        &format::encode_entry(&[op], &[Bytes::from_static(b"cd")]),
-    );
-    append_bytes(&newest(dir.path(), "wal", "log"), &frame);
-    let s = open(dir.path());
-    assert_eq!(read_all(&s, "s").unwrap().0, b"abcd");
-    assert!(matches!(
-        s.append("s", produce("cd", 0)),
-        Ok(AppendOutcome::Duplicate { .. })
-    ));
-    s.append("s", produce("ef", 1)).unwrap();
-    drop(s);
-    let s = open(dir.path());
-    assert_eq!(read_all(&s, "s").unwrap().0, b"abcdef");
-    let (tail, _, _) = read_from(&s, "s", ReadFrom::At(Offset::new(2, 4))).unwrap();
-    assert_eq!(tail, b"ef");
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().len()
-}
-
-#[test]
-fn appends_leave_their_index_entries_to_the_checkpoint() {
-    use super::format::index_len;
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.create("s", create("text/plain", "a")).unwrap();
-    let idx = newest(dir.path(), "streams", "idx");
-    assert_eq!(file_len(&idx), index_len(1));
-    for (i, body) in ["bb", "ccc", "dddd"].iter().enumerate() {
-        s.append("s", produce(body, i as u64)).unwrap();
-    }
-    // In memory only, yet reads find every record boundary.
-    assert_eq!(file_len(&idx), index_len(1));
-    let (rest, _, _) = read_from(&s, "s", ReadFrom::At(Offset::new(2, 3))).unwrap();
-    assert_eq!(rest, b"cccdddd");
-    s.checkpoint().unwrap();
-    assert_eq!(file_len(&idx), index_len(4));
-    s.append("s", produce("e", 3)).unwrap();
-    // A crash here: the last append's entry is in the WAL only.
-    drop(s);
-    let mut want = b"abbcccdddde".to_vec();
-    for round in 0..3 {
-        let s = open(dir.path());
-        assert_eq!(read_all(&s, "s").unwrap().0, want, "round {round}");
-        for (at, from) in [((1, 1), 1), ((4, 10), 10), ((3, 6), 6)] {
-            let (got, _, _) = read_from(&s, "s", ReadFrom::At(Offset::new(at.0, at.1))).unwrap();
-            assert_eq!(got, want[from..], "round {round} at {at:?}");
-        }
-        if round == 1 {
-            // Appended after a clean reopen (index loaded from the file),
-            // then written by a checkpoint.
-            s.append("s", produce("e", 4)).unwrap();
-            assert!(matches!(
-                s.append("s", produce("e", 4)),
-                Ok(AppendOutcome::Duplicate { .. })
-            ));
-            s.checkpoint().unwrap();
-            assert_eq!(file_len(&idx), index_len(6));
-            want.push(b'e');
-        }
-    }
+    assert!(matches!(s.head("a", 5_000), Err(StorageError::NotFound)));
+    assert_eq!(read_all(&s, "x").unwrap().0, b"new");
+    assert_eq!(read_all(&s, "y").unwrap().0, b"b+new");
+    // "b" is referenced once (by the new "y"): a delete is soft.
+    s.delete("b", 5_000).unwrap();
+    assert!(matches!(s.head("b", 5_000), Err(StorageError::Gone)));
+    assert_eq!(read_all(&s, "y").unwrap().0, b"b+new");
+    s.delete("y", 5_000).unwrap();
+    assert!(matches!(s.head("b", 5_000), Err(StorageError::NotFound)));
 }

@@ -36,13 +36,16 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-// std/parking_lot mutexes, not tokio's: every caller is a blocking thread.
+// parking_lot mutexes, not tokio's: held for short sections only, by
+// blocking threads and by the staged append on an async worker (which
+// never waits for the disk here: see `submit_claimed`).
 use parking_lot::{Condvar, Mutex};
 
 use super::faults::{Faults, Point};
 use super::format::{self, WAL_HEADER_LEN, WAL_MAGIC};
 use crate::config::SyncMode;
 use crate::storage::StorageError;
+use crate::storage::handle::blocking_io;
 
 /// How long the committer lets concurrent appends gather before a sync
 /// when the previous batch had several (see `run`). A sync here takes
@@ -74,8 +77,14 @@ pub fn create_segment(wal_dir: &Path, n: u64) -> std::io::Result<File> {
 
 /// Makes a directory's entries (creations, renames, unlinks) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    blocking_io("fsync a directory");
     File::open(dir)?.sync_all()
 }
+
+/// The longest a caller that must not block (a staged append) waits for a
+/// lock that a blocking thread may hold across I/O, before declining: the
+/// locks' ordinary holders keep them for microseconds.
+pub const LOCK_WAIT: Duration = Duration::from_micros(100);
 
 /// Space claimed past the data of the current segment, at least.
 const CLAIM_CHUNK: u64 = 4 << 20;
@@ -210,10 +219,14 @@ impl Space {
         }
     }
 
-    /// Makes sure the first `need` bytes of the segment are allocated.
-    fn reserve(&mut self, need: u64) -> Result<(), StorageError> {
+    /// Makes sure the first `need` bytes of the segment are allocated;
+    /// false (nothing done) when that needs `fallocate` and `wait` is false.
+    fn reserve(&mut self, need: u64, wait: bool) -> Result<bool, StorageError> {
         if !self.supported || need <= self.allocated {
-            return Ok(());
+            return Ok(true);
+        }
+        if !wait {
+            return Ok(false);
         }
         // A chunk at a time, so that claims rarely call fallocate; the
         // exact need when a chunk no longer fits.
@@ -226,14 +239,14 @@ impl Space {
         match r {
             Ok(upto) => {
                 self.allocated = upto;
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 tracing::warn!(
                     "the WAL's file system has no fallocate; a full disk will stop writes until restart"
                 );
                 self.supported = false;
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e.into()),
         }
@@ -243,6 +256,7 @@ impl Space {
 /// Allocates `[at, at + len)` of `file` without changing its size.
 fn fallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    blocking_io("fallocate the WAL");
     // SAFETY: `file` is an open descriptor for the whole call.
     let r = unsafe {
         libc::fallocate(
@@ -323,7 +337,7 @@ impl Wal {
     pub fn claim(self: &Arc<Self>, bytes: u64, headroom: u64) -> Result<Claim, StorageError> {
         let mut s = self.space.lock();
         let need = s.used + s.claimed + bytes + headroom;
-        s.reserve(need)?;
+        s.reserve(need, true)?;
         s.claimed += bytes;
         Ok(Claim {
             wal: Arc::clone(self),
@@ -334,16 +348,33 @@ impl Wal {
     /// Claims room for an entry payload (leaving `headroom` unclaimed) and
     /// queues it, or fails with `NoSpace`, nothing queued: [`Self::claim`]
     /// and [`Self::submit`] in one step, for the append path, which took
-    /// the space lock three times per append otherwise.
-    pub fn submit_claimed(&self, payload: &[u8], headroom: u64) -> Result<u64, StorageError> {
+    /// the space lock three times per append otherwise. With `wait` false
+    /// (a caller that must not block) it queues nothing and answers `None`
+    /// when the segment would have to grow first.
+    pub fn submit_claimed(
+        &self,
+        payload: &[u8],
+        headroom: u64,
+        wait: bool,
+    ) -> Result<Option<u64>, StorageError> {
         {
-            let mut s = self.space.lock();
+            let mut s = if wait {
+                self.space.lock()
+            } else {
+                // Held across `fallocate` by a blocking caller.
+                let Some(s) = self.space.try_lock_for(LOCK_WAIT) else {
+                    return Ok(None);
+                };
+                s
+            };
             let bytes = framed(payload.len());
             let need = s.used + s.claimed + bytes + headroom;
-            s.reserve(need)?;
+            if !s.reserve(need, wait)? {
+                return Ok(None);
+            }
             s.used += bytes;
         }
-        Ok(self.enqueue(payload))
+        Ok(Some(self.enqueue(payload)))
     }
 
     /// Queues an entry payload; returns its LSN. Entries commit in LSN order.
@@ -354,7 +385,7 @@ impl Wal {
             let mut s = self.space.lock();
             s.used += framed(payload.len());
             let need = s.used + s.claimed;
-            let _ = s.reserve(need);
+            let _ = s.reserve(need, true);
         }
         self.enqueue(payload)
     }
@@ -379,6 +410,7 @@ impl Wal {
         if self.is_committed(lsn) {
             return Ok(());
         }
+        blocking_io("wait for a WAL commit");
         let mut d = self.done.lock();
         loop {
             if d.committed >= lsn {
@@ -550,77 +582,5 @@ impl Wal {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::future::Future;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    use super::*;
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Counter(std::sync::atomic::AtomicUsize);
-
-    impl Wake for Counter {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn wakes(c: &Counter) -> usize {
-        c.0.load(Ordering::SeqCst)
-    }
-
-    fn poll(f: &mut Committed, w: &Arc<Counter>) -> Poll<Result<(), StorageError>> {
-        let waker = Waker::from(Arc::clone(w));
-        std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
-    }
-
-    fn wait_for(c: &Counter, n: usize) {
-        let t = Instant::now();
-        while wakes(c) < n {
-            assert!(t.elapsed() < Duration::from_secs(10), "never woken");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// A waiter is woken by the commit that covers its LSN, not by earlier
-    /// ones, and by a failure of the log.
-    #[test]
-    fn async_waiters_wake_only_when_their_entry_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let faults = Arc::new(Faults::default());
-        let (wal, committer) = Wal::start(
-            dir.path().to_path_buf(),
-            1,
-            SyncMode::Always,
-            Duration::from_millis(10),
-            Arc::clone(&faults),
-        )
-        .unwrap();
-        let first = wal.submit(b"one");
-        wal.wait(first).unwrap();
-        let (early, late) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
-        let mut done = wal.committed(first);
-        assert!(matches!(poll(&mut done, &early), Poll::Ready(Ok(()))));
-        // Waiting for the next two entries, before either is submitted.
-        let mut second = wal.committed(first + 1);
-        let mut third = wal.committed(first + 2);
-        assert!(poll(&mut second, &early).is_pending());
-        assert!(poll(&mut third, &late).is_pending());
-        wal.wait(wal.submit(b"two")).unwrap();
-        wait_for(&early, 1);
-        assert_eq!(wakes(&late), 0, "woken by a commit that does not cover it");
-        assert!(matches!(poll(&mut second, &early), Poll::Ready(Ok(()))));
-        assert!(poll(&mut third, &late).is_pending());
-        // The log fails: the waiter is woken and told.
-        faults.arm(Point::WalWrite, 0, libc::EIO);
-        wal.submit(b"three");
-        wait_for(&late, 1);
-        assert!(matches!(
-            poll(&mut third, &late),
-            Poll::Ready(Err(StorageError::Unavailable(_)))
-        ));
-        wal.stop();
-        committer.join().unwrap();
-    }
-}
+#[path = "wal_tests.rs"]
+mod tests;

@@ -1,0 +1,74 @@
+//! Unit tests of the WAL's async waiters.
+
+use std::future::Future;
+use std::task::{Context, Poll, Wake, Waker};
+
+use super::*;
+
+/// Counts its wakes.
+#[derive(Default)]
+struct Counter(std::sync::atomic::AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn wakes(c: &Counter) -> usize {
+    c.0.load(Ordering::SeqCst)
+}
+
+fn poll(f: &mut Committed, w: &Arc<Counter>) -> Poll<Result<(), StorageError>> {
+    let waker = Waker::from(Arc::clone(w));
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
+
+fn wait_for(c: &Counter, n: usize) {
+    let t = Instant::now();
+    while wakes(c) < n {
+        assert!(t.elapsed() < Duration::from_secs(10), "never woken");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A waiter is woken by the commit that covers its LSN, not by earlier
+/// ones, and by a failure of the log.
+#[test]
+fn async_waiters_wake_only_when_their_entry_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let (wal, committer) = Wal::start(
+        dir.path().to_path_buf(),
+        1,
+        SyncMode::Always,
+        Duration::from_millis(10),
+        Arc::clone(&faults),
+    )
+    .unwrap();
+    let first = wal.submit(b"one");
+    wal.wait(first).unwrap();
+    let (early, late) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+    let mut done = wal.committed(first);
+    assert!(matches!(poll(&mut done, &early), Poll::Ready(Ok(()))));
+    // Waiting for the next two entries, before either is submitted.
+    let mut second = wal.committed(first + 1);
+    let mut third = wal.committed(first + 2);
+    assert!(poll(&mut second, &early).is_pending());
+    assert!(poll(&mut third, &late).is_pending());
+    wal.wait(wal.submit(b"two")).unwrap();
+    wait_for(&early, 1);
+    assert_eq!(wakes(&late), 0, "woken by a commit that does not cover it");
+    assert!(matches!(poll(&mut second, &early), Poll::Ready(Ok(()))));
+    assert!(poll(&mut third, &late).is_pending());
+    // The log fails: the waiter is woken and told.
+    faults.arm(Point::WalWrite, 0, libc::EIO);
+    wal.submit(b"three");
+    wait_for(&late, 1);
+    assert!(matches!(
+        poll(&mut third, &late),
+        Poll::Ready(Err(StorageError::Unavailable(_)))
+    ));
+    wal.stop();
+    committer.join().unwrap();
+}
