@@ -175,7 +175,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_task_is_an_internal_error_not_a_retry() {
-        let e = tokio::task::spawn_blocking(|| panic!("boom")).await.unwrap_err();
+        let e = tokio::task::spawn_blocking(|| panic!("boom"))
+            .await
+            .unwrap_err();
         assert!(matches!(task_failed(e), StorageError::Io(_)));
     }
 }
