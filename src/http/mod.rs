@@ -178,7 +178,7 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let result = match *req.method() {
-        Method::GET => read::get(state, name, req).await,
+        Method::GET => read_stream(state, name, req).await,
         Method::HEAD => write::head(state, name).await,
         Method::PUT => {
             let subs = Arc::clone(&state.subs);
@@ -201,6 +201,17 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET` on a stream, by live mode: SSE in [`sse`], catch-up and long-poll
+/// in [`read`].
+async fn read_stream(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let query = headers::read_query(req.uri().query())?;
+    match query.live {
+        headers::Live::Sse => sse::serve(state, name, query).await,
+        headers::Live::CatchUp => read::catch_up(state, name, query, req.headers()).await,
+        headers::Live::LongPoll => read::long_poll(state, name, query).await,
+    }
 }
 
 /// The `__ds` prefix is reserved for the subscription APIs; it never names a
