@@ -44,6 +44,11 @@
 //! - [`backup`]: `export` / `import` / `list` over any backend; the portable
 //!   archive format is documented in `docs/archive-format.md`.
 
+/// Where streams are mounted: every stream URL is this prefix and the
+/// stream's name. The HTTP layer routes on it and the metrics classify
+/// requests by it, so it lives below both.
+pub const MOUNT: &str = "/v1/stream/";
+
 pub mod backup;
 pub mod config;
 pub mod cursor;

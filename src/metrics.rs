@@ -1,5 +1,5 @@
 //! Process-wide counters, gauges and one histogram, rendered in the
-//! Prometheus text format by [`crate::http::ops`].
+//! Prometheus text format (served at `/metrics` by the HTTP layer).
 //!
 //! The hot path touches only atomics: every labelled series is a slot in a
 //! fixed array indexed by small enums (method × route × status code), so a
@@ -75,7 +75,7 @@ impl Route {
     const ALL: [Route; 4] = [Route::Stream, Route::Health, Route::Metrics, Route::Other];
 
     pub fn of(path: &str) -> Self {
-        if path.starts_with(crate::http::MOUNT) {
+        if path.starts_with(crate::MOUNT) {
             Route::Stream
         } else if path == "/healthz" || path == "/readyz" {
             Route::Health
@@ -131,7 +131,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Error codes counted by `ds_storage_errors_total`: the stable codes
-/// [`crate::http::error::ApiError`] gives storage errors. Anything else is
+/// the HTTP layer's error mapping gives storage errors. Anything else is
 /// counted as `OTHER`.
 const ERROR_CODES: &[&str] = &[
     "STREAM_NOT_FOUND",
@@ -191,7 +191,7 @@ impl Histogram {
     }
 }
 
-/// The server's metrics; shared through [`crate::http::AppState`].
+/// The server's metrics; one per server, shared by every request.
 pub struct Metrics {
     requests: Box<[AtomicU64]>,
     appended_bytes: AtomicU64,

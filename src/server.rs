@@ -13,11 +13,12 @@ use crate::http::front::Front;
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
+use crate::storage::handle::StorageHandle;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::postgres::{PgOptions, PgStorage};
 use crate::storage::{Storage, now_ms};
-use crate::subscriptions::Subscriptions;
 use crate::subscriptions::delivery::HttpTransport;
+use crate::subscriptions::{Subscriptions, worker};
 
 /// How long shutdown waits for in-flight requests before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -71,13 +72,15 @@ pub fn open_storage(
 /// the memory backend); panics if stored subscriptions cannot be read.
 /// [`run`] uses [`state_with`] and reports such errors instead.
 pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>) -> AppState {
-    let subs = Subscriptions::open(Arc::clone(&storage))
+    let subs = Subscriptions::open(StorageHandle::new(Arc::clone(&storage)))
         .unwrap_or_else(|e| panic!("cannot load subscriptions: {e}"));
     state_with(config, storage, hub, subs)
 }
 
 /// Builds the application state around an opened backend and its loaded
-/// subscription engine, and routes every stream wake to the engine.
+/// subscription engine, and routes every stream wake to the engine. The
+/// handlers reach the backend through a [`StorageHandle`], as the engine
+/// does.
 pub fn state_with(
     config: ServerConfig,
     storage: Arc<dyn Storage>,
@@ -92,7 +95,7 @@ pub fn state_with(
         }
     });
     AppState {
-        storage,
+        storage: StorageHandle::new(storage),
         hub,
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
@@ -134,17 +137,17 @@ pub async fn run(
     let transport = HttpTransport::new(config.webhook_ca_file.as_deref())
         .map_err(|e| format!("webhook_ca_file: {e}"))?;
     let subs = {
-        let storage = Arc::clone(&storage);
-        tokio::task::spawn_blocking(move || Subscriptions::open(storage))
+        let handle = StorageHandle::new(Arc::clone(&storage));
+        tokio::task::spawn_blocking(move || Subscriptions::open(handle))
             .await?
             .map_err(|e| format!("cannot load subscriptions: {e}"))?
     };
     subs.set_transport(Arc::new(transport));
     let state = state_with(config, storage, hub, subs);
     spawn_sweeper(&state);
-    crate::subscriptions::worker::spawn(state.clone());
+    worker::spawn(state.clone());
     let front = Front::new(state.clone());
-    if let Some(cluster) = state.storage.cluster() {
+    if let Some(cluster) = state.storage.backend().cluster() {
         let url = advertise_url(&state.config, addr);
         tracing::info!(url, "advertising this node to the others");
         cluster.advertise(&url);
@@ -180,7 +183,7 @@ pub async fn run(
             }
         }
     }
-    let storage = Arc::clone(&state.storage);
+    let storage = Arc::clone(state.storage.backend());
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;
     tracing::info!("storage flushed; bye");
     Ok(())

@@ -6,7 +6,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::headers as h;
+use super::header_names as h;
 use crate::storage::StorageError;
 
 /// An error answered to a client.

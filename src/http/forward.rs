@@ -26,7 +26,6 @@ use hyper_util::rt::TokioExecutor;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::subscriptions::run_storage;
 
 /// Marks a forwarded request, so that it is never forwarded twice.
 static FORWARDED: HeaderName = HeaderName::from_static("x-ds-forwarded");
@@ -62,7 +61,7 @@ fn unavailable(detail: &str) -> Response {
 /// reached as the leader (at start, or during a takeover) it waits up to
 /// [`TAKEOVER_WAIT`] for one before answering 503.
 pub async fn to_leader(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(cluster) = state.storage.cluster() else {
+    let Some(cluster) = state.storage.backend().cluster() else {
         return next.run(req).await;
     };
     if let Some(term) = cluster.leadership() {
@@ -117,11 +116,13 @@ async fn try_forward(
     parts: &axum::http::request::Parts,
     body: Bytes,
 ) -> Result<Response, &'static str> {
-    let leader = run_storage(&state.storage, |s| match s.cluster() {
-        Some(c) => c.leader_url(),
-        None => Ok(None),
-    })
-    .await;
+    let leader = state
+        .storage
+        .run(|s| match s.cluster() {
+            Some(c) => c.leader_url(),
+            None => Ok(None),
+        })
+        .await;
     let base = match leader {
         Ok(Some(url)) => url,
         Ok(None) => return Err("no node leads the subscriptions yet; retry"),

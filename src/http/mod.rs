@@ -11,11 +11,13 @@ pub mod error;
 pub mod forward;
 pub mod front;
 pub mod h1;
+pub mod header_names;
 pub mod headers;
 pub mod ops;
 pub mod read;
 pub mod serve;
 pub mod sse;
+pub mod subscriptions;
 pub mod transport;
 pub mod write;
 
@@ -26,7 +28,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -34,79 +36,66 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::notify::WakeHub;
-use crate::storage::{AppendOutcome, AppendRequest, Staging, Storage, StorageError, StreamInfo};
-use crate::subscriptions::api as sub_api;
+use crate::storage::handle::StorageHandle;
+use crate::storage::{AppendOutcome, AppendRequest, Storage, StorageError, StreamInfo};
+use crate::subscriptions::{Subscriptions, worker};
 use error::ApiError;
 
-/// Where streams are mounted.
-pub const MOUNT: &str = "/v1/stream/";
+pub use crate::MOUNT;
 
 /// State shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub storage: Arc<dyn Storage>,
+    /// The one way to call the backend: it decides where each call runs.
+    pub storage: StorageHandle,
     pub hub: Arc<WakeHub>,
     pub config: Arc<ServerConfig>,
     /// Cancelled when the server shuts down; live reads finish early.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
     /// The subscription engine (registry, signing key, wake worker inbox).
-    pub subs: Arc<crate::subscriptions::Subscriptions>,
+    pub subs: Arc<Subscriptions>,
 }
 
 impl AppState {
-    /// Runs a storage call, on a blocking thread when the backend may block.
-    /// Failures are counted by their error code.
+    /// Runs a storage call through the [`StorageHandle`]; failures become
+    /// [`ApiError`]s, counted by their error code.
     pub async fn storage<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
     {
-        let result = if !self.storage.may_block() {
-            f(&*self.storage).map_err(ApiError::from)
-        } else {
-            let storage = Arc::clone(&self.storage);
-            match tokio::task::spawn_blocking(move || f(&*storage)).await {
-                Ok(r) => r.map_err(ApiError::from),
-                Err(e) => {
-                    tracing::error!(error = %e, "storage task failed");
-                    Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "INTERNAL_ERROR",
-                        "internal storage error",
-                    ))
-                }
-            }
-        };
-        if let Err(e) = &result {
-            self.metrics.storage_error(e.code);
-        }
-        result
+        let result = self.storage.run(f).await;
+        self.counted(result)
     }
-}
 
-impl AppState {
-    /// Appends: staged on this worker and awaited without a thread when the
-    /// backend can (so one group commit carries every append in flight),
-    /// otherwise like any other storage call.
+    /// Appends through the [`StorageHandle`] (which stages the append when
+    /// the backend can); failures as in [`AppState::storage`].
     pub async fn append(
         &self,
         name: String,
         req: AppendRequest,
     ) -> Result<AppendOutcome, ApiError> {
-        if !self.storage.may_block() {
-            return self.storage(move |s| s.append(&name, req)).await;
-        }
-        let result = match self.storage.try_append_staged(&name, req) {
-            Staging::Staged(staged) => staged.finish().await,
-            Staging::Deferred(pending) => pending.await,
-            Staging::WouldBlock(req) => return self.storage(move |s| s.append(&name, req)).await,
-        };
-        let result = result.map_err(ApiError::from);
-        if let Err(e) = &result {
+        let result = self.storage.append(name, req).await;
+        self.counted(result)
+    }
+
+    fn counted<T>(&self, result: Result<T, StorageError>) -> Result<T, ApiError> {
+        result.map_err(|e| {
+            let e = ApiError::from(e);
             self.metrics.storage_error(e.code);
+            e
+        })
+    }
+}
+
+/// The wake worker runs with the server's engine and shutdown signal.
+impl From<AppState> for worker::Context {
+    fn from(state: AppState) -> Self {
+        worker::Context {
+            subs: state.subs,
+            shutdown: state.shutdown,
         }
-        result
     }
 }
 
@@ -125,41 +114,8 @@ pub fn router(state: AppState) -> Router {
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers(headers::EXPOSED.to_vec())
         .max_age(std::time::Duration::from_secs(86400));
-    // The subscription engine runs on one node of a shared store: the
-    // others forward these routes to it.
-    let subscriptions = Router::new()
-        .route("/v1/stream/__ds/jwks.json", get(sub_api::jwks))
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}",
-            get(sub_api::get).put(sub_api::put).delete(sub_api::delete),
-        )
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}/streams",
-            post(sub_api::add_streams),
-        )
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}/streams/{*path}",
-            axum::routing::delete(sub_api::remove_stream),
-        )
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}/callback",
-            post(sub_api::callback),
-        )
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}/claim",
-            post(sub_api::claim),
-        )
-        .route("/v1/stream/__ds/subscriptions/{id}/ack", post(sub_api::ack))
-        .route(
-            "/v1/stream/__ds/subscriptions/{id}/release",
-            post(sub_api::release),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            forward::to_leader,
-        ));
     Router::new()
-        .merge(subscriptions)
+        .merge(subscriptions::routes(state.clone()))
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))
@@ -223,7 +179,7 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let result = match *req.method() {
-        Method::GET => read::get(state, name, req).await,
+        Method::GET => read_stream(state, name, req).await,
         Method::HEAD => write::head(state, name).await,
         Method::PUT => {
             let subs = Arc::clone(&state.subs);
@@ -246,6 +202,17 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET` on a stream, by live mode: SSE in [`sse`], catch-up and long-poll
+/// in [`read`].
+async fn read_stream(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
+    let query = headers::read_query(req.uri().query())?;
+    match query.live {
+        headers::Live::Sse => sse::serve(state, name, query).await,
+        headers::Live::CatchUp => read::catch_up(state, name, query, req.headers()).await,
+        headers::Live::LongPoll => read::long_poll(state, name, query).await,
+    }
 }
 
 /// The `__ds` prefix is reserved for the subscription APIs; it never names a

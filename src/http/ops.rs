@@ -32,16 +32,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return unready("the server is shutting down");
     }
-    let storage = std::sync::Arc::clone(&state.storage);
-    let probe = move || storage.head(PROBE, now_ms());
-    let answer = if state.storage.may_block() {
-        match tokio::task::spawn_blocking(probe).await {
-            Ok(r) => r,
-            Err(_) => return unready("the storage probe failed"),
-        }
-    } else {
-        probe()
-    };
+    // Through the handle, not `AppState::storage`: a failed probe is not a
+    // storage error to count.
+    let answer = state
+        .storage
+        .run(|s| s.head(PROBE, now_ms()).map(drop))
+        .await;
     match answer {
         Ok(_) | Err(StorageError::NotFound | StorageError::Gone) => {
             ([(header::CACHE_CONTROL, "no-store")], "ready\n").into_response()
@@ -55,7 +51,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(state.storage.stream_count());
+    let body = state.metrics.render(state.storage.backend().stream_count());
     (
         [
             (

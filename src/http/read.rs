@@ -1,16 +1,16 @@
-//! `GET` on a stream: catch-up reads and long-polls (SSE lives in [`super::sse`]).
+//! `GET` on a stream: catch-up reads and long-polls, and the read helpers
+//! SSE ([`super::sse`]) shares. The router picks the live mode.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::headers::{self as h, Live, ReadQuery};
+use super::headers::{self as h, ReadQuery};
 use super::{AppState, finish};
 use crate::cursor::next_cursor;
 use crate::notify::Wake;
@@ -19,16 +19,6 @@ use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 
 /// Cache policy for data that will never change at these offsets.
 const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
-
-/// Dispatches a `GET` by live mode.
-pub async fn get(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
-    let query = h::read_query(req.uri().query())?;
-    match query.live {
-        Live::Sse => super::sse::serve(state, name, query).await,
-        Live::CatchUp => catch_up(state, name, query, req.headers()).await,
-        Live::LongPoll => long_poll(state, name, query).await,
-    }
-}
 
 /// Reads one chunk from storage.
 pub async fn read_chunk(
@@ -96,7 +86,9 @@ fn read_response(status: StatusCode, out: &ReadOutcome) -> axum::http::response:
     b
 }
 
-async fn catch_up(
+/// A catch-up read: one chunk from `query.from`, cacheable and with an
+/// ETag (a `304` when the client has it already).
+pub async fn catch_up(
     state: &AppState,
     name: String,
     query: ReadQuery,
@@ -138,7 +130,13 @@ async fn catch_up(
     finish(b, chunks_body(body_chunks(&out)))
 }
 
-async fn long_poll(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+/// A long-poll: data as soon as there is some after `query.from`, else a
+/// `204` at the timeout, at EOF or at shutdown.
+pub async fn long_poll(
+    state: &AppState,
+    name: String,
+    query: ReadQuery,
+) -> Result<Response, ApiError> {
     // Dropped with this future, also when the client goes away mid-wait.
     let _live = state.metrics.live(crate::metrics::Live::LongPoll);
     let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;

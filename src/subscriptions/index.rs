@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::glob;
-use super::registry::Sub;
+use super::sub::Sub;
 
 /// Which subscriptions care about a stream path, without scanning them all:
 /// exact link paths, and patterns grouped by their literal prefix (the

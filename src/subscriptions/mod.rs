@@ -2,22 +2,24 @@
 //! that wake workers by webhook or pull-wake.
 //!
 //! - [`glob`]: pattern matching and normalized-config hashing (pure).
-//! - [`registry`]: subscription state and the in-memory registry.
+//! - [`sub`]: one subscription's state (configuration, links, wake, retry).
+//! - [`registry`]: the in-memory registry of every subscription.
 //! - [`index`]: which subscriptions link or match a path (exact paths, and
 //!   patterns grouped by literal prefix).
 //! - [`store`]: the layout of that state in the backend's control space.
 //! - [`clock`]: the engine's wall clock and the retry backoff.
 //! - [`signing`]: the Ed25519 webhook key, JWKS, signatures, scoped tokens.
 //! - [`ssrf`]: webhook URL validation.
-//! - [`api`]: the HTTP handlers under `/v1/stream/__ds`.
-//! - [`worker`]: the wake worker (links, wakes, leases, retries).
+//! - [`worker`]: the wake worker (links, wakes, leases, retries), run with
+//!   its own [`worker::Context`]; the HTTP API over the engine lives in the
+//!   HTTP layer, which this engine never imports.
 //! - [`delivery`]: the webhook HTTP(S) client.
 //!
 //! # Durability
 //!
 //! The registry is the working copy. Every change that matters for
 //! correctness (creation, deletion, links, acks, generation bumps, claims,
-//! retry schedules) is written through to [`Storage::control_put`] by
+//! retry schedules) is written through to [`Storage::control_put`](crate::storage::Storage::control_put) by
 //! [`Subscriptions::save`] before the request that made it is answered or
 //! the wake it starts is announced; link tails are hints, re-read from
 //! storage at startup. [`Subscriptions::open`] loads everything back.
@@ -30,7 +32,6 @@
 //! blocks. If the worker falls behind the hint is dropped and a full resync
 //! is scheduled instead.
 
-pub mod api;
 pub mod clock;
 pub mod delivery;
 pub mod glob;
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
+pub mod sub;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -50,8 +52,10 @@ use tokio::sync::mpsc;
 
 use self::clock::Clock;
 use self::delivery::Transport;
-pub use self::registry::{AckError, Config, ConfigConflict, Delivery, Link, Registry, Sub};
-use crate::storage::{Storage, StorageError};
+pub use self::registry::{AckError, ConfigConflict, Registry};
+pub use self::sub::{Config, Delivery, Link, Sub};
+use crate::storage::StorageError;
+use crate::storage::handle::StorageHandle;
 
 /// Capacity of the worker's inbox of stream names.
 const INBOX: usize = 4096;
@@ -62,7 +66,7 @@ pub struct Subscriptions {
     pub registry: Registry,
     pub keys: signing::Keys,
     pub clock: Clock,
-    storage: Arc<dyn Storage>,
+    storage: StorageHandle,
     tx: mpsc::Sender<Msg>,
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
     /// A stream hint was dropped: the worker re-reads every link.
@@ -98,9 +102,9 @@ pub enum Msg {
 impl Subscriptions {
     /// Loads the signing key (creating and storing one on first start) and
     /// every stored subscription. Blocking: call it off the async workers.
-    pub fn open(storage: Arc<dyn Storage>) -> Result<Arc<Self>, StorageError> {
-        let keys = store::load_or_create_key(&*storage)?;
-        let subs = store::load_subs(&*storage)?;
+    pub fn open(storage: StorageHandle) -> Result<Arc<Self>, StorageError> {
+        let keys = store::load_or_create_key(&**storage.backend())?;
+        let subs = store::load_subs(&**storage.backend())?;
         let registry = Registry::default();
         let mut saved = HashMap::new();
         for sub in subs {
@@ -152,7 +156,7 @@ impl Subscriptions {
     /// what the previous leader wrote. Unsaved changes of this node's are
     /// dropped (it did not lead meanwhile, so it made none that count).
     pub async fn reload(&self) -> Result<(), StorageError> {
-        let subs = run_storage(&self.storage, store::load_subs).await?;
+        let subs = self.storage.run(store::load_subs).await?;
         let mut saved = self.saved.lock().await;
         self.dirty.lock().clear();
         self.inflight.lock().clear();
@@ -241,10 +245,10 @@ impl Subscriptions {
         }
         let bytes = store::encode_sub(&sub);
         let key = id.to_string();
-        let put = run_storage(&self.storage, move |s| {
-            s.control_put(store::NS_SUBS, &key, &bytes)
-        })
-        .await;
+        let put = self
+            .storage
+            .run(move |s| s.control_put(store::NS_SUBS, &key, &bytes))
+            .await;
         if put.is_err() {
             // The working copy is ahead of the store: the tick tries again.
             self.mark_dirty(id);
@@ -263,22 +267,8 @@ impl Subscriptions {
         self.inflight.lock().remove(id);
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
+    /// The handle the engine reaches its backend through.
+    pub fn storage(&self) -> &StorageHandle {
         &self.storage
     }
-}
-
-/// Runs a storage call on a blocking thread when the backend may block.
-pub async fn run_storage<T, F>(storage: &Arc<dyn Storage>, f: F) -> Result<T, StorageError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
-{
-    if !storage.may_block() {
-        return f(&**storage);
-    }
-    let storage = Arc::clone(storage);
-    tokio::task::spawn_blocking(move || f(&*storage))
-        .await
-        .map_err(|e| StorageError::Unavailable(format!("storage task failed: {e}")))?
 }

@@ -14,8 +14,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 
-use super::registry::Sub;
 use super::signing::Keys;
+use super::sub::Sub;
 use crate::storage::{Storage, StorageError};
 
 /// Namespace of subscription records.
@@ -107,7 +107,7 @@ mod tests {
 
     use super::*;
     use crate::offset::Offset;
-    use crate::subscriptions::registry::{Config, Delivery, Link, Retry, WakeState};
+    use crate::subscriptions::sub::{Config, Delivery, Link, Retry, WakeState};
 
     #[test]
     fn subscription_records_round_trip() {

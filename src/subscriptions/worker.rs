@@ -9,47 +9,60 @@
 //! delays nothing else.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::clock::{backoff, jitter};
-use super::registry::{Delivery, Link, Retry, Sub};
-use super::{Msg, run_storage};
-use crate::http::AppState;
+use super::sub::{Delivery, Link, Retry, Sub};
+use super::{Msg, Subscriptions};
 use crate::offset::Offset;
 use crate::storage::{AppendRequest, StorageError, now_ms};
 
 /// How often leases, due retries and dirty records are looked at.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// What the worker runs with: the engine (which reaches storage through its
+/// [`StorageHandle`](crate::storage::handle::StorageHandle)) and the
+/// server's shutdown signal. Built by the server from its state.
+#[derive(Clone)]
+pub struct Context {
+    pub subs: Arc<Subscriptions>,
+    /// Cancelled when the server shuts down: the worker and every webhook
+    /// delivery waiting for its retry stop.
+    pub shutdown: CancellationToken,
+}
+
 /// Starts the worker (once per engine).
-pub fn spawn(state: AppState) {
-    let Some(mut rx) = state.subs.take_receiver() else {
+pub fn spawn(ctx: impl Into<Context>) {
+    let ctx: Context = ctx.into();
+    let Some(mut rx) = ctx.subs.take_receiver() else {
         return;
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         loop {
             let msg = tokio::select! {
-                _ = state.shutdown.cancelled() => return,
+                _ = ctx.shutdown.cancelled() => return,
                 msg = rx.recv() => match msg {
                     None => return,
                     Some(m) => Some(m),
                 },
                 _ = tick.tick() => None,
             };
-            if !leads(&state).await {
+            if !leads(&ctx).await {
                 continue;
             }
             let ids = match msg {
                 Some(Msg::Sub(id)) => vec![id],
-                Some(Msg::Stream(path)) => on_stream_change(&state, &path).await,
-                None => on_tick(&state).await,
+                Some(Msg::Stream(path)) => on_stream_change(&ctx, &path).await,
+                None => on_tick(&ctx).await,
             };
             for id in ids {
-                maybe_wake(&state, &id).await;
+                maybe_wake(&ctx, &id).await;
             }
         }
     });
@@ -58,14 +71,14 @@ pub fn spawn(state: AppState) {
 /// True when this node runs the engine: always on a store of its own; on a
 /// shared store only while it leads, with the registry reloaded once per
 /// leadership term (another leader may have changed everything meanwhile).
-async fn leads(state: &AppState) -> bool {
-    let Some(cluster) = state.storage.cluster() else {
+async fn leads(ctx: &Context) -> bool {
+    let Some(cluster) = ctx.subs.storage().backend().cluster() else {
         return true;
     };
     let Some(term) = cluster.leadership() else {
         return false;
     };
-    match state.subs.adopt_term(term).await {
+    match ctx.subs.adopt_term(term).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "cannot load subscriptions after gaining leadership");
@@ -78,9 +91,9 @@ async fn leads(state: &AppState) -> bool {
 /// `None` when it does not exist (deleted, expired, never created).
 type Seen = Option<(u64, Offset)>;
 
-async fn head(state: &AppState, path: &str) -> Result<Seen, StorageError> {
+async fn head(ctx: &Context, path: &str) -> Result<Seen, StorageError> {
     let p = path.to_string();
-    match run_storage(&state.storage, move |s| s.head(&p, now_ms())).await {
+    match ctx.subs.storage().run(move |s| s.head(&p, now_ms())).await {
         Ok(info) => Ok(Some((info.id, info.tail))),
         Err(StorageError::NotFound | StorageError::Gone) => Ok(None),
         Err(e) => Err(e),
@@ -136,12 +149,12 @@ pub fn apply(s: &mut Sub, path: &str, seen: Seen) -> bool {
     before != s.links().get(path).map(|l| (l.acked, l.incarnation))
 }
 
-async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
-    let ids = state.subs.registry.interested(path);
+async fn on_stream_change(ctx: &Context, path: &str) -> Vec<String> {
+    let ids = ctx.subs.registry.interested(path);
     if ids.is_empty() {
         return ids;
     }
-    let seen = match head(state, path).await {
+    let seen = match head(ctx, path).await {
         Ok(seen) => seen,
         Err(e) => {
             tracing::warn!(stream = path, error = %e, "cannot read a linked stream");
@@ -149,8 +162,8 @@ async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
         }
     };
     for id in &ids {
-        if state.subs.registry.update(id, |s| apply(s, path, seen)) == Some(true) {
-            state.subs.mark_dirty(id);
+        if ctx.subs.registry.update(id, |s| apply(s, path, seen)) == Some(true) {
+            ctx.subs.mark_dirty(id);
         }
     }
     ids
@@ -159,16 +172,16 @@ async fn on_stream_change(state: &AppState, path: &str) -> Vec<String> {
 /// Re-reads every link (and every pattern match) from the stream listing:
 /// at startup (writes, deletes, expiry and imports while stopped) and after
 /// hints were dropped.
-async fn resync(state: &AppState) -> Result<(), StorageError> {
-    let listed = run_storage(&state.storage, |s| s.list_streams()).await?;
+async fn resync(ctx: &Context) -> Result<(), StorageError> {
+    let listed = ctx.subs.storage().run(|s| s.list_streams()).await?;
     let now = now_ms();
     let live: HashMap<String, (u64, Offset)> = listed
         .into_iter()
         .filter(|(_, m)| !m.is_hidden(now))
         .map(|(n, m)| (n, (m.id, m.tail)))
         .collect();
-    for id in state.subs.registry.live_ids() {
-        let changed = state.subs.registry.update(&id, |s| {
+    for id in ctx.subs.registry.live_ids() {
+        let changed = ctx.subs.registry.update(&id, |s| {
             let mut changed = false;
             let linked: Vec<String> = s.links().keys().cloned().collect();
             for path in linked {
@@ -184,16 +197,16 @@ async fn resync(state: &AppState) -> Result<(), StorageError> {
             changed
         });
         if changed == Some(true) {
-            state.subs.mark_dirty(&id);
+            ctx.subs.mark_dirty(&id);
         }
     }
     Ok(())
 }
 
-async fn on_tick(state: &AppState) -> Vec<String> {
-    let subs = &state.subs;
+async fn on_tick(ctx: &Context) -> Vec<String> {
+    let subs = &ctx.subs;
     if subs.take_lagged()
-        && let Err(e) = resync(state).await
+        && let Err(e) = resync(ctx).await
     {
         tracing::warn!(error = %e, "cannot resync subscription links; will retry");
         subs.set_lagged();
@@ -228,7 +241,7 @@ async fn on_tick(state: &AppState) -> Vec<String> {
             subs.mark_dirty(&id);
         }
         if due {
-            spawn_delivery(state, &id);
+            spawn_delivery(ctx, &id);
         }
         if pending && (expired || idle) {
             wake.push(id);
@@ -238,8 +251,8 @@ async fn on_tick(state: &AppState) -> Vec<String> {
 }
 
 /// Starts a wake for `id` if it has pending streams and none outstanding.
-async fn maybe_wake(state: &AppState, id: &str) {
-    let subs = &state.subs;
+async fn maybe_wake(ctx: &Context, id: &str) {
+    let subs = &ctx.subs;
     let now = subs.clock.now_ms();
     let started = subs.registry.update(id, |s| {
         if s.wake.is_some() || !s.pending() {
@@ -266,7 +279,7 @@ async fn maybe_wake(state: &AppState, id: &str) {
         tracing::warn!(subscription = id, error = %e, "cannot save a new wake");
     }
     match delivery {
-        Delivery::Webhook { .. } => spawn_delivery(state, id),
+        Delivery::Webhook { .. } => spawn_delivery(ctx, id),
         Delivery::PullWake { wake_stream } => {
             let first_pending = streams
                 .as_array()
@@ -283,16 +296,10 @@ async fn maybe_wake(state: &AppState, id: &str) {
                 "streams": streams,
             })
             .to_string();
-            let req = AppendRequest {
-                content_type: Some("application/json".into()),
-                body: Bytes::from(event),
-                close: false,
-                stream_seq: None,
-                producer: None,
-                now: now_ms(),
-            };
-            if let Err(e) = run_storage(&state.storage, move |s| s.append(&wake_stream, req)).await
-            {
+            let req = AppendRequest::new(Some("application/json"), event, now_ms());
+            // Through the handle: staged like any client append when the
+            // backend can.
+            if let Err(e) = subs.storage().append(wake_stream, req).await {
                 tracing::warn!(subscription = id, error = %e, "could not append to wake stream");
             }
         }
@@ -304,23 +311,23 @@ pub fn token_exp(lease_ttl_ms: u64) -> u64 {
     now_ms() + (lease_ttl_ms * 10).max(10 * 60 * 1000)
 }
 
-fn spawn_delivery(state: &AppState, id: &str) {
-    if !state.subs.start_delivery(id) {
+fn spawn_delivery(ctx: &Context, id: &str) {
+    if !ctx.subs.start_delivery(id) {
         return;
     }
-    let state = state.clone();
+    let ctx = ctx.clone();
     let id = id.to_string();
     tokio::spawn(async move {
-        deliver(&state, &id).await;
-        state.subs.end_delivery(&id);
+        deliver(&ctx, &id).await;
+        ctx.subs.end_delivery(&id);
     });
 }
 
 /// Delivers the outstanding webhook wake of `id`, following its retry
 /// schedule, until a delivery succeeds or the wake is no longer current.
 /// `{"done": true}` in the answer acks the wake's snapshot.
-async fn deliver(state: &AppState, id: &str) {
-    let subs = &state.subs;
+async fn deliver(ctx: &Context, id: &str) {
+    let subs = &ctx.subs;
     loop {
         let plan = subs.registry.with(id, |s| {
             let Delivery::Webhook { url } = &s.config.delivery else {
@@ -348,7 +355,7 @@ async fn deliver(state: &AppState, id: &str) {
         if at > subs.clock.now_ms() {
             tokio::select! {
                 _ = tokio::time::sleep_until(subs.clock.instant_at(at)) => {}
-                _ = state.shutdown.cancelled() => return,
+                _ = ctx.shutdown.cancelled() => return,
             }
             // Re-read: the wake may have been acked, deleted or replaced.
             continue;
@@ -419,7 +426,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::subscriptions::registry::Config;
+    use crate::subscriptions::sub::Config;
 
     fn sub(pattern: Option<&str>) -> Sub {
         let config = Config {

@@ -1,22 +1,52 @@
-//! HTTP handlers under `/v1/stream/__ds`. Every handler that changes a
-//! subscription saves it ([`Subscriptions::save`]) before answering, so what
-//! a client was told survives a crash.
+//! The subscription APIs under `/v1/stream/__ds` (PROTOCOL.md §6–7): thin
+//! handlers over the [subscription engine](crate::subscriptions). Every
+//! handler that changes a subscription saves it ([`Subscriptions::save`])
+//! before answering, so what a client was told survives a crash.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::worker::token_exp;
-use super::{AckError, Config, Delivery, Link, Sub, Subscriptions, ssrf};
-use crate::http::AppState;
+use super::{AppState, forward};
 use crate::offset::Offset;
 use crate::storage::{StorageError, now_ms};
+use crate::subscriptions::worker::{self, token_exp};
+use crate::subscriptions::{AckError, Config, ConfigConflict, Delivery, Link, Sub, Subscriptions};
+use crate::subscriptions::{glob, ssrf};
+
+/// The subscription routes. The engine runs on one node of a shared store:
+/// the others forward these routes to it ([`forward::to_leader`]).
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/stream/__ds/jwks.json", get(jwks))
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}",
+            get(get_one).put(put).delete(delete),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/streams",
+            post(add_streams),
+        )
+        .route(
+            "/v1/stream/__ds/subscriptions/{id}/streams/{*path}",
+            axum::routing::delete(remove_stream),
+        )
+        .route("/v1/stream/__ds/subscriptions/{id}/callback", post(ack))
+        .route("/v1/stream/__ds/subscriptions/{id}/claim", post(claim))
+        .route("/v1/stream/__ds/subscriptions/{id}/ack", post(ack))
+        .route("/v1/stream/__ds/subscriptions/{id}/release", post(release))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            forward::to_leader,
+        ))
+}
 
 /// Longest subscription id accepted, in bytes.
 const MAX_ID_BYTES: usize = 256;
@@ -254,7 +284,7 @@ pub async fn put(
             .map_err(|e| SubError::new(e.status, e.code, e.detail))?;
         let now = now_ms();
         for (name, meta) in listed {
-            if super::glob::matches(pattern, &name) && !meta.is_hidden(now) {
+            if glob::matches(pattern, &name) && !meta.is_hidden(now) {
                 links.insert(name, Link::new(false, meta.tail, meta.id));
             }
         }
@@ -274,7 +304,7 @@ pub async fn put(
     let status = match s.registry.put(sub) {
         Ok(true) => StatusCode::CREATED,
         Ok(false) => StatusCode::OK,
-        Err(super::ConfigConflict) => {
+        Err(ConfigConflict) => {
             return Err(SubError::new(
                 StatusCode::CONFLICT,
                 "SUBSCRIPTION_EXISTS",
@@ -290,7 +320,7 @@ pub async fn put(
     Ok((status, Json(body)).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Res {
+pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Res {
     let s = subs(&state);
     let body = s
         .registry
@@ -449,15 +479,9 @@ fn fenced() -> SubError {
     )
 }
 
-pub async fn callback(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Res {
-    apply_ack(&state, &id, &headers, &body).await
-}
-
+/// `POST …/{id}/callback` (a webhook receiver's answer) and `POST
+/// …/{id}/ack` (a pull-wake worker's): the same fenced ack, see
+/// [`apply_ack`].
 pub async fn ack(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -476,7 +500,7 @@ async fn refresh(state: &AppState, id: &str) -> Option<()> {
         let seen = tail_of(state, &p).await;
         subs(state)
             .registry
-            .update(id, |s| super::worker::apply(s, &p, seen));
+            .update(id, |s| worker::apply(s, &p, seen));
     }
     Some(())
 }
