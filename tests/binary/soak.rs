@@ -8,7 +8,7 @@
 //! (the last third of the run is not above the first third by more than a
 //! small allowance), and no descriptor leak once the clients stop.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,10 +4,9 @@
 //! encrypted. Runs its own PostgreSQL server (`pg::OwnServer`), so turning
 //! TLS on touches no other test.
 
-mod common;
+use crate::common;
 
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common::pg;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use durable_streams::storage::Storage;
 use durable_streams::storage::postgres::PgStorage;
 
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common::pg;
 
 /// How long leadership may take to settle (nodes poll every 500 ms).
 const SETTLE: Duration = Duration::from_secs(10);

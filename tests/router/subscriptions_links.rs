@@ -12,14 +12,12 @@ use serde_json::{Value, json};
 use durable_streams::config::{ServerConfig, SyncMode};
 use durable_streams::http::AppState;
 use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
 use durable_streams::storage::file::FileStorage;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::{CreateRequest, Expiry, Storage, now_ms};
 use durable_streams::subscriptions::worker;
 
-#[path = "common/json_api.rs"]
-mod json_api;
+use crate::common::json_api;
 
 /// Calls without a token.
 async fn call(app: &Router, method: &str, uri: &str, body: Value) -> (u16, Value) {
@@ -30,8 +28,8 @@ const SUBS: &str = "/v1/stream/__ds/subscriptions";
 const ZERO: &str = "0000000000000000_0000000000000000";
 
 fn app_over(storage: Arc<dyn Storage>, hub: Arc<WakeHub>) -> (Router, AppState) {
-    let st = state(ServerConfig::default(), storage, hub);
-    (durable_streams::http::router(st.clone()), st)
+    let st = crate::common::router::state_over(ServerConfig::default(), storage, hub);
+    (crate::common::router::router(&st), st)
 }
 
 /// The subscription's links by path.

@@ -2,7 +2,7 @@
 //! with a self-signed certificate is trusted only through
 //! `webhook_ca_file`; the delivery is signed and its `{"done": true}` acks.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -6,8 +6,6 @@
 //! and one through the router alone, and compare every answer: status, body
 //! and every header except the few that legitimately differ per call.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, Response};
@@ -16,21 +14,14 @@ use tower::ServiceExt;
 
 use durable_streams::config::{AuthConfig, Secret, ServerConfig};
 use durable_streams::http::front::Front;
-use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
-use durable_streams::storage::memory::MemoryStorage;
+
+use crate::common::router::memory_state as app_state;
 
 /// Headers whose value depends on the moment of the call, not on the path,
 /// and `content-length`, which the router's body-mapping layers set from
 /// the body's size while the fast path leaves it to hyper, which writes the
 /// same value on the wire (checked against the body in [`summary`]).
 const VOLATILE: &[&str] = &["date", "stream-cursor", "content-length"];
-
-fn app_state(config: ServerConfig) -> durable_streams::http::AppState {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    state(config, storage, hub)
-}
 
 /// One request of the script: method, path, headers, body.
 type Step = (

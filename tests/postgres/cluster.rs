@@ -22,9 +22,8 @@
 //! PostgreSQL the tests fail, never skip. Node logs go to
 //! `target/tmp/postgres_cluster/`.
 
-mod common;
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common;
+use crate::common::pg;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -1,8 +1,7 @@
 //! The PostgreSQL test harness itself (tests/common/pg.rs over scripts/pg.sh):
 //! fresh databases exist, are empty and distinct, and survive a restart.
 
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common::pg;
 
 #[test]
 fn with_database_replaces_only_the_path() {

@@ -5,7 +5,7 @@
 //! pending webhook retry, which is delivered after the restart with the same
 //! wake id and generation.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

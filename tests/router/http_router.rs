@@ -5,50 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
 
 use durable_streams::config::ServerConfig;
 use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
 use durable_streams::storage::memory::MemoryStorage;
 
-fn app_with(config: ServerConfig) -> Router {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    durable_streams::http::router(state(config, storage, hub))
-}
-
-fn app() -> Router {
-    app_with(ServerConfig {
-        long_poll_timeout: Duration::from_secs(5),
-        ..ServerConfig::default()
-    })
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Response<Body> {
-    app.clone()
-        .oneshot(req)
-        .await
-        .expect("router is infallible")
-}
-
-fn req(method: &str, uri: &str) -> axum::http::request::Builder {
-    Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "localhost:4437")
-}
-
-async fn body(res: Response<Body>) -> Bytes {
-    res.into_body().collect().await.unwrap().to_bytes()
-}
-
-fn header<'a>(res: &'a Response<Body>, name: &str) -> Option<&'a str> {
-    res.headers().get(name).and_then(|v| v.to_str().ok())
-}
+use crate::common::router::{app, app_with, body, header, req, send};
 
 async fn put(app: &Router, path: &str, ct: &str, data: &str) -> Response<Body> {
     send(
@@ -567,7 +531,7 @@ async fn caught_up_sse_subscribers_do_not_reread_storage() {
         inner: MemoryStorage::new(Arc::clone(&hub)),
         reads: Default::default(),
     });
-    let app = durable_streams::http::router(state(
+    let app = crate::common::router::router(&crate::common::router::state_over(
         ServerConfig::default(),
         Arc::clone(&storage) as _,
         hub,

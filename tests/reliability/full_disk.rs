@@ -7,7 +7,7 @@
 //! Mounting needs root (CI runs as root). Where it is impossible the test
 //! prints why and returns; it never passes silently.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

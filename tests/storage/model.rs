@@ -97,8 +97,7 @@ fn expiry(rng: &mut StdRng, now: u64) -> Option<Expiry> {
     }
 }
 
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common::pg;
 
 /// Opens the store under test on its (persistent) location: a directory, a
 /// database. Calling it again after dropping the previous instance is a

@@ -15,13 +15,11 @@ use tokio::time::Instant;
 use durable_streams::config::ServerConfig;
 use durable_streams::http::AppState;
 use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::subscriptions::delivery::{PostFuture, Transport};
 use durable_streams::subscriptions::worker;
 
-#[path = "common/json_api.rs"]
-mod json_api;
+use crate::common::json_api;
 use json_api::call;
 
 const SUBS: &str = "/v1/stream/__ds/subscriptions";
@@ -44,16 +42,14 @@ impl Transport for Fake {
 fn app(
     answer: impl Fn(usize) -> Result<Value, String> + Send + Sync + 'static,
 ) -> (Router, AppState, Arc<Fake>) {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    let st = state(ServerConfig::default(), storage, hub);
+    let st = crate::common::router::memory_state(ServerConfig::default());
     let fake = Arc::new(Fake {
         attempts: Mutex::new(Vec::new()),
         answer: Box::new(answer),
     });
     st.subs.set_transport(fake.clone());
     worker::spawn(st.clone());
-    (durable_streams::http::router(st.clone()), st, fake)
+    (crate::common::router::router(&st), st, fake)
 }
 
 async fn webhook_sub(app: &Router, lease_ttl_ms: u64) {
@@ -298,7 +294,7 @@ async fn a_stored_retry_schedule_is_resumed_not_restarted() {
         .unwrap();
 
     // "Restart": load it and run the worker against a receiver still down.
-    let st = state(ServerConfig::default(), storage, hub);
+    let st = crate::common::router::state_over(ServerConfig::default(), storage, hub);
     let fake = Arc::new(Fake {
         attempts: Mutex::new(Vec::new()),
         answer: Box::new(|_| Err("still down".into())),

@@ -7,7 +7,7 @@
 //! it again on the same directory and checks every byte, offset, closure
 //! flag and fork read, and that a retried producer append answers 204.
 
-mod common;
+use crate::common;
 
 use common::Reply as Response;
 

@@ -5,7 +5,7 @@
 //! connection; the server stays up and writes nothing outside its data
 //! directory.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -13,8 +13,7 @@ use durable_streams::storage::file::FileStorage;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::{CreateRequest, Storage};
 
-#[path = "common/pg.rs"]
-mod pg;
+use crate::common::pg;
 
 fn file(dir: &Path) -> Box<dyn Storage> {
     Box::new(

@@ -2,7 +2,7 @@
 //! command line of the Dockerfile's CMD with the config file it bakes in, then
 //! its HEALTHCHECK command against that server.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -15,7 +15,6 @@
 //! form; `scripts/reliability.sh` raises it); `DS_SEED` changes the seed.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -514,16 +513,12 @@ fn fuzz_http_router_never_fails_with_5xx() {
         .enable_all()
         .build()
         .unwrap();
-    let hub = WakeHub::new();
-    let storage = Arc::new(durable_streams::storage::memory::MemoryStorage::new(
-        Arc::clone(&hub),
-    ));
     let config = ServerConfig {
         long_poll_timeout: Duration::from_millis(5),
         sse_reconnect: Duration::from_millis(5),
         ..ServerConfig::default()
     };
-    let app = durable_streams::http::router(durable_streams::server::state(config, storage, hub));
+    let app = crate::common::router::app_with(config);
     let setup = [
         ("p", "text/plain", &b"abc"[..]),
         ("j", "application/json", b"[1,2]"),

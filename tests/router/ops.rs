@@ -1,32 +1,18 @@
 //! Operations surface through the router (`oneshot`, no socket): health,
 //! readiness, metrics and the live-connection gauges.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 use durable_streams::config::ServerConfig;
-use durable_streams::http::AppState;
 use durable_streams::metrics::Live;
-use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
-use durable_streams::storage::memory::MemoryStorage;
 
-fn app_state(config: ServerConfig) -> AppState {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    state(config, storage, hub)
-}
+use crate::common::router::{self, memory_state as app_state, router as app, text};
 
-fn app(st: &AppState) -> Router {
-    durable_streams::http::router(st.clone())
-}
-
+/// A request with an optional content type and a text body.
 async fn send(
     app: &Router,
     method: &str,
@@ -38,15 +24,7 @@ async fn send(
     if let Some(ct) = ct {
         b = b.header("content-type", ct);
     }
-    app.clone()
-        .oneshot(b.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap()
-}
-
-async fn text(res: Response<Body>) -> String {
-    let b: Bytes = res.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(b.to_vec()).unwrap()
+    router::send(app, b.body(Body::from(body.to_string())).unwrap()).await
 }
 
 async fn metrics(app: &Router) -> String {

@@ -6,7 +6,7 @@
 //! Server memory and descriptors are read from `/proc/PID/status` and
 //! `/proc/PID/fd`; the timeouts are shortened through `DS_*` variables.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,26 +1,19 @@
 //! Bearer-token auth through the router (`oneshot`, no socket).
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use durable_streams::config::{AuthConfig, Secret, ServerConfig};
-use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
-use durable_streams::storage::memory::MemoryStorage;
+
+use crate::common::router::{self, problem_code};
 
 fn app(auth: AuthConfig) -> Router {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    let config = ServerConfig {
+    router::app_with(ServerConfig {
         auth,
         ..ServerConfig::default()
-    };
-    durable_streams::http::router(state(config, storage, hub))
+    })
 }
 
 fn enabled(public_reads: bool) -> AuthConfig {
@@ -33,6 +26,7 @@ fn enabled(public_reads: bool) -> AuthConfig {
     }
 }
 
+/// A `text/plain` request with body `x`, with `token` as a bearer token.
 async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Response<Body> {
     let mut b = Request::builder()
         .method(method)
@@ -41,17 +35,7 @@ async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Res
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }
-    app.clone()
-        .oneshot(b.body(Body::from("x")).unwrap())
-        .await
-        .unwrap()
-}
-
-async fn problem_code(res: Response<Body>) -> String {
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["code"].as_str().unwrap().to_string()
+    router::send(app, b.body(Body::from("x")).unwrap()).await
 }
 
 fn challenge(res: &Response<Body>) -> &str {

@@ -1,6 +1,6 @@
 //! The real binary: its start-up contract and a clean shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! HEAD, malformed framing, the idle timeout; and the hyper engine still
 //! serving when chosen.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -2,8 +2,6 @@
 //! threshold, never SSE or long-poll.
 
 use std::io::Read;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,20 +9,7 @@ use axum::http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use durable_streams::config::ServerConfig;
-use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
-use durable_streams::storage::memory::MemoryStorage;
-
-fn app() -> Router {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    let config = ServerConfig {
-        long_poll_timeout: Duration::from_secs(5),
-        ..ServerConfig::default()
-    };
-    durable_streams::http::router(state(config, storage, hub))
-}
+use crate::common::router::app;
 
 /// 8 KiB of compressible text.
 fn big() -> String {

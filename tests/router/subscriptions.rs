@@ -2,8 +2,6 @@
 //! socket, no wake worker): lifecycle, membership, SSRF rejection, the JWKS,
 //! and pull-wake claim / ack fencing with scoped tokens.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -12,22 +10,16 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use durable_streams::config::ServerConfig;
-use durable_streams::notify::WakeHub;
-use durable_streams::server::state;
-use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::subscriptions::signing::verify_with_jwks;
 
-#[path = "common/json_api.rs"]
-mod json_api;
+use crate::common::json_api;
 use json_api::call;
 
 const SUBS: &str = "/v1/stream/__ds/subscriptions";
 
 fn app() -> (Router, durable_streams::http::AppState) {
-    let hub = WakeHub::new();
-    let storage = Arc::new(MemoryStorage::new(Arc::clone(&hub)));
-    let st = state(ServerConfig::default(), storage, hub);
-    (durable_streams::http::router(st.clone()), st)
+    let st = crate::common::router::memory_state(ServerConfig::default());
+    (crate::common::router::router(&st), st)
 }
 
 #[tokio::test]
