@@ -605,6 +605,8 @@ fn cross_node_live_reads() {
     const BURST: usize = 5;
     let test = "cross_node_live_reads";
     let started = Instant::now();
+    // The shared server: not while harness.rs restarts it.
+    let _shared = pg::shared();
     let db = pg::fresh_database(test);
     let a = Node::start(&db, test, "A");
     let b = Node::start(&db, test, "B");
@@ -699,6 +701,8 @@ fn node_killed_mid_producer_appends() {
     const EACH: u64 = 100;
     let test = "node_killed_mid_producer_appends";
     let started = Instant::now();
+    // The shared server: not while harness.rs restarts it.
+    let _shared = pg::shared();
     let db = pg::fresh_database(test);
     let a = Node::start(&db, test, "A");
     let b = Node::start(&db, test, "B");

@@ -16,9 +16,11 @@ fn with_database_replaces_only_the_path() {
     assert_eq!(pg::with_database("postgres://h:1", "x"), "postgres://h:1/x");
 }
 
-// One test, so the restart cannot cut another test's connection.
+// One test, holding `pg::outage`, so the restart cannot cut another test's
+// connection (the tests of this binary on the shared server hold `pg::shared`).
 #[test]
 fn fresh_databases_are_empty_distinct_and_survive_a_restart() {
+    let _outage = pg::outage();
     let a = pg::fresh_database("harness");
     let b = pg::fresh_database("harness");
     assert_ne!(a, b);
