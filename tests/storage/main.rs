@@ -12,4 +12,3 @@ mod cluster;
 mod control;
 mod fuzz;
 mod model;
-mod model_file;
