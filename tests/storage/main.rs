@@ -11,4 +11,5 @@ mod backup;
 mod cluster;
 mod control;
 mod fuzz;
+mod golden;
 mod model;
