@@ -82,17 +82,9 @@ fn tls_receiver() -> (String, String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
     (url, ck.cert.pem(), seen)
 }
 
+/// Calls without a token.
 fn call(s: &common::Server, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let r = s.request(method, path, &[("Content-Type", "application/json")], &body);
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    s.call_json(method, path, None, body)
 }
 
 /// Creates a webhook subscription to `url` over `e/a` and appends to it.

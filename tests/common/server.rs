@@ -100,6 +100,33 @@ impl Server {
     ) -> Reply {
         request(&self.addr, method, path, headers, body)
     }
+
+    /// A JSON API call: `body` as `application/json` (none when `Null`),
+    /// with `token` as a bearer token; the status and the JSON answer
+    /// (`Null` when not JSON).
+    pub fn call_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let r = self.request(method, path, &headers, &body);
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
 }
 
 impl Drop for Server {

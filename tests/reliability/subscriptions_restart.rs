@@ -94,21 +94,7 @@ fn call(
     token: Option<&str>,
     body: Value,
 ) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let r = s.request(method, path, &headers, &body);
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    s.call_json(method, path, token, body)
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
