@@ -6,7 +6,8 @@
 //! * [`router`]: the axum router in-process over the memory backend, driven
 //!   with `oneshot` (no socket);
 //! * [`json_api`]: JSON API calls through the router;
-//! * [`pg`]: the PostgreSQL server and fresh databases for postgres tests.
+//! * [`pg`]: the PostgreSQL server and fresh databases for postgres tests;
+//! * [`stores`]: file and acid stores opened the usual way.
 //!
 //! Each binary uses only part of this, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -15,6 +16,7 @@ pub mod json_api;
 pub mod pg;
 pub mod router;
 pub mod server;
+pub mod stores;
 
 #[allow(unused_imports)] // each binary uses a part
 pub use server::{Reply, Server, parse, request, try_request};

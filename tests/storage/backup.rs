@@ -5,36 +5,19 @@
 //! `export`, `import` and `list`.
 
 use std::io::Cursor;
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use bytes::Bytes;
 use durable_streams::backup::{self, BackupError, Existing};
-use durable_streams::config::SyncMode;
 use durable_streams::notify::WakeHub;
 use durable_streams::offset::{Offset, ReadFrom};
-use durable_streams::storage::acid::AcidStorage;
-use durable_streams::storage::file::FileStorage;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::{
     AppendOutcome, AppendRequest, CreateRequest, Expiry, ForkSpec, ProducerHeaders, ReadRequest,
     Storage, StorageError, StreamMeta, now_ms,
 };
 
-fn open_file(dir: &Path) -> FileStorage {
-    FileStorage::open(
-        dir,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        WakeHub::new(),
-    )
-    .expect("open file store")
-}
-
-fn open_acid(dir: &Path) -> AcidStorage {
-    AcidStorage::open(dir, WakeHub::new()).expect("open acid store")
-}
+use crate::common::stores::{acid as open_acid, file as open_file};
 
 fn create(s: &dyn Storage, name: &str, ct: &str, body: &str, expiry: Option<Expiry>) {
     s.create(

@@ -15,14 +15,10 @@ mod script;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use durable_streams::backup::{self, Existing};
-use durable_streams::config::SyncMode;
 use durable_streams::notify::WakeHub;
 use durable_streams::offset::{Offset, ReadFrom};
-use durable_streams::storage::acid::AcidStorage;
-use durable_streams::storage::file::FileStorage;
 use durable_streams::storage::memory::MemoryStorage;
 use durable_streams::storage::model::ProducerState;
 use durable_streams::storage::{
@@ -90,20 +86,7 @@ fn copy_of(set: &str, what: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, dst)
 }
 
-fn open_file(dir: &Path) -> FileStorage {
-    FileStorage::open(
-        dir,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        WakeHub::new(),
-    )
-    .unwrap_or_else(|e| panic!("cannot open the file store {}: {e}", dir.display()))
-}
-
-fn open_acid(dir: &Path) -> AcidStorage {
-    AcidStorage::open(dir, WakeHub::new())
-        .unwrap_or_else(|e| panic!("cannot open the acid store {}: {e}", dir.display()))
-}
+use crate::common::stores::{acid as open_acid, file as open_file};
 
 fn read_all(s: &dyn Storage, name: &str, from: ReadFrom) -> (Vec<u8>, Offset) {
     let out = s

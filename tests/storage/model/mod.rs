@@ -19,12 +19,8 @@
 mod concurrent;
 mod history;
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use durable_streams::config::SyncMode;
-use durable_streams::notify::WakeHub;
 use durable_streams::storage::Storage;
 use durable_streams::storage::acid::AcidStorage;
 use durable_streams::storage::file::FileStorage;
@@ -77,19 +73,7 @@ impl Subject for PgStorage {
 /// (postgres only).
 pub type Open<'a> = &'a dyn Fn() -> Box<dyn Subject>;
 
-fn file_store(dir: &Path) -> FileStorage {
-    FileStorage::open(
-        dir,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        WakeHub::new(),
-    )
-    .expect("open file store")
-}
-
-fn acid_store(dir: &Path) -> AcidStorage {
-    AcidStorage::open(dir, WakeHub::new()).expect("open acid store")
-}
+use crate::common::stores::{acid as acid_store, file as file_store};
 
 /// The number in environment variable `var`, else `default`.
 fn env_or(var: &str, default: u64) -> u64 {
