@@ -60,13 +60,13 @@ run() {
     | sed 's/^/  /' | tee -a "$summary"
 }
 
-run crash cargo test --locked --test crash -- --nocapture --test-threads 1
+run crash cargo test --locked --test reliability crash:: -- --nocapture --test-threads 1
 run faults cargo test --locked --lib storage::file::fault_tests -- --nocapture
-run full-disk cargo test --locked --test full_disk -- --nocapture --test-threads 1
-run hostile-requests cargo test --locked --test hostile -- --nocapture
-run hostile-clients cargo test --locked --test hostile_clients -- --nocapture --test-threads 1
-run fuzz cargo test --locked --test fuzz -- --nocapture
-run soak cargo test --locked --test soak -- --nocapture
+run full-disk cargo test --locked --test reliability full_disk:: -- --nocapture --test-threads 1
+run hostile-requests cargo test --locked --test binary hostile:: -- --nocapture
+run hostile-clients cargo test --locked --test binary hostile_clients:: -- --nocapture --test-threads 1
+run fuzz cargo test --locked --test storage fuzz:: -- --nocapture
+run soak cargo test --locked --test binary soak:: -- --nocapture
 
 echo "reliability: $passed suites passed, $failed failed" | tee -a "$summary"
 echo "summary: $summary"

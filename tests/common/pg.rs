@@ -2,15 +2,9 @@
 //! `scripts/pg.sh` runs (installing and starting it on first use), or the one
 //! `DS_TEST_DATABASE_URL` names (`scripts/test.sh` exports it). Every test gets
 //! a fresh database ([`fresh_database`]), and [`node`] opens a storage node
-//! on it. Include it with
-//!
-//! ```ignore
-//! #[path = "common/pg.rs"]
-//! mod pg;
-//! ```
+//! on it. Reached as `crate::common::pg` from every test binary.
 //!
 //! Nothing here skips a test when PostgreSQL is missing: it panics and says why.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -144,8 +138,25 @@ pub fn psql(url: &str, sql: &str) -> String {
 
 // The wrappers below control the server of `scripts/pg.sh` (the one test.sh
 // exports too), not an arbitrary DS_TEST_DATABASE_URL. They stop the server
-// every test of the process shares: an outage test belongs in its own test
-// binary (cargo runs test binaries one after another).
+// every test of the process shares: a test that calls them holds
+// [`outage`] for its duration, and every other test of its binary that uses
+// the shared server holds [`shared`], so the outage cannot cut their
+// connections (cargo runs test binaries one after another, but the tests
+// of one binary at once).
+
+static SHARED: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that uses the shared server while a test of the same
+/// binary may stop it ([`outage`]).
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SHARED.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a test that stops or restarts the shared server: waits for the
+/// [`shared`] holders to finish and keeps new ones out meanwhile.
+pub fn outage() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SHARED.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `scripts/pg.sh stop`: a fast shutdown; open connections are cut.
 pub fn stop_server() {

@@ -1,0 +1,292 @@
+//! The native HTTP/1.1 connection loop (`http_engine = "native"`, the
+//! default) against the real binary over raw TCP: pipelining, keep-alive
+//! and its end, `Expect: 100-continue`, chunked and slow request bodies,
+//! HEAD, malformed framing, the idle timeout; and the hyper engine still
+//! serving when chosen.
+
+use crate::common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One response read off a keep-alive connection.
+#[derive(Debug)]
+struct Res {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Res {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, raw: &[u8]) {
+        self.w.write_all(raw).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l
+    }
+
+    /// Reads one response; `head_only` for HEAD.
+    fn read(&mut self, head_only: bool) -> Res {
+        let status_line = self.line();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line:?}");
+        let status = status_line[9..12].parse().unwrap();
+        let mut head = String::new();
+        loop {
+            let l = self.line();
+            if l == "\r\n" {
+                break;
+            }
+            assert!(!l.is_empty(), "connection closed inside a head");
+            head.push_str(&l);
+        }
+        let mut res = Res {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if head_only || status == 204 || status == 304 || status / 100 == 1 {
+            return res;
+        }
+        if res.header("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let size = usize::from_str_radix(self.line().trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                self.r.read_exact(&mut chunk).unwrap();
+                res.body.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = res.header("content-length") {
+            let mut body = vec![0; n.parse().unwrap()];
+            self.r.read_exact(&mut body).unwrap();
+            res.body = body;
+        } else {
+            self.r.read_to_end(&mut res.body).unwrap();
+        }
+        res
+    }
+
+    /// True when the server closes the connection (EOF) within `within`.
+    fn closed_within(&mut self, within: Duration) -> bool {
+        self.r.get_ref().set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0))
+    }
+}
+
+fn server(env: &[(&str, &str)]) -> common::Server {
+    common::Server::start_with_env(&["--storage", "memory"], env)
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = server(&[]);
+    let mut c = Conn::open(&s.addr);
+    let mut raw = b"PUT /v1/stream/p HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\na".to_vec();
+    for part in ["b", "cd", "efg"] {
+        raw.extend(
+            format!(
+                "POST /v1/stream/p HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{part}",
+                part.len()
+            )
+            .bytes(),
+        );
+    }
+    raw.extend(b"HEAD /v1/stream/p HTTP/1.1\r\nHost: x\r\n\r\n");
+    raw.extend(b"GET /v1/stream/p?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.send(&raw);
+    assert_eq!(c.read(false).status, 201);
+    for _ in 0..3 {
+        assert_eq!(c.read(false).status, 204);
+    }
+    let head = c.read(true);
+    assert_eq!(head.status, 200);
+    let get = c.read(false);
+    assert_eq!(get.status, 200);
+    assert_eq!(get.body, b"abcdefg");
+    assert!(get.header("date").is_some_and(|d| d.ends_with("GMT")));
+    // Still open: keep-alive is the HTTP/1.1 default.
+    c.send(b"GET /v1/stream/p?offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let last = c.read(false);
+    assert_eq!(last.body, b"abcdefg");
+    assert_eq!(last.header("connection").as_deref(), Some("close"));
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn expect_100_continue_waits_for_the_server_then_the_body() {
+    let s = server(&[]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/e HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\r\n");
+    assert_eq!(c.read(false).status, 201);
+    c.send(b"POST /v1/stream/e HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(c.line(), "HTTP/1.1 100 Continue\r\n");
+    assert_eq!(c.line(), "\r\n");
+    c.send(b"hello");
+    assert_eq!(c.read(false).status, 204);
+    c.send(b"GET /v1/stream/e?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"hello");
+    // Refused before the body is read (too large): no 100, and the
+    // connection closes since the client may or may not send the body.
+    c.send(b"POST /v1/stream/e HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 999999999999\r\n\r\n");
+    let r = c.read(false);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+}
+
+#[test]
+fn chunked_and_slow_request_bodies() {
+    let s = server(&[]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/c HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n");
+    // Arrives in pieces, split inside sizes, data, CRLFs and trailers.
+    let wire = b"4;ext=1\r\nabcd\r\n1\r\ne\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n";
+    for piece in wire.chunks(3) {
+        c.send(piece);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(c.read(false).status, 201);
+    // A Content-Length body trickling in.
+    c.send(b"POST /v1/stream/c HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\n");
+    for b in b"slow!!" {
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(&[*b]);
+    }
+    assert_eq!(c.read(false).status, 204);
+    c.send(b"GET /v1/stream/c?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"abcde0123456789abcdefslow!!");
+}
+
+#[test]
+fn http10_closes_unless_asked_to_keep_alive() {
+    let s = server(&[]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"GET /v1/stream/none HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read(false);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    c.send(b"GET /v1/stream/none HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read(false).status, 404);
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn bad_framing_gets_400_and_a_close() {
+    let s = server(&[]);
+    for raw in [
+        &b"POST /v1/stream/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+        b"POST /v1/stream/x HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+        b"POST /v1/stream/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /v1/stream/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
+        let mut c = Conn::open(&s.addr);
+        c.send(raw);
+        let r = c.read(false);
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(raw));
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+    // A malformed chunked body reaches the handler as a failed read.
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/y HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert_eq!(c.read(false).status, 400);
+}
+
+#[test]
+fn idle_and_silent_connections_close_after_header_read_timeout() {
+    let s = server(&[("DS_HEADER_READ_TIMEOUT", "1s")]);
+    let mut idle = Conn::open(&s.addr);
+    idle.send(b"GET /v1/stream/none HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.read(false).status, 404);
+    let mut silent = Conn::open(&s.addr);
+    let mut partial = Conn::open(&s.addr);
+    partial.send(b"GET /v1/stream/none HTTP/1.1\r\nHo");
+    let started = Instant::now();
+    for c in [&mut idle, &mut silent, &mut partial] {
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+#[test]
+fn sse_frames_leave_as_they_come_and_a_hang_up_is_noticed() {
+    let s = server(&[]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\r\n");
+    assert_eq!(c.read(false).status, 201);
+    let mut sub = Conn::open(&s.addr);
+    sub.send(b"GET /v1/stream/s?offset=-1&live=sse HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(sub.line(), "HTTP/1.1 200 OK\r\n");
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        head.push_str(&sub.line());
+    }
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    c.send(b"POST /v1/stream/s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nping-42");
+    assert_eq!(c.read(false).status, 204);
+    let mut seen = String::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !seen.contains("ping-42") && Instant::now() < until {
+        seen.push_str(&sub.line());
+    }
+    assert!(seen.contains("ping-42"), "{seen}");
+    drop(sub);
+    // The server is still fine after the subscriber vanished.
+    c.send(b"GET /v1/stream/s?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"ping-42");
+}
+
+#[test]
+fn http2_prior_knowledge_still_reaches_hyper() {
+    let s = server(&[]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The preface and an empty SETTINGS frame; the server answers with its
+    // own SETTINGS frame (type 4).
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut frame = [0u8; 9];
+    c.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[3], 4, "{frame:?}");
+}
+
+#[test]
+fn the_hyper_engine_still_serves() {
+    let s = common::Server::start(&["--storage", "memory", "--http-engine", "hyper"]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/h HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read(false).status, 201);
+    c.send(b"GET /v1/stream/h?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"hi");
+}
