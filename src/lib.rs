@@ -4,43 +4,57 @@
 //!
 //! # Layout
 //!
+//! Layers point one way (see `docs/architecture.md`): `offset` < `storage`,
+//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `http` <
+//! `server` < `main`; nothing below `http` imports it.
+//!
+//! - [`MOUNT`]: where streams are mounted (`/v1/stream/`).
 //! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
 //! - [`cursor`]: live-read cursors (interval numbers with jitter).
-//! - [`config`]: server settings, limits and their defaults;
-//!   [`config::layers`] merges defaults < TOML file < `DS_*` environment.
+//! - [`config`]: server settings and their defaults. [`config::settings`] is
+//!   the one table of every setting (TOML key, `DS_*` variable, flag, example
+//!   line); [`config::kinds`] parses and validates values;
+//!   [`config::layers`] merges defaults < TOML file < `DS_*` environment;
+//!   [`config::flags`] builds `serve`'s flags from the table;
+//!   [`config::example`] renders `config.example.toml` (a test compares).
 //! - [`notify`]: per-stream broadcast channels that wake live readers (a wake
-//!   may carry the appended records, so live readers at the old tail answer
-//!   without reading storage and SSE connections share one encoding), and
-//!   the observer that tells the subscription engine about every change.
-//! - [`storage`]: the synchronous [`storage::Storage`] contract and its types;
-//!   [`storage::model`] holds the protocol decisions (producers, closure,
-//!   config matching, JSON framing) as pure functions shared by all backends;
-//!   [`storage::view`] the position arithmetic over a stream's own records;
-//!   [`storage::memory`] the in-memory backend; [`storage::file`] the
-//!   append-log backend (group-committed WAL, per-stream data files,
-//!   checkpoints; format in `docs/file-format.md`; WAL room claimed with
-//!   `fallocate` so a full disk is a clean 507; test-only fault injection in
-//!   `storage/file/faults.rs`); [`storage::acid`] the redb backend (one
-//!   writer thread batching transactions, reopening the database after an
-//!   I/O failure; `docs/acid-format.md`).
-//! - [`http`]: [`http::front`], the service every connection calls (a fast
-//!   path for stream requests, the router for the rest); the axum router and
-//!   thin handlers ([`http::write`] for
-//!   PUT/POST/DELETE/HEAD, [`http::read`] for catch-up and long-poll,
-//!   [`http::sse`] for SSE), header parsing ([`http::headers`]) and the single
-//!   error-to-HTTP mapping ([`http::error`]); [`http::ops`] serves
-//!   `/healthz`, `/readyz`, `/metrics` and counts and logs every request;
-//!   [`http::auth`] checks bearer tokens and their scopes; [`http::serve`]
-//!   accepts connections and serves them (hyper, HTTP/1.1 keep-alive and
-//!   h2c) with the header, first-byte and
-//!   send-stall timeouts that cut off hostile or broken clients.
+//!   may carry the appended records) and the observer that tells the
+//!   subscription engine about every change.
+//! - [`storage`]: the synchronous [`storage::Storage`] contract and its types.
+//!   [`storage::handle`]: [`storage::handle::StorageHandle`], the one async
+//!   way to call a backend (stage an append or run on the blocking pool; one
+//!   mapping of a failed task; non-blocking sections that catch blocking
+//!   I/O). The decisions, once for every backend: [`storage::model`] (pure
+//!   rules: producers, closure, config matching, JSON framing),
+//!   [`storage::txn`] (create, fork, append via `append_to`, delete cascade,
+//!   restore, sweep over a backend's `Txn`), [`storage::view`] (position
+//!   arithmetic), [`storage::chain`] (fork-chain reads over a record table).
+//!   Backends keep only how they store: [`storage::memory`];
+//!   [`storage::file`] (group-committed WAL, per-stream data files,
+//!   checkpoints; split into write, append, read, checkpoint, recover, wal,
+//!   files, format; `docs/file-format.md`); [`storage::acid`] (redb, one
+//!   writer thread; `docs/acid-format.md`); [`storage::postgres`] (many
+//!   nodes on one database: writer thread, pool, LISTEN/NOTIFY wakes,
+//!   leadership).
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
-//! - [`server`]: opening storage, background tasks, binding and serving.
+//! - [`tls`]: the rustls client configuration (webhooks, database).
+//! - [`subscriptions`]: the subscription engine (no HTTP): the [`subscriptions::sub`]
+//!   types, registry and its path index, durable state in the backend's
+//!   control space, the wake worker (its own context), Ed25519 signing,
+//!   delivery with retry backoff, SSRF guard.
+//! - [`http`]: [`http::front`] (the fast path every connection calls, the
+//!   router for the rest); thin handlers in [`http::write`], [`http::read`],
+//!   [`http::sse`] and [`http::subscriptions`] (the `__ds` APIs);
+//!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
+//!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
+//!   `/metrics`, the request log), [`http::auth`], [`http::compress`],
+//!   [`http::forward`] (subscription requests to the leader node);
+//!   [`http::serve`] accepts connections, [`http::transport`] holds the
+//!   timeouts and guarded I/O both engines share, [`http::h1`] is our
+//!   HTTP/1.1 engine (dispatch, conn, role, decode, encode, body, io, date).
+//! - [`server`]: opening storage, building the state and the engine's
+//!   context, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
-//! - [`subscriptions`]: the reserved `__ds` subscription APIs: registry and
-//!   its path index, durable state in the backend's control space
-//!   ([`storage::Storage::control_put`]), the wake worker, Ed25519 webhook
-//!   signing, http(s) delivery with retry backoff, pull-wake leases.
 //! - [`backup`]: `export` / `import` / `list` over any backend; the portable
 //!   archive format is documented in `docs/archive-format.md`.
 
