@@ -231,6 +231,15 @@ pub struct ServerConfig {
     /// A PEM file of CA certificates trusted for `https://` webhooks in
     /// addition to the built-in (Mozilla) roots; read once at start.
     pub webhook_ca_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with
+    /// `tls_key_file`, the listener speaks TLS only (HTTP/2 and HTTP/1.1
+    /// by ALPN). Both files are read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Most concurrent requests (streams) one HTTP/2 connection may have
+    /// open, SSE subscriptions included.
+    pub h2_max_concurrent_streams: usize,
     pub auth: AuthConfig,
 }
 
@@ -262,6 +271,9 @@ impl Default for ServerConfig {
             log_format: LogFormat::Pretty,
             compression_min_bytes: 1024,
             webhook_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            h2_max_concurrent_streams: 256,
             auth: AuthConfig::default(),
         }
     }

@@ -88,6 +88,20 @@ pub fn validate(c: &ServerConfig) -> Result<(), ConfigError> {
                 .into(),
         });
     }
+    if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
+        let key = if c.tls_cert_file.is_some() {
+            "tls_key_file"
+        } else {
+            "tls_cert_file"
+        };
+        return Err(ConfigError {
+            key: key.into(),
+            origin: "the merged configuration".into(),
+            message: "HTTPS needs both tls_cert_file and tls_key_file (--tls-cert and \
+                      --tls-key, DS_TLS_CERT_FILE and DS_TLS_KEY_FILE)"
+                .into(),
+        });
+    }
     if c.storage == StorageKind::Postgres && c.database_url.is_none() {
         return Err(ConfigError {
             key: "database_url".into(),
@@ -264,6 +278,23 @@ mod tests {
         let c = resolve(
             None,
             &env(&[("DS_AUTH_ENABLED", "1"), ("DS_AUTH_TOKENS_FILE", "/t")]),
+        )
+        .unwrap();
+        assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = resolve(None, &env(&[("DS_TLS_CERT_FILE", "/c.pem")])).unwrap();
+        assert_eq!(validate(&c).unwrap_err().key, "tls_key_file");
+        let c = resolve(None, &env(&[("DS_TLS_KEY_FILE", "/k.pem")])).unwrap();
+        assert_eq!(validate(&c).unwrap_err().key, "tls_cert_file");
+        let c = resolve(
+            None,
+            &env(&[
+                ("DS_TLS_CERT_FILE", "/c.pem"),
+                ("DS_TLS_KEY_FILE", "/k.pem"),
+            ]),
         )
         .unwrap();
         assert!(validate(&c).is_ok());

@@ -197,6 +197,16 @@ settings! {
     "webhook_ca_file", webhook_ca_file, OptionalPath, None,
         "A PEM file of extra CA certificates trusted for https:// webhooks, on top of\n\
          the built-in Mozilla roots (e.g. a private CA); \"\" = built-in roots only.";
+    "tls_cert_file", tls_cert_file, OptionalPath,
+        flag("tls-cert", "PEM certificate chain to serve HTTPS with (needs --tls-key)"),
+        "With tls_key_file: serve HTTPS only, HTTP/2 and HTTP/1.1 by ALPN. A PEM\n\
+         chain, leaf first. Both files are read again on SIGHUP (new handshakes use\n\
+         the new certificate; open connections go on); \"\" = plain HTTP.";
+    "tls_key_file", tls_key_file, OptionalPath,
+        flag("tls-key", "PEM private key of --tls-cert"),
+        "the PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file";
+    "h2_max_concurrent_streams", h2_max_concurrent_streams, Count { example: "256", min: 1 }, None,
+        "most open requests (SSE subscriptions included) per HTTP/2 connection";
     "auth.enabled", auth.enabled, Switch, None,
         "DS_AUTH_ENABLED";
     "auth.public_reads", auth.public_reads, Switch, None,
