@@ -149,6 +149,53 @@ pub struct AuthConfig {
     /// A file of further tokens, one per line as `read:TOKEN`, `write:TOKEN`
     /// or `rw:TOKEN`; `#` starts a comment. Read once at start.
     pub tokens_file: Option<PathBuf>,
+    /// Streams (globs over names) anyone may read, with answers that
+    /// shared caches may keep (no `Cache-Control: private`).
+    pub public_streams: Vec<String>,
+    /// JSON Web Tokens, accepted beside the static tokens.
+    pub jwt: JwtConfig,
+}
+
+/// JWT bearer tokens: verified with an HS256 secret and/or public keys
+/// (a JWKS file, a JWKS URL); `exp` is required, `scope` grants
+/// `read:GLOB` / `write:GLOB` over stream names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The shared secret of HS256 tokens; none: HS256 is refused.
+    pub hs256_secret: Option<Secret>,
+    /// A JWKS file (RS256, ES256 and EdDSA public keys), read at start.
+    pub public_keys_file: Option<PathBuf>,
+    /// A JWKS URL, fetched at start and every `jwks_refresh` after.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    pub jwks_refresh: Duration,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// An `aud` every token must carry, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            public_keys_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(60),
+        }
+    }
+}
+
+impl JwtConfig {
+    /// True when any key to verify tokens with is configured.
+    pub fn enabled(&self) -> bool {
+        self.hs256_secret.is_some() || self.public_keys_file.is_some() || self.jwks_url.is_some()
+    }
 }
 
 /// Limits on what a client may send and what one read returns.

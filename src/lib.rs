@@ -49,7 +49,10 @@
 //!   [`http::sse`] and [`http::subscriptions`] (the `__ds` APIs);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
-//!   `/metrics`, the request log), [`http::auth`], [`http::compress`],
+//!   `/metrics`, the request log), [`http::auth`] (who may do what:
+//!   static tokens, JWT scopes, `Cache-Control: private`), [`http::jwt`]
+//!   (token verification and scopes, pure), [`http::jwks`] (fetching
+//!   `jwks_url`), [`http::compress`],
 //!   [`http::forward`] (subscription requests to the leader node);
 //!   [`http::serve`] accepts connections, [`http::secure`] serves HTTPS
 //!   (handshake, then hyper's HTTP/2 or HTTP/1.1 by ALPN),

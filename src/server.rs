@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ServerConfig, StorageKind};
 use crate::http::AppState;
 use crate::http::front::Front;
+use crate::http::jwt::Verifier;
 use crate::http::secure::Tls;
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
@@ -83,11 +84,25 @@ pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>)
 /// subscription engine, and routes every stream wake to the engine. The
 /// handlers reach the backend through a [`StorageHandle`], as the engine
 /// does.
+///
+/// Panics if `[auth.jwt]` names a JWKS file that cannot be used; [`run`]
+/// reports that instead.
 pub fn state_with(
     config: ServerConfig,
     storage: Arc<dyn Storage>,
     hub: Arc<WakeHub>,
     subs: Arc<Subscriptions>,
+) -> AppState {
+    let jwt = Verifier::open(&config.auth.jwt).unwrap_or_else(|e| panic!("auth.jwt: {e}"));
+    assemble(config, storage, hub, subs, jwt)
+}
+
+fn assemble(
+    config: ServerConfig,
+    storage: Arc<dyn Storage>,
+    hub: Arc<WakeHub>,
+    subs: Arc<Subscriptions>,
+    jwt: Option<Arc<Verifier>>,
 ) -> AppState {
     // Weak: the backend owns the hub, and the engine owns the backend.
     let observer = Arc::downgrade(&subs);
@@ -103,6 +118,7 @@ pub fn state_with(
         shutdown: CancellationToken::new(),
         metrics: crate::metrics::Metrics::new(),
         subs,
+        jwt,
     }
 }
 
@@ -145,7 +161,9 @@ pub async fn run(
             .map_err(|e| format!("cannot load subscriptions: {e}"))?
     };
     subs.set_transport(Arc::new(transport));
-    let state = state_with(config, storage, hub, subs);
+    let jwt = Verifier::open(&config.auth.jwt).map_err(|e| format!("auth.jwt: {e}"))?;
+    let state = assemble(config, storage, hub, subs, jwt);
+    crate::http::jwks::spawn_refresh(&state);
     spawn_sweeper(&state);
     worker::spawn(state.clone());
     let front = Front::new(state.clone());

@@ -33,7 +33,7 @@ pub fn render() -> String {
     let mut out = format!("{HEADER}\n");
     let mut table = "";
     for s in SETTINGS {
-        let (t, name) = s.key.split_once('.').unwrap_or(("", s.key));
+        let (t, name) = s.key.rsplit_once('.').unwrap_or(("", s.key));
         if t != table {
             table = t;
             blank_line(&mut out);

@@ -241,6 +241,44 @@ impl Kind for OptionalSecret {
     }
 }
 
+/// Free text that may be left out (a JWT issuer or audience): `""` means
+/// none.
+pub struct OptionalText;
+
+impl Kind for OptionalText {
+    type Value = Option<String>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Option<String>, String> {
+        let s = raw.text()?.trim().to_string();
+        Ok((!s.is_empty()).then_some(s))
+    }
+    fn show(&self, v: &Option<String>) -> toml::Value {
+        text(v.clone().unwrap_or_default())
+    }
+}
+
+/// Stream-name globs (`*` one segment, `**` any number), e.g.
+/// `public/**`; no empty items, no spaces.
+pub struct Globs;
+
+impl Kind for Globs {
+    type Value = Vec<String>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Vec<String>, String> {
+        let globs = raw.list()?;
+        if let Some(bad) = globs
+            .iter()
+            .find(|g| g.is_empty() || !g.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "{bad:?} is not accepted; accepted values: globs over stream names such as \"public/**\""
+            ));
+        }
+        Ok(globs)
+    }
+    fn show(&self, v: &Vec<String>) -> toml::Value {
+        toml::Value::Array(v.iter().map(|g| text(g.clone())).collect())
+    }
+}
+
 /// An `http://` or `https://` URL that may be left out: `""` means none.
 pub struct OptionalUrl;
 

@@ -18,8 +18,8 @@ use clap::builder::PossibleValue;
 
 use super::ServerConfig;
 use super::kinds::{
-    Addr, Bytes, Choice, Count, FsPath, Kind, OptionalPath, OptionalSecret, OptionalUrl, Origins,
-    Raw, Span, Switch, Tokens, Word,
+    Addr, Bytes, Choice, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret, OptionalText,
+    OptionalUrl, Origins, Raw, Span, Switch, Tokens, Word,
 };
 use super::{HttpEngine, LogFormat, StorageKind, SyncMode};
 
@@ -218,14 +218,41 @@ settings! {
     "auth.tokens_file", auth.tokens_file, OptionalPath, None,
         "A file of more tokens, read at start: one per line, `read:TOKEN`,\n\
          `write:TOKEN` or `rw:TOKEN` (both scopes); blank lines and `# ...` ignored.";
+    "auth.public_streams", auth.public_streams, Globs, None,
+        "Streams anyone may read, as globs over names (`*` one segment, `**` any),\n\
+         e.g. [\"public/**\"]; their answers may be kept by shared caches (others carry\n\
+         `Cache-Control: private` while auth is on).";
+    "auth.jwt.hs256_secret", auth.jwt.hs256_secret, OptionalSecret, None,
+        "the shared secret of HS256 tokens (\"\" = HS256 refused)";
+    "auth.jwt.public_keys_file", auth.jwt.public_keys_file, OptionalPath, None,
+        "a JWKS file of RS256 / ES256 / EdDSA public keys, read at start";
+    "auth.jwt.jwks_url", auth.jwt.jwks_url, OptionalUrl, None,
+        "a JWKS URL, fetched at start and every jwks_refresh";
+    "auth.jwt.jwks_refresh", auth.jwt.jwks_refresh, Span { positive: true }, None,
+        "how often jwks_url is fetched again";
+    "auth.jwt.issuer", auth.jwt.issuer, OptionalText, None,
+        "the `iss` every token must carry (\"\" = any)";
+    "auth.jwt.audience", auth.jwt.audience, OptionalText, None,
+        "an `aud` every token must carry (\"\" = any)";
+    "auth.jwt.leeway", auth.jwt.leeway, Span { positive: false }, None,
+        "clock skew allowed on exp / nbf";
 }
 
 /// The comment above a TOML table in `config.example.toml`, per table.
-pub const TABLE_NOTES: &[(&str, &str)] = &[(
-    "auth",
-    "Bearer-token auth, off by default. With it on, stream requests need\n\
-     `Authorization: Bearer TOKEN`: GET/HEAD (and /metrics) need a read token,\n\
-     PUT/POST/DELETE a write token; the scopes are separate (list a token in both\n\
-     to grant both). Missing/unknown token: 401; wrong scope: 403. CORS\n\
-     preflights, /healthz and /readyz never need a token.",
-)];
+pub const TABLE_NOTES: &[(&str, &str)] = &[
+    (
+        "auth",
+        "Bearer-token auth, off by default. With it on, stream requests need\n\
+         `Authorization: Bearer TOKEN` (or `?access_token=TOKEN`, for EventSource):\n\
+         GET/HEAD (and /metrics) need a read token, PUT/POST/DELETE a write token; the\n\
+         scopes are separate (list a token in both to grant both). Missing/unknown\n\
+         token: 401; wrong scope: 403. CORS preflights, /healthz and /readyz never\n\
+         need a token. JWTs ([auth.jwt]) may be used beside these tokens.",
+    ),
+    (
+        "auth.jwt",
+        "JSON Web Tokens, accepted when a key is set (hs256_secret, public_keys_file\n\
+         or jwks_url). `exp` is required; the `scope` claim lists `read:GLOB`,\n\
+         `write:GLOB` (stream-name globs; write does not imply read) and `metrics`.",
+    ),
+];

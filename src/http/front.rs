@@ -21,7 +21,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 
 use super::{AppState, MOUNT, auth, dispatch, headers, ops, router};
@@ -115,10 +115,15 @@ impl Front {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut res = match auth::check(&self.state.config.auth, &method, uri.path(), req.headers())
-        {
-            Some(refusal) => refusal,
-            None => dispatch(&self.state, req).await,
+        let mut res = match auth::check(&self.state, &method, &uri, req.headers()) {
+            Err(refusal) => refusal.into_response(),
+            Ok(access) => {
+                let mut res = dispatch(&self.state, req).await;
+                if access.private {
+                    auth::privatize(res.headers_mut());
+                }
+                res
+            }
         };
         if method == Method::HEAD {
             // As the router does: a HEAD answer carries the headers only

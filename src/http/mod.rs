@@ -13,6 +13,8 @@ pub mod front;
 pub mod h1;
 pub mod header_names;
 pub mod headers;
+pub mod jwks;
+pub mod jwt;
 pub mod ops;
 pub mod read;
 pub mod secure;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The subscription engine (registry, signing key, wake worker inbox).
     pub subs: Arc<Subscriptions>,
+    /// Verifies JWT bearer tokens, when `[auth.jwt]` configures a key.
+    pub jwt: Option<Arc<jwt::Verifier>>,
 }
 
 impl AppState {

@@ -22,7 +22,7 @@ fn enabled(public_reads: bool) -> AuthConfig {
         public_reads,
         read_tokens: vec![Secret("reader".into())],
         write_tokens: vec![Secret("writer".into())],
-        tokens_file: None,
+        ..AuthConfig::default()
     }
 }
 
