@@ -10,6 +10,8 @@
 # connection, zeroes the counters, sends N more (default 3000), dumps, and
 # prints "instructions_per_append=X" (the dump's total over N: startup and
 # warm-up are excluded, idle background threads are not).
+# SERVER_ARGS (default "--log-level warn") are passed to `serve`; set it to
+# "" to count the defaults a user runs.
 set -euo pipefail
 BIN="$(realpath "$1")"; STORAGE="$2"; N="${3:-3000}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ds-cg.XXXXXX")"
@@ -19,7 +21,7 @@ trap cleanup EXIT
 cd "$WORK"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" \
   "$BIN" serve --storage "$STORAGE" --data-dir "$WORK/data" \
-  --bind "127.0.0.1:$PORT" --log-level warn >"$WORK/server.log" 2>&1 &
+  --bind "127.0.0.1:$PORT" ${SERVER_ARGS---log-level warn} >"$WORK/server.log" 2>&1 &
 PID=$!
 python3 - "$PORT" "$N" "$PID" <<'PY'
 import http.client, subprocess, sys, time
