@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod container;
 mod h1;
 mod hostile;
