@@ -52,7 +52,8 @@
 //!   `/metrics`, the request log), [`http::auth`] (who may do what:
 //!   static tokens, JWT scopes, `Cache-Control: private`), [`http::jwt`]
 //!   (token verification and scopes, pure), [`http::jwks`] (fetching
-//!   `jwks_url`), [`http::compress`],
+//!   `jwks_url`), [`http::limit`] (per-client rate limits and live-read
+//!   caps), [`http::compress`],
 //!   [`http::forward`] (subscription requests to the leader node);
 //!   [`http::serve`] accepts connections, [`http::secure`] serves HTTPS
 //!   (handshake, then hyper's HTTP/2 or HTTP/1.1 by ALPN),

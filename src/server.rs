@@ -11,6 +11,7 @@ use crate::config::{ServerConfig, StorageKind};
 use crate::http::AppState;
 use crate::http::front::Front;
 use crate::http::jwt::Verifier;
+use crate::http::limit::Limiter;
 use crate::http::secure::Tls;
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
@@ -111,12 +112,14 @@ fn assemble(
             subs.notify(name);
         }
     });
+    let metrics = crate::metrics::Metrics::new();
     AppState {
         storage: StorageHandle::new(storage),
         hub,
+        limiter: Limiter::new(&config.rate_limit, Arc::clone(&metrics)),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
-        metrics: crate::metrics::Metrics::new(),
+        metrics,
         subs,
         jwt,
     }

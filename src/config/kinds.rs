@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use clap::builder::PossibleValue;
 
-use super::{Secret, parse_duration};
+use super::{Cidr, Secret, parse_duration};
 
 /// One value as a layer spells it.
 pub enum Raw<'a> {
@@ -276,6 +276,26 @@ impl Kind for Globs {
     }
     fn show(&self, v: &Vec<String>) -> toml::Value {
         toml::Value::Array(v.iter().map(|g| text(g.clone())).collect())
+    }
+}
+
+/// Addresses and CIDR ranges (`10.0.0.0/8`, `::1`).
+pub struct Cidrs;
+
+impl Kind for Cidrs {
+    type Value = Vec<Cidr>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Vec<Cidr>, String> {
+        raw.list()?
+            .iter()
+            .map(|s| {
+                Cidr::parse(s.trim()).ok_or_else(|| {
+                    format!("{s:?} is not accepted; accepted values: addresses or CIDR ranges such as 10.0.0.0/8 or ::1")
+                })
+            })
+            .collect()
+    }
+    fn show(&self, v: &Vec<Cidr>) -> toml::Value {
+        toml::Value::Array(v.iter().map(|c| text(c.to_string())).collect())
     }
 }
 

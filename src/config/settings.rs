@@ -18,8 +18,8 @@ use clap::builder::PossibleValue;
 
 use super::ServerConfig;
 use super::kinds::{
-    Addr, Bytes, Choice, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret, OptionalText,
-    OptionalUrl, Origins, Raw, Span, Switch, Tokens, Word,
+    Addr, Bytes, Choice, Cidrs, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret,
+    OptionalText, OptionalUrl, Origins, Raw, Span, Switch, Tokens, Word,
 };
 use super::{HttpEngine, LogFormat, RequestLog, StorageKind, SyncMode};
 
@@ -241,6 +241,17 @@ settings! {
         "an `aud` every token must carry (\"\" = any)";
     "auth.jwt.leeway", auth.jwt.leeway, Span { positive: false }, None,
         "clock skew allowed on exp / nbf";
+    "rate_limit.requests_per_second", rate_limit.requests_per_second, Count { example: "20", min: 0 }, None,
+        "sustained requests per second per key (0 = no limit)";
+    "rate_limit.burst", rate_limit.burst, Count { example: "50", min: 1 }, None,
+        "requests a key may make at once above the sustained rate";
+    "rate_limit.max_live_readers", rate_limit.max_live_readers, Count { example: "16", min: 0 }, None,
+        "most open long-polls + SSE streams per key (0 = no cap)";
+    "rate_limit.trusted_proxies", rate_limit.trusted_proxies, Cidrs, None,
+        "Proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client,\n\
+         e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]; from anyone else the header is ignored.";
+    "rate_limit.max_keys", rate_limit.max_keys, Count { example: "100000", min: 1 }, None,
+        "most keys remembered (idle ones are evicted first)";
 }
 
 /// The comment above a TOML table in `config.example.toml`, per table.
@@ -259,5 +270,11 @@ pub const TABLE_NOTES: &[(&str, &str)] = &[
         "JSON Web Tokens, accepted when a key is set (hs256_secret, public_keys_file\n\
          or jwks_url). `exp` is required; the `scope` claim lists `read:GLOB`,\n\
          `write:GLOB` (stream-name globs; write does not imply read) and `metrics`.",
+    ),
+    (
+        "rate_limit",
+        "Per-client limits, off by default. The key is the token's subject (JWT `sub`,\n\
+         a digest of a static token), else the client address. Over a limit: 429 with\n\
+         Retry-After, counted in ds_rate_limited_total.",
     ),
 ];

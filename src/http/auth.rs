@@ -178,18 +178,22 @@ pub struct Access {
     pub private: bool,
 }
 
-/// Middleware: lets a request through only with the scope it needs.
+/// Middleware: lets a request through only with the scope it needs, and
+/// within the rate limits ([`limit`](super::limit)).
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&state, req.method(), req.uri(), req.headers()) {
-        Ok(access) => {
-            let mut res = next.run(req).await;
-            if access.private {
-                privatize(res.headers_mut());
-            }
-            res
-        }
-        Err(refusal) => refusal.into_response(),
+    let access = match check(&state, req.method(), req.uri(), req.headers()) {
+        Ok(access) => access,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let slot = match super::limit::gate(&state, &access, &req) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut res = next.run(req).await;
+    if access.private {
+        privatize(res.headers_mut());
     }
+    super::limit::hold(res, slot)
 }
 
 /// Whether a request may go on (and as whom), or its refusal. Shared by

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 
-use super::{AppState, MOUNT, auth, dispatch, headers, ops, router};
+use super::{AppState, MOUNT, auth, dispatch, headers, limit, ops, router};
 
 /// The CORS headers of a non-preflight response, precomputed from the
 /// configuration exactly as the router's `CorsLayer` derives them.
@@ -86,6 +86,13 @@ impl Front {
         })
     }
 
+    /// True when connections should tag each request with its
+    /// [`limit::ClientAddr`] (only the rate limiter reads it; tagging costs
+    /// an allocation per request).
+    pub fn wants_client_addr(&self) -> bool {
+        self.state.limiter.is_some()
+    }
+
     /// True when `req` can take the fast path (see the module docs).
     fn fast(req: &Request) -> bool {
         let Some(name) = req.uri().path().strip_prefix(MOUNT) else {
@@ -115,14 +122,16 @@ impl Front {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut res = match auth::check(&self.state, &method, &uri, req.headers()) {
+        let gate = auth::check(&self.state, &method, &uri, req.headers())
+            .and_then(|access| Ok((limit::gate(&self.state, &access, &req)?, access)));
+        let mut res = match gate {
             Err(refusal) => refusal.into_response(),
-            Ok(access) => {
+            Ok((slot, access)) => {
                 let mut res = dispatch(&self.state, req).await;
                 if access.private {
                     auth::privatize(res.headers_mut());
                 }
-                res
+                limit::hold(res, slot)
             }
         };
         if method == Method::HEAD {

@@ -15,6 +15,7 @@ pub mod header_names;
 pub mod headers;
 pub mod jwks;
 pub mod jwt;
+pub mod limit;
 pub mod ops;
 pub mod read;
 pub mod secure;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub subs: Arc<Subscriptions>,
     /// Verifies JWT bearer tokens, when `[auth.jwt]` configures a key.
     pub jwt: Option<Arc<jwt::Verifier>>,
+    /// The per-client limits, when `[rate_limit]` sets any.
+    pub limiter: Option<Arc<limit::Limiter>>,
 }
 
 impl AppState {

@@ -22,6 +22,7 @@
 //! connection with no open stream for `header_read_timeout` is closed, as
 //! HTTP/1.1 keep-alive connections are.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::front::Front;
+use super::limit::ClientAddr;
 use super::transport::{Builder, Guarded, Timeouts, builder};
 
 /// Per-stream receive window (request bodies), in bytes.
@@ -85,6 +87,7 @@ impl Tls {
 /// Serves one accepted connection over TLS until it closes.
 pub(super) async fn serve(
     tcp: TcpStream,
+    peer: SocketAddr,
     tls: Arc<Tls>,
     front: Arc<Front>,
     t: Timeouts,
@@ -99,9 +102,13 @@ pub(super) async fn serve(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(Activity::default());
     let seen = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |req| {
+    let tag = front.wants_client_addr();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         let front = Arc::clone(&front);
         let open = Open::new(&seen);
+        if tag {
+            req.extensions_mut().insert(ClientAddr(peer));
+        }
         Box::pin(async move {
             let res = front.handle(req).await?;
             // The stream stays open until its body is done (SSE: until the

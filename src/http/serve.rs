@@ -55,7 +55,7 @@ pub async fn serve(
     let (conns, _) = tokio::sync::watch::channel(());
     let builder = Arc::new(builder(timeouts));
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -75,19 +75,19 @@ pub async fn serve(
             let tls = Arc::clone(tls);
             tokio::spawn(async move {
                 // Boxed: TLS state and hyper's connection are large.
-                Box::pin(secure::serve(tcp, tls, front, timeouts, shutdown)).await;
+                Box::pin(secure::serve(tcp, peer, tls, front, timeouts, shutdown)).await;
                 drop(done);
             });
             continue;
         }
         match engine {
             HttpEngine::Native => tokio::spawn(async move {
-                super::h1::serve(tcp, front, builder, timeouts, shutdown).await;
+                super::h1::serve(tcp, peer, front, builder, timeouts, shutdown).await;
                 drop(done);
             }),
             HttpEngine::Hyper => tokio::spawn(async move {
                 let io = Guarded::new(tcp, timeouts);
-                serve_hyper(&builder, io, front, shutdown).await;
+                serve_hyper(&builder, io, peer, front, shutdown).await;
                 drop(done);
             }),
         };

@@ -11,6 +11,7 @@ mod container;
 mod h1;
 mod hostile;
 mod hostile_clients;
+mod rate_limit;
 mod soak;
 mod startup;
 mod tls;
