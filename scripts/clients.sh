@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real-client end-to-end tests: the official TypeScript client
 # (@durable-streams/client) and headless Chromium running examples/tail.html,
-# against the release binary.
+# against the release binary; and Chromium with 20 live EventSources over
+# HTTPS/HTTP/2 (h2.test.ts starts its own TLS server; needs openssl).
 #
 # Usage: scripts/clients.sh [BACKEND] [extra vitest args...]
 #   BACKEND defaults to "memory" (passed to `durable-streams serve --storage`);
@@ -58,6 +59,8 @@ SUITE_RC=0
   export DS_BASE_URL="$BASE_URL"
   export DS_LONG_POLL_TIMEOUT_MS="$LONG_POLL_MS"
   export CHROMIUM_PATH="$CHROMIUM"
+  # h2.test.ts starts its own HTTPS server with this binary.
+  export DS_BIN="$BIN"
   ds_vitest "$@"
 ) || SUITE_RC=$?
 
