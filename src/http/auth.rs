@@ -181,14 +181,11 @@ pub struct Access {
 /// Middleware: lets a request through only with the scope it needs, and
 /// within the rate limits ([`limit`](super::limit)).
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let access = match check(&state, req.method(), req.uri(), req.headers()) {
-        Ok(access) => access,
+    let slot = match admit(&state, &req) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    let slot = match super::limit::gate(&state, &access, &req) {
-        Ok(slot) => slot,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let (slot, access) = slot;
     let mut res = next.run(req).await;
     if access.private {
         privatize(res.headers_mut());
@@ -196,8 +193,25 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
     super::limit::hold(res, slot)
 }
 
-/// Whether a request may go on (and as whom), or its refusal. Shared by
+/// Auth, then the rate limits: the request's live-read slot (if it takes
+/// one) and who it was let through as, or its refusal. A request refused
+/// by auth still counts against its client address, so guessing tokens is
+/// rate limited too (and answered `429` once over the limit). Shared by
 /// [`require`] and the router's fast path.
+pub fn admit(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Option<super::limit::LiveSlot>, Access), ApiError> {
+    match check(state, req.method(), req.uri(), req.headers()) {
+        Ok(access) => Ok((super::limit::gate(state, &access, req)?, access)),
+        Err(refusal) => {
+            super::limit::gate(state, &Access::default(), req)?;
+            Err(refusal)
+        }
+    }
+}
+
+/// Whether a request may go on (and as whom), or its refusal.
 pub fn check(
     state: &AppState,
     method: &Method,

@@ -122,9 +122,7 @@ impl Front {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let gate = auth::check(&self.state, &method, &uri, req.headers())
-            .and_then(|access| Ok((limit::gate(&self.state, &access, &req)?, access)));
-        let mut res = match gate {
+        let mut res = match auth::admit(&self.state, &req) {
             Err(refusal) => refusal.into_response(),
             Ok((slot, access)) => {
                 let mut res = dispatch(&self.state, req).await;

@@ -272,3 +272,50 @@ async fn answers_are_private_unless_the_stream_is_public() {
         401
     );
 }
+
+#[tokio::test]
+async fn refused_tokens_count_against_the_client_and_tokens_have_their_own_budget() {
+    let f = Front::new(memory_state(ServerConfig {
+        auth: AuthConfig {
+            enabled: true,
+            jwt: JwtConfig {
+                hs256_secret: Some(Secret(SECRET.into())),
+                issuer: Some("https://idp.test".into()),
+                ..JwtConfig::default()
+            },
+            ..AuthConfig::default()
+        },
+        rate_limit: durable_streams::config::RateLimitConfig {
+            requests_per_second: 1,
+            burst: 2,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    }));
+    let statuses = [
+        send(&f, "GET", "/v1/stream/x", Some("guess-1"))
+            .await
+            .status(),
+        send(&f, "GET", "/v1/stream/x", Some("guess-2"))
+            .await
+            .status(),
+        send(&f, "GET", "/v1/stream/x", Some("guess-3"))
+            .await
+            .status(),
+    ];
+    assert_eq!(statuses, [401, 401, 429]);
+    // A valid token is keyed by its subject, not the (exhausted) address.
+    let t = scoped("write:**");
+    assert_eq!(
+        send(&f, "PUT", "/v1/stream/x", Some(&t)).await.status(),
+        201
+    );
+    assert_eq!(
+        send(&f, "POST", "/v1/stream/x", Some(&t)).await.status(),
+        204
+    );
+    let res = send(&f, "POST", "/v1/stream/x", Some(&t)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "retry-after"), "1");
+    assert_eq!(problem_code(res).await, "RATE_LIMITED");
+}
