@@ -7,8 +7,9 @@
 //! CPU of a bare axum handler per append. Stream requests that no layer
 //! changes in substance (`GET` without `Accept-Encoding`, `HEAD`, `PUT`,
 //! `POST`, `DELETE` on `/v1/stream/{name}`) are answered here instead, by the
-//! same handler, with the same checks and headers applied inline: auth,
-//! CORS response headers, `X-Content-Type-Options`,
+//! same handler, with the same checks and headers applied inline: auth
+//! and rate limits ([`auth::admit`]), `Cache-Control: private`, CORS
+//! response headers, `X-Content-Type-Options`,
 //! `Cross-Origin-Resource-Policy`, metrics and the request log. Everything
 //! else (preflights, compressible reads, the `__ds` APIs, ops endpoints,
 //! unknown paths) goes through the router unchanged.

@@ -64,7 +64,7 @@ pub fn spawn_refresh(state: &AppState) {
     });
 }
 
-/// GETs `url` and returns its body (at most [`MAX_JWKS`] bytes).
+/// GETs `url` and returns its body (at most `MAX_JWKS` bytes).
 pub async fn fetch(tls: &tokio_rustls::TlsConnector, url: &str) -> Result<String, String> {
     tokio::time::timeout(TIMEOUT, get(tls, url))
         .await

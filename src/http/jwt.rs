@@ -103,8 +103,8 @@ struct PublicKey {
 }
 
 /// Verifies tokens; cheap to share. The fetched keys (from `jwks_url`)
-/// are swapped whole by [`Verifier::set_fetched`]; a std-style lock held
-/// only to clone an `Arc`.
+/// are swapped whole by [`Verifier::set_fetched`]; the `parking_lot` lock
+/// is held only to clone or replace an `Arc`, never across an await.
 pub struct Verifier {
     hs256: Option<DecodingKey>,
     file: Vec<PublicKey>,

@@ -9,7 +9,7 @@
 //! saving does not exist there and hyper's loop is used.
 //!
 //! The guards of plain connections hold here too: the socket under TLS is
-//! a [`Guarded`] one (a first byte within `header_read_timeout`, a write
+//! a `Guarded` one (a first byte within `header_read_timeout`, a write
 //! that stalls for `send_timeout` fails), and the whole handshake must end
 //! within `header_read_timeout`. A client that sends garbage instead of a
 //! ClientHello gets a TLS alert and the connection is closed.
