@@ -5,7 +5,8 @@
 #   scripts/callgrind-append.sh BINARY STORAGE [N]
 #
 # Starts BINARY under `valgrind --tool=callgrind` with `--storage STORAGE`
-# (memory, file or acid; durable ones in a fresh temporary data directory),
+# (memory, file or acid; durable ones in a fresh temporary data directory;
+# for the official server's `durable-streams-server`, memory or wal),
 # creates one stream, sends 300 warm-up 100-byte POSTs on one keep-alive
 # connection, zeroes the counters, sends N more (default 3000), dumps, and
 # prints "instructions_per_append=X" (the dump's total over N: startup and
@@ -19,9 +20,16 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 cleanup() { [[ -f "$WORK/server.log" ]] && grep -v "^==" "$WORK/server.log" | tail -5 >&2; [[ -n "${PID:-}" ]] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 cd "$WORK"
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" \
-  "$BIN" serve --storage "$STORAGE" --data-dir "$WORK/data" \
-  --bind "127.0.0.1:$PORT" ${SERVER_ARGS---log-level warn} >"$WORK/server.log" 2>&1 &
+if [[ $(basename "$BIN") == durable-streams-server ]]; then
+  # The official Rust server (crates.io durable-streams): STORAGE memory
+  # is its `--durability memory`, anything else its default (wal).
+  ARGS=(--port "$PORT" --data-dir "$WORK/data")
+  [[ $STORAGE == memory ]] && ARGS+=(--durability memory)
+else
+  # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+  ARGS=(serve --storage "$STORAGE" --data-dir "$WORK/data" --bind "127.0.0.1:$PORT" ${SERVER_ARGS---log-level warn})
+fi
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" "$BIN" "${ARGS[@]}" >"$WORK/server.log" 2>&1 &
 PID=$!
 python3 - "$PORT" "$N" "$PID" <<'PY'
 import http.client, subprocess, sys, time
