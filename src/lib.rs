@@ -79,6 +79,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod offset;
+pub mod proxy;
 pub mod server;
 pub mod storage;
 pub mod subscriptions;

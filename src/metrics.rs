@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub mod proxy;
+
 /// Request methods, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -221,6 +223,8 @@ pub struct Metrics {
     storage_errors: Box<[AtomicU64]>,
     writes: [Histogram; WriteOp::ALL.len()],
     limited: [AtomicU64; Limited::ALL.len()],
+    /// The proxy's pipes and upstream failures.
+    pub proxy: proxy::ProxyMetrics,
 }
 
 impl Default for Metrics {
@@ -234,6 +238,7 @@ impl Default for Metrics {
             storage_errors: counters(ERROR_CODES.len()),
             writes: std::array::from_fn(|_| Histogram::new()),
             limited: std::array::from_fn(|_| AtomicU64::new(0)),
+            proxy: proxy::ProxyMetrics::default(),
         }
     }
 }
@@ -396,6 +401,7 @@ impl Metrics {
                 "ds_storage_write_seconds_count{{op=\"{label}\"}} {cumulative}"
             );
         }
+        self.proxy.render(&mut o);
         o
     }
 }
