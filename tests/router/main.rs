@@ -11,6 +11,7 @@ mod front_parity;
 mod http_router;
 mod jwt;
 mod ops;
+mod proxy;
 mod subscriptions;
 mod subscriptions_links;
 mod subscriptions_timing;
