@@ -11,6 +11,7 @@ mod container;
 mod h1;
 mod hostile;
 mod hostile_clients;
+mod proxy;
 mod rate_limit;
 mod soak;
 mod startup;
