@@ -63,23 +63,29 @@ pub fn valid_id(id: &str) -> bool {
         })
 }
 
-/// Parameter carrying a JSON upstream type (see [`stream_type`]).
+/// Parameter carrying the upstream's type (see [`stream_type`]).
 const UPSTREAM_PARAM: &str = "; upstream=";
+/// The stored type of upstream types that cannot be the stream's own.
+const STORED_AS: &str = "text/plain";
 
 /// The content type a proxy stream is created with for an upstream
-/// response's `Content-Type`: the same, except that a JSON type (whose
-/// stream would parse and frame every append as JSON values, which chunks
-/// of a body are not) is kept as bytes: `application/octet-stream;
-/// upstream=<type, percent-free>`. No or an unusable type: bytes.
+/// response's `Content-Type`: the same, except for two types that would
+/// change how the stream itself is read: a JSON type (a JSON stream frames
+/// every append as JSON values, which chunks of a body are not) and
+/// `text/event-stream` (clients take a read answered with it for the
+/// live SSE transport). Those are stored as `text/plain; upstream=<type>`,
+/// the type percent-encoded (so the stored type never contains the words
+/// clients look for, nor quotes or separators). No or an unusable type:
+/// `application/octet-stream`.
 pub fn stream_type(upstream: Option<&str>) -> String {
     let Some(t) = upstream.map(str::trim).filter(|t| {
         !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| (0x20..0x7f).contains(&b))
     }) else {
         return "application/octet-stream".into();
     };
-    if crate::storage::model::is_json(t) {
-        let quoted = t.replace(['"', '\\'], "");
-        format!("application/octet-stream{UPSTREAM_PARAM}\"{quoted}\"")
+    let essence = crate::storage::model::essence(t);
+    if essence == "application/json" || essence == "text/event-stream" {
+        format!("{STORED_AS}{UPSTREAM_PARAM}{}", percent_encode(t))
     } else {
         t.to_string()
     }
@@ -88,9 +94,36 @@ pub fn stream_type(upstream: Option<&str>) -> String {
 /// The upstream's content type, back from a stream's (see [`stream_type`]).
 pub fn upstream_type(stream: &str) -> String {
     match stream.split_once(UPSTREAM_PARAM) {
-        Some(("application/octet-stream", t)) => t.trim_matches('"').to_string(),
+        Some((STORED_AS, t)) => percent_decode(t).unwrap_or_else(|| stream.to_string()),
         _ => stream.to_string(),
     }
+}
+
+/// Every byte but `A-Z a-z 0-9 . + - _` as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b".+-_".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// One pipe this node runs.
@@ -227,11 +260,18 @@ mod tests {
     #[test]
     fn content_types_round_trip() {
         let sse = stream_type(Some("text/event-stream; charset=utf-8"));
-        assert_eq!(sse, "text/event-stream; charset=utf-8");
-        assert_eq!(upstream_type(&sse), sse);
+        assert_eq!(
+            sse,
+            "text/plain; upstream=text%2Fevent-stream%3B%20charset%3Dutf-8"
+        );
+        assert!(!sse.contains("text/event-stream"));
+        assert_eq!(upstream_type(&sse), "text/event-stream; charset=utf-8");
         let json = stream_type(Some("application/json"));
         assert!(!crate::storage::model::is_json(&json));
         assert_eq!(upstream_type(&json), "application/json");
+        let ndjson = stream_type(Some("application/x-ndjson"));
+        assert_eq!(ndjson, "application/x-ndjson");
+        assert_eq!(upstream_type(&ndjson), ndjson);
         assert_eq!(stream_type(None), "application/octet-stream");
         assert_eq!(
             stream_type(Some("bad\u{1}type")),
