@@ -202,6 +202,9 @@ async fn create(state: &AppState, req: Request) -> ProxyResult {
                 "the upstream sent no response headers within [proxy] header_timeout",
             )
         }
+        SendError::Refused => {
+            refused("the upstream's host resolves only to local network addresses")
+        }
         SendError::Unreachable(why) => {
             metrics.upstream_error(UpstreamError::Unreachable);
             tracing::info!(host = %target.host, error = %why, "proxy upstream unreachable");

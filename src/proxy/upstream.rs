@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::subscriptions::delivery::HttpTransport;
+use crate::subscriptions::delivery::{HttpTransport, NO_ALLOWED_ADDRESS};
 use crate::subscriptions::ssrf::Target;
 
 /// The proxy's own request headers (never forwarded).
@@ -98,6 +98,8 @@ pub fn forward_headers(client: &HeaderMap, target: &Target) -> HeaderMap {
 pub enum SendError {
     /// No response headers within the header timeout.
     Timeout,
+    /// Every address the host resolves to is refused by the SSRF rules.
+    Refused,
     /// Resolving, connecting, TLS or the exchange failed.
     Unreachable(String),
 }
@@ -123,6 +125,7 @@ pub async fn send(
     };
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => Err(SendError::Timeout),
+        Ok(Err(e)) if e == NO_ALLOWED_ADDRESS => Err(SendError::Refused),
         Ok(Err(e)) => Err(SendError::Unreachable(e)),
         Ok(Ok(res)) => Ok(res),
     }

@@ -18,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::ssrf;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error of [`HttpTransport::open`] when every address the host
+/// resolves to is refused by the SSRF rules (callers may tell it apart).
+pub const NO_ALLOWED_ADDRESS: &str = "the host resolves to no allowed address";
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// The future a [`Transport`] returns.
@@ -88,7 +92,7 @@ impl HttpTransport {
                     ssrf::check_ip(a.ip()).is_ok()
                 }
             })
-            .ok_or("the host resolves to no allowed address")?;
+            .ok_or(NO_ALLOWED_ADDRESS)?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;

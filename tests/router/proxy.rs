@@ -411,6 +411,20 @@ async fn hostile_create_requests() {
         assert_eq!(res.status(), 403, "{url}");
         assert_eq!(code(res).await, "UPSTREAM_NOT_ALLOWED");
     }
+    // Hosts that pass the static checks but resolve to loopback (the
+    // resolver reads 2130706433 and 0x7f.1 as 127.0.0.1; neither is the
+    // development exception): refused after resolving.
+    let mut c = config();
+    c.proxy.allowlist = vec!["https://2130706433:*/*".into(), "https://0x7f.1:*/*".into()];
+    let (_st, app, _up) = setup(c).await;
+    let res = send(&app, post(Some("https://2130706433:1/x"), Some("GET"))).await;
+    let status = res.status();
+    let detail = text(res).await;
+    assert_eq!(status, 403, "{detail}");
+    assert!(detail.contains("UPSTREAM_NOT_ALLOWED"));
+    let res = send(&app, post(Some("https://0x7f.1:1/x"), Some("GET"))).await;
+    assert_eq!(res.status(), 403);
+
     // An empty allowlist refuses everything.
     let mut c = config();
     c.proxy.allowlist.clear();
