@@ -70,11 +70,19 @@ pub enum Route {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/v1/proxy` and below.
+    Proxy,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Stream, Route::Health, Route::Metrics, Route::Other];
+    const ALL: [Route; 5] = [
+        Route::Stream,
+        Route::Health,
+        Route::Metrics,
+        Route::Proxy,
+        Route::Other,
+    ];
 
     pub fn of(path: &str) -> Self {
         if path.starts_with(crate::MOUNT) {
@@ -83,6 +91,8 @@ impl Route {
             Route::Health
         } else if path == "/metrics" {
             Route::Metrics
+        } else if path == "/v1/proxy" || path.starts_with("/v1/proxy/") {
+            Route::Proxy
         } else {
             Route::Other
         }
@@ -93,6 +103,7 @@ impl Route {
             Route::Stream => "stream",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Proxy => "proxy",
             Route::Other => "other",
         }
     }

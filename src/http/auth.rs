@@ -14,6 +14,10 @@
 //! streams its globs match. `/healthz`, `/readyz` and CORS preflights never
 //! need a token.
 //!
+//! `/v1/proxy` checks its own requests (pre-signed URLs, or [`service`]
+//! authentication: the write scope over `__ds/proxy/{id}`), in
+//! `http::proxy`; this middleware only rate limits them.
+//!
 //! The token comes from `Authorization: Bearer TOKEN`, or else from the
 //! `access_token` query parameter (RFC 6750 section 2.3; `EventSource`
 //! cannot send headers). The request log never writes the query, so the
