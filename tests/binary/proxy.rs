@@ -1,8 +1,9 @@
 //! The proxy in the real binary over the file backend: what a reader finds
 //! after the server stops while a pipe runs. SIGTERM: the pipe flushes and
 //! closes the stream first. SIGKILL: what was committed stays, and the
-//! stream stays open (no closer comes) until it expires. Both times the
-//! pre-signed URL still verifies after the restart (its key is stored).
+//! stream stays open (no closer comes) until it expires or is aborted.
+//! Both times the pre-signed URL still verifies after the restart (its key
+//! is stored).
 
 use std::time::Duration;
 
@@ -75,4 +76,11 @@ fn kill_9_leaves_the_committed_prefix_in_an_open_stream() {
     // The stream no longer grows: no pipe runs for it after the restart.
     let again = server.request("GET", &loc, &[], b"");
     assert_eq!(again.text(), r.text());
+    // An abort where no pipe runs (here: after the restart; in a postgres
+    // deployment: on another node) closes the stream, keeping its data.
+    let aborted = server.request("PATCH", &format!("{loc}&action=abort"), &[], b"");
+    assert_eq!(aborted.status, 204);
+    let closed = server.request("GET", &loc, &[], b"");
+    assert_eq!(closed.header("stream-closed"), Some("true"));
+    assert_eq!(closed.text(), r.text());
 }
