@@ -12,6 +12,7 @@ mod http_router;
 mod jwt;
 mod ops;
 mod proxy;
+mod proxy_hostile;
 mod subscriptions;
 mod subscriptions_links;
 mod subscriptions_timing;
