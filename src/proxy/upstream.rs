@@ -61,7 +61,7 @@ pub fn method(value: &str) -> Option<Method> {
 }
 
 /// The headers sent upstream for a client request's `headers`: every one
-/// not [`STRIPPED`] nor named by the client's `Connection` header, plus
+/// not in `STRIPPED` nor named by the client's `Connection` header, plus
 /// `Authorization` from `Upstream-Authorization`, `Host` of the target and
 /// `Accept-Encoding: identity`.
 pub fn forward_headers(client: &HeaderMap, target: &Target) -> HeaderMap {
