@@ -249,6 +249,33 @@ impl RateLimitConfig {
     }
 }
 
+/// The proxy (`/v1/proxy`, the Proxy Protocol), off by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    /// Upstream URL patterns (syntax in `proxy::allow`); empty refuses
+    /// every upstream.
+    pub allowlist: Vec<String>,
+    /// How long a pre-signed URL (and its stream) lives.
+    pub url_ttl: Duration,
+    /// The upstream must answer with its headers within this (504).
+    pub header_timeout: Duration,
+    /// The upstream body may pause this long between chunks.
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: false,
+            allowlist: Vec::new(),
+            url_ttl: Duration::from_secs(24 * 3600),
+            header_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 /// An address range: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -386,6 +413,7 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: usize,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub proxy: ProxyConfig,
 }
 
 impl Default for ServerConfig {
@@ -422,6 +450,7 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: 256,
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }

@@ -5,8 +5,8 @@
 //! # Layout
 //!
 //! Layers point one way (see `docs/architecture.md`): `offset` < `storage`,
-//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `http` <
-//! `server` < `main`; nothing below `http` imports it.
+//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `proxy` <
+//! `http` < `server` < `main`; nothing below `http` imports it.
 //!
 //! - [`MOUNT`]: where streams are mounted (`/v1/stream/`).
 //! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
@@ -44,9 +44,15 @@
 //!   types, registry and its path index, durable state in the backend's
 //!   control space, the wake worker (its own context), Ed25519 signing,
 //!   delivery with retry backoff, SSRF guard.
+//! - [`proxy`]: the Proxy Protocol engine (no HTTP routing): the upstream
+//!   allowlist ([`proxy::allow`], pure), pre-signed URL signatures and their
+//!   key ([`proxy::sign`]), forwarded headers and the upstream request
+//!   ([`proxy::upstream`], through the webhook client), and the pipe of one
+//!   upstream body into one stream ([`proxy::pipe`]).
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
-//!   [`http::sse`] and [`http::subscriptions`] (the `__ds` APIs);
+//!   [`http::sse`], [`http::subscriptions`] (the `__ds` APIs) and
+//!   [`http::proxy`] / [`http::proxy_stream`] (`/v1/proxy`);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
 //!   `/metrics`, the request log), [`http::auth`] (who may do what:
@@ -79,6 +85,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod offset;
+pub mod proxy;
 pub mod server;
 pub mod storage;
 pub mod subscriptions;

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub mod proxy;
+
 /// Request methods, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -68,11 +70,19 @@ pub enum Route {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/v1/proxy` and below.
+    Proxy,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Stream, Route::Health, Route::Metrics, Route::Other];
+    const ALL: [Route; 5] = [
+        Route::Stream,
+        Route::Health,
+        Route::Metrics,
+        Route::Proxy,
+        Route::Other,
+    ];
 
     pub fn of(path: &str) -> Self {
         if path.starts_with(crate::MOUNT) {
@@ -81,6 +91,8 @@ impl Route {
             Route::Health
         } else if path == "/metrics" {
             Route::Metrics
+        } else if path == "/v1/proxy" || path.starts_with("/v1/proxy/") {
+            Route::Proxy
         } else {
             Route::Other
         }
@@ -91,6 +103,7 @@ impl Route {
             Route::Stream => "stream",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Proxy => "proxy",
             Route::Other => "other",
         }
     }
@@ -221,6 +234,8 @@ pub struct Metrics {
     storage_errors: Box<[AtomicU64]>,
     writes: [Histogram; WriteOp::ALL.len()],
     limited: [AtomicU64; Limited::ALL.len()],
+    /// The proxy's pipes and upstream failures.
+    pub proxy: proxy::ProxyMetrics,
 }
 
 impl Default for Metrics {
@@ -234,6 +249,7 @@ impl Default for Metrics {
             storage_errors: counters(ERROR_CODES.len()),
             writes: std::array::from_fn(|_| Histogram::new()),
             limited: std::array::from_fn(|_| AtomicU64::new(0)),
+            proxy: proxy::ProxyMetrics::default(),
         }
     }
 }
@@ -396,6 +412,7 @@ impl Metrics {
                 "ds_storage_write_seconds_count{{op=\"{label}\"}} {cumulative}"
             );
         }
+        self.proxy.render(&mut o);
         o
     }
 }

@@ -113,6 +113,10 @@ fn assemble(
         }
     });
     let metrics = crate::metrics::Metrics::new();
+    // `run` has checked webhook_ca_file already; the built-in roots are the
+    // fallback only for embedders that skipped that.
+    let transport = HttpTransport::new(config.webhook_ca_file.as_deref()).unwrap_or_default();
+    let proxy = Arc::new(crate::proxy::Proxy::new(config.proxy.clone(), transport));
     AppState {
         storage: StorageHandle::new(storage),
         hub,
@@ -122,6 +126,7 @@ fn assemble(
         metrics,
         subs,
         jwt,
+        proxy,
     }
 }
 
@@ -208,6 +213,14 @@ pub async fn run(
                 }
             }
         }
+    }
+    // Proxy pipes flush and close their streams when the token fires;
+    // storage must still be open for that.
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.proxy.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("proxy pipes still writing after the grace period");
     }
     let storage = Arc::clone(state.storage.backend());
     tokio::task::spawn_blocking(move || storage.shutdown()).await??;

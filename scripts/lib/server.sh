@@ -175,6 +175,8 @@ ds_start_node() {
   if ds_is_postgres; then storage=postgres; fi
   mkdir -p "$WORK/$name"
   ds_log "starting $name: $BIN serve --storage $storage $*"
+  # The proxy, for tests/clients/proxy.test.ts (its upstream is on loopback).
+  DS_PROXY_ENABLED=true DS_PROXY_ALLOWLIST='http://127.0.0.1:*/*' \
   ds_spawn "$name" "$BIN" serve \
     --bind 127.0.0.1:0 \
     --storage "$storage" \

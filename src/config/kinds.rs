@@ -279,6 +279,23 @@ impl Kind for Globs {
     }
 }
 
+/// Proxy upstream URL patterns (see `crate::proxy::allow`).
+pub struct UrlPatterns;
+
+impl Kind for UrlPatterns {
+    type Value = Vec<String>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Vec<String>, String> {
+        let list = raw.list()?;
+        crate::proxy::allow::parse_all(&list).map_err(|e| {
+            format!("{e}; accepted values: URL patterns such as \"https://api.example.com/v1/*\"")
+        })?;
+        Ok(list)
+    }
+    fn show(&self, v: &Vec<String>) -> toml::Value {
+        toml::Value::Array(v.iter().map(|g| text(g.clone())).collect())
+    }
+}
+
 /// Addresses and CIDR ranges (`10.0.0.0/8`, `::1`).
 pub struct Cidrs;
 

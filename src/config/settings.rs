@@ -19,7 +19,7 @@ use clap::builder::PossibleValue;
 use super::ServerConfig;
 use super::kinds::{
     Addr, Bytes, Choice, Cidrs, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret,
-    OptionalText, OptionalUrl, Origins, Raw, Span, Switch, Tokens, Word,
+    OptionalText, OptionalUrl, Origins, Raw, Span, Switch, Tokens, UrlPatterns, Word,
 };
 use super::{HttpEngine, LogFormat, RequestLog, StorageKind, SyncMode};
 
@@ -252,6 +252,19 @@ settings! {
          e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]; from anyone else the header is ignored.";
     "rate_limit.max_keys", rate_limit.max_keys, Count { example: "100000", min: 1 }, None,
         "most keys remembered (idle ones are evicted first)";
+    "proxy.enabled", proxy.enabled, Switch, None,
+        "serve /v1/proxy (DS_PROXY_ENABLED)";
+    "proxy.allowlist", proxy.allowlist, UrlPatterns, None,
+        "Upstream URL patterns `scheme://host[:port][/path]`: host exact or `*.domain`\n\
+         (names below it), port exact or `*` (default: the scheme's), path exact or\n\
+         ending in `*` (a prefix; none = any path); the query is not matched. E.g.\n\
+         [\"https://api.openai.com/v1/*\"]. Empty = every upstream refused.";
+    "proxy.url_ttl", proxy.url_ttl, Span { positive: true }, None,
+        "how long a pre-signed URL, and the stream behind it, lives";
+    "proxy.header_timeout", proxy.header_timeout, Span { positive: true }, None,
+        "the upstream must send its response headers within this (else 504)";
+    "proxy.body_idle_timeout", proxy.body_idle_timeout, Span { positive: true }, None,
+        "the upstream body may pause this long between chunks (then the pipe ends)";
 }
 
 /// The comment above a TOML table in `config.example.toml`, per table.
@@ -270,6 +283,15 @@ pub const TABLE_NOTES: &[(&str, &str)] = &[
         "JSON Web Tokens, accepted when a key is set (hs256_secret, public_keys_file\n\
          or jwks_url). `exp` is required; the `scope` claim lists `read:GLOB`,\n\
          `write:GLOB` (stream-name globs; write does not imply read) and `metrics`.",
+    ),
+    (
+        "proxy",
+        "The Proxy Protocol at /v1/proxy, off by default: POST an upstream request,\n\
+         get a pre-signed URL of a durable stream the upstream's response is piped\n\
+         into. Upstreams must match the allowlist and pass the webhook SSRF rules\n\
+         (https:// to public addresses; http:// only to localhost / 127.0.0.x);\n\
+         https uses webhook_ca_file's roots too. With auth on, creating, HEAD and\n\
+         DELETE need a write token (JWT: write:__ds/proxy/**).",
     ),
     (
         "rate_limit",

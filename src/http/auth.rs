@@ -14,6 +14,10 @@
 //! streams its globs match. `/healthz`, `/readyz` and CORS preflights never
 //! need a token.
 //!
+//! `/v1/proxy` checks its own requests (pre-signed URLs, or [`service`]
+//! authentication: the write scope over `__ds/proxy/{id}`), in
+//! `http::proxy`; this middleware only rate limits them.
+//!
 //! The token comes from `Authorization: Bearer TOKEN`, or else from the
 //! `access_token` query parameter (RFC 6750 section 2.3; `EventSource`
 //! cannot send headers). The request log never writes the query, so the
@@ -66,7 +70,7 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
     if !auth.enabled || path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
         return None;
     }
-    if self_authenticated(method, path) {
+    if self_authenticated(method, path) || proxy_path(path) {
         return None;
     }
     let read = method == Method::GET || method == Method::HEAD;
@@ -94,6 +98,39 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
 /// True when `name` matches one of `auth.public_streams`.
 fn public_stream(auth: &AuthConfig, name: &str) -> bool {
     auth.public_streams.iter().any(|g| glob::matches(g, name))
+}
+
+/// The proxy's paths: its handlers check pre-signed URLs and service
+/// authentication themselves ([`service`]).
+fn proxy_path(path: &str) -> bool {
+    path == "/v1/proxy" || path.starts_with("/v1/proxy/")
+}
+
+/// Service authentication for the proxy: with auth on, the write scope on
+/// `name` (a static write token, or a JWT granting `write:` over it).
+pub fn service(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Access, ApiError> {
+    let auth = &state.config.auth;
+    if !auth.enabled {
+        return Ok(Access::default());
+    }
+    authorize(
+        auth,
+        state.jwt.as_deref(),
+        Scope::Write,
+        Target::Stream(name.to_string()),
+        uri,
+        headers,
+    )
+}
+
+/// True when the request carries a bearer token (header or query).
+pub fn has_credential(uri: &Uri, headers: &HeaderMap) -> bool {
+    bearer(headers).or_else(|| query_token(uri)).is_some()
 }
 
 /// Subscription requests that carry their own proof instead of a server
@@ -237,6 +274,18 @@ fn decide(
     let Some((scope, target)) = needed(auth, method, uri.path()) else {
         return Ok(Access::default());
     };
+    authorize(auth, jwt, scope, target, uri, headers)
+}
+
+/// Checks the request's token for `scope` over `target`.
+fn authorize(
+    auth: &AuthConfig,
+    jwt: Option<&Verifier>,
+    scope: Scope,
+    target: Target,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Access, ApiError> {
     let Some(token) = bearer(headers).or_else(|| query_token(uri)) else {
         return Err(unauthorized(
             "Bearer realm=\"durable-streams\"",

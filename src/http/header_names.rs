@@ -24,7 +24,7 @@ pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-
 pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
 
 /// Headers a browser page may read (CORS `Access-Control-Expose-Headers`).
-pub static EXPOSED: [HeaderName; 15] = [
+pub static EXPOSED: [HeaderName; 17] = [
     STREAM_NEXT_OFFSET,
     STREAM_CLOSED,
     STREAM_UP_TO_DATE,
@@ -40,4 +40,6 @@ pub static EXPOSED: [HeaderName; 15] = [
     HeaderName::from_static("location"),
     HeaderName::from_static("content-type"),
     HeaderName::from_static("retry-after"),
+    HeaderName::from_static("upstream-content-type"),
+    HeaderName::from_static("upstream-status"),
 ];

@@ -17,6 +17,8 @@ pub mod jwks;
 pub mod jwt;
 pub mod limit;
 pub mod ops;
+pub mod proxy;
+pub mod proxy_stream;
 pub mod read;
 pub mod secure;
 pub mod serve;
@@ -63,6 +65,8 @@ pub struct AppState {
     pub jwt: Option<Arc<jwt::Verifier>>,
     /// The per-client limits, when `[rate_limit]` sets any.
     pub limiter: Option<Arc<limit::Limiter>>,
+    /// The Proxy Protocol engine (`[proxy]`; answers 404 while disabled).
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 impl AppState {
@@ -117,6 +121,7 @@ pub fn router(state: AppState) -> Router {
             Method::PUT,
             Method::POST,
             Method::DELETE,
+            Method::PATCH,
             Method::OPTIONS,
         ]))
         .allow_headers(AllowHeaders::mirror_request())
@@ -127,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))
+        .route(proxy::PROXY_MOUNT, any(proxy::root))
+        .route("/v1/proxy/{id}", any(proxy_stream::one))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -230,7 +237,11 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
 
 /// `GET` on a stream, by live mode: SSE in [`sse`], catch-up and long-poll
 /// in [`read`].
-async fn read_stream(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn read_stream(
+    state: &AppState,
+    name: String,
+    req: Request,
+) -> Result<Response, ApiError> {
     let query = headers::read_query(req.uri().query())?;
     match query.live {
         headers::Live::Sse => sse::serve(state, name, query).await,

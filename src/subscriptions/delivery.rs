@@ -18,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::ssrf;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error of [`HttpTransport::open`] when every address the host
+/// resolves to is refused by the SSRF rules (callers may tell it apart).
+pub const NO_ALLOWED_ADDRESS: &str = "the host resolves to no allowed address";
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// The future a [`Transport`] returns.
@@ -66,13 +70,15 @@ impl Transport for HttpTransport {
 }
 
 impl HttpTransport {
-    async fn send(
+    /// Resolves `target`, picks an address the SSRF rules allow (loopback
+    /// only for the development exception), connects to it, speaks TLS for
+    /// `https://` (the certificate checked against the URL's host name)
+    /// and opens an HTTP/1.1 connection. Shared with the proxy's upstream
+    /// requests.
+    pub async fn open(
         &self,
-        url: &str,
-        signature: &str,
-        body: Bytes,
-    ) -> Result<serde_json::Value, String> {
-        let target = ssrf::parse(url)?;
+        target: &ssrf::Target,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
         let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
             .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
@@ -86,21 +92,9 @@ impl HttpTransport {
                     ssrf::check_ip(a.ip()).is_ok()
                 }
             })
-            .ok_or("webhook host resolves to no allowed address")?;
+            .ok_or(NO_ALLOWED_ADDRESS)?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| e.to_string())?;
-        let default_port = if target.https { 443 } else { 80 };
-        let host = if target.port == default_port {
-            target.host.clone()
-        } else {
-            format!("{}:{}", target.host, target.port)
-        };
-        let req = hyper::Request::post(target.path.as_str())
-            .header("host", host)
-            .header("content-type", "application/json")
-            .header("webhook-signature", signature)
-            .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         if target.https {
             // The certificate is checked against the URL's host name, while
@@ -112,22 +106,47 @@ impl HttpTransport {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            exchange(tls, req).await
+            handshake(tls).await
         } else {
-            exchange(tcp, req).await
+            handshake(tcp).await
         }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        signature: &str,
+        body: Bytes,
+    ) -> Result<serde_json::Value, String> {
+        let target = ssrf::parse(url)?;
+        let send = self.open(&target).await?;
+        let req = hyper::Request::post(target.path.as_str())
+            .header("host", target.host_header())
+            .header("content-type", "application/json")
+            .header("webhook-signature", signature)
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        exchange(send, req).await
     }
 }
 
-/// One HTTP/1.1 request and its (bounded) response on a fresh connection.
-async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> Result<serde_json::Value, String>
+/// An HTTP/1.1 client connection over `io`, driven by its own task.
+async fn handshake<S>(io: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    Ok(send)
+}
+
+/// One HTTP/1.1 request and its (bounded) response on a fresh connection.
+async fn exchange(
+    mut send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<serde_json::Value, String> {
     let res = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = res.status();
     let bytes = Limited::new(res.into_body(), MAX_RESPONSE)

@@ -15,6 +15,24 @@ pub struct Target {
     pub dev_local: bool,
 }
 
+impl Target {
+    /// The `Host` header for this target: the host, with the port when it
+    /// is not the scheme's default (IPv6 literals in brackets).
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.https { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
 /// Parses and statically validates a webhook URL; `Err` says why it was
 /// rejected.
 pub fn parse(url: &str) -> Result<Target, String> {

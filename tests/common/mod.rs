@@ -7,7 +7,9 @@
 //!   with `oneshot` (no socket);
 //! * [`json_api`]: JSON API calls through the router;
 //! * [`pg`]: the PostgreSQL server and fresh databases for postgres tests;
-//! * [`stores`]: file and acid stores opened the usual way.
+//! * [`stores`]: file and acid stores opened the usual way;
+//! * [`upstream`]: a fake upstream (SSE tokens, failing, stalling,
+//!   redirecting) for the proxy tests.
 //!
 //! Each binary uses only part of this, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -17,6 +19,7 @@ pub mod pg;
 pub mod router;
 pub mod server;
 pub mod stores;
+pub mod upstream;
 
 #[allow(unused_imports)] // each binary uses a part
 pub use server::{Reply, Server, parse, request, try_request};

@@ -11,6 +11,8 @@ mod front_parity;
 mod http_router;
 mod jwt;
 mod ops;
+mod proxy;
+mod proxy_hostile;
 mod subscriptions;
 mod subscriptions_links;
 mod subscriptions_timing;
