@@ -138,6 +138,7 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         close: h::stream_closed(&headers),
         stream_seq: h::stream_seq(&headers)?,
         producer: h::producer(&headers)?,
+        if_match: h::if_match(&headers)?,
         body,
         now: now_ms(),
     };
@@ -169,9 +170,12 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         AppendOutcome::Appended { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
         AppendOutcome::Duplicate { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
     };
+    let tail = info.tail.to_string();
+    // The new tail as a strong ETag, for a chained `If-Match` (proposal).
     let mut b = axum::http::Response::builder()
         .status(status)
-        .header(h::STREAM_NEXT_OFFSET, info.tail.to_string());
+        .header(header::ETAG, format!("\"{tail}\""))
+        .header(h::STREAM_NEXT_OFFSET, tail);
     if info.closed {
         b = b.header(h::STREAM_CLOSED, "true");
     }

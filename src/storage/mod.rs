@@ -210,6 +210,11 @@ pub struct AppendRequest {
     /// `Stream-Seq`.
     pub stream_seq: Option<String>,
     pub producer: Option<ProducerHeaders>,
+    /// `If-Match: "<offset>"`: append only if the stream's tail is exactly
+    /// this offset (optimistic concurrency). Compared by
+    /// [`model::plan_append`] under the stream's lock, so the comparison and
+    /// the write are one atomic step on every backend.
+    pub if_match: Option<Offset>,
     pub now: Millis,
 }
 
@@ -223,8 +228,16 @@ impl AppendRequest {
             close: false,
             stream_seq: None,
             producer: None,
+            if_match: None,
             now,
         }
+    }
+
+    /// The same append, conditional on the stream's tail being `tail`
+    /// (`If-Match`).
+    pub fn if_match(mut self, tail: Offset) -> Self {
+        self.if_match = Some(tail);
+        self
     }
 
     /// The same append sent by idempotent producer `id` with `epoch` and `seq`.
@@ -400,6 +413,16 @@ pub enum StorageError {
     PathReserved,
     #[error("stream is closed")]
     Closed { tail: Offset },
+    /// `If-Match` named another tail than the stream's: nothing was written.
+    #[error(
+        "If-Match does not match the stream's current tail {tail}; read it again or retry with that tail"
+    )]
+    PreconditionFailed { tail: Offset, closed: bool },
+    /// `If-Match` and idempotent-producer headers in one request.
+    #[error(
+        "If-Match cannot be combined with Producer-Id/Producer-Epoch/Producer-Seq; use one or the other"
+    )]
+    IfMatchWithProducer,
     #[error("content type does not match the stream's ({expected})")]
     ContentTypeMismatch { expected: String },
     #[error("Content-Type is required when the body is not empty")]

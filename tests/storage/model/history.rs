@@ -7,7 +7,8 @@
 //! creates (plain, closed, with a TTL or an expiry time, forks at exact,
 //! mid-record, stale or random offsets with sub-offsets, onto free names),
 //! appends (the stream's own type or another, valid and invalid JSON,
-//! closes, `Stream-Seq`s, idempotent producers that mostly follow their
+//! closes, `Stream-Seq`s, `If-Match` on the tail or a stale offset (alone
+//! or, refused, with producer headers), idempotent producers that mostly follow their
 //! sequence and others drawn at random, exact retries of the last accepted
 //! append), reads from the start, the tail or any offset seen with or
 //! without a byte limit, heads, deletes and sweeps, with time moving in
@@ -233,8 +234,9 @@ impl History {
     }
 
     /// An append to a stream of type `own` (when it exists), usually of
-    /// that type.
-    fn append(&mut self, own: Option<String>) -> AppendRequest {
+    /// that type; sometimes conditional (`If-Match`), mostly on the
+    /// stream's `tail` as the model has it.
+    fn append(&mut self, own: Option<String>, tail: Option<Offset>) -> AppendRequest {
         let json = own.as_deref().map(|t| t == "application/json");
         let content_type = if self.chance(0.85) {
             own
@@ -274,7 +276,11 @@ impl History {
             stream_seq: self
                 .chance(0.18)
                 .then(|| format!("{:03}", self.rng.random_range(0..50))),
-            producer,
+            if_match: self.chance(0.15).then(|| match tail {
+                Some(t) if self.chance(0.7) => t,
+                _ => self.offset(),
+            }),
+            producer: producer.filter(|_| self.chance(0.8)),
             now: self.now,
         }
     }
@@ -360,7 +366,8 @@ pub fn run(seed: u64, steps: usize, open: Open) {
                     }
                     _ => {
                         let own = h.types.get(name).cloned();
-                        (name, h.append(own))
+                        let tail = model.head(name, now).ok().map(|i| i.tail);
+                        (name, h.append(own, tail))
                     }
                 };
                 name = n;
