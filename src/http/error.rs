@@ -104,6 +104,10 @@ impl From<StorageError> for ApiError {
                     e
                 }
             }
+            E::Trimmed { earliest } => ApiError::new(S::GONE, "OFFSET_TRIMMED", detail)
+                .with_header(h::STREAM_EARLIEST_OFFSET, earliest),
+            E::TrimBeyondTail { tail } => ApiError::bad_request("TRIM_BEYOND_TAIL", detail)
+                .with_header(h::STREAM_NEXT_OFFSET, tail),
             E::IfMatchWithProducer => ApiError::bad_request("IF_MATCH_WITH_PRODUCER", detail),
             E::ContentTypeMismatch { .. } => {
                 ApiError::new(S::CONFLICT, "CONTENT_TYPE_MISMATCH", detail)

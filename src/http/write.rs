@@ -201,7 +201,10 @@ pub async fn delete(state: &AppState, name: String) -> Result<Response, ApiError
 pub async fn head(state: &AppState, name: String) -> Result<Response, ApiError> {
     let now = now_ms();
     let info = state.storage(move |s| s.head(&name, now)).await?;
+    // Where the retained data starts (our extension; the stream's start
+    // until a trim or retention drops records).
     let b = with_expiry(stream_response(StatusCode::OK, &info), &info)
+        .header(h::STREAM_EARLIEST_OFFSET, info.earliest.to_string())
         .header(header::CACHE_CONTROL, "no-store");
     finish(b, Body::empty())
 }

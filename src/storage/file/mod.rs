@@ -101,10 +101,11 @@ use self::wal::Wal;
 use super::model::StreamMeta;
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Staged, Staging, Storage, StorageError, StreamInfo,
+    Staged, Staging, Storage, StorageError, StreamInfo, TrimOutcome,
 };
 use crate::config::SyncMode;
 use crate::notify::{Wake, WakeHub};
+use crate::offset::Offset;
 
 /// WAL room claimed for an entry's metadata (stream and fork-source
 /// metadata, producer states); entries carrying data claim their size too.
@@ -344,6 +345,7 @@ impl Storage for FileStorage {
         fn read(&self, name: &str, req: ReadRequest) -> ReadOutcome;
         fn head(&self, name: &str, now: Millis) -> StreamInfo;
         fn delete(&self, name: &str, now: Millis) -> ();
+        fn trim(&self, name: &str, before: Offset, now: Millis) -> TrimOutcome;
         fn sweep_expired(&self, now: Millis) -> usize;
         fn list_streams(&self) -> Vec<(String, StreamMeta)>;
         fn export_stream(&self, name: &str) -> (StreamMeta, Vec<Bytes>);

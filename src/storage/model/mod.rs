@@ -89,6 +89,12 @@ pub struct StreamMeta {
     /// Last `Stream-Seq` accepted (scope: the stream).
     pub last_stream_seq: Option<String>,
     pub producers: HashMap<String, ProducerState>,
+    /// The first retained position (a record boundary) once the stream has
+    /// been trimmed; `None` (the stream's start) when nothing was. Reads
+    /// before it are `Gone`. Absent from the stored JSON until a trim, so
+    /// every earlier format reads unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trimmed: Option<Offset>,
 }
 
 impl StreamMeta {
@@ -109,7 +115,24 @@ impl StreamMeta {
             soft_deleted: false,
             last_stream_seq: None,
             producers: HashMap::new(),
+            trimmed: None,
         }
+    }
+
+    /// Where the stream's own retained records start: its base, or its
+    /// trim point when that lies past the base. Exports hold the records
+    /// from here; a restore puts them back here.
+    pub fn own_start(&self) -> Offset {
+        match self.trimmed {
+            Some(t) if t.pos > self.base.pos => t,
+            _ => self.base,
+        }
+    }
+
+    /// The first position a read can start at: the trim point, or the
+    /// start of the offset space.
+    pub fn earliest(&self) -> Offset {
+        self.trimmed.unwrap_or(Offset::ZERO)
     }
 
     pub fn is_expired(&self, now: Millis) -> bool {
@@ -136,6 +159,7 @@ impl StreamMeta {
             tail: self.tail,
             closed: self.closed,
             expiry: self.expiry,
+            earliest: self.earliest(),
         }
     }
 

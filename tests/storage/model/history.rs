@@ -11,7 +11,8 @@
 //! or, refused, with producer headers), idempotent producers that mostly follow their
 //! sequence and others drawn at random, exact retries of the last accepted
 //! append), reads from the start, the tail or any offset seen with or
-//! without a byte limit, heads, deletes and sweeps, with time moving in
+//! without a byte limit, heads, trims (to seen offsets, mid-record ones, the
+//! tail or beyond), deletes and sweeps, with time moving in
 //! small steps and sometimes jumps past TTLs. At random points the store is
 //! checkpointed (the file backend) or dropped and reopened (after a clean
 //! shutdown or without one, so that recovery replays what the last
@@ -338,7 +339,7 @@ pub fn run(seed: u64, steps: usize, open: Open) {
         let mut name = h.name();
         // The model's view, without side effects (HEAD renews nothing).
         let exists = |n: &str| model.head(n, now).is_ok();
-        let mut op = h.rng.random_range(0..20);
+        let mut op = h.rng.random_range(0..22);
         if !exists(name) && h.chance(0.6) {
             op = 0;
         }
@@ -402,6 +403,36 @@ pub fn run(seed: u64, steps: usize, open: Open) {
                 format!("{:?}", model.delete(name, now)),
                 format!("{:?}", store.delete(name, now)),
             ),
+            19 | 20 => {
+                // Mostly a position inside the stream's own records (at a
+                // record start or inside one), else its tail or any offset
+                // seen. Found by an export, which renews nothing.
+                let inside = |k: usize, skip: u64| {
+                    let Ok((meta, records)) = model.export_stream(name) else {
+                        return Offset::ZERO;
+                    };
+                    let mut at = meta.own_start();
+                    for r in records.iter().take(k) {
+                        at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
+                    }
+                    match records.get(k) {
+                        Some(r) if skip > 0 && (skip as usize) < r.len() => {
+                            Offset::new(at.seq, at.pos + skip)
+                        }
+                        _ => at,
+                    }
+                };
+                let before = match h.rng.random_range(0..5) {
+                    0 | 1 => inside(h.rng.random_range(0..6), h.rng.random_range(0..3)),
+                    2 => model.head(name, now).map_or(Offset::ZERO, |i| i.tail),
+                    _ => h.offset(),
+                };
+                (
+                    format!("trim {name} {before:?}"),
+                    format!("{:?}", model.trim(name, before, now)),
+                    format!("{:?}", store.trim(name, before, now)),
+                )
+            }
             _ => (
                 "sweep".to_string(),
                 format!("{:?}", model.sweep_expired(now)),
