@@ -396,9 +396,9 @@ impl<R: Read> FrameReader<R> {
         }
         let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         let meta = s.to_meta();
-        if bytes != s.bytes || model::advance(meta.base, &records) != meta.tail {
+        if bytes != s.bytes || model::advance(meta.own_start(), &records) != meta.tail {
             return Err(bad(format!(
-                "stream {:?}: its records do not lead from base to tail",
+                "stream {:?}: its records do not lead from base (or its earliest offset) to tail",
                 s.name
             )));
         }
@@ -755,9 +755,9 @@ pub fn list(store: &dyn Storage, now: Millis) -> Result<Vec<ListEntry>, BackupEr
         .map(|(name, m)| ListEntry {
             name,
             content_type: m.content_type.clone(),
-            own_bytes: m.tail.pos - m.base.pos,
-            total_bytes: m.tail.pos,
-            records: m.tail.seq - m.base.seq,
+            own_bytes: m.tail.pos - m.own_start().pos,
+            total_bytes: m.tail.pos - m.earliest().pos,
+            records: m.tail.seq - m.own_start().seq,
             closed: m.closed,
             soft_deleted: m.soft_deleted,
             expired: m.is_expired(now),

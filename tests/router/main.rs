@@ -14,3 +14,4 @@ mod ops;
 mod subscriptions;
 mod subscriptions_links;
 mod subscriptions_timing;
+mod trim;

@@ -213,6 +213,20 @@ impl FileStorage {
         // Nothing to make durable or to cut off: the checkpoint on disk plus
         // the (empty) WAL after it already describe the state exactly.
         let needs_checkpoint = rec.replayed > 0 || !rec.clean_end;
+        if rec.replayed > 0 {
+            // Replay rewrites the data of every replayed record, those a
+            // later trim dropped included: give their space back again.
+            for meta in rec.streams.values() {
+                let start = meta.own_start();
+                if start.pos > meta.base.pos {
+                    let to =
+                        format::data_offset(start.seq - meta.base.seq, start.pos, meta.base.pos);
+                    if let Err(e) = files.punch(meta.id, to) {
+                        tracing::warn!(stream_id = meta.id, error = %e, "could not give back trimmed space");
+                    }
+                }
+            }
+        }
         let streams = rec
             .streams
             .into_iter()
