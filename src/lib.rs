@@ -27,7 +27,7 @@
 //!   I/O). The decisions, once for every backend: [`storage::model`] (pure
 //!   rules: producers, closure, config matching, JSON framing),
 //!   [`storage::txn`] (create, fork, append via `append_to`, delete cascade,
-//!   restore, sweep over a backend's `Txn`), [`storage::view`] (position
+//!   trim, restore, sweep over a backend's `Txn`), [`storage::view`] (position
 //!   arithmetic), [`storage::chain`] (fork-chain reads over a record table).
 //!   Backends keep only how they store: [`storage::memory`];
 //!   [`storage::file`] (group-committed WAL, per-stream data files,
@@ -44,7 +44,8 @@
 //!   delivery with retry backoff, SSRF guard.
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
-//!   [`http::sse`] and [`http::subscriptions`] (the `__ds` APIs);
+//!   [`http::sse`], [`http::subscriptions`] and [`http::trim`] (the `__ds`
+//!   APIs);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
 //!   `/metrics`, the request log), [`http::auth`], [`http::compress`],
