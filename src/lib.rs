@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! Layers point one way (see `docs/architecture.md`): `offset` < `storage`,
-//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `http` <
+//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `retention` < `http` <
 //! `server` < `main`; nothing below `http` imports it.
 //!
 //! - [`MOUNT`]: where streams are mounted (`/v1/stream/`).
@@ -42,6 +42,9 @@
 //!   types, registry and its path index, durable state in the backend's
 //!   control space, the wake worker (its own context), Ed25519 signing,
 //!   delivery with retry backoff, SSRF guard.
+//! - [`retention`]: the sweeper that applies the `[[retention]]` policies
+//!   by trimming (tail samples for `max_age`, a bounded read for
+//!   `max_bytes`).
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
 //!   [`http::sse`], [`http::subscriptions`] and [`http::trim`] (the `__ds`
@@ -72,6 +75,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod offset;
+pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod subscriptions;

@@ -10,6 +10,7 @@ mod container;
 mod h1;
 mod hostile;
 mod hostile_clients;
+mod retention;
 mod soak;
 mod startup;
 mod webhook_tls;
