@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Real-client end-to-end tests: the official TypeScript client
 # (@durable-streams/client) and headless Chromium running examples/tail.html,
-# against the release binary.
+# against the release binary; and Chromium with 20 live EventSources over
+# HTTPS/HTTP/2 (h2.test.ts starts its own TLS server; needs openssl); and
+# nginx as a caching proxy in front (nginx.test.ts, its own server and nginx).
 #
 # Usage: scripts/clients.sh [BACKEND] [extra vitest args...]
 #   BACKEND defaults to "memory" (passed to `durable-streams serve --storage`);
@@ -13,6 +15,7 @@
 #   DS_STARTUP_TIMEOUT_S     seconds to wait for the server to start (default 30)
 #   DS_SKIP_BUILD            "1" to skip `cargo build --release` (binary must exist)
 #   CHROMIUM_PATH            browser binary (default /usr/bin/chromium)
+#   NGINX_PATH               nginx binary (default /usr/sbin/nginx; installed by apt-get as root)
 #
 # Builds the release binary, installs the npm deps (npm ci) if missing, makes
 # sure Chromium is installed (apt-get when running as root), starts the server
@@ -49,6 +52,21 @@ if [[ ! -x "$CHROMIUM" ]]; then
   fi
 fi
 
+# --- nginx (nginx.test.ts: the README's caching recipe in front) --------------
+NGINX="${NGINX_PATH:-/usr/sbin/nginx}"
+if [[ ! -x "$NGINX" ]]; then
+  if [[ "$NGINX" == /usr/sbin/nginx && "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    ds_log "installing nginx (apt-get)"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx
+  fi
+  if [[ ! -x "$NGINX" ]]; then
+    ds_log "nginx not found at $NGINX. Install it (Debian: apt-get install -y nginx," \
+      "as root) or set NGINX_PATH to an nginx binary."
+    exit 1
+  fi
+fi
+
 ds_start_server "$LONG_POLL_MS"
 
 # --- run suite ---------------------------------------------------------------
@@ -58,6 +76,9 @@ SUITE_RC=0
   export DS_BASE_URL="$BASE_URL"
   export DS_LONG_POLL_TIMEOUT_MS="$LONG_POLL_MS"
   export CHROMIUM_PATH="$CHROMIUM"
+  # h2.test.ts starts its own HTTPS server with this binary.
+  export DS_BIN="$BIN"
+  export NGINX_PATH="$NGINX"
   ds_vitest "$@"
 ) || SUITE_RC=$?
 

@@ -104,6 +104,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which requests get a line in the log (every request is counted in
+/// `/metrics` whatever this says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestLog {
+    /// No request lines.
+    Off,
+    /// Requests answered with a 5xx, at `warn`; the rest at `debug` (shown
+    /// with `log_level = "debug"` or `RUST_LOG=durable_streams::request=debug`).
+    Errors,
+    /// Every request at `info` (5xx at `warn`, probes and scrapes at
+    /// `debug`): an access log.
+    /// Costs a formatted line per request, ~4-5 us of CPU per append.
+    All,
+}
+
 /// Which code serves HTTP/1.1 connections (HTTP/2 always goes to hyper).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HttpEngine {
@@ -150,6 +165,134 @@ pub struct AuthConfig {
     /// A file of further tokens, one per line as `read:TOKEN`, `write:TOKEN`
     /// or `rw:TOKEN`; `#` starts a comment. Read once at start.
     pub tokens_file: Option<PathBuf>,
+    /// Streams (globs over names) anyone may read, with answers that
+    /// shared caches may keep (no `Cache-Control: private`).
+    pub public_streams: Vec<String>,
+    /// JSON Web Tokens, accepted beside the static tokens.
+    pub jwt: JwtConfig,
+}
+
+/// JWT bearer tokens: verified with an HS256 secret and/or public keys
+/// (a JWKS file, a JWKS URL); `exp` is required, `scope` grants
+/// `read:GLOB` / `write:GLOB` over stream names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The shared secret of HS256 tokens; none: HS256 is refused.
+    pub hs256_secret: Option<Secret>,
+    /// A JWKS file (RS256, ES256 and EdDSA public keys), read at start.
+    pub public_keys_file: Option<PathBuf>,
+    /// A JWKS URL, fetched at start and every `jwks_refresh` after.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    pub jwks_refresh: Duration,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// An `aud` every token must carry, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            public_keys_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(60),
+        }
+    }
+}
+
+impl JwtConfig {
+    /// True when any key to verify tokens with is configured.
+    pub fn enabled(&self) -> bool {
+        self.hs256_secret.is_some() || self.public_keys_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
+/// Per-client rate limits (off by default), keyed by the token's subject
+/// (a digest for a static token), else the client's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per key; 0: no request limit.
+    pub requests_per_second: usize,
+    /// Requests a key may make at once above the sustained rate.
+    pub burst: usize,
+    /// Most live reads (long-polls, SSE) one key may hold open; 0: no cap.
+    pub max_live_readers: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or
+    /// CIDR ranges); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Most keys remembered; idle keys are evicted first.
+    pub max_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_second: 0,
+            burst: 50,
+            max_live_readers: 0,
+            trusted_proxies: Vec::new(),
+            max_keys: 100_000,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// True when any limit is set.
+    pub fn enabled(&self) -> bool {
+        self.requests_per_second > 0 || self.max_live_readers > 0
+    }
+}
+
+/// An address range: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR` or `ADDR/BITS`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = bits.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// True when `ip` is in the range (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(V6(v6), V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (V4(a), V4(b)) => (u128::from(a.to_bits()), u128::from(b.to_bits()), 32),
+            (V6(a), V6(b)) => (a.to_bits(), b.to_bits(), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Limits on what a client may send and what one read returns.
@@ -229,13 +372,24 @@ pub struct ServerConfig {
     /// when set, overrides it.
     pub log_level: String,
     pub log_format: LogFormat,
+    pub request_log: RequestLog,
     /// Catch-up read bodies at least this large are compressed when the
     /// client accepts gzip or br (0: compress every catch-up read).
     pub compression_min_bytes: u16,
     /// A PEM file of CA certificates trusted for `https://` webhooks in
     /// addition to the built-in (Mozilla) roots; read once at start.
     pub webhook_ca_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with
+    /// `tls_key_file`, the listener speaks TLS only (HTTP/2 and HTTP/1.1
+    /// by ALPN). Both files are read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Most concurrent requests (streams) one HTTP/2 connection may have
+    /// open, SSE subscriptions included.
+    pub h2_max_concurrent_streams: usize,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -265,9 +419,14 @@ impl Default for ServerConfig {
             cors_origins: vec!["*".to_string()],
             log_level: "info".to_string(),
             log_format: LogFormat::Pretty,
+            request_log: RequestLog::Errors,
             compression_min_bytes: 1024,
             webhook_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            h2_max_concurrent_streams: 256,
             auth: AuthConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -297,6 +456,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = |s: &str| Cidr::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(c("10.0.0.0/8").contains(ip("10.1.2.3")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!c("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(c("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(c("::/0").contains(ip("2001:db8::1")));
+        assert!(c("fd00::/8").contains(ip("fd12::1")));
+        assert!(c("10.0.0.0/8").contains(ip("::ffff:10.0.0.1")));
+        assert!(!c("10.0.0.0/8").contains(ip("fd00::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "host",
+            "10.0.0.0/x",
+            "1.2.3.4/",
+        ] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -37,7 +37,9 @@
 //!   nodes on one database: writer thread, pool, LISTEN/NOTIFY wakes,
 //!   leadership).
 //! - [`metrics`]: lock-free counters, gauges and histograms, Prometheus text.
-//! - [`tls`]: the rustls client configuration (webhooks, database).
+//! - [`tls`]: the rustls client configuration (webhooks, database);
+//!   [`tls::server`]: the served certificate (PEM files, swapped on SIGHUP)
+//!   and the ALPN server configuration.
 //! - [`subscriptions`]: the subscription engine (no HTTP): the [`subscriptions::sub`]
 //!   types, registry and its path index, durable state in the backend's
 //!   control space, the wake worker (its own context), Ed25519 signing,
@@ -51,9 +53,15 @@
 //!   APIs);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
-//!   `/metrics`, the request log), [`http::auth`], [`http::compress`],
+//!   `/metrics`, the request log), [`http::auth`] (who may do what:
+//!   static tokens, JWT scopes, `Cache-Control: private`), [`http::jwt`]
+//!   (token verification and scopes, pure), [`http::jwks`] (fetching
+//!   `jwks_url`), [`http::limit`] (per-client rate limits and live-read
+//!   caps), [`http::compress`],
 //!   [`http::forward`] (subscription requests to the leader node);
-//!   [`http::serve`] accepts connections, [`http::transport`] holds the
+//!   [`http::serve`] accepts connections, [`http::secure`] serves HTTPS
+//!   (handshake, then hyper's HTTP/2 or HTTP/1.1 by ALPN),
+//!   [`http::transport`] holds the
 //!   timeouts and guarded I/O both engines share, [`http::h1`] is our
 //!   HTTP/1.1 engine (dispatch, conn, role, decode, encode, body, io, date).
 //! - [`server`]: opening storage, building the state and the engine's

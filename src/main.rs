@@ -1,7 +1,7 @@
 //! The `durable-streams` binary: gather the configuration layers, set up
 //! logging, serve.
 
-use std::io::{Read, Seek, Write};
+use std::io::{IsTerminal, Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -98,8 +98,12 @@ struct ImportArgs {
 fn init_logging(c: &ServerConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log_level));
+    // Colour only for a person at a terminal: ANSI codes in a file or a
+    // pipe are noise (https://no-color.org: NO_COLOR set turns it off).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match c.log_format {
         LogFormat::Pretty => builder.init(),

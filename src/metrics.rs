@@ -121,6 +121,26 @@ impl WriteOp {
     }
 }
 
+/// Why a request was refused with `429`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limited {
+    /// Over `requests_per_second` / `burst`.
+    Requests,
+    /// Over `max_live_readers`.
+    LiveReaders,
+}
+
+impl Limited {
+    const ALL: [Limited; 2] = [Limited::Requests, Limited::LiveReaders];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limited::Requests => "requests",
+            Limited::LiveReaders => "live_readers",
+        }
+    }
+}
+
 /// Status codes 100..=599 each get a slot.
 const STATUSES: usize = 500;
 const REQUEST_SLOTS: usize = Method::ALL.len() * Route::ALL.len() * STATUSES;
@@ -200,6 +220,7 @@ pub struct Metrics {
     sse: AtomicU64,
     storage_errors: Box<[AtomicU64]>,
     writes: [Histogram; WriteOp::ALL.len()],
+    limited: [AtomicU64; Limited::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -212,6 +233,7 @@ impl Default for Metrics {
             sse: AtomicU64::new(0),
             storage_errors: counters(ERROR_CODES.len()),
             writes: std::array::from_fn(|_| Histogram::new()),
+            limited: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -244,6 +266,11 @@ impl Metrics {
             .position(|c| *c == code)
             .unwrap_or(ERROR_CODES.len() - 1);
         self.storage_errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request refused by the rate limits.
+    pub fn limited(&self, why: Limited) {
+        self.limited[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Records how long a storage write took.
@@ -331,6 +358,12 @@ impl Metrics {
                 o,
                 "# HELP ds_streams Streams held by the backend.\n# TYPE ds_streams gauge\nds_streams {n}\n"
             );
+        }
+        o.push_str("# HELP ds_rate_limited_total Requests refused with 429, by limit.\n");
+        o.push_str("# TYPE ds_rate_limited_total counter\n");
+        for why in Limited::ALL {
+            let n = self.limited[why as usize].load(Relaxed);
+            let _ = writeln!(o, "ds_rate_limited_total{{limit=\"{}\"}} {n}", why.label());
         }
         o.push_str("# HELP ds_storage_errors_total Storage calls that failed, by error code.\n");
         o.push_str("# TYPE ds_storage_errors_total counter\n");

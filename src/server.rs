@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ServerConfig, StorageKind};
 use crate::http::AppState;
 use crate::http::front::Front;
+use crate::http::jwt::Verifier;
+use crate::http::limit::Limiter;
+use crate::http::secure::Tls;
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
@@ -19,6 +22,7 @@ use crate::storage::postgres::{PgOptions, PgStorage};
 use crate::storage::{Storage, now_ms};
 use crate::subscriptions::delivery::HttpTransport;
 use crate::subscriptions::{Subscriptions, worker};
+use crate::tls::server::Reloadable;
 
 /// How long shutdown waits for in-flight requests before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -81,11 +85,25 @@ pub fn state(config: ServerConfig, storage: Arc<dyn Storage>, hub: Arc<WakeHub>)
 /// subscription engine, and routes every stream wake to the engine. The
 /// handlers reach the backend through a [`StorageHandle`], as the engine
 /// does.
+///
+/// Panics if `[auth.jwt]` names a JWKS file that cannot be used; [`run`]
+/// reports that instead.
 pub fn state_with(
     config: ServerConfig,
     storage: Arc<dyn Storage>,
     hub: Arc<WakeHub>,
     subs: Arc<Subscriptions>,
+) -> AppState {
+    let jwt = Verifier::open(&config.auth.jwt).unwrap_or_else(|e| panic!("auth.jwt: {e}"));
+    assemble(config, storage, hub, subs, jwt)
+}
+
+fn assemble(
+    config: ServerConfig,
+    storage: Arc<dyn Storage>,
+    hub: Arc<WakeHub>,
+    subs: Arc<Subscriptions>,
+    jwt: Option<Arc<Verifier>>,
 ) -> AppState {
     // Weak: the backend owns the hub, and the engine owns the backend.
     let observer = Arc::downgrade(&subs);
@@ -94,13 +112,16 @@ pub fn state_with(
             subs.notify(name);
         }
     });
+    let metrics = crate::metrics::Metrics::new();
     AppState {
         storage: StorageHandle::new(storage),
         hub,
+        limiter: Limiter::new(&config.rate_limit, Arc::clone(&metrics)),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
-        metrics: crate::metrics::Metrics::new(),
+        metrics,
         subs,
+        jwt,
     }
 }
 
@@ -173,7 +194,9 @@ pub async fn run(
             .map_err(|e| format!("cannot load subscriptions: {e}"))?
     };
     subs.set_transport(Arc::new(transport));
-    let state = state_with(config, storage, hub, subs);
+    let jwt = Verifier::open(&config.auth.jwt).map_err(|e| format!("auth.jwt: {e}"))?;
+    let state = assemble(config, storage, hub, subs, jwt);
+    crate::http::jwks::spawn_refresh(&state);
     spawn_sweeper(&state);
     spawn_retention(&state);
     worker::spawn(state.clone());
@@ -183,19 +206,22 @@ pub async fn run(
         tracing::info!(url, "advertising this node to the others");
         cluster.advertise(&url);
     }
-    // Tests and scripts wait for exactly this line.
-    println!("durable-streams listening on http://{addr}");
-    tracing::info!(%addr, storage = ?state.config.storage, "listening");
-    let token = state.shutdown.clone();
     let timeouts = crate::http::serve::Timeouts {
         header_read: state.config.header_read_timeout,
         send: state.config.send_timeout,
     };
+    let tls = https(&state, timeouts)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Tests and scripts wait for exactly this line.
+    println!("durable-streams listening on {scheme}://{addr}");
+    tracing::info!(%addr, storage = ?state.config.storage, "listening");
+    let token = state.shutdown.clone();
     let server = crate::http::serve::serve(
         listener,
         front,
         timeouts,
         state.config.http_engine,
+        tls,
         token.clone(),
     );
     let mut server = tokio::spawn(server);
@@ -220,12 +246,57 @@ pub async fn run(
     Ok(())
 }
 
+/// The HTTPS setup when `tls_cert_file` and `tls_key_file` are set, with
+/// a task that reloads both files on every SIGHUP until shutdown.
+fn https(
+    state: &AppState,
+    timeouts: crate::http::serve::Timeouts,
+) -> Result<Option<Arc<Tls>>, Box<dyn std::error::Error + Send + Sync>> {
+    let c = &state.config;
+    let (Some(cert), Some(key)) = (&c.tls_cert_file, &c.tls_key_file) else {
+        return Ok(None);
+    };
+    let resolver = Reloadable::open(cert, key).map_err(|e| format!("tls_cert_file: {e}"))?;
+    let config = crate::tls::server::config(Arc::clone(&resolver))?;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hup.recv() => if got.is_none() { return },
+                    _ = shutdown.cancelled() => return,
+                }
+                match resolver.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "SIGHUP: TLS certificate not reloaded; the old one stays in use"
+                    ),
+                }
+            }
+        });
+    }
+    Ok(Some(Tls::new(
+        config,
+        timeouts,
+        c.h2_max_concurrent_streams,
+    )))
+}
+
 /// Where the other nodes reach this one: the configured URL, else the bound
 /// address (with this host's name when bound to every interface).
 fn advertise_url(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
     if let Some(url) = &config.advertise_url {
         return url.trim_end_matches('/').to_string();
     }
+    let scheme = if config.tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if addr.ip().is_unspecified() {
         let mut buf = [0u8; 256];
         // SAFETY: gethostname writes at most buf.len() bytes into buf.
@@ -233,11 +304,11 @@ fn advertise_url(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
         let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         if rc == 0 && len > 0 {
             return format!(
-                "http://{}:{}",
+                "{scheme}://{}:{}",
                 String::from_utf8_lossy(&buf[..len]),
                 addr.port()
             );
         }
     }
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }

@@ -18,7 +18,8 @@ const HEADER: &str = "\
 # Layers, each overriding the one before:
 #   built-in defaults < this file (--config FILE) < environment < command line.
 # Each key has one environment variable: DS_ + the key in capitals, e.g.
-# DS_LONG_POLL_TIMEOUT=5s; keys in [auth] are DS_AUTH_*, e.g.
+# DS_LONG_POLL_TIMEOUT=5s; keys in a table carry its name: [auth] DS_AUTH_*,
+# [auth.jwt] DS_AUTH_JWT_*, [rate_limit] DS_RATE_LIMIT_*, e.g.
 # DS_AUTH_WRITE_TOKENS=tok1,tok2 (lists are comma-separated in the environment).
 # Durations accept ms, s, m, h (500ms, 5s, 2m, 1h). Invalid values stop the
 # server at start with a message naming the key and what is accepted.
@@ -33,7 +34,7 @@ pub fn render() -> String {
     let mut out = format!("{HEADER}\n");
     let mut table = "";
     for s in SETTINGS {
-        let (t, name) = s.key.split_once('.').unwrap_or(("", s.key));
+        let (t, name) = s.key.rsplit_once('.').unwrap_or(("", s.key));
         if t != table {
             table = t;
             blank_line(&mut out);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use clap::builder::PossibleValue;
 
-use super::{Secret, parse_duration};
+use super::{Cidr, Secret, parse_duration};
 
 /// One value as a layer spells it.
 pub enum Raw<'a> {
@@ -238,6 +238,64 @@ impl Kind for OptionalSecret {
     }
     fn show(&self, v: &Option<Secret>) -> toml::Value {
         text(if v.is_some() { "***" } else { "" })
+    }
+}
+
+/// Free text that may be left out (a JWT issuer or audience): `""` means
+/// none.
+pub struct OptionalText;
+
+impl Kind for OptionalText {
+    type Value = Option<String>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Option<String>, String> {
+        let s = raw.text()?.trim().to_string();
+        Ok((!s.is_empty()).then_some(s))
+    }
+    fn show(&self, v: &Option<String>) -> toml::Value {
+        text(v.clone().unwrap_or_default())
+    }
+}
+
+/// Stream-name globs (`*` one segment, `**` any number), e.g.
+/// `public/**`; no empty items, no spaces.
+pub struct Globs;
+
+impl Kind for Globs {
+    type Value = Vec<String>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Vec<String>, String> {
+        let globs = raw.list()?;
+        if let Some(bad) = globs
+            .iter()
+            .find(|g| g.is_empty() || !g.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "{bad:?} is not accepted; accepted values: globs over stream names such as \"public/**\""
+            ));
+        }
+        Ok(globs)
+    }
+    fn show(&self, v: &Vec<String>) -> toml::Value {
+        toml::Value::Array(v.iter().map(|g| text(g.clone())).collect())
+    }
+}
+
+/// Addresses and CIDR ranges (`10.0.0.0/8`, `::1`).
+pub struct Cidrs;
+
+impl Kind for Cidrs {
+    type Value = Vec<Cidr>;
+    fn parse(&self, raw: &Raw<'_>) -> Result<Vec<Cidr>, String> {
+        raw.list()?
+            .iter()
+            .map(|s| {
+                Cidr::parse(s.trim()).ok_or_else(|| {
+                    format!("{s:?} is not accepted; accepted values: addresses or CIDR ranges such as 10.0.0.0/8 or ::1")
+                })
+            })
+            .collect()
+    }
+    fn show(&self, v: &Vec<Cidr>) -> toml::Value {
+        toml::Value::Array(v.iter().map(|c| text(c.to_string())).collect())
     }
 }
 

@@ -78,13 +78,31 @@ fn unknown(key: &str, origin: &str) -> ConfigError {
 /// Run after the last layer (the command line) is applied.
 pub fn validate(c: &ServerConfig) -> Result<(), ConfigError> {
     let a = &c.auth;
-    if a.enabled && a.read_tokens.is_empty() && a.write_tokens.is_empty() && a.tokens_file.is_none()
+    if a.enabled
+        && a.read_tokens.is_empty()
+        && a.write_tokens.is_empty()
+        && a.tokens_file.is_none()
+        && !a.jwt.enabled()
     {
         return Err(ConfigError {
             key: "auth.enabled".into(),
             origin: "the merged configuration".into(),
             message: "auth is enabled but no tokens are configured; set auth.read_tokens, \
-                      auth.write_tokens or auth.tokens_file"
+                      auth.write_tokens, auth.tokens_file or a key in [auth.jwt]"
+                .into(),
+        });
+    }
+    if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
+        let key = if c.tls_cert_file.is_some() {
+            "tls_key_file"
+        } else {
+            "tls_cert_file"
+        };
+        return Err(ConfigError {
+            key: key.into(),
+            origin: "the merged configuration".into(),
+            message: "HTTPS needs both tls_cert_file and tls_key_file (--tls-cert and \
+                      --tls-key, DS_TLS_CERT_FILE and DS_TLS_KEY_FILE)"
                 .into(),
         });
     }
@@ -111,18 +129,24 @@ pub(super) fn file_entries(
         message: format!("not valid TOML: {e}"),
     })?;
     let mut out = Vec::new();
-    for (k, v) in table {
-        match (k.as_str(), v) {
-            ("auth", toml::Value::Table(auth)) => {
-                out.extend(auth.into_iter().map(|(k2, v2)| (format!("auth.{k2}"), v2)))
-            }
-            (_, v) => out.push((k, v)),
-        }
-    }
+    flatten("", table, &mut out);
     if let Some((k, _)) = out.iter().find(|(k, _)| settings::find(k).is_none()) {
         return Err(unknown(k, path));
     }
     Ok(out)
+}
+
+/// Appends every value of `table` as `(prefix + dotted key, value)`; no
+/// setting's value is a table, so every table is a level of the key
+/// (`[auth.jwt]` `issuer`: `auth.jwt.issuer`).
+fn flatten(prefix: &str, table: toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = format!("{prefix}{k}");
+        match v {
+            toml::Value::Table(inner) => flatten(&format!("{key}."), inner, out),
+            v => out.push((key, v)),
+        }
+    }
 }
 
 /// Parses a tokens file: one token per line as `read:TOKEN`, `write:TOKEN`
@@ -264,6 +288,52 @@ mod tests {
         let c = resolve(
             None,
             &env(&[("DS_AUTH_ENABLED", "1"), ("DS_AUTH_TOKENS_FILE", "/t")]),
+        )
+        .unwrap();
+        assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn nested_tables_are_keys_with_dots() {
+        let file = r#"
+            [auth]
+            enabled = true
+            public_streams = ["public/**"]
+            [auth.jwt]
+            hs256_secret = "s"
+            issuer = "https://idp.example"
+            leeway = "5s"
+        "#;
+        let c = resolve(
+            Some(("f.toml", file)),
+            &env(&[("DS_AUTH_JWT_AUDIENCE", "streams")]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.public_streams, ["public/**"]);
+        assert_eq!(c.auth.jwt.hs256_secret, Some(Secret("s".into())));
+        assert_eq!(c.auth.jwt.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(c.auth.jwt.audience.as_deref(), Some("streams"));
+        assert_eq!(c.auth.jwt.leeway, Duration::from_secs(5));
+        // A JWT key is enough for auth to be on.
+        assert!(validate(&c).is_ok());
+        let e = resolve(Some(("f.toml", "[auth.jwt]\nbogus = 1")), &env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.jwt.bogus");
+        let e = resolve(None, &env(&[("DS_AUTH_PUBLIC_STREAMS", "a b")])).unwrap_err();
+        assert_eq!(e.key, "auth.public_streams");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = resolve(None, &env(&[("DS_TLS_CERT_FILE", "/c.pem")])).unwrap();
+        assert_eq!(validate(&c).unwrap_err().key, "tls_key_file");
+        let c = resolve(None, &env(&[("DS_TLS_KEY_FILE", "/k.pem")])).unwrap();
+        assert_eq!(validate(&c).unwrap_err().key, "tls_cert_file");
+        let c = resolve(
+            None,
+            &env(&[
+                ("DS_TLS_CERT_FILE", "/c.pem"),
+                ("DS_TLS_KEY_FILE", "/k.pem"),
+            ]),
         )
         .unwrap();
         assert!(validate(&c).is_ok());

@@ -18,11 +18,11 @@ use clap::builder::PossibleValue;
 
 use super::ServerConfig;
 use super::kinds::{
-    Addr, Bytes, Choice, Count, FsPath, Kind, OptionalPath, OptionalSecret, OptionalUrl, Origins,
-    Raw, Span, Switch, Tokens, Word,
+    Addr, Bytes, Choice, Cidrs, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret,
+    OptionalText, OptionalUrl, Origins, Raw, Span, Switch, Tokens, Word,
 };
 use super::retention::Policies;
-use super::{HttpEngine, LogFormat, StorageKind, SyncMode};
+use super::{HttpEngine, LogFormat, RequestLog, StorageKind, SyncMode};
 
 /// One setting; see the module doc.
 pub struct Setting {
@@ -198,8 +198,13 @@ settings! {
         flag("log-level", "Log level (RUST_LOG, when set, overrides it)"),
         "trace | debug | info | warn | error | off (RUST_LOG overrides)";
     "log_format", log_format, Choice::<LogFormat>::new(),
-        flag("log-format", "Log line format"),
-        "pretty | json";
+        flag("log-format", "Log line format (pretty is coloured only on a terminal)"),
+        "pretty | json (pretty is coloured only when stderr is a terminal\n\
+         and NO_COLOR is unset)";
+    "request_log", request_log, Choice::<RequestLog>::new(),
+        flag("request-log", "Which requests get a log line (all are counted in /metrics)"),
+        "errors (5xx at warn, the rest at debug) | all (an access log\n\
+         at info, ~4-5 us of CPU per request) | off";
     "http_engine", http_engine, Choice::<HttpEngine>::new(),
         flag("http-engine", "Which code serves HTTP/1.1 connections"),
         "native (our HTTP/1.1 loop) | hyper (hyper's, for comparison)";
@@ -208,6 +213,16 @@ settings! {
     "webhook_ca_file", webhook_ca_file, OptionalPath, None,
         "A PEM file of extra CA certificates trusted for https:// webhooks, on top of\n\
          the built-in Mozilla roots (e.g. a private CA); \"\" = built-in roots only.";
+    "tls_cert_file", tls_cert_file, OptionalPath,
+        flag("tls-cert", "PEM certificate chain to serve HTTPS with (needs --tls-key)"),
+        "With tls_key_file: serve HTTPS only, HTTP/2 and HTTP/1.1 by ALPN. A PEM\n\
+         chain, leaf first. Both files are read again on SIGHUP (new handshakes use\n\
+         the new certificate; open connections go on); \"\" = plain HTTP.";
+    "tls_key_file", tls_key_file, OptionalPath,
+        flag("tls-key", "PEM private key of --tls-cert"),
+        "the PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file";
+    "h2_max_concurrent_streams", h2_max_concurrent_streams, Count { example: "256", min: 1 }, None,
+        "most open requests (SSE subscriptions included) per HTTP/2 connection";
     "auth.enabled", auth.enabled, Switch, None,
         "DS_AUTH_ENABLED";
     "auth.public_reads", auth.public_reads, Switch, None,
@@ -219,14 +234,58 @@ settings! {
     "auth.tokens_file", auth.tokens_file, OptionalPath, None,
         "A file of more tokens, read at start: one per line, `read:TOKEN`,\n\
          `write:TOKEN` or `rw:TOKEN` (both scopes); blank lines and `# ...` ignored.";
+    "auth.public_streams", auth.public_streams, Globs, None,
+        "Streams anyone may read, as globs over names (`*` one segment, `**` any),\n\
+         e.g. [\"public/**\"]; their answers may be kept by shared caches (others carry\n\
+         `Cache-Control: private` while auth is on).";
+    "auth.jwt.hs256_secret", auth.jwt.hs256_secret, OptionalSecret, None,
+        "the shared secret of HS256 tokens (\"\" = HS256 refused)";
+    "auth.jwt.public_keys_file", auth.jwt.public_keys_file, OptionalPath, None,
+        "a JWKS file of RS256 / ES256 / EdDSA public keys, read at start";
+    "auth.jwt.jwks_url", auth.jwt.jwks_url, OptionalUrl, None,
+        "a JWKS URL, fetched at start and every jwks_refresh";
+    "auth.jwt.jwks_refresh", auth.jwt.jwks_refresh, Span { positive: true }, None,
+        "how often jwks_url is fetched again";
+    "auth.jwt.issuer", auth.jwt.issuer, OptionalText, None,
+        "the `iss` every token must carry (\"\" = any)";
+    "auth.jwt.audience", auth.jwt.audience, OptionalText, None,
+        "an `aud` every token must carry (\"\" = any)";
+    "auth.jwt.leeway", auth.jwt.leeway, Span { positive: false }, None,
+        "clock skew allowed on exp / nbf";
+    "rate_limit.requests_per_second", rate_limit.requests_per_second, Count { example: "20", min: 0 }, None,
+        "sustained requests per second per key (0 = no limit)";
+    "rate_limit.burst", rate_limit.burst, Count { example: "50", min: 1 }, None,
+        "requests a key may make at once above the sustained rate";
+    "rate_limit.max_live_readers", rate_limit.max_live_readers, Count { example: "16", min: 0 }, None,
+        "most open long-polls + SSE streams per key (0 = no cap)";
+    "rate_limit.trusted_proxies", rate_limit.trusted_proxies, Cidrs, None,
+        "Proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client,\n\
+         e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]; from anyone else the header is ignored.";
+    "rate_limit.max_keys", rate_limit.max_keys, Count { example: "100000", min: 1 }, None,
+        "most keys remembered (idle ones are evicted first)";
 }
 
 /// The comment above a TOML table in `config.example.toml`, per table.
-pub const TABLE_NOTES: &[(&str, &str)] = &[(
-    "auth",
-    "Bearer-token auth, off by default. With it on, stream requests need\n\
-     `Authorization: Bearer TOKEN`: GET/HEAD (and /metrics) need a read token,\n\
-     PUT/POST/DELETE a write token; the scopes are separate (list a token in both\n\
-     to grant both). Missing/unknown token: 401; wrong scope: 403. CORS\n\
-     preflights, /healthz and /readyz never need a token.",
-)];
+pub const TABLE_NOTES: &[(&str, &str)] = &[
+    (
+        "auth",
+        "Bearer-token auth, off by default. With it on, stream requests need\n\
+         `Authorization: Bearer TOKEN` (or `?access_token=TOKEN`, for EventSource):\n\
+         GET/HEAD (and /metrics) need a read token, PUT/POST/DELETE a write token; the\n\
+         scopes are separate (list a token in both to grant both). Missing/unknown\n\
+         token: 401; wrong scope: 403. CORS preflights, /healthz and /readyz never\n\
+         need a token. JWTs ([auth.jwt]) may be used beside these tokens.",
+    ),
+    (
+        "auth.jwt",
+        "JSON Web Tokens, accepted when a key is set (hs256_secret, public_keys_file\n\
+         or jwks_url). `exp` is required; the `scope` claim lists `read:GLOB`,\n\
+         `write:GLOB` (stream-name globs; write does not imply read) and `metrics`.",
+    ),
+    (
+        "rate_limit",
+        "Per-client limits, off by default. The key is the token's subject (JWT `sub`,\n\
+         a digest of a static token), else the client address. Over a limit: 429 with\n\
+         Retry-After, counted in ds_rate_limited_total.",
+    ),
+];

@@ -1,21 +1,37 @@
 //! Bearer-token authentication (RFC 6750), off unless `auth.enabled`.
 //!
-//! GET and HEAD (and `/metrics`) need a token with the read scope; every
-//! other method needs the write scope; `auth.public_reads` lets anyone read.
-//! `/healthz` and `/readyz` are always open, and CORS preflights never reach
-//! this layer (the CORS layer answers them outside it). A missing or unknown
-//! token is 401 with `WWW-Authenticate: Bearer`; a known token without the
-//! scope is 403. Tokens are compared in constant time, and never logged.
+//! Two kinds of token, checked side by side: the static tokens of
+//! `auth.read_tokens` / `auth.write_tokens` (compared in constant time; a
+//! read token reads everything, a write token writes everything), and JSON
+//! Web Tokens verified by [`jwt`](super::jwt), whose `scope` claim grants
+//! `read:GLOB` / `write:GLOB` per stream name and `metrics`.
+//!
+//! GET and HEAD on a stream need read, every other method write; the
+//! `__ds` APIs are checked as if their path below `/v1/stream/` were a
+//! stream name (`write:__ds/subscriptions/**` manages subscriptions).
+//! `/metrics` needs a read token or the `metrics` scope. `auth.public_reads`
+//! lets anyone read (and scrape); `auth.public_streams` lets anyone read the
+//! streams its globs match. `/healthz`, `/readyz` and CORS preflights never
+//! need a token.
+//!
+//! The token comes from `Authorization: Bearer TOKEN`, or else from the
+//! `access_token` query parameter (RFC 6750 section 2.3; `EventSource`
+//! cannot send headers). The request log never writes the query, so the
+//! token is never logged. A missing, unknown, malformed, expired or badly
+//! signed token is 401 with `WWW-Authenticate: Bearer`; a valid token
+//! without the scope 403.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::AppState;
 use super::error::ApiError;
+use super::jwt::Verifier;
+use super::{AppState, MOUNT, headers};
 use crate::config::{AuthConfig, Secret};
+use crate::subscriptions::glob;
 
 /// What a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,18 +49,57 @@ impl Scope {
     }
 }
 
-/// The scope a request needs, or `None` when it needs no token.
-fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<Scope> {
+/// What a request is about, for the scopes of a JWT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// A stream (or a `__ds` API), by its name below `/v1/stream/`.
+    Stream(String),
+    /// `/metrics`.
+    Metrics,
+    /// Any other path (answered 404): any valid token will do.
+    Other,
+}
+
+/// The scope a request needs and what it is about, or `None` when it
+/// needs no token.
+fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Target)> {
     if !auth.enabled || path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
         return None;
     }
     if self_authenticated(method, path) {
         return None;
     }
-    if method == Method::GET || method == Method::HEAD {
-        return (!auth.public_reads).then_some(Scope::Read);
+    let read = method == Method::GET || method == Method::HEAD;
+    let target = match path.strip_prefix(MOUNT) {
+        // A trim writes the stream it names: a token scoped to that stream
+        // (and its write scope) may trim it, and no other.
+        Some(raw) if raw.starts_with("__ds/trim/") => {
+            let name = &raw["__ds/trim/".len()..];
+            Target::Stream(headers::stream_name(name, usize::MAX).unwrap_or(raw.into()))
+        }
+        Some(raw) if raw.starts_with("__ds") => Target::Stream(raw.to_string()),
+        // A name the handler will refuse is still checked by its raw text.
+        Some(raw) => Target::Stream(headers::stream_name(raw, usize::MAX).unwrap_or(raw.into())),
+        None if path == "/metrics" => Target::Metrics,
+        None => Target::Other,
+    };
+    if read {
+        if auth.public_reads {
+            return None;
+        }
+        if let Target::Stream(name) = &target
+            && public_stream(auth, name)
+        {
+            return None;
+        }
+        return Some((Scope::Read, target));
     }
-    Some(Scope::Write)
+    Some((Scope::Write, target))
+}
+
+/// True when `name` matches one of `auth.public_streams`.
+fn public_stream(auth: &AuthConfig, name: &str) -> bool {
+    auth.public_streams.iter().any(|g| glob::matches(g, name))
 }
 
 /// Subscription requests that carry their own proof instead of a server
@@ -87,57 +142,25 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-fn unauthorized(challenge: &'static str, detail: &str) -> Response {
+/// The `access_token` query parameter. Tokens (static ones and JWTs) are
+/// visible ASCII that needs no escaping; a value with `%` escapes is taken
+/// as it is and so matches nothing.
+fn query_token(uri: &Uri) -> Option<&[u8]> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .filter(|t| !t.is_empty())
+        .map(str::as_bytes)
+}
+
+fn unauthorized(challenge: &'static str, detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", detail)
         .with_header(header::WWW_AUTHENTICATE, challenge)
-        .into_response()
 }
 
-/// Middleware: lets a request through only with the scope it needs.
-pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match check(
-        &state.config.auth,
-        req.method(),
-        req.uri().path(),
-        req.headers(),
-    ) {
-        None => next.run(req).await,
-        Some(refusal) => refusal,
-    }
-}
+const INVALID: &str = "Bearer realm=\"durable-streams\", error=\"invalid_token\"";
 
-/// The refusal for a request that lacks the scope it needs, or `None` when
-/// it may go on. Shared by [`require`] and the router's fast path.
-pub fn check(
-    auth: &AuthConfig,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Option<Response> {
-    let scope = needed(auth, method, path)?;
-    let Some(token) = bearer(headers) else {
-        return Some(unauthorized(
-            "Bearer realm=\"durable-streams\"",
-            "this server needs `Authorization: Bearer TOKEN`",
-        ));
-    };
-    // Check both lists unconditionally: the timing must not depend on which
-    // list (if any) holds the token.
-    let can_read = listed(&auth.read_tokens, token);
-    let can_write = listed(&auth.write_tokens, token);
-    let allowed = match scope {
-        Scope::Read => can_read,
-        Scope::Write => can_write,
-    };
-    if allowed {
-        return None;
-    }
-    if !can_read && !can_write {
-        return Some(unauthorized(
-            "Bearer realm=\"durable-streams\", error=\"invalid_token\"",
-            "the bearer token is not valid",
-        ));
-    }
+fn forbidden(scope: Scope, detail: String) -> ApiError {
     let challenge = match scope {
         Scope::Read => {
             "Bearer realm=\"durable-streams\", error=\"insufficient_scope\", scope=\"read\""
@@ -146,23 +169,177 @@ pub fn check(
             "Bearer realm=\"durable-streams\", error=\"insufficient_scope\", scope=\"write\""
         }
     };
-    Some(
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "INSUFFICIENT_SCOPE",
-            format!(
-                "this token lacks the {} scope this request needs",
-                scope.name()
-            ),
-        )
+    ApiError::new(StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE", detail)
         .with_header(header::WWW_AUTHENTICATE, challenge)
-        .into_response(),
+}
+
+/// Who a request was let through as.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The credential's rate-limit key: a JWT's `sub`, or a digest of a
+    /// static token; `None` without a credential (the client address
+    /// is used).
+    pub key: Option<String>,
+    /// Its answer is for this client only: `Cache-Control: private`.
+    pub private: bool,
+}
+
+/// Middleware: lets a request through only with the scope it needs, and
+/// within the rate limits ([`limit`](super::limit)).
+pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let slot = match admit(&state, &req) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (slot, access) = slot;
+    let mut res = next.run(req).await;
+    if access.private {
+        privatize(res.headers_mut());
+    }
+    super::limit::hold(res, slot)
+}
+
+/// Auth, then the rate limits: the request's live-read slot (if it takes
+/// one) and who it was let through as, or its refusal. A request refused
+/// by auth still counts against its client address, so guessing tokens is
+/// rate limited too (and answered `429` once over the limit). Shared by
+/// [`require`] and the router's fast path.
+pub fn admit(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Option<super::limit::LiveSlot>, Access), ApiError> {
+    match check(state, req.method(), req.uri(), req.headers()) {
+        Ok(access) => Ok((super::limit::gate(state, &access, req)?, access)),
+        Err(refusal) => {
+            super::limit::gate(state, &Access::default(), req)?;
+            Err(refusal)
+        }
+    }
+}
+
+/// Whether a request may go on (and as whom), or its refusal.
+pub fn check(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Access, ApiError> {
+    decide(
+        &state.config.auth,
+        state.jwt.as_deref(),
+        method,
+        uri,
+        headers,
     )
+}
+
+fn decide(
+    auth: &AuthConfig,
+    jwt: Option<&Verifier>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Access, ApiError> {
+    let Some((scope, target)) = needed(auth, method, uri.path()) else {
+        return Ok(Access::default());
+    };
+    let Some(token) = bearer(headers).or_else(|| query_token(uri)) else {
+        return Err(unauthorized(
+            "Bearer realm=\"durable-streams\"",
+            "this server needs `Authorization: Bearer TOKEN` (or `?access_token=TOKEN`)",
+        ));
+    };
+    // Check both lists unconditionally: the timing must not depend on which
+    // list (if any) holds the token.
+    let can_read = listed(&auth.read_tokens, token);
+    let can_write = listed(&auth.write_tokens, token);
+    if can_read || can_write {
+        let allowed = match scope {
+            Scope::Read => can_read,
+            Scope::Write => can_write,
+        };
+        if !allowed {
+            return Err(forbidden(
+                scope,
+                format!(
+                    "this token lacks the {} scope this request needs",
+                    scope.name()
+                ),
+            ));
+        }
+        return Ok(Access {
+            key: Some(static_key(token)),
+            private: true,
+        });
+    }
+    let Some(verifier) = jwt else {
+        return Err(unauthorized(INVALID, "the bearer token is not valid"));
+    };
+    let token = std::str::from_utf8(token)
+        .map_err(|_| unauthorized(INVALID, "the bearer token is not valid"))?;
+    let verified = verifier
+        .verify(token)
+        .map_err(|r| unauthorized(INVALID, r.0))?;
+    let s = &verified.scopes;
+    let (allowed, what) = match (&target, scope) {
+        (Target::Stream(name), Scope::Read) => (s.can_read(name), format!("read:{name}")),
+        (Target::Stream(name), Scope::Write) => (s.can_write(name), format!("write:{name}")),
+        (Target::Metrics, _) => (s.metrics, "metrics".to_string()),
+        (Target::Other, _) => (true, String::new()),
+    };
+    if !allowed {
+        return Err(forbidden(
+            scope,
+            format!("this token's scope does not grant {what}"),
+        ));
+    }
+    Ok(Access {
+        key: Some(format!("sub:{}", verified.subject.unwrap_or_default())),
+        private: true,
+    })
+}
+
+/// A static token's rate-limit key: a short digest, never the token.
+fn static_key(token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(token);
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("token:{hex}")
+}
+
+/// Marks an answer as for one client only (protocol section 10.1): shared
+/// caches must not keep what a token was needed to see. `public` becomes
+/// `private`; `no-store` stays as it is.
+pub fn privatize(h: &mut HeaderMap) {
+    let current = h
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if current.contains("no-store") || current.contains("private") {
+        return;
+    }
+    let rest: Vec<&str> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && *d != "public")
+        .collect();
+    let value = if rest.is_empty() {
+        "private".to_string()
+    } else {
+        format!("private, {}", rest.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scope(a: &AuthConfig, m: &Method, path: &str) -> Option<Scope> {
+        needed(a, m, path).map(|(s, _)| s)
+    }
 
     #[test]
     fn scopes_by_method_and_path() {
@@ -170,23 +347,24 @@ mod tests {
             enabled: true,
             ..AuthConfig::default()
         };
-        assert_eq!(needed(&a, &Method::GET, "/v1/stream/x"), Some(Scope::Read));
-        assert_eq!(needed(&a, &Method::HEAD, "/v1/stream/x"), Some(Scope::Read));
-        assert_eq!(needed(&a, &Method::GET, "/metrics"), Some(Scope::Read));
+        assert_eq!(scope(&a, &Method::GET, "/v1/stream/x"), Some(Scope::Read));
+        assert_eq!(scope(&a, &Method::HEAD, "/v1/stream/x"), Some(Scope::Read));
+        assert_eq!(scope(&a, &Method::GET, "/metrics"), Some(Scope::Read));
         for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
-            assert_eq!(needed(&a, &m, "/v1/stream/x"), Some(Scope::Write));
+            assert_eq!(scope(&a, &m, "/v1/stream/x"), Some(Scope::Write));
         }
-        assert_eq!(needed(&a, &Method::OPTIONS, "/v1/stream/x"), None);
-        assert_eq!(needed(&a, &Method::GET, "/healthz"), None);
-        assert_eq!(needed(&a, &Method::GET, "/readyz"), None);
-        a.public_reads = true;
-        assert_eq!(needed(&a, &Method::GET, "/v1/stream/x"), None);
         assert_eq!(
-            needed(&a, &Method::POST, "/v1/stream/x"),
-            Some(Scope::Write)
+            needed(&a, &Method::POST, "/v1/stream/__ds/trim/logs/a"),
+            Some((Scope::Write, Target::Stream("logs/a".into())))
         );
+        assert_eq!(scope(&a, &Method::OPTIONS, "/v1/stream/x"), None);
+        assert_eq!(scope(&a, &Method::GET, "/healthz"), None);
+        assert_eq!(scope(&a, &Method::GET, "/readyz"), None);
+        a.public_reads = true;
+        assert_eq!(scope(&a, &Method::GET, "/v1/stream/x"), None);
+        assert_eq!(scope(&a, &Method::POST, "/v1/stream/x"), Some(Scope::Write));
         a.enabled = false;
-        assert_eq!(needed(&a, &Method::POST, "/v1/stream/x"), None);
+        assert_eq!(scope(&a, &Method::POST, "/v1/stream/x"), None);
     }
 
     #[test]
@@ -197,17 +375,17 @@ mod tests {
         };
         let p = "/v1/stream/__ds/subscriptions/s1";
         for action in ["callback", "ack", "release"] {
-            assert_eq!(needed(&a, &Method::POST, &format!("{p}/{action}")), None);
+            assert_eq!(scope(&a, &Method::POST, &format!("{p}/{action}")), None);
         }
-        assert_eq!(needed(&a, &Method::GET, "/v1/stream/__ds/jwks.json"), None);
+        assert_eq!(scope(&a, &Method::GET, "/v1/stream/__ds/jwks.json"), None);
         assert_eq!(
-            needed(&a, &Method::POST, &format!("{p}/claim")),
+            scope(&a, &Method::POST, &format!("{p}/claim")),
             Some(Scope::Write)
         );
-        assert_eq!(needed(&a, &Method::PUT, p), Some(Scope::Write));
-        assert_eq!(needed(&a, &Method::GET, p), Some(Scope::Read));
+        assert_eq!(scope(&a, &Method::PUT, p), Some(Scope::Write));
+        assert_eq!(scope(&a, &Method::GET, p), Some(Scope::Read));
         assert_eq!(
-            needed(&a, &Method::POST, "/v1/stream/__ds/subscriptions/s1/x/ack"),
+            scope(&a, &Method::POST, "/v1/stream/__ds/subscriptions/s1/x/ack"),
             Some(Scope::Write)
         );
     }

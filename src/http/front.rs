@@ -7,8 +7,9 @@
 //! CPU of a bare axum handler per append. Stream requests that no layer
 //! changes in substance (`GET` without `Accept-Encoding`, `HEAD`, `PUT`,
 //! `POST`, `DELETE` on `/v1/stream/{name}`) are answered here instead, by the
-//! same handler, with the same checks and headers applied inline: auth,
-//! CORS response headers, `X-Content-Type-Options`,
+//! same handler, with the same checks and headers applied inline: auth
+//! and rate limits ([`auth::admit`]), `Cache-Control: private`, CORS
+//! response headers, `X-Content-Type-Options`,
 //! `Cross-Origin-Resource-Policy`, metrics and the request log. Everything
 //! else (preflights, compressible reads, the `__ds` APIs, ops endpoints,
 //! unknown paths) goes through the router unchanged.
@@ -21,10 +22,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 
-use super::{AppState, MOUNT, auth, dispatch, headers, ops, router};
+use super::{AppState, MOUNT, auth, dispatch, headers, limit, ops, router};
 
 /// The CORS headers of a non-preflight response, precomputed from the
 /// configuration exactly as the router's `CorsLayer` derives them.
@@ -86,6 +87,13 @@ impl Front {
         })
     }
 
+    /// True when connections should tag each request with its
+    /// [`limit::ClientAddr`] (only the rate limiter reads it; tagging costs
+    /// an allocation per request).
+    pub fn wants_client_addr(&self) -> bool {
+        self.state.limiter.is_some()
+    }
+
     /// True when `req` can take the fast path (see the module docs).
     fn fast(req: &Request) -> bool {
         let Some(name) = req.uri().path().strip_prefix(MOUNT) else {
@@ -115,10 +123,15 @@ impl Front {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut res = match auth::check(&self.state.config.auth, &method, uri.path(), req.headers())
-        {
-            Some(refusal) => refusal,
-            None => dispatch(&self.state, req).await,
+        let mut res = match auth::admit(&self.state, &req) {
+            Err(refusal) => refusal.into_response(),
+            Ok((slot, access)) => {
+                let mut res = dispatch(&self.state, req).await;
+                if access.private {
+                    auth::privatize(res.headers_mut());
+                }
+                limit::hold(res, slot)
+            }
         };
         if method == Method::HEAD {
             // As the router does: a HEAD answer carries the headers only

@@ -13,8 +13,12 @@ pub mod front;
 pub mod h1;
 pub mod header_names;
 pub mod headers;
+pub mod jwks;
+pub mod jwt;
+pub mod limit;
 pub mod ops;
 pub mod read;
+pub mod secure;
 pub mod serve;
 pub mod sse;
 pub mod subscriptions;
@@ -56,6 +60,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The subscription engine (registry, signing key, wake worker inbox).
     pub subs: Arc<Subscriptions>,
+    /// Verifies JWT bearer tokens, when `[auth.jwt]` configures a key.
+    pub jwt: Option<Arc<jwt::Verifier>>,
+    /// The per-client limits, when `[rate_limit]` sets any.
+    pub limiter: Option<Arc<limit::Limiter>>,
 }
 
 impl AppState {
@@ -133,6 +141,7 @@ pub fn router(state: AppState) -> Router {
             auth::require,
         ))
         .layer(cors)
+        .layer(axum::middleware::from_fn(preflight_no_content))
         // Compresses only catch-up reads (see `compress`); the next layer
         // sees the encoded response and weakens its ETag.
         .layer(compress::layer(state.config.compression_min_bytes))
@@ -151,6 +160,21 @@ pub fn router(state: AppState) -> Router {
             ops::observe,
         ))
         .with_state(state)
+}
+
+/// CORS preflights answer `204 No Content` (tower-http's layer answers
+/// them `200` with an empty body): nothing follows, and some proxies and
+/// caches treat an empty 200 as content.
+async fn preflight_no_content(req: Request, next: axum::middleware::Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut res = next.run(req).await;
+    if preflight && res.status() == StatusCode::OK {
+        *res.status_mut() = StatusCode::NO_CONTENT;
+    }
+    res
 }
 
 /// `*` anywhere in the list allows any origin; otherwise exactly the listed

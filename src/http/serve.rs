@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::front::Front;
+use super::secure::{self, Tls};
 pub use super::transport::Timeouts;
 use super::transport::{Guarded, builder, serve_hyper};
 use crate::config::HttpEngine;
@@ -39,12 +40,14 @@ use crate::config::HttpEngine;
 /// connection has closed. HTTP/1.1 with keep-alive (by `engine`: our own
 /// loop in [`h1`](super::h1) or hyper's), or HTTP/2 with prior knowledge
 /// (always hyper); `TCP_NODELAY` on every socket so small answers and SSE
-/// events leave at once.
+/// events leave at once. With `tls`, every connection is HTTPS instead
+/// (see [`secure`]).
 pub async fn serve(
     listener: TcpListener,
     front: Arc<Front>,
     timeouts: Timeouts,
     engine: HttpEngine,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     // Each connection task holds a receiver; `closed()` resolves when all
@@ -52,7 +55,7 @@ pub async fn serve(
     let (conns, _) = tokio::sync::watch::channel(());
     let builder = Arc::new(builder(timeouts));
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -68,14 +71,23 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let front = Arc::clone(&front);
         let (builder, shutdown, done) = (builder.clone(), shutdown.clone(), conns.subscribe());
+        if let Some(tls) = &tls {
+            let tls = Arc::clone(tls);
+            tokio::spawn(async move {
+                // Boxed: TLS state and hyper's connection are large.
+                Box::pin(secure::serve(tcp, peer, tls, front, timeouts, shutdown)).await;
+                drop(done);
+            });
+            continue;
+        }
         match engine {
             HttpEngine::Native => tokio::spawn(async move {
-                super::h1::serve(tcp, front, builder, timeouts, shutdown).await;
+                super::h1::serve(tcp, peer, front, builder, timeouts, shutdown).await;
                 drop(done);
             }),
             HttpEngine::Hyper => tokio::spawn(async move {
                 let io = Guarded::new(tcp, timeouts);
-                serve_hyper(&builder, io, front, shutdown).await;
+                serve_hyper(&builder, io, peer, front, shutdown).await;
                 drop(done);
             }),
         };

@@ -8,6 +8,7 @@
 //! so the two depend on it and not on each other's internals.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -22,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::front::Front;
+use super::limit::ClientAddr;
 
 /// Largest buffered request head and body chunk per connection.
 const MAX_BUF: usize = 64 * 1024;
@@ -54,16 +56,21 @@ pub(super) fn builder(timeouts: Timeouts) -> Builder<TokioExecutor> {
 pub(super) async fn serve_hyper<I>(
     builder: &Builder<TokioExecutor>,
     io: I,
+    peer: SocketAddr,
     front: Arc<Front>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let tag = front.wants_client_addr();
     // Boxed: hyper keeps one future slot per connection for its whole
     // life, sized for this future; unboxed that is every handler's
     // state machine, paid by each idle or SSE connection.
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         let front = Arc::clone(&front);
+        if tag {
+            req.extensions_mut().insert(ClientAddr(peer));
+        }
         Box::pin(async move { front.handle(req).await })
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -1,16 +1,19 @@
 //! The real binary on real sockets (`CARGO_BIN_EXE_durable-streams` on port
 //! 0, through `common::server`): start-up and configuration, the native
 //! HTTP/1.1 engine, hostile requests and clients, the container contract,
-//! https webhooks, and a bounded soak.
+//! https webhooks, HTTPS serving (TLS, HTTP/2 by ALPN), and a bounded soak.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod container;
 mod h1;
 mod hostile;
 mod hostile_clients;
+mod rate_limit;
 mod retention;
 mod soak;
 mod startup;
+mod tls;
 mod webhook_tls;

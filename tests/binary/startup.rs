@@ -153,7 +153,7 @@ fn json_logs_one_line_per_request_without_secrets() {
             "--storage",
             "memory",
         ])
-        .args(["--log-level", "error"])
+        .args(["--log-level", "error", "--request-log", "all"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -193,6 +193,85 @@ fn json_logs_one_line_per_request_without_secrets() {
     assert_eq!(r["path"], "/v1/stream/logged");
     assert_eq!(r["status"], 201);
     assert!(r["latency_ms"].is_number());
+}
+
+/// Runs the binary with `args` (and `RUST_LOG` unset), sends one request
+/// answered 201, one answered 404, and returns what it logged on stderr,
+/// the colour codes included.
+fn logs_of_two_requests(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--storage", "memory"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.split("http://").nth(1).unwrap().trim().to_string();
+    let ct = ("Content-Type", "text/plain");
+    assert_eq!(
+        request(&addr, "PUT", "/v1/stream/quiet", &[ct], b"").status,
+        201
+    );
+    assert_eq!(
+        request(&addr, "GET", "/v1/stream/absent", &[], b"").status,
+        404
+    );
+    let metrics = request(&addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains(r#"ds_http_requests_total{method="PUT",route="stream",status="201"} 1"#),
+        "{metrics}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn by_default_requests_are_counted_not_logged_and_a_pipe_gets_no_colour() {
+    let logs = logs_of_two_requests(&[]);
+    assert!(!logs.contains("latency_ms"), "{logs}");
+    assert!(!logs.contains("/v1/stream/"), "{logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI codes written to a pipe: {logs:?}"
+    );
+
+    let logs = logs_of_two_requests(&["--request-log", "all"]);
+    assert_eq!(
+        logs.lines().filter(|l| l.contains("latency_ms")).count(),
+        2,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("/v1/stream/quiet") && logs.contains("status=404"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI codes written to a pipe: {logs:?}"
+    );
+
+    let logs = logs_of_two_requests(&["--request-log", "errors", "--log-level", "debug"]);
+    assert!(
+        logs.contains("/v1/stream/quiet"),
+        "errors mode logs the rest at debug: {logs}"
+    );
+
+    let logs = logs_of_two_requests(&["--request-log", "off", "--log-level", "debug"]);
+    assert!(!logs.contains("/v1/stream/quiet"), "{logs}");
 }
 
 #[test]

@@ -47,7 +47,8 @@ impl Server {
     }
 
     /// Spawns `cmd`, any program whose first line on stdout ends in
-    /// `listening on http://HOST:PORT` (the server, the `rr_proxy` example),
+    /// `listening on http://HOST:PORT` (or `https://`: the server, the
+    /// `rr_proxy` example),
     /// and waits for that line. Stdout is piped here; the caller chooses
     /// where stderr goes.
     pub fn spawn(mut cmd: Command) -> Server {
@@ -67,8 +68,12 @@ impl Server {
             .read_line(&mut line)
             .expect("read listening line");
         server.addr = line
-            .split("listening on http://")
+            .split("listening on ")
             .nth(1)
+            .and_then(|url| {
+                url.strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"))
+            })
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .trim()
             .to_string();

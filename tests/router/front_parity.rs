@@ -225,7 +225,7 @@ async fn fast_path_answers_as_the_router_with_auth() {
             public_reads: false,
             read_tokens: vec![Secret("reader".into())],
             write_tokens: vec![Secret("writer".into())],
-            tokens_file: None,
+            ..AuthConfig::default()
         },
         ..ServerConfig::default()
     };

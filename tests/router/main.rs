@@ -10,6 +10,7 @@ mod compression;
 mod front_parity;
 mod http_router;
 mod if_match;
+mod jwt;
 mod ops;
 mod subscriptions;
 mod subscriptions_links;

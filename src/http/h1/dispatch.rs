@@ -5,6 +5,7 @@
 //! left unread.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{Method, Request};
@@ -18,6 +19,7 @@ use super::conn::{Conn, DRAIN_MAX, Next};
 use super::decode::Decoder;
 use super::role::{Framing, Head};
 use crate::http::front::Front;
+use crate::http::limit::ClientAddr;
 use crate::http::transport::{Builder, Guarded, Timeouts, serve_hyper};
 
 /// Buffered bodies up to this are copied out of the read buffer.
@@ -26,6 +28,7 @@ const COPY_BODY: usize = 2048;
 /// Serves one accepted connection until it closes.
 pub(in crate::http) async fn serve(
     tcp: TcpStream,
+    peer: SocketAddr,
     front: Arc<Front>,
     hyper: Arc<Builder<TokioExecutor>>,
     t: Timeouts,
@@ -33,14 +36,15 @@ pub(in crate::http) async fn serve(
 ) {
     let mut c = Conn::new(tcp, t, &shutdown);
     let mut first = true;
+    let tag = front.wants_client_addr();
     loop {
-        let head = match c.read_head(first).await {
+        let mut head = match c.read_head(first).await {
             Ok(Next::Head(h)) => h,
             Ok(Next::Closed) => return,
             Ok(Next::H2) => {
                 // Boxed: rare, and hyper's connection future is large.
                 let io = Guarded::resumed(c.tcp, t, c.buf.split().freeze());
-                return Box::pin(serve_hyper(&hyper, io, front, shutdown)).await;
+                return Box::pin(serve_hyper(&hyper, io, peer, front, shutdown)).await;
             }
             Ok(Next::Bad(status)) => {
                 let _ = c.reject(status).await;
@@ -49,6 +53,9 @@ pub(in crate::http) async fn serve(
             Err(e) => return tracing::debug!(error = %e, "connection failed reading a head"),
         };
         first = false;
+        if tag {
+            head.parts.extensions.insert(ClientAddr(peer));
+        }
         // Boxed: the handler's state machine exists only during a request,
         // not in every idle connection's task.
         match Box::pin(c.exchange(head, &front, &shutdown)).await {

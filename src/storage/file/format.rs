@@ -207,7 +207,12 @@ struct EntryHeader {
 
 /// Encodes a WAL entry payload: `[header_len u32][header JSON][records]`,
 /// each record `[len u32][bytes]`, in the order of the `Put` ops.
+/// An entry of exactly one [`Op::Append`] takes the binary layout of
+/// [`super::entry_bin`] instead (the hot path of every append).
 pub fn encode_entry(ops: &[Op], records: &[Bytes]) -> Vec<u8> {
+    if let [Op::Append(a)] = ops {
+        return super::entry_bin::encode_append(a, records);
+    }
     #[derive(Serialize)]
     struct Ref<'a> {
         ops: &'a [Op],
@@ -224,8 +229,11 @@ pub fn encode_entry(ops: &[Op], records: &[Bytes]) -> Vec<u8> {
     out
 }
 
-/// Decodes a WAL entry payload into its ops and records.
+/// Decodes a WAL entry payload, in either layout, into its ops and records.
 pub fn decode_entry(payload: &[u8]) -> Result<(Vec<Op>, Vec<Bytes>), String> {
+    if super::entry_bin::is_binary(payload) {
+        return super::entry_bin::decode(payload);
+    }
     let take = |at: usize| -> Result<u32, String> {
         payload
             .get(at..at + 4)

@@ -77,6 +77,7 @@
 mod append;
 mod checkpoint;
 pub mod control;
+mod entry_bin;
 mod faults;
 mod files;
 pub mod format;

@@ -178,22 +178,26 @@ impl StreamMeta {
 
 /// The media type without parameters, lowercased: what stream types compare by.
 pub fn essence(content_type: &str) -> String {
+    bare(content_type).to_ascii_lowercase()
+}
+
+/// The media type without parameters, as written (compare it ignoring
+/// ASCII case). Every append compares types: this allocates nothing.
+fn bare(content_type: &str) -> &str {
     content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
+        .split_once(';')
+        .map_or(content_type, |(t, _)| t)
         .trim()
-        .to_ascii_lowercase()
 }
 
 /// True for the JSON mode content type.
 pub fn is_json(content_type: &str) -> bool {
-    essence(content_type) == "application/json"
+    bare(content_type).eq_ignore_ascii_case("application/json")
 }
 
 /// True when two content types name the same media type.
 pub fn same_type(a: &str, b: &str) -> bool {
-    essence(a) == essence(b)
+    bare(a).eq_ignore_ascii_case(bare(b))
 }
 
 /// Splits a body into stored records.

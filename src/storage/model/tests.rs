@@ -256,3 +256,14 @@ fn create_matching_compares_type_expiry_closure_and_fork() {
     ));
     assert!(!create_matches(&m, &req));
 }
+
+#[test]
+fn media_types_compare_without_parameters_or_case() {
+    assert!(same_type("text/plain", "TEXT/Plain; charset=utf-8"));
+    assert!(same_type(" application/json ;x=1", "application/JSON"));
+    assert!(!same_type("text/plain", "text/plainx"));
+    assert!(!same_type("text/plain", ""));
+    assert!(is_json("Application/Json; charset=utf-8"));
+    assert!(!is_json("application/json-seq"));
+    assert_eq!(essence(" Text/Plain ; q=1"), "text/plain");
+}

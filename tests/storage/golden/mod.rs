@@ -28,7 +28,7 @@ use durable_streams::storage::{
 use script::{CONTROL, NAMES, PRODUCER, STREAMS, WRITTEN_AT};
 
 /// Every committed golden set, oldest first: a directory of `tests/golden`.
-const SETS: &[&str] = &["2026-12"];
+const SETS: &[&str] = &["2026-12", "2026-12b"];
 
 /// When the checks run: an hour after the writes. Fixed, not the clock:
 /// the stream with an expiry time stays alive whenever the tests run.

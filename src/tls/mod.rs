@@ -1,5 +1,9 @@
-//! TLS client settings shared by outbound connections (webhooks, the
-//! PostgreSQL backend): rustls on ring, Mozilla's roots built in.
+//! TLS on rustls and ring: the client settings shared by outbound
+//! connections (webhooks, the PostgreSQL backend; Mozilla's roots built in)
+//! here, and the server's certificate, its reloading and ALPN in
+//! [`server`].
+
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,291 @@
+//! JSON Web Token verification (RFC 7519) and the scopes a token grants;
+//! pure apart from reading the JWKS file at start.
+//!
+//! Accepted: HS256 with `auth.jwt.hs256_secret`; RS256, ES256 (P-256) and
+//! EdDSA (Ed25519) with the public keys of a JWKS (`public_keys_file`,
+//! `jwks_url`). The key is chosen by the token's `alg` (and `kid` when it
+//! has one) among keys of that algorithm only, so an HS256 token is never
+//! checked against a public key (the HS/RS confusion) and `alg: none` has no
+//! key at all. `exp` is required; `iss` and `aud` must match when
+//! configured; `nbf` is honoured; `leeway` allows clock skew. Tokens longer
+//! than [`MAX_TOKEN`] are refused before any parsing.
+//!
+//! The `scope` claim (a space-separated string, or an array of strings)
+//! holds `read:GLOB` and `write:GLOB` items over stream names (the globs of
+//! subscriptions: `*` one segment, `**` any number) and `metrics`; other
+//! items are ignored. Write implies nothing about read.
+
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
+use serde::Deserialize;
+
+use crate::config::JwtConfig;
+use crate::subscriptions::glob;
+
+/// Longest token accepted, in bytes: far above any real token, far below
+/// what would make parsing costly.
+pub const MAX_TOKEN: usize = 8 * 1024;
+
+/// Most keys a JWKS may hold (the rest are ignored).
+const MAX_KEYS: usize = 64;
+
+/// What a verified token grants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scopes {
+    /// Globs of streams it may read.
+    pub read: Vec<String>,
+    /// Globs of streams it may write (create, append, delete).
+    pub write: Vec<String>,
+    /// It may scrape `/metrics`.
+    pub metrics: bool,
+}
+
+impl Scopes {
+    /// Parses a `scope` claim's items; unknown items are ignored.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Scopes {
+        let mut s = Scopes::default();
+        for item in items {
+            if item == "metrics" {
+                s.metrics = true;
+            } else if let Some(g) = item.strip_prefix("read:").filter(|g| !g.is_empty()) {
+                s.read.push(g.to_string());
+            } else if let Some(g) = item.strip_prefix("write:").filter(|g| !g.is_empty()) {
+                s.write.push(g.to_string());
+            }
+        }
+        s
+    }
+
+    /// May it read stream `name`?
+    pub fn can_read(&self, name: &str) -> bool {
+        self.read.iter().any(|g| glob::matches(g, name))
+    }
+
+    /// May it write stream `name`?
+    pub fn can_write(&self, name: &str) -> bool {
+        self.write.iter().any(|g| glob::matches(g, name))
+    }
+}
+
+/// A verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Its `sub`, if any (the rate limiter's key).
+    pub subject: Option<String>,
+    pub scopes: Scopes,
+}
+
+/// Why a token was refused; the message may be shown to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    scope: Option<ScopeClaim>,
+}
+
+/// One public key and the algorithm it verifies.
+struct PublicKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies tokens; cheap to share. The fetched keys (from `jwks_url`)
+/// are swapped whole by [`Verifier::set_fetched`]; the `parking_lot` lock
+/// is held only to clone or replace an `Arc`, never across an await.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    file: Vec<PublicKey>,
+    fetched: RwLock<Arc<Vec<PublicKey>>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+}
+
+impl Verifier {
+    /// The verifier `c` describes (reading `public_keys_file`), or `None`
+    /// when no key is configured.
+    pub fn open(c: &JwtConfig) -> Result<Option<Arc<Self>>, String> {
+        if !c.enabled() {
+            return Ok(None);
+        }
+        let file = match &c.public_keys_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let keys = parse_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                if keys.is_empty() {
+                    return Err(format!(
+                        "{} holds no RS256, ES256 (P-256) or EdDSA (Ed25519) public key",
+                        path.display()
+                    ));
+                }
+                keys
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(Arc::new(Verifier {
+            hs256: c
+                .hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            file,
+            fetched: RwLock::new(Arc::new(Vec::new())),
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            leeway: c.leeway.as_secs(),
+        })))
+    }
+
+    /// Replaces the keys fetched from `jwks_url` with those of `jwks`;
+    /// returns how many there are. A document that is not a JWKS keeps the
+    /// old keys.
+    pub fn set_fetched(&self, jwks: &str) -> Result<usize, String> {
+        let keys = parse_jwks(jwks)?;
+        let n = keys.len();
+        *self.fetched.write() = Arc::new(keys);
+        Ok(n)
+    }
+
+    /// Verifies `token` and returns what it grants.
+    pub fn verify(&self, token: &str) -> Result<Verified, Refused> {
+        if token.len() > MAX_TOKEN {
+            return Err(Refused("the token is too long"));
+        }
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return Err(Refused("the token is not a JWT"));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| Refused("the token is malformed"))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.validate_aud = self.audience.is_some();
+        if let Some(aud) = &self.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        let fetched = Arc::clone(&self.fetched.read());
+        let mut candidates: Vec<&DecodingKey> = Vec::new();
+        match header.alg {
+            Algorithm::HS256 => candidates.extend(self.hs256.as_ref()),
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA => candidates.extend(
+                self.file
+                    .iter()
+                    .chain(fetched.iter())
+                    .filter(|k| k.alg == header.alg)
+                    .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+                    .map(|k| &k.key),
+            ),
+            _ => return Err(Refused("the token's algorithm is not accepted")),
+        }
+        if candidates.is_empty() {
+            return Err(Refused("no key verifies tokens of this algorithm or kid"));
+        }
+        let mut last = Refused("the token's signature is not valid");
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    let scopes = match &data.claims.scope {
+                        None => Scopes::default(),
+                        Some(ScopeClaim::Text(s)) => Scopes::parse(s.split_ascii_whitespace()),
+                        Some(ScopeClaim::List(l)) => Scopes::parse(l.iter().map(String::as_str)),
+                    };
+                    return Ok(Verified {
+                        subject: data.claims.sub,
+                        scopes,
+                    });
+                }
+                Err(e) => last = refusal(&e),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn refusal(e: &jsonwebtoken::errors::Error) -> Refused {
+    use jsonwebtoken::errors::ErrorKind as K;
+    Refused(match e.kind() {
+        K::ExpiredSignature => "the token has expired",
+        K::ImmatureSignature => "the token is not valid yet (nbf)",
+        K::InvalidIssuer => "the token's issuer is not accepted",
+        K::InvalidAudience => "the token's audience is not accepted",
+        K::MissingRequiredClaim(c) if c == "exp" => "the token has no exp claim",
+        K::MissingRequiredClaim(_) => "the token lacks a required claim (iss or aud)",
+        K::InvalidSignature => "the token's signature is not valid",
+        _ => "the token is malformed",
+    })
+}
+
+/// The usable public keys of a JWKS document: RSA (RS256), EC P-256
+/// (ES256) and OKP Ed25519 (EdDSA). Keys of other types, with another
+/// `alg`, meant for encryption (`use: enc`), or that do not parse are
+/// skipped, not errors: a provider's JWKS may hold keys for other uses.
+/// Symmetric (`oct`) keys are never taken from a JWKS.
+fn parse_jwks(text: &str) -> Result<Vec<PublicKey>, String> {
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_str(text)
+        .map_err(|e| format!("not a JWKS (a JSON object with a \"keys\" array): {e}"))?;
+    let mut out = Vec::new();
+    for value in set.keys.into_iter().take(MAX_KEYS) {
+        let declared = value.get("alg").and_then(|a| a.as_str()).map(str::to_owned);
+        if value.get("use").and_then(|u| u.as_str()) == Some("enc") {
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
+            _ => continue,
+        };
+        let name = match alg {
+            Algorithm::RS256 => "RS256",
+            Algorithm::ES256 => "ES256",
+            _ => "EdDSA",
+        };
+        if declared.is_some_and(|d| d != name) {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        out.push(PublicKey {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+mod tests;
