@@ -61,6 +61,7 @@ fn append(
         close: false,
         stream_seq: None,
         producer,
+        if_match: None,
         now: now_ms(),
     };
     match s.append(name, req).expect("append") {

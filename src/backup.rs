@@ -148,6 +148,11 @@ pub struct ArchivedStream {
     pub closed_by: Option<ArchivedProducer>,
     pub base: ArchivedOffset,
     pub tail: ArchivedOffset,
+    /// The first retained position when the stream was trimmed (the
+    /// records follow from there, or from `base` when it is before it);
+    /// absent when nothing was trimmed, as in archives written before trims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest: Option<ArchivedOffset>,
     pub fork: Option<ArchivedFork>,
     /// Live forks at export time (informational: an import recounts).
     pub refcount: u64,
@@ -156,7 +161,8 @@ pub struct ArchivedStream {
     pub producers: BTreeMap<String, ArchivedProducerState>,
     /// Number of record frames that follow.
     pub records: u64,
-    /// Total bytes of those records (`tail.pos - base.pos`).
+    /// Total bytes of those records (`tail.pos` less the position the
+    /// records start at).
     pub bytes: u64,
 }
 
@@ -181,6 +187,7 @@ impl ArchivedStream {
             }),
             base: m.base.into(),
             tail: m.tail.into(),
+            earliest: m.trimmed.map(Into::into),
             fork: m.fork.as_ref().map(|f| ArchivedFork {
                 source: f.source.clone(),
                 source_id: f.source_id,
@@ -228,6 +235,7 @@ impl ArchivedStream {
             }),
             base: self.base.into(),
             tail: self.tail.into(),
+            trimmed: self.earliest.map(Into::into),
             fork: self.fork.as_ref().map(|f| ForkLink {
                 source: f.source.clone(),
                 source_id: f.source_id,
@@ -388,9 +396,9 @@ impl<R: Read> FrameReader<R> {
         }
         let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         let meta = s.to_meta();
-        if bytes != s.bytes || model::advance(meta.base, &records) != meta.tail {
+        if bytes != s.bytes || model::advance(meta.own_start(), &records) != meta.tail {
             return Err(bad(format!(
-                "stream {:?}: its records do not lead from base to tail",
+                "stream {:?}: its records do not lead from base (or its earliest offset) to tail",
                 s.name
             )));
         }
@@ -747,9 +755,9 @@ pub fn list(store: &dyn Storage, now: Millis) -> Result<Vec<ListEntry>, BackupEr
         .map(|(name, m)| ListEntry {
             name,
             content_type: m.content_type.clone(),
-            own_bytes: m.tail.pos - m.base.pos,
-            total_bytes: m.tail.pos,
-            records: m.tail.seq - m.base.seq,
+            own_bytes: m.tail.pos - m.own_start().pos,
+            total_bytes: m.tail.pos - m.earliest().pos,
+            records: m.tail.seq - m.own_start().seq,
             closed: m.closed,
             soft_deleted: m.soft_deleted,
             expired: m.is_expired(now),

@@ -16,6 +16,7 @@ pub mod example;
 pub mod flags;
 pub mod kinds;
 pub mod layers;
+pub mod retention;
 pub mod settings;
 
 use std::net::SocketAddr;
@@ -375,6 +376,9 @@ pub struct ServerConfig {
     pub cursor_interval: Duration,
     /// How often expired streams are swept.
     pub sweep_interval: Duration,
+    /// Retention policies (`[[retention]]`), applied by the retention
+    /// sweeper every `sweep_interval`.
+    pub retention: Vec<retention::RetentionPolicy>,
     /// A connection must deliver a request's whole head within this, and an
     /// idle keep-alive connection is closed after it (slowloris defence).
     pub header_read_timeout: Duration,
@@ -433,6 +437,7 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(15),
             cursor_interval: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(1),
+            retention: Vec::new(),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
@@ -460,7 +465,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h (e.g. 500ms, 5s, 2m)"))?;
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m, h or d (e.g. 500ms, 5s, 2m)"))?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -469,9 +474,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
         _ => Err(format!(
-            "{s:?} has an unknown unit {unit:?}; use ms, s, m or h"
+            "{s:?} has an unknown unit {unit:?}; use ms, s, m, h or d"
         )),
     }
 }

@@ -5,8 +5,8 @@
 //! # Layout
 //!
 //! Layers point one way (see `docs/architecture.md`): `offset` < `storage`,
-//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `proxy` <
-//! `http` < `server` < `main`; nothing below `http` imports it.
+//! `cursor` < `notify` < `metrics` < `tls` < `subscriptions` < `retention` <
+//! `proxy` < `http` < `server` < `main`; nothing below `http` imports it.
 //!
 //! - [`MOUNT`]: where streams are mounted (`/v1/stream/`).
 //! - [`offset`]: the opaque offset token (`{record:016x}_{byte:016x}`), parse and format.
@@ -27,7 +27,7 @@
 //!   I/O). The decisions, once for every backend: [`storage::model`] (pure
 //!   rules: producers, closure, config matching, JSON framing),
 //!   [`storage::txn`] (create, fork, append via `append_to`, delete cascade,
-//!   restore, sweep over a backend's `Txn`), [`storage::view`] (position
+//!   trim, restore, sweep over a backend's `Txn`), [`storage::view`] (position
 //!   arithmetic), [`storage::chain`] (fork-chain reads over a record table).
 //!   Backends keep only how they store: [`storage::memory`];
 //!   [`storage::file`] (group-committed WAL, per-stream data files,
@@ -44,6 +44,9 @@
 //!   types, registry and its path index, durable state in the backend's
 //!   control space, the wake worker (its own context), Ed25519 signing,
 //!   delivery with retry backoff, SSRF guard.
+//! - [`retention`]: the sweeper that applies the `[[retention]]` policies
+//!   by trimming (tail samples for `max_age`, a bounded read for
+//!   `max_bytes`).
 //! - [`proxy`]: the Proxy Protocol engine (no HTTP routing): the upstream
 //!   allowlist ([`proxy::allow`], pure), pre-signed URL signatures and their
 //!   key ([`proxy::sign`]), forwarded headers and the upstream request
@@ -51,8 +54,8 @@
 //!   upstream body into one stream ([`proxy::pipe`]).
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
-//!   [`http::sse`], [`http::subscriptions`] (the `__ds` APIs) and
-//!   [`http::proxy`] / [`http::proxy_stream`] (`/v1/proxy`);
+//!   [`http::sse`], [`http::subscriptions`] and [`http::trim`] (the `__ds`
+//!   APIs) and [`http::proxy`] / [`http::proxy_stream`] (`/v1/proxy`);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
 //!   `/metrics`, the request log), [`http::auth`] (who may do what:
@@ -86,6 +89,7 @@ pub mod metrics;
 pub mod notify;
 pub mod offset;
 pub mod proxy;
+pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod subscriptions;

@@ -148,6 +148,36 @@ fn spawn_sweeper(state: &AppState) {
     });
 }
 
+/// Applies the retention policies every `sweep_interval` until shutdown
+/// (nothing to do, and no task, without policies).
+fn spawn_retention(state: &AppState) {
+    if state.config.retention.is_empty() {
+        return;
+    }
+    let state = state.clone();
+    let sweeper = Arc::new(parking_lot::Mutex::new(crate::retention::Sweeper::new(
+        state.config.retention.clone(),
+    )));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state.config.sweep_interval.max(MIN_RETENTION_TICK));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+            let (now, sweeper) = (now_ms(), Arc::clone(&sweeper));
+            // The one task holds the sweeper; the lock only hands it over.
+            if let Err(e) = state.storage(move |s| sweeper.lock().run(s, now)).await {
+                tracing::warn!(error = ?e, "retention pass failed");
+            }
+        }
+    });
+}
+
+/// The retention sweeper's shortest period (a zero `sweep_interval` would
+/// spin).
+const MIN_RETENTION_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves until `stop` resolves, then ends live reads, drains connections and
 /// flushes storage.
 pub async fn run(
@@ -173,6 +203,7 @@ pub async fn run(
     let state = assemble(config, storage, hub, subs, jwt);
     crate::http::jwks::spawn_refresh(&state);
     spawn_sweeper(&state);
+    spawn_retention(&state);
     worker::spawn(state.clone());
     let front = Front::new(state.clone());
     if let Some(cluster) = state.storage.backend().cluster() {

@@ -21,6 +21,7 @@ use super::kinds::{
     Addr, Bytes, Choice, Cidrs, Count, FsPath, Globs, Kind, OptionalPath, OptionalSecret,
     OptionalText, OptionalUrl, Origins, Raw, Span, Switch, Tokens, UrlPatterns, Word,
 };
+use super::retention::Policies;
 use super::{HttpEngine, LogFormat, RequestLog, StorageKind, SyncMode};
 
 /// One setting; see the module doc.
@@ -159,7 +160,17 @@ settings! {
         flag("cursor-interval", "Width of a Stream-Cursor interval (e.g. 20s)"),
         "width of a Stream-Cursor interval";
     "sweep_interval", sweep_interval, Span { positive: false }, None,
-        "how often expired streams are removed";
+        "how often expired streams are removed (and retention applied)";
+    "retention", retention, Policies, None,
+        "retention policies, none by default: drop the oldest whole records of the\n\
+         matching streams (subscription glob syntax: `*` one segment, `**` any depth)\n\
+         once they are older than max_age (\"7d\", \"12h\"; measured from when this\n\
+         server first saw them) or lie wholly before the newest max_bytes bytes; either\n\
+         alone or both. As arrays of tables:\n\
+           [[retention]]\n\
+           streams = \"logs/*\"\n\
+           max_age = \"7d\"\n\
+         In DS_RETENTION as an inline array: [{streams = \"logs/*\", max_bytes = 1000000}].";
     "header_read_timeout", header_read_timeout, Span { positive: true }, None,
         "a request head must arrive within this; idle keep-alive connections close after it";
     "body_read_timeout", body_read_timeout, Span { positive: true }, None,

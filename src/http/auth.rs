@@ -75,6 +75,12 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
     }
     let read = method == Method::GET || method == Method::HEAD;
     let target = match path.strip_prefix(MOUNT) {
+        // A trim writes the stream it names: a token scoped to that stream
+        // (and its write scope) may trim it, and no other.
+        Some(raw) if raw.starts_with("__ds/trim/") => {
+            let name = &raw["__ds/trim/".len()..];
+            Target::Stream(headers::stream_name(name, usize::MAX).unwrap_or(raw.into()))
+        }
         Some(raw) if raw.starts_with("__ds") => Target::Stream(raw.to_string()),
         // A name the handler will refuse is still checked by its raw text.
         Some(raw) => Target::Stream(headers::stream_name(raw, usize::MAX).unwrap_or(raw.into())),
@@ -396,6 +402,10 @@ mod tests {
         for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
             assert_eq!(scope(&a, &m, "/v1/stream/x"), Some(Scope::Write));
         }
+        assert_eq!(
+            needed(&a, &Method::POST, "/v1/stream/__ds/trim/logs/a"),
+            Some((Scope::Write, Target::Stream("logs/a".into())))
+        );
         assert_eq!(scope(&a, &Method::OPTIONS, "/v1/stream/x"), None);
         assert_eq!(scope(&a, &Method::GET, "/healthz"), None);
         assert_eq!(scope(&a, &Method::GET, "/readyz"), None);

@@ -94,6 +94,21 @@ impl From<StorageError> for ApiError {
             E::Closed { tail } => ApiError::new(S::CONFLICT, "STREAM_CLOSED", detail)
                 .with_header(h::STREAM_CLOSED, "true")
                 .with_header(h::STREAM_NEXT_OFFSET, tail),
+            E::PreconditionFailed { tail, closed } => {
+                let e = ApiError::new(S::PRECONDITION_FAILED, "PRECONDITION_FAILED", detail)
+                    .with_header(header::ETAG, format!("\"{tail}\""))
+                    .with_header(h::STREAM_NEXT_OFFSET, tail);
+                if closed {
+                    e.with_header(h::STREAM_CLOSED, "true")
+                } else {
+                    e
+                }
+            }
+            E::Trimmed { earliest } => ApiError::new(S::GONE, "OFFSET_TRIMMED", detail)
+                .with_header(h::STREAM_EARLIEST_OFFSET, earliest),
+            E::TrimBeyondTail { tail } => ApiError::bad_request("TRIM_BEYOND_TAIL", detail)
+                .with_header(h::STREAM_NEXT_OFFSET, tail),
+            E::IfMatchWithProducer => ApiError::bad_request("IF_MATCH_WITH_PRODUCER", detail),
             E::ContentTypeMismatch { .. } => {
                 ApiError::new(S::CONFLICT, "CONTENT_TYPE_MISMATCH", detail)
             }

@@ -7,6 +7,8 @@ use axum::http::HeaderName;
 
 pub const STREAM_NEXT_OFFSET: HeaderName = HeaderName::from_static("stream-next-offset");
 pub const STREAM_CLOSED: HeaderName = HeaderName::from_static("stream-closed");
+/// The first retained offset of a trimmed stream (our extension).
+pub const STREAM_EARLIEST_OFFSET: HeaderName = HeaderName::from_static("stream-earliest-offset");
 pub const STREAM_UP_TO_DATE: HeaderName = HeaderName::from_static("stream-up-to-date");
 pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
 pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
@@ -24,9 +26,10 @@ pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-
 pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
 
 /// Headers a browser page may read (CORS `Access-Control-Expose-Headers`).
-pub static EXPOSED: [HeaderName; 17] = [
+pub static EXPOSED: [HeaderName; 18] = [
     STREAM_NEXT_OFFSET,
     STREAM_CLOSED,
+    STREAM_EARLIEST_OFFSET,
     STREAM_UP_TO_DATE,
     STREAM_CURSOR,
     STREAM_TTL,

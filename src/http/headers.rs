@@ -124,6 +124,33 @@ pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError
     }
 }
 
+/// `If-Match: "<offset>"`: one strong entity tag holding a stream offset
+/// (the tail an optimistic-concurrency append expects). The wildcard `*`
+/// is not supported (the proposal leaves it out: a `POST` to a missing
+/// stream is a 404 anyway), nor are weak tags and lists; all are a 400.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<Offset>, ApiError> {
+    let Some(v) = text(headers, &axum::http::header::IF_MATCH)? else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if v == "*" {
+        return Err(ApiError::bad_request(
+            "IF_MATCH_WILDCARD_UNSUPPORTED",
+            "If-Match: * is not supported; send If-Match: \"<offset>\" with the stream's Stream-Next-Offset",
+        ));
+    }
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(Offset::parse)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "INVALID_IF_MATCH",
+                "If-Match must be one quoted stream offset, as in ETag or Stream-Next-Offset: \"<offset>\"",
+            )
+        })
+}
+
 /// `Stream-Seq`: any non-empty opaque string.
 pub fn stream_seq(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match text(headers, &STREAM_SEQ)? {
@@ -311,6 +338,31 @@ mod tests {
         for bad in ["", "+1", "-1", "01", "1.5", "1e3", "0x1", " 1", "abc"] {
             assert_eq!(strict_uint(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn if_match_values() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(axum::http::header::IF_MATCH, v.parse().unwrap());
+            if_match(&h)
+        };
+        let o = Offset::new(3, 10);
+        assert_eq!(with(&format!("\"{o}\"")).unwrap(), Some(o));
+        assert_eq!(with(&format!(" \"{o}\" ")).unwrap(), Some(o));
+        assert_eq!(with("*").unwrap_err().code, "IF_MATCH_WILDCARD_UNSUPPORTED");
+        for bad in [
+            o.to_string(),
+            format!("W/\"{o}\""),
+            format!("\"{o}\", \"{o}\""),
+            "\"-1\"".into(),
+            "\"now\"".into(),
+            "\"\"".into(),
+            "\"".into(),
+        ] {
+            assert_eq!(with(&bad).unwrap_err().code, "INVALID_IF_MATCH", "{bad}");
+        }
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod serve;
 pub mod sse;
 pub mod subscriptions;
 pub mod transport;
+pub mod trim;
 pub mod write;
 
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .max_age(std::time::Duration::from_secs(86400));
     Router::new()
         .merge(subscriptions::routes(state.clone()))
+        .route("/v1/stream/__ds/trim/{*path}", post(trim::trim))
         .route("/v1/stream/__ds", any(reserved))
         .route("/v1/stream/__ds/{*rest}", any(reserved))
         .route("/v1/stream/{*path}", any(stream))

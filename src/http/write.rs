@@ -138,6 +138,7 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         close: h::stream_closed(&headers),
         stream_seq: h::stream_seq(&headers)?,
         producer: h::producer(&headers)?,
+        if_match: h::if_match(&headers)?,
         body,
         now: now_ms(),
     };
@@ -169,9 +170,12 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         AppendOutcome::Appended { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
         AppendOutcome::Duplicate { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
     };
+    let tail = info.tail.to_string();
+    // The new tail as a strong ETag, for a chained `If-Match` (proposal).
     let mut b = axum::http::Response::builder()
         .status(status)
-        .header(h::STREAM_NEXT_OFFSET, info.tail.to_string());
+        .header(header::ETAG, format!("\"{tail}\""))
+        .header(h::STREAM_NEXT_OFFSET, tail);
     if info.closed {
         b = b.header(h::STREAM_CLOSED, "true");
     }
@@ -197,7 +201,10 @@ pub async fn delete(state: &AppState, name: String) -> Result<Response, ApiError
 pub async fn head(state: &AppState, name: String) -> Result<Response, ApiError> {
     let now = now_ms();
     let info = state.storage(move |s| s.head(&name, now)).await?;
+    // Where the retained data starts (our extension; the stream's start
+    // until a trim or retention drops records).
     let b = with_expiry(stream_response(StatusCode::OK, &info), &info)
+        .header(h::STREAM_EARLIEST_OFFSET, info.earliest.to_string())
         .header(header::CACHE_CONTROL, "no-store");
     finish(b, Body::empty())
 }

@@ -270,6 +270,37 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
         .validate(from, whole)
     }
 
+    /// The start of the record of the view of `meta` that holds `at`, a
+    /// position the stream minted (checked); the tail is its own boundary.
+    pub fn record_boundary(&self, meta: &StreamMeta, at: Offset) -> Result<Offset, StorageError> {
+        if at.pos >= meta.tail.pos {
+            return if at == meta.tail {
+                Ok(at)
+            } else {
+                Err(StorageError::InvalidOffset)
+            };
+        }
+        if at.pos < meta.base.pos {
+            // Inherited: the source's record (its start is one of ours too).
+            let source = self.source_of(meta, StorageError::InvalidOffset)?;
+            return self.record_boundary(&source, at);
+        }
+        let one = Budget {
+            bytes: 1,
+            records: 1,
+            split: false,
+        };
+        let window = self.fetch(meta, at.pos, at.pos + 1, one)?;
+        Layout {
+            base: meta.base,
+            tail: meta.tail,
+            index: &window,
+        }
+        .validate(at, false)?;
+        let i = window.locate(at.pos);
+        Ok(Offset::new(meta.base.seq + i, window.start(i)))
+    }
+
     /// Reads the whole of `[from, tail)` of a view with a budget, stitching
     /// inherited and own ranges.
     pub fn read_stitched(
@@ -310,20 +341,12 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
         from: crate::offset::ReadFrom,
         max_bytes: usize,
     ) -> Result<(Offset, Vec<Bytes>, Offset), StorageError> {
-        use crate::offset::ReadFrom;
         let json = model::is_json(&meta.content_type);
         let tail = meta.tail;
-        let start = match from {
-            ReadFrom::Start => Offset::ZERO,
-            ReadFrom::Tail => tail,
-            ReadFrom::At(o) => {
-                if o.pos > tail.pos {
-                    return Err(StorageError::InvalidOffset);
-                }
-                self.validate_view(meta, o, json)?;
-                o
-            }
-        };
+        let (start, check) = meta.info().read_start(from)?;
+        if check {
+            self.validate_view(meta, start, json)?;
+        }
         let (chunks, next) = self.read_stitched(meta, start, tail, json, max_bytes)?;
         Ok((start, chunks, next))
     }

@@ -75,24 +75,33 @@ pub fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis().max(0) as Millis
 }
 
-/// Checks that `records` lead from `meta.base` exactly to `meta.tail`, as a
-/// restore requires.
+/// Checks that `records` lead from the stream's own retained start
+/// ([`StreamMeta::own_start`]: its base, or its trim point) exactly to
+/// `meta.tail`, as a restore requires.
 pub fn check_restore(meta: &StreamMeta, records: &[Bytes]) -> Result<(), StorageError> {
     if meta.tail.seq < meta.base.seq || meta.tail.pos < meta.base.pos {
         return Err(StorageError::InvalidRestore("tail is before base".into()));
     }
-    if model::advance(meta.base, records) != meta.tail {
+    if let Some(t) = meta.trimmed
+        && (t.pos > meta.tail.pos || t.seq > meta.tail.seq)
+    {
+        return Err(StorageError::InvalidRestore(
+            "trim point is past the tail".into(),
+        ));
+    }
+    let start = meta.own_start();
+    if model::advance(start, records) != meta.tail {
         return Err(StorageError::InvalidRestore(format!(
-            "{} records of {} bytes do not lead from base {} to tail {}",
+            "{} records of {} bytes do not lead from {} to tail {}",
             records.len(),
             records.iter().map(|r| r.len() as u64).sum::<u64>(),
-            meta.base,
+            start,
             meta.tail
         )));
     }
-    if meta.fork.is_none() && meta.base != Offset::ZERO {
+    if meta.fork.is_none() && meta.base != Offset::ZERO && meta.trimmed != Some(meta.base) {
         return Err(StorageError::InvalidRestore(
-            "a stream that is not a fork must start at offset zero".into(),
+            "a stream that is not a fork must start at offset zero (or its trim point)".into(),
         ));
     }
     if model::is_json(&meta.content_type) && records.iter().any(|r| !r.ends_with(b",")) {
@@ -210,6 +219,11 @@ pub struct AppendRequest {
     /// `Stream-Seq`.
     pub stream_seq: Option<String>,
     pub producer: Option<ProducerHeaders>,
+    /// `If-Match: "<offset>"`: append only if the stream's tail is exactly
+    /// this offset (optimistic concurrency). Compared by
+    /// [`model::plan_append`] under the stream's lock, so the comparison and
+    /// the write are one atomic step on every backend.
+    pub if_match: Option<Offset>,
     pub now: Millis,
 }
 
@@ -223,8 +237,16 @@ impl AppendRequest {
             close: false,
             stream_seq: None,
             producer: None,
+            if_match: None,
             now,
         }
+    }
+
+    /// The same append, conditional on the stream's tail being `tail`
+    /// (`If-Match`).
+    pub fn if_match(mut self, tail: Offset) -> Self {
+        self.if_match = Some(tail);
+        self
     }
 
     /// The same append sent by idempotent producer `id` with `epoch` and `seq`.
@@ -269,6 +291,8 @@ pub struct StreamInfo {
     pub tail: Offset,
     pub closed: bool,
     pub expiry: Expiry,
+    /// The first retained position ([`StreamMeta::earliest`]).
+    pub earliest: Offset,
 }
 
 impl StreamInfo {
@@ -276,6 +300,33 @@ impl StreamInfo {
     pub fn is_json(&self) -> bool {
         model::is_json(&self.content_type)
     }
+
+    /// Where a read from `from` starts, and whether that offset still needs
+    /// validating against the stream's records (a client's `At`). The
+    /// start of the stream is its earliest retained position; a position
+    /// before it was trimmed away ([`StorageError::Trimmed`]); one past the
+    /// tail is not a position of the stream. Every backend's read calls it.
+    pub fn read_start(&self, from: ReadFrom) -> Result<(Offset, bool), StorageError> {
+        match from {
+            ReadFrom::Start => Ok((self.earliest, false)),
+            ReadFrom::Tail => Ok((self.tail, false)),
+            ReadFrom::At(o) if o.pos > self.tail.pos => Err(StorageError::InvalidOffset),
+            ReadFrom::At(o) if o.pos < self.earliest.pos => Err(StorageError::Trimmed {
+                earliest: self.earliest,
+            }),
+            ReadFrom::At(o) => Ok((o, true)),
+        }
+    }
+}
+
+/// What a trim did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrimOutcome {
+    /// The stream after the trim (its `earliest` is the retained start).
+    pub info: StreamInfo,
+    /// True when this call moved the trim point (false: already trimmed
+    /// that far, an idempotent retry).
+    pub moved: bool,
 }
 
 /// The result of a `PUT`.
@@ -400,6 +451,22 @@ pub enum StorageError {
     PathReserved,
     #[error("stream is closed")]
     Closed { tail: Offset },
+    /// `If-Match` named another tail than the stream's: nothing was written.
+    #[error(
+        "If-Match does not match the stream's current tail {tail}; read it again or retry with that tail"
+    )]
+    PreconditionFailed { tail: Offset, closed: bool },
+    /// A read or fork from a position that a trim (or retention) dropped.
+    #[error("the stream's data before {earliest} was trimmed; read from {earliest} (or offset=-1)")]
+    Trimmed { earliest: Offset },
+    /// A trim past the stream's tail.
+    #[error("cannot trim past the stream's tail {tail}")]
+    TrimBeyondTail { tail: Offset },
+    /// `If-Match` and idempotent-producer headers in one request.
+    #[error(
+        "If-Match cannot be combined with Producer-Id/Producer-Epoch/Producer-Seq; use one or the other"
+    )]
+    IfMatchWithProducer,
     #[error("content type does not match the stream's ({expected})")]
     ContentTypeMismatch { expected: String },
     #[error("Content-Type is required when the body is not empty")]
@@ -533,6 +600,21 @@ pub trait Storage: Send + Sync + 'static {
     /// its source's reference count drops, cascading up soft-deleted sources.
     fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError>;
 
+    /// Drops the stream's data before `before`, rounded down to the start of
+    /// the record that holds it (a trim never drops a byte at or after
+    /// `before`): afterwards reads start at that point (`offset=-1`) and a
+    /// read or fork before it is [`StorageError::Trimmed`]. Idempotent: a
+    /// point at or before the current trim point changes nothing
+    /// (`moved: false`). Past the tail: [`StorageError::TrimBeyondTail`]; an
+    /// offset the stream did not mint: [`StorageError::InvalidOffset`].
+    /// The trim point is durable before return, like an append, and never
+    /// touches producer state, closure or the tail; one that moves renews a
+    /// sliding TTL, like an append. The dropped records'
+    /// space is given back at once, unless forks read from the stream: then
+    /// they are kept (the forks' inherited ranges stay readable) and
+    /// dropped when the last fork goes.
+    fn trim(&self, name: &str, before: Offset, now: Millis) -> Result<TrimOutcome, StorageError>;
+
     /// Removes streams whose TTL or expiry has passed; returns how many.
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError>;
 
@@ -549,8 +631,9 @@ pub trait Storage: Send + Sync + 'static {
     /// backup and listing tools, not by the HTTP layer.
     fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError>;
 
-    /// A stream's metadata and its OWN records (from `meta.base` to
-    /// `meta.tail`, record boundaries kept), taken at one consistent point,
+    /// A stream's metadata and its OWN retained records (from
+    /// [`StreamMeta::own_start`], its base unless a trim dropped records
+    /// past it, to `meta.tail`, record boundaries kept), taken at one consistent point,
     /// whatever its state (soft-deleted and expired streams included). A
     /// fork's inherited range is not copied: it belongs to the source. Only
     /// durable data is returned. Renews nothing.

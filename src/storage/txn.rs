@@ -28,7 +28,7 @@ use super::chain::{Chain, Metas, Records};
 use super::model::{self, AppendPlan, ForkLink, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
-    StreamInfo,
+    StreamInfo, TrimOutcome,
 };
 use crate::offset::Offset;
 
@@ -59,6 +59,26 @@ pub trait Txn: Metas {
     fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail>;
     /// Removes every record of stream `id`.
     fn remove_records(&mut self, id: u64) -> Result<(), Fail>;
+    /// Gives back the space of the own records of stream `id` (whose own
+    /// range starts at `base`) that lie before `point`, a record boundary
+    /// past `base`. Idempotent: records already dropped are skipped. The
+    /// metadata (its `trimmed`) is what makes them unreadable; this only
+    /// reclaims.
+    fn trim_records(&mut self, id: u64, base: Offset, point: Offset) -> Result<(), Fail>;
+    /// The start of the record of the view of `meta` that holds `at`
+    /// (`at` itself at the tail), after checking that `at` is a position
+    /// the stream minted. By default through a [`Chain`] over this view and
+    /// [`Txn::records`].
+    fn record_boundary(&self, meta: &StreamMeta, at: Offset) -> Result<Offset, StorageError> {
+        let records = self.records().ok_or_else(|| {
+            StorageError::Corrupt("this backend resolves no records in a transaction".into())
+        })?;
+        let chain = Chain {
+            metas: self,
+            records,
+        };
+        chain.record_boundary(meta, at)
+    }
     /// Wakes the stream's readers once the transaction commits.
     fn wake(&mut self, name: &str, meta: &StreamMeta);
     /// Resolves a fork's base against its source, reading the transaction's
@@ -114,6 +134,10 @@ pub fn remove_cascade<T: Txn + ?Sized>(t: &mut T, name: &str, now: Millis) -> Re
         }
         src.refcount = src.refcount.saturating_sub(1);
         let cascade = src.refcount == 0 && src.is_hidden(now);
+        if src.refcount == 0 && !cascade {
+            // The last fork is gone: what a trim kept for it goes now.
+            drop_trimmed(t, &src)?;
+        }
         t.set(&link.source, Some(src));
         if cascade {
             next = Some(link.source.clone());
@@ -194,12 +218,20 @@ fn plan_fork<T: Txn + ?Sized>(
         .into());
     }
     let anchor = spec.offset.unwrap_or(source.tail);
+    if anchor.pos < source.earliest().pos {
+        return Err(StorageError::Trimmed {
+            earliest: source.earliest(),
+        }
+        .into());
+    }
     let base = t.fork_base(&source, anchor, spec.sub_offset)?;
     let (expiry, inherited) = model::fork_expiry(source.expiry, req.expiry);
     let records = model::frame_records(model::is_json(&source.content_type), &req.body, false)?;
     let id = t.take_id()?;
     let mut meta = StreamMeta::new(id, source.content_type.clone(), expiry, base, req.now);
     meta.expiry_inherited = inherited;
+    // What the source trimmed is gone from the fork's view too.
+    meta.trimmed = source.trimmed;
     meta.fork = Some(ForkLink {
         source: spec.source.clone(),
         source_id: source.id,
@@ -285,6 +317,52 @@ pub fn append<T: Txn + ?Sized>(
     Ok(applied.outcome)
 }
 
+/// Reclaims the own records of `meta` before its trim point (none when the
+/// point is at or before its own range).
+fn drop_trimmed<T: Txn + ?Sized>(t: &mut T, meta: &StreamMeta) -> Result<(), Fail> {
+    match meta.trimmed {
+        Some(point) if point.pos > meta.base.pos => t.trim_records(meta.id, meta.base, point),
+        _ => Ok(()),
+    }
+}
+
+/// A trim: moves the stream's trim point to the start of the record that
+/// holds `before` ([`Storage::trim`](super::Storage::trim)'s contract) and
+/// reclaims the records before it unless forks read from the stream.
+pub fn trim<T: Txn + ?Sized>(
+    t: &mut T,
+    name: &str,
+    before: Offset,
+    now: Millis,
+) -> Result<TrimOutcome, Fail> {
+    let mut meta = meta_of(t, name)?.ok_or(StorageError::NotFound)?;
+    meta.check_visible(now)?;
+    if before.pos > meta.tail.pos {
+        return Err(StorageError::TrimBeyondTail { tail: meta.tail }.into());
+    }
+    let unchanged = |meta: &StreamMeta| TrimOutcome {
+        info: meta.info(),
+        moved: false,
+    };
+    if before.pos <= meta.earliest().pos {
+        return Ok(unchanged(&meta));
+    }
+    let point = t.record_boundary(&meta, before)?;
+    if point.pos <= meta.earliest().pos {
+        return Ok(unchanged(&meta));
+    }
+    meta.trimmed = Some(point);
+    // A trim that moves is a write: it renews a sliding TTL like an append
+    // (and so supersedes any renewal a backend keeps aside).
+    meta.last_access = now;
+    if meta.refcount == 0 {
+        drop_trimmed(t, &meta)?;
+    }
+    let info = meta.info();
+    t.set(name, Some(meta));
+    Ok(TrimOutcome { info, moved: true })
+}
+
 /// A `DELETE`: soft-deletes a stream that forks still read, removes it
 /// (cascading) otherwise.
 pub fn delete<T: Txn + ?Sized>(t: &mut T, name: &str, now: Millis) -> Result<(), Fail> {
@@ -307,6 +385,9 @@ pub fn restore<T: Txn + ?Sized>(
     mut meta: StreamMeta,
     records: &[Bytes],
 ) -> Result<StreamInfo, Fail> {
+    // Records a trim dropped are not restored: the own range starts again
+    // at the trim point (no backend keeps holes before its first record).
+    meta.base = meta.own_start();
     super::check_restore(&meta, records)?;
     if meta_of(t, name)?.is_some() {
         return Err(StorageError::AlreadyExists.into());

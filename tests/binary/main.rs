@@ -15,6 +15,7 @@ mod hostile_clients;
 mod proxy;
 mod proxy_tls;
 mod rate_limit;
+mod retention;
 mod soak;
 mod startup;
 mod tls;

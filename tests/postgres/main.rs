@@ -8,4 +8,5 @@ mod common;
 
 mod cluster;
 mod harness;
+mod if_match;
 mod tls;

@@ -6,6 +6,7 @@
 mod common;
 
 mod crash;
+mod crash_trim;
 mod full_disk;
 mod subscriptions_restart;
 mod torn_acid;

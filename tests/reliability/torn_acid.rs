@@ -21,6 +21,7 @@ fn append(s: &AcidStorage, body: &str) {
             close: false,
             stream_seq: None,
             producer: None,
+            if_match: None,
             now: 0,
         },
     )

@@ -490,6 +490,14 @@ mod counting {
         fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
             self.inner.delete(name, now)
         }
+        fn trim(
+            &self,
+            name: &str,
+            before: durable_streams::offset::Offset,
+            now: Millis,
+        ) -> Result<TrimOutcome, StorageError> {
+            self.inner.trim(name, before, now)
+        }
         fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
             self.inner.sweep_expired(now)
         }

@@ -60,6 +60,7 @@ fn append_req(ct: &str, body: &str) -> AppendRequest {
         close: false,
         stream_seq: None,
         producer: None,
+        if_match: None,
         now: now_ms(),
     }
 }

@@ -13,3 +13,4 @@ mod control;
 mod fuzz;
 mod golden;
 mod model;
+mod trim;

@@ -46,7 +46,7 @@ use super::chain::{Chain, Metas};
 use super::model::{Expiry, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Storage, StorageError, StreamInfo, check_control,
+    Storage, StorageError, StreamInfo, TrimOutcome, check_control,
 };
 use crate::notify::WakeHub;
 use crate::offset::Offset;
@@ -333,6 +333,10 @@ impl Storage for AcidStorage {
         self.call(|tx| Op::Delete(name.to_string(), now, tx))
     }
 
+    fn trim(&self, name: &str, before: Offset, now: Millis) -> Result<TrimOutcome, StorageError> {
+        self.call(|tx| Op::Trim(name.to_string(), before, now, tx))
+    }
+
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
         // The sweeper runs every second: don't queue a write for nothing.
         if self.shared.sweepable(now).is_empty() {
@@ -362,9 +366,9 @@ impl Storage for AcidStorage {
         let db = self.shared.db()?;
         let txn = db.begin_read().map_err(map_err)?;
         let data = txn.open_table(DATA).map_err(map_err)?;
-        let mut records = Vec::with_capacity((meta.tail.seq - meta.base.seq) as usize);
-        let mut at = meta.base;
-        let range = (meta.id, meta.base.pos)..(meta.id, meta.tail.pos);
+        let mut at = meta.own_start();
+        let mut records = Vec::with_capacity((meta.tail.seq - at.seq) as usize);
+        let range = (meta.id, at.pos)..(meta.id, meta.tail.pos);
         for item in data.range(range).map_err(map_err)? {
             let (k, v) = item.map_err(map_err)?;
             let (seq, bytes) = v.value();

@@ -37,6 +37,7 @@ use crate::storage::model::StreamMeta;
 use crate::storage::txn::{self, Fail, Txn};
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
+    TrimOutcome,
 };
 
 /// Most ops committed together.
@@ -59,6 +60,7 @@ pub(super) enum Op {
     Create(String, Box<CreateRequest>, Reply<CreateOutcome>),
     Append(String, Box<AppendRequest>, Reply<AppendOutcome>),
     Delete(String, Millis, Reply<()>),
+    Trim(String, Offset, Millis, Reply<TrimOutcome>),
     Sweep(Millis, Reply<usize>),
     /// Restore a stream from its metadata and own records.
     Restore(String, Box<(StreamMeta, Vec<Bytes>)>, Reply<StreamInfo>),
@@ -74,6 +76,7 @@ impl Op {
             Op::Create(_, _, tx) => Answer::Create(tx, Err(never())),
             Op::Append(_, _, tx) => Answer::Append(tx, Err(never())),
             Op::Delete(_, _, tx) => Answer::Delete(tx, Err(never())),
+            Op::Trim(_, _, _, tx) => Answer::Trim(tx, Err(never())),
             Op::Sweep(_, tx) => Answer::Sweep(tx, Err(never())),
             Op::Restore(_, _, tx) => Answer::Restore(tx, Err(never())),
             Op::Shutdown(tx) => Answer::Shutdown(tx),
@@ -86,6 +89,7 @@ enum Answer {
     Create(Reply<CreateOutcome>, Result<CreateOutcome, StorageError>),
     Append(Reply<AppendOutcome>, Result<AppendOutcome, StorageError>),
     Delete(Reply<()>, Result<(), StorageError>),
+    Trim(Reply<TrimOutcome>, Result<TrimOutcome, StorageError>),
     Sweep(Reply<usize>, Result<usize, StorageError>),
     Restore(Reply<StreamInfo>, Result<StreamInfo, StorageError>),
     Shutdown(Reply<()>),
@@ -108,6 +112,7 @@ impl Answer {
             Answer::Create(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Append(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Delete(tx, r) => drop(tx.send(pick(r, failed))),
+            Answer::Trim(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Sweep(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Restore(tx, r) => drop(tx.send(pick(r, failed))),
             Answer::Shutdown(tx) => drop(tx.send(pick(Ok(()), failed))),
@@ -300,6 +305,10 @@ impl Writer {
                     Op::Delete(name, now, tx) => {
                         Answer::Delete(tx, b.run(|b| txn::delete(b, &name, now), &mut fatal_err))
                     }
+                    Op::Trim(name, before, now, tx) => Answer::Trim(
+                        tx,
+                        b.run(|b| txn::trim(b, &name, before, now), &mut fatal_err),
+                    ),
                     Op::Sweep(now, tx) => {
                         Answer::Sweep(tx, b.run(|b| txn::sweep(b, now), &mut fatal_err))
                     }
@@ -462,6 +471,12 @@ impl Txn for Batch<'_, '_> {
     fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
         self.data
             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+            .map_err(fatal)
+    }
+
+    fn trim_records(&mut self, id: u64, base: Offset, point: Offset) -> Result<(), Fail> {
+        self.data
+            .retain_in((id, base.pos)..(id, point.pos), |_, _| false)
             .map_err(fatal)
     }
 

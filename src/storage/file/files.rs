@@ -281,6 +281,46 @@ impl Files {
         Ok(buf.slice(FRAME_HEADER as usize..))
     }
 
+    /// Gives back the disk space of the data file of `id` from its first
+    /// record up to file offset `to` (a trim), with
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`: the file
+    /// keeps its length (offsets and the length check of recovery are
+    /// unchanged) and the range reads as zeros. Idempotent. A file system
+    /// that cannot punch holes (`EOPNOTSUPP`) keeps the bytes: unreachable
+    /// all the same, only not reclaimed.
+    pub fn punch(&self, id: u64, to: u64) -> Result<(), StorageError> {
+        let from = format::DATA_HEADER_LEN;
+        if to <= from {
+            return Ok(());
+        }
+        let h = self.get(id)?;
+        blocking_io("punch a hole in a stream file");
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(to - from),
+        ) else {
+            return Ok(());
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&h.data);
+        // SAFETY: `fd` is an open descriptor held by `h` for the whole call.
+        let r = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return Ok(());
+        }
+        Err(e.into())
+    }
+
     /// Records that the files of `id` need a sync at the next checkpoint.
     pub fn mark_dirty(&self, id: u64) {
         self.dirty.lock().insert(id);

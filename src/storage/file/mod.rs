@@ -102,10 +102,11 @@ use self::wal::Wal;
 use super::model::StreamMeta;
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Staged, Staging, Storage, StorageError, StreamInfo,
+    Staged, Staging, Storage, StorageError, StreamInfo, TrimOutcome,
 };
 use crate::config::SyncMode;
 use crate::notify::{Wake, WakeHub};
+use crate::offset::Offset;
 
 /// WAL room claimed for an entry's metadata (stream and fork-source
 /// metadata, producer states); entries carrying data claim their size too.
@@ -213,6 +214,20 @@ impl FileStorage {
         // Nothing to make durable or to cut off: the checkpoint on disk plus
         // the (empty) WAL after it already describe the state exactly.
         let needs_checkpoint = rec.replayed > 0 || !rec.clean_end;
+        if rec.replayed > 0 {
+            // Replay rewrites the data of every replayed record, those a
+            // later trim dropped included: give their space back again.
+            for meta in rec.streams.values() {
+                let start = meta.own_start();
+                if start.pos > meta.base.pos {
+                    let to =
+                        format::data_offset(start.seq - meta.base.seq, start.pos, meta.base.pos);
+                    if let Err(e) = files.punch(meta.id, to) {
+                        tracing::warn!(stream_id = meta.id, error = %e, "could not give back trimmed space");
+                    }
+                }
+            }
+        }
         let streams = rec
             .streams
             .into_iter()
@@ -345,6 +360,7 @@ impl Storage for FileStorage {
         fn read(&self, name: &str, req: ReadRequest) -> ReadOutcome;
         fn head(&self, name: &str, now: Millis) -> StreamInfo;
         fn delete(&self, name: &str, now: Millis) -> ();
+        fn trim(&self, name: &str, before: Offset, now: Millis) -> TrimOutcome;
         fn sweep_expired(&self, now: Millis) -> usize;
         fn list_streams(&self) -> Vec<(String, StreamMeta)>;
         fn export_stream(&self, name: &str) -> (StreamMeta, Vec<Bytes>);

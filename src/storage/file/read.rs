@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::{Guard, Inner, Stream, StreamRef, files, format, recover};
-use crate::offset::{Offset, ReadFrom};
+use crate::offset::Offset;
 use crate::storage::model::{self, StreamMeta};
 use crate::storage::view::{self, Budget, Layout};
 use crate::storage::{Millis, ReadOutcome, ReadRequest, StorageError, StreamInfo};
@@ -204,6 +204,48 @@ impl Inner {
         }
     }
 
+    /// The start of the record of the view of `stream` that holds `at`, a
+    /// position the stream minted (checked); the tail is its own boundary.
+    pub(super) fn record_boundary(
+        &self,
+        access: &impl Access,
+        stream: &StreamRef,
+        at: Offset,
+    ) -> Result<Offset, StorageError> {
+        let up = access.with(
+            stream,
+            |s| -> Result<Result<Offset, String>, StorageError> {
+                if at.pos >= s.meta.tail.pos {
+                    return if at == s.meta.tail {
+                        Ok(Ok(at))
+                    } else {
+                        Err(StorageError::InvalidOffset)
+                    };
+                }
+                if at.pos < s.meta.base.pos {
+                    let link = s.meta.fork.as_ref().ok_or(StorageError::InvalidOffset)?;
+                    return Ok(Err(link.source.clone()));
+                }
+                let starts = self.index(&s.meta, &mut s.starts)?.as_slice();
+                let layout = Layout {
+                    base: s.meta.base,
+                    tail: s.meta.tail,
+                    index: starts,
+                };
+                layout.validate(at, false)?;
+                let i = view::RecordIndex::locate(starts, at.pos);
+                Ok(Ok(Offset::new(s.meta.base.seq + i, starts[i as usize])))
+            },
+        )?;
+        match up {
+            Ok(boundary) => Ok(boundary),
+            Err(source) => {
+                let source = access.source(&source)?;
+                self.record_boundary(access, &source, at)
+            }
+        }
+    }
+
     /// Resolves a fork request against its source (`meta`, the state of
     /// `source` as the caller holds it): the base offset where the fork's
     /// own data starts.
@@ -239,20 +281,21 @@ impl Inner {
         drop(s);
         let access = Locking(self);
         let result = (|| {
-            let start = match req.from {
-                ReadFrom::Start => Offset::ZERO,
-                ReadFrom::Tail => info.tail,
-                ReadFrom::At(o) => {
-                    if o.pos > info.tail.pos {
-                        return Err(StorageError::InvalidOffset);
-                    }
-                    self.validate_view(&access, &stream, o, json)?;
-                    o
-                }
-            };
+            let (start, check) = info.read_start(req.from)?;
+            if check {
+                self.validate_view(&access, &stream, start, json)?;
+            }
             let read = |at, budget| self.read_view(&access, &stream, at, info.tail.pos, budget);
-            let (chunks, next) = view::read_stitched(read, start, info.tail, json, req.max_bytes)?;
-            Ok((start, chunks, next))
+            match view::read_stitched(read, start, info.tail, json, req.max_bytes) {
+                Ok((chunks, next)) => Ok((start, chunks, next)),
+                // A trim that moved past `start` while the file was read
+                // (reads plan under the lock and read without it) may
+                // have punched the bytes: the reader fell behind it.
+                Err(e) => match stream.lock().meta.earliest() {
+                    earliest if earliest.pos > start.pos => Err(StorageError::Trimmed { earliest }),
+                    _ => Err(e),
+                },
+            }
         })();
         self.answer(seen, result)
             .map(|(start, chunks, next)| ReadOutcome {
@@ -300,7 +343,9 @@ impl Inner {
             (s.meta.clone(), starts, s.last_lsn)
         };
         // Bytes below the tail never change; read them without the lock.
-        let records = (0..starts.len())
+        // Records before the trim point are gone (their space punched).
+        let first = starts.partition_point(|&p| p < meta.own_start().pos);
+        let records = (first..starts.len())
             .map(|i| {
                 let end = starts.get(i + 1).copied().unwrap_or(meta.tail.pos);
                 let at = format::data_offset(i as u64, starts[i], meta.base.pos);

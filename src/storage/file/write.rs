@@ -32,7 +32,7 @@ use crate::storage::chain::Metas;
 use crate::storage::model::StreamMeta;
 use crate::storage::txn::{self, Fail, Txn};
 use crate::storage::{
-    CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo, check_restore,
+    CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo, TrimOutcome, check_restore,
 };
 use format::Op;
 
@@ -52,6 +52,9 @@ pub(super) struct Tx {
     records: Vec<Bytes>,
     wakes: Vec<(String, Wake)>,
     unlink: Vec<u64>,
+    /// Data files whose space before a file offset a trim gives back once
+    /// the entry is durable (`(id, file offset)`).
+    punch: Vec<(u64, u64)>,
     /// An earlier entry callers must also wait for (the removal behind an
     /// absent stream the operation looked for).
     after: u64,
@@ -236,6 +239,27 @@ impl Txn for FileTxn<'_> {
         Ok(())
     }
 
+    /// The hole is punched once the entry with the new trim point is
+    /// durable: until then a crash keeps the records (and the old point).
+    fn trim_records(&mut self, id: u64, base: Offset, point: Offset) -> Result<(), Fail> {
+        let to = format::data_offset(point.seq - base.seq, point.pos, base.pos);
+        self.tx.get_mut().punch.push((id, to));
+        Ok(())
+    }
+
+    fn record_boundary(&self, meta: &StreamMeta, at: Offset) -> Result<Offset, StorageError> {
+        // The decision looked the stream up, which locked it into `held`.
+        let stream = {
+            let tx = self.tx.borrow();
+            tx.held
+                .iter()
+                .find(|g| g.meta.id == meta.id)
+                .map(|g| Arc::clone(ArcMutexGuard::mutex(g)))
+        };
+        let stream = stream.ok_or(StorageError::NotFound)?;
+        self.inner.record_boundary(self, &stream, at)
+    }
+
     fn wake(&mut self, name: &str, meta: &StreamMeta) {
         self.tx
             .get_mut()
@@ -290,10 +314,20 @@ impl Inner {
             candidates,
         };
         let r = op(&mut t).map_err(|(Fail::Reject(e) | Fail::Fatal(e))| e);
-        let (lsn, wakes) = self.commit(t.finish());
+        let mut tx = t.finish();
+        let punch = std::mem::take(&mut tx.punch);
+        let (lsn, wakes) = self.commit(tx);
         drop(streams);
         drop(gate);
         self.wal.wait(lsn)?;
+        for (id, to) in punch {
+            // Reclaiming only: the durable trim point already hides the
+            // bytes, and the next trim of the stream punches from the
+            // start again.
+            if let Err(e) = self.files.punch(id, to) {
+                tracing::warn!(stream_id = id, error = %e, "could not give back trimmed space");
+            }
+        }
         for (n, w) in wakes {
             self.hub.wake(&n, w);
         }
@@ -358,6 +392,17 @@ impl Inner {
         // Metadata only, and allowed into the headroom: deletes free space.
         let claim = self.wal.claim(METADATA_ROOM, 0)?;
         self.transact(claim, Vec::new(), |t| txn::delete(t, name, now))
+    }
+
+    pub(super) fn trim(
+        &self,
+        name: &str,
+        before: Offset,
+        now: Millis,
+    ) -> Result<TrimOutcome, StorageError> {
+        // Metadata only, and allowed into the headroom: trims free space.
+        let claim = self.wal.claim(METADATA_ROOM, 0)?;
+        self.transact(claim, Vec::new(), |t| txn::trim(t, name, before, now))
     }
 
     pub(super) fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {

@@ -33,10 +33,10 @@ use super::txn::{self as shared, Fail};
 use super::view::{self, Budget, Layout};
 use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, ReadOutcome, ReadRequest,
-    Storage, StorageError, StreamInfo,
+    Storage, StorageError, StreamInfo, TrimOutcome,
 };
 use crate::notify::{Appended, Wake, WakeHub};
-use crate::offset::{Offset, ReadFrom};
+use crate::offset::Offset;
 
 /// One stream: its metadata and its own records.
 struct Stream {
@@ -262,17 +262,10 @@ impl Storage for MemoryStorage {
             s.meta.last_access = req.now;
             (s.meta.info(), model::is_json(&s.meta.content_type))
         };
-        let start = match req.from {
-            ReadFrom::Start => Offset::ZERO,
-            ReadFrom::Tail => info.tail,
-            ReadFrom::At(o) => {
-                if o.pos > info.tail.pos {
-                    return Err(StorageError::InvalidOffset);
-                }
-                self.validate_view(&stream, o, json)?;
-                o
-            }
-        };
+        let (start, check) = info.read_start(req.from)?;
+        if check {
+            self.validate_view(&stream, start, json)?;
+        }
         let read = |at, budget| self.read_view(&stream, at, info.tail.pos, budget);
         let (chunks, next) = view::read_stitched(read, start, info.tail, json, req.max_bytes)?;
         Ok(ReadOutcome {
@@ -294,6 +287,10 @@ impl Storage for MemoryStorage {
         self.transact(Vec::new(), |t| shared::delete(t, name, now))
     }
 
+    fn trim(&self, name: &str, before: Offset, now: Millis) -> Result<TrimOutcome, StorageError> {
+        self.transact(Vec::new(), |t| shared::trim(t, name, before, now))
+    }
+
     fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
         let mut all: Vec<(String, StreamMeta)> = self
             .streams
@@ -308,7 +305,8 @@ impl Storage for MemoryStorage {
     fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
         let stream = self.get(name)?;
         let s = stream.lock();
-        Ok((s.meta.clone(), s.records.clone()))
+        let first = s.starts.partition_point(|&p| p < s.meta.own_start().pos);
+        Ok((s.meta.clone(), s.records[first..].to_vec()))
     }
 
     fn restore_stream(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::offset::ReadFrom;
 use crate::storage::{AppendOutcome, Expiry, ForkSpec};
 
 fn store() -> MemoryStorage {

@@ -29,9 +29,9 @@ use crate::storage::{Millis, StorageError};
 
 type Guard = ArcMutexGuard<RawMutex, Stream>;
 
-/// Bytes of a stream's own records.
-fn own_bytes(meta: &StreamMeta) -> u64 {
-    meta.tail.pos - meta.base.pos
+/// Bytes of a stream's own records still held (a trim empties records).
+fn own_bytes(stream: &Stream) -> u64 {
+    stream.records.iter().map(|r| r.len() as u64).sum()
 }
 
 /// Records inserted by the call for one incarnation, not yet in its stream.
@@ -59,6 +59,8 @@ pub(super) struct MemTxn<'a> {
     /// Records inserted per incarnation id (their bytes already reserved).
     pending: HashMap<u64, Pending>,
     wakes: Vec<(String, Wake)>,
+    /// Incarnations whose records before a position a trim drops.
+    trims: Vec<(u64, u64)>,
     /// What [`Txn::sweep_candidates`] answers (found under the read lock).
     candidates: Vec<String>,
 }
@@ -72,6 +74,7 @@ impl<'a> MemTxn<'a> {
             changes: HashMap::new(),
             pending: HashMap::new(),
             wakes: Vec::new(),
+            trims: Vec::new(),
             candidates: Vec::new(),
         }
     }
@@ -95,9 +98,27 @@ impl<'a> MemTxn<'a> {
             changes,
             mut pending,
             wakes,
+            trims,
             ..
         } = self;
         let mut locked = locked.into_inner();
+        for (id, point) in trims {
+            // The trimmed stream was looked at, so it is locked. Its records
+            // before the point are emptied, not removed, so that record
+            // indexes stay where the layout expects them.
+            if let Some(s) = locked.values_mut().find(|s| s.meta.id == id) {
+                let Stream {
+                    starts, records, ..
+                } = &mut **s;
+                let end = starts.partition_point(|&p| p < point);
+                let mut freed = 0;
+                for r in &mut records[..end] {
+                    freed += r.len() as u64;
+                    *r = Bytes::new();
+                }
+                store.release(freed);
+            }
+        }
         for (name, change) in changes {
             let current = locked.get_mut(&name);
             match (change, current) {
@@ -112,8 +133,8 @@ impl<'a> MemTxn<'a> {
                     // A removal, or a new incarnation taking the name.
                     let old = map.remove(&name);
                     let freed = match (current, old) {
-                        (Some(locked), _) => own_bytes(&locked.meta),
-                        (None, Some(unlocked)) => own_bytes(&unlocked.lock().meta),
+                        (Some(locked), _) => own_bytes(locked),
+                        (None, Some(unlocked)) => own_bytes(&unlocked.lock()),
                         (None, None) => 0,
                     };
                     store.release(freed);
@@ -207,6 +228,12 @@ impl Txn for MemTxn<'_> {
         if let Some(p) = self.pending.remove(&id) {
             self.store.release(p.bytes());
         }
+        Ok(())
+    }
+
+    /// Empties the records (their buffers freed) when the call ends.
+    fn trim_records(&mut self, id: u64, _base: Offset, point: Offset) -> Result<(), Fail> {
+        self.trims.push((id, point.pos));
         Ok(())
     }
 

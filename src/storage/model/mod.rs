@@ -89,6 +89,12 @@ pub struct StreamMeta {
     /// Last `Stream-Seq` accepted (scope: the stream).
     pub last_stream_seq: Option<String>,
     pub producers: HashMap<String, ProducerState>,
+    /// The first retained position (a record boundary) once the stream has
+    /// been trimmed; `None` (the stream's start) when nothing was. Reads
+    /// before it are `Gone`. Absent from the stored JSON until a trim, so
+    /// every earlier format reads unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trimmed: Option<Offset>,
 }
 
 impl StreamMeta {
@@ -109,7 +115,24 @@ impl StreamMeta {
             soft_deleted: false,
             last_stream_seq: None,
             producers: HashMap::new(),
+            trimmed: None,
         }
+    }
+
+    /// Where the stream's own retained records start: its base, or its
+    /// trim point when that lies past the base. Exports hold the records
+    /// from here; a restore puts them back here.
+    pub fn own_start(&self) -> Offset {
+        match self.trimmed {
+            Some(t) if t.pos > self.base.pos => t,
+            _ => self.base,
+        }
+    }
+
+    /// The first position a read can start at: the trim point, or the
+    /// start of the offset space.
+    pub fn earliest(&self) -> Offset {
+        self.trimmed.unwrap_or(Offset::ZERO)
     }
 
     pub fn is_expired(&self, now: Millis) -> bool {
@@ -136,6 +159,7 @@ impl StreamMeta {
             tail: self.tail,
             closed: self.closed,
             expiry: self.expiry,
+            earliest: self.earliest(),
         }
     }
 
@@ -350,18 +374,46 @@ fn check_producer(
     }
 }
 
+/// The `If-Match` precondition: refused when combined with producer
+/// headers, failed when it names another tail than the stream's.
+fn check_if_match(meta: &StreamMeta, req: &AppendRequest) -> Result<(), StorageError> {
+    let Some(expected) = req.if_match else {
+        return Ok(());
+    };
+    if req.producer.is_some() {
+        return Err(StorageError::IfMatchWithProducer);
+    }
+    if expected != meta.tail {
+        return Err(StorageError::PreconditionFailed {
+            tail: meta.tail,
+            closed: meta.closed,
+        });
+    }
+    Ok(())
+}
+
 /// Decides what an append does to a visible stream (the caller has already
-/// answered `NotFound` / `Gone`). Precedence follows the protocol: closure,
-/// then content type, then producer fencing and dedup, then `Stream-Seq`,
-/// then the body itself.
+/// answered `NotFound` / `Gone`). Precedence follows the protocol (and the
+/// `If-Match` proposal's order): an empty body without `Stream-Closed` is
+/// malformed whatever the stream's state; then closure, content type,
+/// `If-Match` (with producer headers a 400, else a tail mismatch), producer
+/// fencing and dedup, `Stream-Seq`, and the body itself.
+///
+/// On a closed stream a close-only request is idempotent unless its
+/// `If-Match` names another tail (a 412 that reports the closure).
 pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan, StorageError> {
+    if req.body.is_empty() && !req.close {
+        return Err(StorageError::EmptyBody);
+    }
     let producer_state = req
         .producer
         .as_ref()
         .map(|p| (p, meta.producers.get(&p.id)));
 
     if meta.closed {
-        if let Some((p, state)) = producer_state {
+        if req.if_match.is_none()
+            && let Some((p, state)) = producer_state
+        {
             // A retry of the closing request (or of anything older) is a
             // duplicate; a fenced producer learns it is fenced.
             match check_producer(state, p) {
@@ -373,15 +425,13 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
             }
         }
         if req.body.is_empty() && req.close {
+            check_if_match(meta, req)?;
             let echo = producer_state.and_then(|(_, s)| s.map(|s| (s.epoch, s.last_seq)));
             return Ok(AppendPlan::Duplicate(echo));
         }
         return Err(StorageError::Closed { tail: meta.tail });
     }
 
-    if req.body.is_empty() && !req.close {
-        return Err(StorageError::EmptyBody);
-    }
     if !req.body.is_empty() {
         match &req.content_type {
             None => return Err(StorageError::MissingContentType),
@@ -393,6 +443,7 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
             Some(_) => {}
         }
     }
+    check_if_match(meta, req)?;
 
     let mut producer = None;
     if let Some((p, state)) = producer_state {

@@ -124,6 +124,90 @@ fn closed_stream_precedence() {
 }
 
 #[test]
+fn empty_body_without_close_is_malformed_even_when_closed() {
+    let mut m = meta("text/plain");
+    let mut close = append("");
+    close.close = true;
+    commit(&mut m, &close);
+    assert!(matches!(
+        plan_append(&m, &append("")),
+        Err(StorageError::EmptyBody)
+    ));
+    // Also for a producer retry: the request is malformed before it is a retry.
+    assert!(matches!(
+        plan_append(&m, &append("").by_producer("p", 0, 0)),
+        Err(StorageError::EmptyBody)
+    ));
+}
+
+#[test]
+fn if_match_compares_the_tail() {
+    let mut m = meta("text/plain");
+    commit(&mut m, &append("ab").if_match(Offset::ZERO));
+    assert_eq!(m.tail, Offset::new(1, 2));
+    assert!(matches!(
+        plan_append(&m, &append("c").if_match(Offset::ZERO)),
+        Err(StorageError::PreconditionFailed { tail, closed: false }) if tail == Offset::new(1, 2)
+    ));
+    // A close-only request is conditional too.
+    let mut close = append("").if_match(Offset::new(1, 2));
+    close.close = true;
+    commit(&mut m, &close);
+    assert!(m.closed);
+    // Closed: the idempotent close still checks If-Match (412 reports the closure) ...
+    let mut stale_close = close.clone();
+    stale_close.if_match = Some(Offset::ZERO);
+    assert!(matches!(
+        plan_append(&m, &stale_close),
+        Err(StorageError::PreconditionFailed { closed: true, .. })
+    ));
+    assert_eq!(
+        plan_append(&m, &close).unwrap(),
+        AppendPlan::Duplicate(None)
+    );
+    // ... but data to a closed stream is a 409 first.
+    assert!(matches!(
+        plan_append(&m, &append("d").if_match(Offset::ZERO)),
+        Err(StorageError::Closed { .. })
+    ));
+}
+
+#[test]
+fn if_match_precedence() {
+    let mut m = meta("text/plain");
+    commit(&mut m, &append("a"));
+    // Content type before If-Match.
+    let mut wrong = append("x").if_match(Offset::ZERO);
+    wrong.content_type = Some("application/json".into());
+    assert!(matches!(
+        plan_append(&m, &wrong),
+        Err(StorageError::ContentTypeMismatch { .. })
+    ));
+    // Producer headers with If-Match: 400 before the precondition.
+    assert!(matches!(
+        plan_append(
+            &m,
+            &append("x").if_match(Offset::ZERO).by_producer("p", 0, 0)
+        ),
+        Err(StorageError::IfMatchWithProducer)
+    ));
+    assert!(matches!(
+        plan_append(&m, &append("x").if_match(m.tail).by_producer("p", 0, 0)),
+        Err(StorageError::IfMatchWithProducer)
+    ));
+    // If-Match before Stream-Seq.
+    let mut seq = append("b");
+    seq.stream_seq = Some("5".into());
+    commit(&mut m, &seq);
+    let mut regress = append("c").if_match(Offset::ZERO);
+    regress.stream_seq = Some("1".into());
+    assert!(matches!(
+        plan_append(&m, &regress),
+        Err(StorageError::PreconditionFailed { .. })
+    ));
+}
+
+#[test]
 fn stream_seq_is_bytewise_and_strict() {
     let mut m = meta("text/plain");
     let mut r = append("a");

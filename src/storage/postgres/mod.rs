@@ -48,9 +48,10 @@ use super::chain::Chain;
 use super::model::{Expiry, StreamMeta};
 use super::{
     AppendOutcome, AppendRequest, Cluster, CreateOutcome, CreateRequest, Millis, ReadOutcome,
-    ReadRequest, Staging, Storage, StorageError, StreamInfo, check_control,
+    ReadRequest, Staging, Storage, StorageError, StreamInfo, TrimOutcome, check_control,
 };
 use crate::notify::WakeHub;
+use crate::offset::Offset;
 
 /// The notification channel of wakes.
 const WAKE_CHANNEL: &str = "ds_wake";
@@ -297,6 +298,13 @@ impl Storage for PgStorage {
         }
     }
 
+    fn trim(&self, name: &str, before: Offset, now: Millis) -> Result<TrimOutcome, StorageError> {
+        match self.call(Work::Trim(name.to_string(), before, now))? {
+            Done::Trim(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Every node sweeps: a cheap check first, then the writer removes
     /// candidates it could lock (`SKIP LOCKED`: nodes never fight over one).
     fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
@@ -344,12 +352,13 @@ impl Storage for PgStorage {
             let result = (|| {
                 let mut meta = read::meta(conn, name)?.ok_or(StorageError::NotFound)?;
                 meta.producers = read::producers(conn, meta.id)?;
-                let records = read::range(conn, meta.id, meta.base, meta.tail)
+                let start = meta.own_start();
+                let records = read::range(conn, meta.id, start, meta.tail)
                     .map_err(map_err)?
                     .ok_or_else(|| {
                         StorageError::Corrupt(format!(
                             "stream {name:?} does not hold exactly its records from {} to {}",
-                            meta.base, meta.tail
+                            start, meta.tail
                         ))
                     })?;
                 Ok((meta, records))

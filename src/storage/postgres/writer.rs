@@ -43,6 +43,7 @@ use crate::storage::model::{Expiry, ProducerState, StreamMeta};
 use crate::storage::txn::{self, Fail, Txn};
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
+    TrimOutcome,
 };
 
 /// Most ops decided in one transaction.
@@ -55,6 +56,7 @@ pub(super) enum Work {
     Create(String, Box<CreateRequest>),
     Append(String, Box<AppendRequest>),
     Delete(String, Millis),
+    Trim(String, Offset, Millis),
     Sweep(Millis),
     Restore(String, Box<(StreamMeta, Vec<Bytes>)>),
 }
@@ -64,6 +66,7 @@ pub(super) enum Done {
     Create(CreateOutcome),
     Append(AppendOutcome),
     Delete,
+    Trim(TrimOutcome),
     Sweep(usize),
     Restore(StreamInfo),
 }
@@ -182,6 +185,7 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
             }
             Work::Append(name, req) => txn::append(&mut b, name, req).map(Done::Append),
             Work::Delete(name, now) => txn::delete(&mut b, name, *now).map(|()| Done::Delete),
+            Work::Trim(name, before, now) => txn::trim(&mut b, name, *before, *now).map(Done::Trim),
             Work::Sweep(now) => txn::sweep(&mut b, *now).map(Done::Sweep),
             Work::Restore(name, restore) => {
                 let (meta, records) = &**restore;
@@ -297,7 +301,10 @@ impl Batch<'_> {
         let mut producers = BTreeSet::new();
         for op in ops {
             match &op.work {
-                Work::Create(n, _) | Work::Delete(n, _) | Work::Restore(n, _) => {
+                Work::Create(n, _)
+                | Work::Delete(n, _)
+                | Work::Trim(n, _, _)
+                | Work::Restore(n, _) => {
                     names.insert(n.as_str());
                 }
                 Work::Append(n, req) => {
@@ -557,6 +564,17 @@ impl Txn for Batch<'_> {
         let mut conn = self.conn.borrow_mut();
         conn.execute("DELETE FROM ds_records WHERE stream_id = $1", &[&int(id)])
             .map_err(|e| Fail::Fatal(self.fail(e)))?;
+        Ok(())
+    }
+
+    fn trim_records(&mut self, id: u64, base: Offset, point: Offset) -> Result<(), Fail> {
+        self.flush_records().map_err(Fail::Fatal)?;
+        let mut conn = self.conn.borrow_mut();
+        conn.execute(
+            "DELETE FROM ds_records WHERE stream_id = $1 AND pos >= $2 AND pos < $3",
+            &[&int(id), &int(base.pos), &int(point.pos)],
+        )
+        .map_err(|e| Fail::Fatal(self.fail(e)))?;
         Ok(())
     }
 

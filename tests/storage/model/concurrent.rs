@@ -85,6 +85,7 @@ pub fn concurrent_appends(nodes: Vec<Arc<dyn Storage>>, open: Open) {
                             epoch: 0,
                             seq: i,
                         }),
+                        if_match: None,
                         now: 0,
                     };
                     let first = format!("{:?}", node.append("s", req.clone()).unwrap());

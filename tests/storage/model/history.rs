@@ -7,10 +7,12 @@
 //! creates (plain, closed, with a TTL or an expiry time, forks at exact,
 //! mid-record, stale or random offsets with sub-offsets, onto free names),
 //! appends (the stream's own type or another, valid and invalid JSON,
-//! closes, `Stream-Seq`s, idempotent producers that mostly follow their
+//! closes, `Stream-Seq`s, `If-Match` on the tail or a stale offset (alone
+//! or, refused, with producer headers), idempotent producers that mostly follow their
 //! sequence and others drawn at random, exact retries of the last accepted
 //! append), reads from the start, the tail or any offset seen with or
-//! without a byte limit, heads, deletes and sweeps, with time moving in
+//! without a byte limit, heads, trims (to seen offsets, mid-record ones, the
+//! tail or beyond), deletes and sweeps, with time moving in
 //! small steps and sometimes jumps past TTLs. At random points the store is
 //! checkpointed (the file backend) or dropped and reopened (after a clean
 //! shutdown or without one, so that recovery replays what the last
@@ -233,8 +235,9 @@ impl History {
     }
 
     /// An append to a stream of type `own` (when it exists), usually of
-    /// that type.
-    fn append(&mut self, own: Option<String>) -> AppendRequest {
+    /// that type; sometimes conditional (`If-Match`), mostly on the
+    /// stream's `tail` as the model has it.
+    fn append(&mut self, own: Option<String>, tail: Option<Offset>) -> AppendRequest {
         let json = own.as_deref().map(|t| t == "application/json");
         let content_type = if self.chance(0.85) {
             own
@@ -274,7 +277,11 @@ impl History {
             stream_seq: self
                 .chance(0.18)
                 .then(|| format!("{:03}", self.rng.random_range(0..50))),
-            producer,
+            if_match: self.chance(0.15).then(|| match tail {
+                Some(t) if self.chance(0.7) => t,
+                _ => self.offset(),
+            }),
+            producer: producer.filter(|_| self.chance(0.8)),
             now: self.now,
         }
     }
@@ -332,7 +339,7 @@ pub fn run(seed: u64, steps: usize, open: Open) {
         let mut name = h.name();
         // The model's view, without side effects (HEAD renews nothing).
         let exists = |n: &str| model.head(n, now).is_ok();
-        let mut op = h.rng.random_range(0..20);
+        let mut op = h.rng.random_range(0..22);
         if !exists(name) && h.chance(0.6) {
             op = 0;
         }
@@ -360,7 +367,8 @@ pub fn run(seed: u64, steps: usize, open: Open) {
                     }
                     _ => {
                         let own = h.types.get(name).cloned();
-                        (name, h.append(own))
+                        let tail = model.head(name, now).ok().map(|i| i.tail);
+                        (name, h.append(own, tail))
                     }
                 };
                 name = n;
@@ -395,6 +403,36 @@ pub fn run(seed: u64, steps: usize, open: Open) {
                 format!("{:?}", model.delete(name, now)),
                 format!("{:?}", store.delete(name, now)),
             ),
+            19 | 20 => {
+                // Mostly a position inside the stream's own records (at a
+                // record start or inside one), else its tail or any offset
+                // seen. Found by an export, which renews nothing.
+                let inside = |k: usize, skip: u64| {
+                    let Ok((meta, records)) = model.export_stream(name) else {
+                        return Offset::ZERO;
+                    };
+                    let mut at = meta.own_start();
+                    for r in records.iter().take(k) {
+                        at = Offset::new(at.seq + 1, at.pos + r.len() as u64);
+                    }
+                    match records.get(k) {
+                        Some(r) if skip > 0 && (skip as usize) < r.len() => {
+                            Offset::new(at.seq, at.pos + skip)
+                        }
+                        _ => at,
+                    }
+                };
+                let before = match h.rng.random_range(0..5) {
+                    0 | 1 => inside(h.rng.random_range(0..6), h.rng.random_range(0..3)),
+                    2 => model.head(name, now).map_or(Offset::ZERO, |i| i.tail),
+                    _ => h.offset(),
+                };
+                (
+                    format!("trim {name} {before:?}"),
+                    format!("{:?}", model.trim(name, before, now)),
+                    format!("{:?}", store.trim(name, before, now)),
+                )
+            }
             _ => (
                 "sweep".to_string(),
                 format!("{:?}", model.sweep_expired(now)),

@@ -1,0 +1,221 @@
+//! The retention sweeper: applies the `[[retention]]` policies
+//! ([`crate::config::retention`]) by trimming ([`Storage::trim`]) the
+//! matching streams, run every `sweep_interval` while appends and reads go
+//! on.
+//!
+//! * `max_bytes`: the records that lie wholly before the newest
+//!   `max_bytes` bytes are dropped (the record the limit falls inside is
+//!   kept, as a trim inside a record keeps it).
+//! * `max_age`: records do not carry their append time, so the sweeper
+//!   samples each stream's tail on every pass: a tail seen at time `t`
+//!   means every record before it was appended by `t`. Records are
+//!   dropped once a sample at least `max_age` old covers them: within one
+//!   sweep interval of their age, measured from when this process first
+//!   saw them (after a restart, data already there ages from the start).
+//!
+//! Streams matched by several policies get the furthest trim of them. The
+//! sweeper reads and trims "at" each stream's last access, so it never
+//! renews a sliding TTL. On several nodes every one sweeps; trims are
+//! idempotent.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::config::retention::RetentionPolicy;
+use crate::offset::{Offset, ReadFrom};
+use crate::storage::{Millis, ReadRequest, Storage, StorageError, StreamMeta};
+use crate::subscriptions::glob;
+
+/// The sweeper's state: the policies and the tail samples per stream.
+pub struct Sweeper {
+    policies: Vec<RetentionPolicy>,
+    /// Per stream name: its incarnation and `(time, tail)` samples, oldest
+    /// first.
+    samples: HashMap<String, (u64, VecDeque<(Millis, Offset)>)>,
+}
+
+impl Sweeper {
+    pub fn new(policies: Vec<RetentionPolicy>) -> Self {
+        Sweeper {
+            policies,
+            samples: HashMap::new(),
+        }
+    }
+
+    /// One pass at time `now` over every stream; returns how many were
+    /// trimmed. Blocking (storage calls): run it off the async workers. A
+    /// stream that fails is logged and skipped; the pass goes on.
+    pub fn run(&mut self, s: &dyn Storage, now: Millis) -> Result<usize, StorageError> {
+        let mut trimmed = 0;
+        let mut live = Vec::new();
+        for (name, meta) in s.list_streams()? {
+            let policies: Vec<RetentionPolicy> = self
+                .policies
+                .iter()
+                .filter(|p| glob::matches(&p.streams, &name))
+                .cloned()
+                .collect();
+            if policies.is_empty() || meta.soft_deleted || meta.is_expired(now) {
+                continue;
+            }
+            live.push(name.clone());
+            let by_age = self.age_cut(&name, &meta, &policies, now);
+            let mut cut = by_age;
+            for p in &policies {
+                if let Some(max) = p.max_bytes
+                    && let Some(at) = bytes_cut(s, &name, &meta, max)?
+                {
+                    cut = Some(cut.map_or(at, |c: Offset| if at.pos > c.pos { at } else { c }));
+                }
+            }
+            let Some(cut) = cut.filter(|c| c.pos > meta.earliest().pos) else {
+                continue;
+            };
+            match s.trim(&name, cut, meta.last_access) {
+                Ok(out) if out.moved => trimmed += 1,
+                Ok(_) => {}
+                // Deleted, expired or written meanwhile: next pass.
+                Err(e @ (StorageError::NotFound | StorageError::Gone)) => {
+                    tracing::debug!(stream = %name, error = %e, "retention skipped a stream");
+                }
+                Err(e) => tracing::warn!(stream = %name, error = %e, "retention trim failed"),
+            }
+        }
+        self.samples.retain(|n, _| live.contains(n));
+        Ok(trimmed)
+    }
+
+    /// Records the stream's tail now and answers the furthest tail seen at
+    /// least `max_age` ago (of the policies that have one).
+    fn age_cut(
+        &mut self,
+        name: &str,
+        meta: &StreamMeta,
+        policies: &[RetentionPolicy],
+        now: Millis,
+    ) -> Option<Offset> {
+        let entry = self
+            .samples
+            .entry(name.to_string())
+            .or_insert_with(|| (meta.id, VecDeque::new()));
+        if entry.0 != meta.id {
+            *entry = (meta.id, VecDeque::new());
+        }
+        let samples = &mut entry.1;
+        if samples.back().is_none_or(|&(_, tail)| tail != meta.tail) {
+            samples.push_back((now, meta.tail));
+        }
+        let shortest = policies.iter().filter_map(|p| p.max_age).min()?;
+        let cutoff = now.saturating_sub(shortest.as_millis() as Millis);
+        // Samples older than the newest one before the cutoff are covered
+        // by it: drop them.
+        while samples.len() > 1 && samples[1].0 <= cutoff {
+            samples.pop_front();
+        }
+        samples
+            .front()
+            .filter(|&&(t, _)| t <= cutoff)
+            .map(|&(_, tail)| tail)
+    }
+}
+
+/// Where a trim that keeps the newest `max` bytes goes: a position the
+/// stream minted at (or, for JSON, before) `tail - max`, found by reading
+/// up to it; `None` when nothing is over the limit.
+fn bytes_cut(
+    s: &dyn Storage,
+    name: &str,
+    meta: &StreamMeta,
+    max: u64,
+) -> Result<Option<Offset>, StorageError> {
+    let earliest = meta.earliest();
+    let held = meta.tail.pos - earliest.pos;
+    if held <= max {
+        return Ok(None);
+    }
+    let over = held - max;
+    let req = ReadRequest {
+        from: ReadFrom::At(earliest),
+        max_bytes: usize::try_from(over).unwrap_or(usize::MAX),
+        // At the last access: a retention pass renews nothing.
+        now: meta.last_access,
+    };
+    match s.read(name, req) {
+        // JSON reads return whole messages and may overshoot: then wait.
+        Ok(out) if out.next.pos <= earliest.pos + over => Ok(Some(out.next)),
+        Ok(_) => Ok(None),
+        Err(StorageError::NotFound | StorageError::Gone | StorageError::Trimmed { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::notify::WakeHub;
+    use crate::storage::memory::MemoryStorage;
+    use crate::storage::{AppendRequest, CreateRequest};
+
+    fn policy(streams: &str, age: Option<u64>, bytes: Option<u64>) -> RetentionPolicy {
+        RetentionPolicy {
+            streams: streams.into(),
+            max_age: age.map(Duration::from_secs),
+            max_bytes: bytes,
+        }
+    }
+
+    fn append(s: &MemoryStorage, name: &str, body: &str, now: Millis) {
+        s.append(
+            name,
+            AppendRequest::new(Some("text/plain"), body.to_string(), now),
+        )
+        .unwrap();
+    }
+
+    fn all(s: &MemoryStorage, name: &str, now: Millis) -> String {
+        let out = s
+            .read(name, ReadRequest::all(ReadFrom::Start, now))
+            .unwrap();
+        String::from_utf8(out.concat()).unwrap()
+    }
+
+    #[test]
+    fn max_bytes_keeps_the_newest_whole_records() {
+        let s = MemoryStorage::new(WakeHub::new());
+        for name in ["logs/a", "other"] {
+            s.create(name, CreateRequest::new(Some("text/plain"), "aaaa", 0))
+                .unwrap();
+            append(&s, name, "bbbb", 0);
+            append(&s, name, "cccc", 0);
+        }
+        let mut sw = Sweeper::new(vec![policy("logs/*", None, Some(6))]);
+        assert_eq!(sw.run(&s, 1).unwrap(), 1);
+        // 6 bytes fall inside `bbbb`: it is kept whole.
+        assert_eq!(all(&s, "logs/a", 1), "bbbbcccc");
+        assert_eq!(all(&s, "other", 1), "aaaabbbbcccc");
+        assert_eq!(sw.run(&s, 2).unwrap(), 0, "nothing more to drop");
+        append(&s, "logs/a", "dd", 2);
+        sw.run(&s, 3).unwrap();
+        assert_eq!(all(&s, "logs/a", 3), "ccccdd");
+    }
+
+    #[test]
+    fn max_age_drops_what_was_there_max_age_ago() {
+        let s = MemoryStorage::new(WakeHub::new());
+        s.create("logs/a", CreateRequest::new(Some("text/plain"), "old;", 0))
+            .unwrap();
+        let mut sw = Sweeper::new(vec![policy("**", Some(10), None)]);
+        sw.run(&s, 1_000).unwrap();
+        append(&s, "logs/a", "new;", 5_000);
+        sw.run(&s, 5_000).unwrap();
+        assert_eq!(all(&s, "logs/a", 5_000), "old;new;");
+        // 10 s after `old;` was first seen, it goes; `new;` stays.
+        assert_eq!(sw.run(&s, 11_000).unwrap(), 1);
+        assert_eq!(all(&s, "logs/a", 11_000), "new;");
+        sw.run(&s, 15_500).unwrap();
+        // A pass renews no sliding TTL: the last access is the test's read.
+        assert_eq!(s.list_streams().unwrap()[0].1.last_access, 11_000);
+        assert_eq!(all(&s, "logs/a", 15_500), "", "new; is 10 s old too");
+    }
+}
