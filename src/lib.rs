@@ -44,7 +44,8 @@
 //!   delivery with retry backoff, SSRF guard.
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
-//!   [`http::sse`] and [`http::subscriptions`] (the `__ds` APIs);
+//!   [`http::sse`] (both live modes over [`http::live`], the one live-read
+//!   core: subscribe, wait, skip stale wakes, ride out a 503) and [`http::subscriptions`] (the `__ds` APIs);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
 //!   `/metrics`, the request log), [`http::auth`], [`http::compress`],

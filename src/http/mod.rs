@@ -13,6 +13,7 @@ pub mod front;
 pub mod h1;
 pub mod header_names;
 pub mod headers;
+pub mod live;
 pub mod ops;
 pub mod read;
 pub mod serve;

@@ -9,6 +9,7 @@ mod auth;
 mod compression;
 mod front_parity;
 mod http_router;
+mod live;
 mod ops;
 mod subscriptions;
 mod subscriptions_links;
