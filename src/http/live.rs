@@ -232,3 +232,27 @@ pub fn from_wake(at: &ReadOutcome, wake: &Wake) -> Option<ReadOutcome> {
         next: wake.tail,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a parked live reader holds inline, for the RSS breakdown in
+    /// BENCHMARKS.md (`cargo test --lib live_read_sizes -- --nocapture`).
+    #[test]
+    fn live_read_sizes() {
+        let sizes = [
+            ("LiveRead", std::mem::size_of::<LiveRead>()),
+            ("ReadOutcome", std::mem::size_of::<ReadOutcome>()),
+            ("AppState", std::mem::size_of::<AppState>()),
+            ("Subscription", std::mem::size_of::<Subscription>()),
+            ("Wake", std::mem::size_of::<Wake>()),
+        ];
+        for (name, size) in sizes {
+            println!("{name}: {size} B");
+        }
+        // A LiveRead is a few hundred bytes; the rest of a reader's cost is
+        // its task, the handler futures around it and the connection.
+        assert!(std::mem::size_of::<LiveRead>() < 1024);
+    }
+}
