@@ -14,6 +14,8 @@ pub mod h1;
 pub mod header_names;
 pub mod headers;
 pub mod live;
+#[cfg(test)]
+mod live_heap_tests;
 pub mod ops;
 pub mod read;
 pub mod serve;
