@@ -54,8 +54,10 @@
 //!   upstream body into one stream ([`proxy::pipe`]).
 //! - [`http`]: [`http::front`] (the fast path every connection calls, the
 //!   router for the rest); thin handlers in [`http::write`], [`http::read`],
-//!   [`http::sse`], [`http::subscriptions`] and [`http::trim`] (the `__ds`
-//!   APIs) and [`http::proxy`] / [`http::proxy_stream`] (`/v1/proxy`);
+//!   [`http::sse`] (both live modes over [`http::live`], the one live-read
+//!   core: subscribe, wait, skip stale wakes, ride out a 503),
+//!   [`http::subscriptions`] and [`http::trim`] (the `__ds` APIs) and
+//!   [`http::proxy`] / [`http::proxy_stream`] (`/v1/proxy`);
 //!   [`http::headers`] parsing, [`http::header_names`], [`http::error`] (the
 //!   single error-to-HTTP mapping), [`http::ops`] (`/healthz`, `/readyz`,
 //!   `/metrics`, the request log), [`http::auth`] (who may do what:

@@ -16,6 +16,9 @@ pub mod headers;
 pub mod jwks;
 pub mod jwt;
 pub mod limit;
+pub mod live;
+#[cfg(test)]
+mod live_heap_tests;
 pub mod ops;
 pub mod proxy;
 pub mod proxy_stream;

@@ -1,5 +1,5 @@
 //! `GET` on a stream: catch-up reads and long-polls, and the read helpers
-//! SSE ([`super::sse`]) shares. The router picks the live mode.
+//! SSE ([`super::sse`]) and the live-read core ([`super::live`]) share. The router picks the live mode.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,9 +11,9 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::headers::{self as h, ReadQuery};
+use super::live::{LiveRead, Mode, Step};
 use super::{AppState, finish};
 use crate::cursor::next_cursor;
-use crate::notify::Wake;
 use crate::offset::ReadFrom;
 use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 
@@ -131,80 +131,35 @@ pub async fn catch_up(
 }
 
 /// A long-poll: data as soon as there is some after `query.from`, else a
-/// `204` at the timeout, at EOF or at shutdown.
+/// `204` at the timeout, at EOF or at shutdown. The waiting is
+/// [`LiveRead`]'s; a storage failure while waiting is the answer.
 pub async fn long_poll(
     state: &AppState,
     name: String,
     query: ReadQuery,
 ) -> Result<Response, ApiError> {
     // Dropped with this future, also when the client goes away mid-wait.
-    let _live = state.metrics.live(crate::metrics::Live::LongPoll);
-    let deadline = tokio::time::Instant::now() + state.config.long_poll_timeout;
-    // Subscribe before reading so that no append slips between the read
-    // and the wait.
-    let mut sub = state.hub.subscribe(&name);
-    let mut expired = false;
-    // `now` resolves to the tail on the first read, so it never returns
-    // data that existed before the request.
-    let mut out = read_chunk(state, &name, query.from).await?;
+    let mut live = LiveRead::open(state, name, query.from, Mode::LongPoll).await?;
     loop {
+        let out = live.out();
         if !out.is_empty() {
-            let mut b = read_response(StatusCode::OK, &out)
-                .header(header::ETAG, etag(&out))
+            let mut b = read_response(StatusCode::OK, out)
+                .header(header::ETAG, etag(out))
                 .header(header::CACHE_CONTROL, CACHEABLE);
             if !out.at_eof() {
                 b = b.header(h::STREAM_CURSOR, cursor(state, query.cursor));
             }
-            return finish(b, chunks_body(body_chunks(&out)));
+            return finish(b, chunks_body(body_chunks(out)));
         }
-        if out.at_eof() || expired {
-            return timeout_response(state, &out, query.cursor);
+        if out.at_eof() {
+            return timeout_response(state, out, query.cursor);
         }
-        let mut wake = None;
-        tokio::select! {
-            w = sub.changed() => wake = w,
-            _ = tokio::time::sleep_until(deadline) => expired = true,
-            _ = state.shutdown.cancelled() => expired = true,
+        match live.next().await {
+            Step::Read { .. } | Step::KeepAlive => {}
+            Step::Expired => return timeout_response(state, live.out(), query.cursor),
+            Step::Failed(e) => return Err(e),
         }
-        if !expired && wake.as_ref().is_some_and(|w| stale(&out, w)) {
-            continue;
-        }
-        out = match wake.as_ref().and_then(|w| from_wake(&out, w)) {
-            Some(next) => next,
-            None => read_chunk(state, &name, ReadFrom::At(out.next)).await?,
-        };
     }
-}
-
-/// True when `wake` tells a reader at `at` nothing new: it is behind `at`,
-/// or it carries records that end exactly where `at` is (the reader got
-/// them from storage already). Such wakes queue up when a reader falls
-/// behind; re-reading storage for each of them (a blocking-thread hop per
-/// wake per reader on the durable backends) only made the backlog worse.
-/// A wake without records at `at` (a delete, a close) is never stale.
-pub fn stale(at: &ReadOutcome, wake: &Wake) -> bool {
-    wake.tail.pos < at.next.pos
-        || (wake.appended.is_some() && wake.tail == at.next && wake.closed == at.info.closed)
-}
-
-/// The read that a wake carrying exactly the records after `at` (an empty
-/// read at the old tail) stands for, without touching storage; `None` when
-/// the wake carries no records, or others (another incarnation, another
-/// position): the reader then reads storage.
-pub fn from_wake(at: &ReadOutcome, wake: &Wake) -> Option<ReadOutcome> {
-    let a = wake.appended.as_ref()?;
-    if a.id != at.info.id || a.from != at.next {
-        return None;
-    }
-    let mut info = at.info.clone();
-    info.tail = wake.tail;
-    info.closed = wake.closed;
-    Some(ReadOutcome {
-        info,
-        start: a.from,
-        chunks: a.records.clone(),
-        next: wake.tail,
-    })
 }
 
 /// `204` at the tail: the client is caught up (and at EOF when closed).

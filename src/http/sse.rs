@@ -12,9 +12,9 @@ use std::convert::Infallible;
 
 use super::error::ApiError;
 use super::headers::{self as h, ReadQuery};
-use super::read::{body_chunks, cursor, from_wake, read_chunk, stale};
+use super::live::{LiveRead, Mode, Step};
+use super::read::{body_chunks, cursor};
 use super::{AppState, finish};
-use crate::offset::ReadFrom;
 use crate::storage::ReadOutcome;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
@@ -136,41 +136,32 @@ fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: boo
     Bytes::from(ev)
 }
 
-/// How long an SSE connection waits before reading again while storage
-/// answers 503.
-const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// Data events up to this size travel in one body frame with their
 /// control event (larger ones are not copied for that).
 const JOIN_EVENTS_MAX: usize = 16 * 1024;
 
 /// Serves an SSE connection. The first read happens before the response
-/// starts, so a missing stream is an ordinary 404.
+/// starts, so a missing stream is an ordinary 404; the waiting is
+/// [`LiveRead`]'s.
 pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
-    let state = state.clone();
-    let mut sub = state.hub.subscribe(&name);
-    let first = read_chunk(&state, &name, query.from).await?;
-    let enc = Encoding::for_type(&first.info.content_type);
-    let client_cursor = query.cursor;
-    let reconnect = tokio::time::Instant::now() + state.config.sse_reconnect;
-    let keepalive = state.config.sse_keepalive;
     // Moved into the body stream: dropped when the connection ends for any
     // reason, client disconnects included.
-    let live = state.metrics.live(crate::metrics::Live::Sse);
+    let mut live = LiveRead::open(state, name, query.from, Mode::Sse).await?;
+    let enc = Encoding::for_type(&live.out().info.content_type);
+    let client_cursor = query.cursor;
 
     let events = async_stream::stream! {
-        let _live = live;
-        let mut out = first;
         // The data event of `out` when a wake brought it already encoded.
         let mut shared: Option<Bytes> = None;
         // The first answer always gets a control event, even when empty.
         let mut announce = true;
         loop {
+            let out = live.out();
             if !out.is_empty() {
                 let data = shared
                     .take()
-                    .unwrap_or_else(|| Bytes::from(data_event(&out, enc)));
-                let control = control_event(&state, &out, client_cursor);
+                    .unwrap_or_else(|| Bytes::from(data_event(out, enc)));
+                let control = control_event(live.state(), out, client_cursor);
                 if data.len() <= JOIN_EVENTS_MAX {
                     // One frame: a proxy passing frames on keeps an event
                     // and its control event in one read for the client.
@@ -183,77 +174,35 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
                     yield Ok(control);
                 }
             } else if announce || out.at_eof() {
-                yield Ok(control_event(&state, &out, client_cursor));
+                yield Ok(control_event(live.state(), out, client_cursor));
             }
-            if out.at_eof() {
+            if live.out().at_eof() {
                 break;
             }
-            let mut wake = None;
-            if out.is_empty() || out.up_to_date() {
-                // At the tail: wait for a wake, with keep-alives meanwhile.
-                // Also right after data that reached the tail: the
-                // subscription predates every read, so anything appended
-                // since is already queued as a wake. Reading storage again
-                // here (as this loop used to) cost every subscriber one
-                // storage read per event: on the file backend a blocking
-                // thread hop and a `pread` each, 46 % of deliveries in a
-                // 1,000-subscriber fan-out (strace), the main reason its
-                // delivery delay was 6x the memory backend's.
-                loop {
-                    tokio::select! {
-                        w = sub.changed() => {
-                            if w.as_ref().is_some_and(|w| stale(&out, w)) {
-                                continue;
-                            }
-                            wake = w;
-                            break;
+            // A read without new data (e.g. after a lagged receiver) is
+            // not news.
+            announce = false;
+            loop {
+                match live.next().await {
+                    Step::Read { appended } => {
+                        // Records from a wake: encoded once for every
+                        // connection at this position.
+                        if let Some(a) = appended {
+                            let out = live.out();
+                            shared = Some(
+                                a.sse
+                                    .get_or_init(|| Bytes::from(data_event(out, enc)))
+                                    .clone(),
+                            );
                         }
-                        _ = tokio::time::sleep(keepalive) => {
-                            yield Ok(Bytes::from_static(b": keep-alive\n\n"));
-                        }
-                        _ = tokio::time::sleep_until(reconnect) => return,
-                        _ = state.shutdown.cancelled() => return,
+                        break;
                     }
-                }
-            } else if tokio::time::Instant::now() >= reconnect || state.shutdown.is_cancelled() {
-                break;
-            }
-            // A wake with exactly the next records: encode them once for
-            // every connection at this position, read nothing.
-            if let Some(next) = wake.as_ref().and_then(|w| from_wake(&out, w)) {
-                if let Some(a) = wake.as_ref().and_then(|w| w.appended.as_ref()) {
-                    shared = Some(
-                        a.sse
-                            .get_or_init(|| Bytes::from(data_event(&next, enc)))
-                            .clone(),
-                    );
-                }
-                out = next;
-                announce = false;
-                continue;
-            }
-            let from = ReadFrom::At(out.next);
-            out = loop {
-                match read_chunk(&state, &name, from).await {
-                    Ok(o) => break o,
-                    // Storage briefly unavailable (a shared database
-                    // restarting): keep the connection, with keep-alives,
-                    // and read again; a reconnect would only be refused.
-                    Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(UNAVAILABLE_RETRY) => {}
-                            _ = tokio::time::sleep_until(reconnect) => return,
-                            _ = state.shutdown.cancelled() => return,
-                        }
-                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
-                    }
+                    Step::KeepAlive => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
                     // Deleted or expired meanwhile: end the stream; the
                     // client's reconnect gets the error as an HTTP status.
-                    Err(_) => return,
+                    Step::Expired | Step::Failed(_) => return,
                 }
-            };
-            // A wake without new data (e.g. a lagged receiver) is not news.
-            announce = false;
+            }
         }
     };
 

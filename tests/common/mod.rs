@@ -6,6 +6,7 @@
 //! * [`router`]: the axum router in-process over the memory backend, driven
 //!   with `oneshot` (no socket);
 //! * [`json_api`]: JSON API calls through the router;
+//! * [`observed`]: a memory backend whose reads are counted and can fail;
 //! * [`pg`]: the PostgreSQL server and fresh databases for postgres tests;
 //! * [`stores`]: file and acid stores opened the usual way;
 //! * [`upstream`]: a fake upstream (SSE tokens, failing, stalling,
@@ -15,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod json_api;
+pub mod observed;
 pub mod pg;
 pub mod router;
 pub mod server;

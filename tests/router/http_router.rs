@@ -12,6 +12,7 @@ use durable_streams::config::ServerConfig;
 use durable_streams::notify::WakeHub;
 use durable_streams::storage::memory::MemoryStorage;
 
+use crate::common::observed::ObservedReads;
 use crate::common::router::{app, app_with, body, header, req, send};
 
 async fn put(app: &Router, path: &str, ct: &str, data: &str) -> Response<Body> {
@@ -456,77 +457,6 @@ async fn sse_sends_a_large_event_apart_from_its_control_event() {
     assert!(control.starts_with(b"event: control\n"));
 }
 
-/// A memory backend that counts `read` calls, to see what live readers ask
-/// of storage.
-struct CountingReads {
-    inner: MemoryStorage,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-mod counting {
-    use super::CountingReads;
-    use bytes::Bytes;
-    use durable_streams::storage::model::StreamMeta;
-    use durable_streams::storage::*;
-    use std::sync::atomic::Ordering;
-
-    impl Storage for CountingReads {
-        fn may_block(&self) -> bool {
-            self.inner.may_block()
-        }
-        fn create(&self, name: &str, req: CreateRequest) -> Result<CreateOutcome, StorageError> {
-            self.inner.create(name, req)
-        }
-        fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-            self.inner.append(name, req)
-        }
-        fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.read(name, req)
-        }
-        fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
-            self.inner.head(name, now)
-        }
-        fn delete(&self, name: &str, now: Millis) -> Result<(), StorageError> {
-            self.inner.delete(name, now)
-        }
-        fn trim(
-            &self,
-            name: &str,
-            before: durable_streams::offset::Offset,
-            now: Millis,
-        ) -> Result<TrimOutcome, StorageError> {
-            self.inner.trim(name, before, now)
-        }
-        fn sweep_expired(&self, now: Millis) -> Result<usize, StorageError> {
-            self.inner.sweep_expired(now)
-        }
-        fn list_streams(&self) -> Result<Vec<(String, StreamMeta)>, StorageError> {
-            self.inner.list_streams()
-        }
-        fn export_stream(&self, name: &str) -> Result<(StreamMeta, Vec<Bytes>), StorageError> {
-            self.inner.export_stream(name)
-        }
-        fn restore_stream(
-            &self,
-            name: &str,
-            meta: StreamMeta,
-            records: Vec<Bytes>,
-        ) -> Result<StreamInfo, StorageError> {
-            self.inner.restore_stream(name, meta, records)
-        }
-        fn control_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StorageError> {
-            self.inner.control_put(ns, key, value)
-        }
-        fn control_delete(&self, ns: &str, key: &str) -> Result<(), StorageError> {
-            self.inner.control_delete(ns, key)
-        }
-        fn control_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-            self.inner.control_scan(ns)
-        }
-    }
-}
-
 /// A subscriber that is caught up is fed from the wakes: each append reaches
 /// it without a storage read (each used to cost one — a blocking-thread hop
 /// and a `pread` per subscriber per event on the file backend).
@@ -535,10 +465,7 @@ async fn caught_up_sse_subscribers_do_not_reread_storage() {
     use futures_util::StreamExt;
     use std::sync::atomic::Ordering;
     let hub = WakeHub::new();
-    let storage = Arc::new(CountingReads {
-        inner: MemoryStorage::new(Arc::clone(&hub)),
-        reads: Default::default(),
-    });
+    let storage = Arc::new(ObservedReads::new(MemoryStorage::new(Arc::clone(&hub))));
     let app = crate::common::router::router(&crate::common::router::state_over(
         ServerConfig::default(),
         Arc::clone(&storage) as _,

@@ -11,6 +11,7 @@ mod front_parity;
 mod http_router;
 mod if_match;
 mod jwt;
+mod live;
 mod ops;
 mod proxy;
 mod proxy_hostile;
