@@ -84,6 +84,7 @@ async fn heap_per_live_reader() {
         Front::new(state.clone()),
         timeouts,
         HttpEngine::Native,
+        None,
         state.shutdown.clone(),
     ));
     let put = b"PUT /v1/stream/f HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\na";

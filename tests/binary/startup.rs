@@ -137,33 +137,49 @@ fn layers_file_then_environment_then_flags() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-#[test]
-fn json_logs_one_line_per_request_without_secrets() {
+/// Starts the binary on the memory backend with `args` and the environment
+/// changes `env` (`None` removes a variable), stderr captured; returns the
+/// child and the address from its `listening on` line.
+fn spawn_with_logs(args: &[&str], env: &[(&str, Option<&str>)]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    // RUST_LOG overrides --log-level: with `error` alone nothing would show.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--storage",
-            "memory",
-        ])
-        .args(["--log-level", "error", "--request-log", "all"])
-        .env("RUST_LOG", "info")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_durable-streams"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--storage", "memory"])
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr = line.split("http://").nth(1).unwrap().trim().to_string();
+    (child, addr)
+}
+
+#[test]
+fn json_logs_one_line_per_request_without_secrets() {
+    use std::process::Command;
+
+    // RUST_LOG overrides --log-level: with `error` alone nothing would show.
+    let (child, addr) = spawn_with_logs(
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "error",
+            "--request-log",
+            "all",
+        ],
+        &[("RUST_LOG", Some("info"))],
+    );
     let reply = request(
         &addr,
         "PUT",
@@ -199,23 +215,9 @@ fn json_logs_one_line_per_request_without_secrets() {
 /// answered 201, one answered 404, and returns what it logged on stderr,
 /// the colour codes included.
 fn logs_of_two_requests(args: &[&str]) -> String {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_durable-streams"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--storage", "memory"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.split("http://").nth(1).unwrap().trim().to_string();
+    let (child, addr) = spawn_with_logs(args, &[("RUST_LOG", None), ("NO_COLOR", None)]);
     let ct = ("Content-Type", "text/plain");
     assert_eq!(
         request(&addr, "PUT", "/v1/stream/quiet", &[ct], b"").status,
