@@ -389,6 +389,8 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Which code serves HTTP/1.1 connections.
     pub http_engine: HttpEngine,
+    /// Live readers at rest park (`http::park`).
+    pub live_parking: bool,
     pub limits: Limits,
     /// Cap on the stream bytes the memory backend holds (0: no cap); writes
     /// past it answer 507 until deletes or expiry free room.
@@ -442,6 +444,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             http_engine: HttpEngine::Native,
+            live_parking: true,
             limits: Limits::default(),
             memory_limit_bytes: 0,
             cors_origins: vec!["*".to_string()],

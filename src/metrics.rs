@@ -231,6 +231,8 @@ pub struct Metrics {
     appended_messages: AtomicU64,
     long_polls: AtomicU64,
     sse: AtomicU64,
+    /// Live readers parked now (`http::park`), of those counted above.
+    pub parked: AtomicU64,
     storage_errors: Box<[AtomicU64]>,
     writes: [Histogram; WriteOp::ALL.len()],
     limited: [AtomicU64; Limited::ALL.len()],
@@ -246,6 +248,7 @@ impl Default for Metrics {
             appended_messages: AtomicU64::new(0),
             long_polls: AtomicU64::new(0),
             sse: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             storage_errors: counters(ERROR_CODES.len()),
             writes: std::array::from_fn(|_| Histogram::new()),
             limited: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -361,6 +364,12 @@ impl Metrics {
                 "gauge",
                 "Server-Sent Events connections open now.",
                 self.sse.load(Relaxed),
+            ),
+            (
+                "ds_parked_live_readers",
+                "gauge",
+                "Long-polls and SSE connections (counted above) waiting parked, without a task.",
+                self.parked.load(Relaxed),
             ),
         ];
         for (name, kind, help, v) in simple {

@@ -185,6 +185,24 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// True when a wake is queued that `stale` does not rule out (a lagged
+    /// receiver counts as news). Consumes the queued wakes.
+    pub fn has_news(&mut self, stale: impl Fn(&Wake) -> bool) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return true;
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(w) if stale(&w) => {}
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => return true,
+                Err(broadcast::error::TryRecvError::Empty) => return false,
+                Err(broadcast::error::TryRecvError::Closed) => return true,
+            }
+        }
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.rx.take());

@@ -208,6 +208,9 @@ settings! {
     "http_engine", http_engine, Choice::<HttpEngine>::new(),
         flag("http-engine", "Which code serves HTTP/1.1 connections"),
         "native (our HTTP/1.1 loop) | hyper (hyper's, for comparison)";
+    "live_parking", live_parking, Switch, None,
+        "caught-up SSE subscribers and long-pollers on plain HTTP/1.1 (native engine)\n\
+         wait as a few hundred bytes in one epoll set instead of as a task each";
     "compression_min_bytes", compression_min_bytes, Bytes::<u16>::new("1024"), None,
         "catch-up reads at least this large are gzip/br compressed (0-65535)";
     "webhook_ca_file", webhook_ca_file, OptionalPath, None,

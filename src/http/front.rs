@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 
+use super::park::{Finish, ParkCell, ParkOffer};
 use super::{AppState, MOUNT, auth, dispatch, headers, limit, ops, router};
 
 /// The CORS headers of a non-preflight response, precomputed from the
@@ -94,7 +95,14 @@ impl Front {
         self.state.limiter.is_some()
     }
 
-    /// True when `req` can take the fast path (see the module docs).
+    /// The server state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// True when `req` can take the fast path (see the module docs). Live
+    /// reads take it whatever their `Accept-Encoding`: they are never
+    /// compressed.
     fn fast(req: &Request) -> bool {
         let Some(name) = req.uri().path().strip_prefix(MOUNT) else {
             return false;
@@ -103,7 +111,10 @@ impl Front {
             return false;
         }
         match *req.method() {
-            Method::GET => !req.headers().contains_key(header::ACCEPT_ENCODING),
+            Method::GET => {
+                !req.headers().contains_key(header::ACCEPT_ENCODING)
+                    || req.uri().query().is_some_and(|q| q.contains("live="))
+            }
             Method::HEAD | Method::PUT | Method::POST | Method::DELETE => true,
             _ => false,
         }
@@ -115,8 +126,11 @@ impl Front {
         B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
         if !Self::fast(&req) {
+            // The router's layers could not be applied to an answer given
+            // after parking.
+            req.extensions_mut().remove::<ParkOffer>();
             return self.router.clone().oneshot(req).await;
         }
         let started = Instant::now();
@@ -127,10 +141,32 @@ impl Front {
             Err(refusal) => refusal.into_response(),
             Ok((slot, access)) => {
                 let mut res = dispatch(&self.state, req).await;
+                if let Some(cell) = res.extensions().get::<ParkCell>().cloned() {
+                    if cell.has_ticket() {
+                        // A long-poller to park: its answer, given later,
+                        // gets all of this then (`finish_live`).
+                        cell.set_finish(Finish {
+                            origin,
+                            private: access.private,
+                            slot,
+                            started,
+                        });
+                        return Ok(res);
+                    }
+                    // An SSE reader that may park: its live slot goes with it.
+                    cell.set_finish(Finish {
+                        origin: None,
+                        private: false,
+                        slot,
+                        started,
+                    });
+                } else {
+                    res = limit::hold(res, slot);
+                }
                 if access.private {
                     auth::privatize(res.headers_mut());
                 }
-                limit::hold(res, slot)
+                res
             }
         };
         if method == Method::HEAD {
@@ -139,14 +175,53 @@ impl Front {
             // paths identical for in-process callers).
             *res.body_mut() = Body::empty();
         }
-        let h = res.headers_mut();
-        self.cors.apply(origin.as_ref(), h);
+        self.common(origin.as_ref(), res.headers_mut());
+        ops::record(&self.state, &method, uri.path(), res.status(), started);
+        Ok(res)
+    }
+
+    /// The headers the fast path gives every response.
+    fn common(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+        self.cors.apply(origin, h);
         h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
         h.insert(
             header::HeaderName::from_static("cross-origin-resource-policy"),
             CROSS_ORIGIN,
         );
-        ops::record(&self.state, &method, uri.path(), res.status(), started);
-        Ok(res)
+    }
+
+    /// The answer of a long-poller that was parked, finished as the fast
+    /// path finishes every answer (with what it kept in `f`), and logged
+    /// and counted as the request on `path`. A poller that parks again
+    /// keeps `f` in its cell.
+    pub fn finish_live(
+        &self,
+        res: Result<Response, super::error::ApiError>,
+        f: Option<Box<Finish>>,
+        path: &str,
+    ) -> Response {
+        let mut res = res.unwrap_or_else(IntoResponse::into_response);
+        let f = f.map_or_else(
+            || Finish {
+                origin: None,
+                private: false,
+                slot: None,
+                started: Instant::now(),
+            },
+            |b| *b,
+        );
+        if let Some(cell) = res.extensions().get::<ParkCell>()
+            && cell.has_ticket()
+        {
+            cell.set_finish(f);
+            return res;
+        }
+        if f.private {
+            auth::privatize(res.headers_mut());
+        }
+        let mut res = limit::hold(res, f.slot);
+        self.common(f.origin.as_ref(), res.headers_mut());
+        ops::record(&self.state, &Method::GET, path, res.status(), f.started);
+        res
     }
 }

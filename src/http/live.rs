@@ -54,6 +54,16 @@ pub enum Step {
     Failed(ApiError),
 }
 
+/// What is left of a [`LiveRead`] when it parks.
+pub struct Parked {
+    pub name: String,
+    /// The stream as the last read saw it (the parked reader is at its tail).
+    pub info: crate::storage::StreamInfo,
+    pub next: crate::offset::Offset,
+    pub deadline: Instant,
+    pub live: LiveGuard,
+}
+
 /// One live reader: its subscription, its position and its deadline.
 pub struct LiveRead {
     state: AppState,
@@ -105,6 +115,67 @@ impl LiveRead {
             unavailable: None,
             _live: live,
         })
+    }
+
+    /// A reader that was parked ([`super::park`]) and is active again: like
+    /// [`LiveRead::open`] from `next`, but keeping the deadline and the
+    /// live-reader count it had.
+    pub async fn resume(
+        state: &AppState,
+        name: String,
+        next: crate::offset::Offset,
+        deadline: Instant,
+        mode: Mode,
+        live: LiveGuard,
+    ) -> Result<Self, ApiError> {
+        let keepalive = (mode == Mode::Sse).then_some(state.config.sse_keepalive);
+        let sub = state.hub.subscribe(&name);
+        let out = read_chunk(state, &name, ReadFrom::At(next)).await?;
+        Ok(LiveRead {
+            state: state.clone(),
+            name,
+            sub,
+            out,
+            deadline,
+            keepalive,
+            reread: false,
+            unavailable: None,
+            _live: live,
+        })
+    }
+
+    /// True when the reader has nothing to do but wait for a wake: it is
+    /// at the tail, owes no re-read, and no wake is queued for it that is
+    /// news. Such a reader can be parked.
+    pub fn at_rest(&mut self) -> bool {
+        if self.reread || !self.out.up_to_date() || self.out.at_eof() || self.is_over() {
+            return false;
+        }
+        let out = &self.out;
+        if self.sub.has_news(|w| stale(out, w)) {
+            // The news is consumed: the next step reads storage for it.
+            self.reread = true;
+            return false;
+        }
+        true
+    }
+
+    /// Takes the reader apart for parking: its stream, position and
+    /// deadline, and its live-reader count. Its subscription ends here;
+    /// the parked reader is woken by its stream's group.
+    pub fn into_parked(self) -> Parked {
+        Parked {
+            name: self.name,
+            info: self.out.info,
+            next: self.out.next,
+            deadline: self.deadline,
+            live: self._live,
+        }
+    }
+
+    /// The stream read.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The last answer: where the reader stands (`out().next`).

@@ -20,6 +20,7 @@ pub mod live;
 #[cfg(test)]
 mod live_heap_tests;
 pub mod ops;
+pub mod park;
 pub mod proxy;
 pub mod proxy_stream;
 pub mod read;
@@ -248,10 +249,11 @@ pub(crate) async fn read_stream(
     req: Request,
 ) -> Result<Response, ApiError> {
     let query = headers::read_query(req.uri().query())?;
+    let offer = req.extensions().get::<park::ParkOffer>().is_some();
     match query.live {
-        headers::Live::Sse => sse::serve(state, name, query).await,
+        headers::Live::Sse => sse::serve(state, name, query, offer).await,
         headers::Live::CatchUp => read::catch_up(state, name, query, req.headers()).await,
-        headers::Live::LongPoll => read::long_poll(state, name, query).await,
+        headers::Live::LongPoll => read::long_poll(state, name, query, offer).await,
     }
 }
 

@@ -11,10 +11,15 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::headers::{self as h, ReadQuery};
-use super::live::{LiveRead, Mode, Step};
+use super::live::{LiveRead, Mode, Step, from_wake};
+use super::park::{ParkCell, Ticket};
 use super::{AppState, finish};
 use crate::cursor::next_cursor;
+use crate::metrics::LiveGuard;
+use crate::notify::Wake;
+use crate::offset::Offset;
 use crate::offset::ReadFrom;
+use crate::storage::StreamInfo;
 use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 
 /// Cache policy for data that will never change at these offsets.
@@ -37,14 +42,19 @@ pub async fn read_chunk(
 
 /// The body of a read: JSON streams as an array, others as raw bytes.
 pub fn body_chunks(out: &ReadOutcome) -> Vec<Bytes> {
-    if !out.info.is_json() {
-        return out.chunks.clone();
+    json_body(&out.chunks, out.info.is_json())
+}
+
+/// Stored records as a response body: for JSON streams (`json`) an array
+/// (stored messages are each followed by ','), others as they are.
+pub fn json_body(chunks: &[Bytes], json: bool) -> Vec<Bytes> {
+    if !json {
+        return chunks.to_vec();
     }
-    // Stored JSON messages are each followed by ','; drop the last one.
-    let mut parts = Vec::with_capacity(out.chunks.len() + 2);
+    let mut parts = Vec::with_capacity(chunks.len() + 2);
     parts.push(Bytes::from_static(b"["));
-    let n = out.chunks.len();
-    for (i, c) in out.chunks.iter().enumerate() {
+    let n = chunks.len();
+    for (i, c) in chunks.iter().enumerate() {
         if i + 1 == n {
             parts.push(c.slice(..c.len().saturating_sub(1)));
         } else {
@@ -132,34 +142,98 @@ pub async fn catch_up(
 
 /// A long-poll: data as soon as there is some after `query.from`, else a
 /// `204` at the timeout, at EOF or at shutdown. The waiting is
-/// [`LiveRead`]'s; a storage failure while waiting is the answer.
+/// [`LiveRead`]'s; a storage failure while waiting is the answer. With
+/// `offer` (the connection can park readers), a poller at rest is left in
+/// the response's [`ParkCell`] instead, to be answered later.
 pub async fn long_poll(
     state: &AppState,
     name: String,
     query: ReadQuery,
+    offer: bool,
 ) -> Result<Response, ApiError> {
     // Dropped with this future, also when the client goes away mid-wait.
-    let mut live = LiveRead::open(state, name, query.from, Mode::LongPoll).await?;
+    let live = LiveRead::open(state, name, query.from, Mode::LongPoll).await?;
+    poll_on(live, query.cursor, offer).await
+}
+
+/// Waits on with `live` until there is an answer (or a rest to park at).
+pub async fn poll_on(
+    mut live: LiveRead,
+    client_cursor: Option<u64>,
+    offer: bool,
+) -> Result<Response, ApiError> {
     loop {
         let out = live.out();
         if !out.is_empty() {
-            let mut b = read_response(StatusCode::OK, out)
-                .header(header::ETAG, etag(out))
-                .header(header::CACHE_CONTROL, CACHEABLE);
-            if !out.at_eof() {
-                b = b.header(h::STREAM_CURSOR, cursor(state, query.cursor));
-            }
-            return finish(b, chunks_body(body_chunks(out)));
+            return data_answer(live.state(), out, client_cursor);
         }
         if out.at_eof() {
-            return timeout_response(state, out, query.cursor);
+            return timeout_response(live.state(), out, client_cursor);
+        }
+        if offer && live.at_rest() {
+            let cell = ParkCell::default();
+            cell.put(Ticket::LongPoll {
+                live: Box::new(live),
+                cursor: client_cursor,
+            });
+            let mut res = Response::new(Body::empty());
+            res.extensions_mut().insert(cell);
+            return Ok(res);
         }
         match live.next().await {
             Step::Read { .. } | Step::KeepAlive => {}
-            Step::Expired => return timeout_response(state, live.out(), query.cursor),
+            Step::Expired => return timeout_response(live.state(), live.out(), client_cursor),
             Step::Failed(e) => return Err(e),
         }
     }
+}
+
+/// The answer of a long-poller that was parked at `next`: from the records
+/// of `wake` when it brought them, else from storage (it may park again).
+#[allow(clippy::too_many_arguments)]
+pub async fn resume_long_poll(
+    state: &AppState,
+    name: String,
+    next: Offset,
+    deadline: tokio::time::Instant,
+    live: LiveGuard,
+    client_cursor: Option<u64>,
+    wake: Option<(Wake, Box<StreamInfo>)>,
+    offer: bool,
+) -> Result<Response, ApiError> {
+    if let Some((w, info)) = wake {
+        let at = ReadOutcome {
+            info: *info,
+            start: next,
+            chunks: Vec::new(),
+            next,
+        };
+        if let Some(out) = from_wake(&at, &w) {
+            if !out.is_empty() {
+                return data_answer(state, &out, client_cursor);
+            }
+            if out.at_eof() {
+                return timeout_response(state, &out, client_cursor);
+            }
+        }
+    }
+    let live = LiveRead::resume(state, name, next, deadline, Mode::LongPoll, live).await?;
+    poll_on(live, client_cursor, offer).await
+}
+
+/// A long-poll's answer with data.
+fn data_answer(
+    state: &AppState,
+    out: &ReadOutcome,
+    client_cursor: Option<u64>,
+) -> Result<Response, ApiError> {
+    let mut b = read_response(StatusCode::OK, out)
+        .header(header::ETAG, etag(out))
+        .header(header::CACHE_CONTROL, CACHEABLE);
+    if !out.at_eof() {
+        b = b.header(h::STREAM_CURSOR, cursor(state, client_cursor));
+    }
+    finish(b, chunks_body(body_chunks(out)))
 }
 
 /// `204` at the tail: the client is caught up (and at EOF when closed).

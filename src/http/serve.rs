@@ -54,6 +54,14 @@ pub async fn serve(
     // of them are gone.
     let (conns, _) = tokio::sync::watch::channel(());
     let builder = Arc::new(builder(timeouts));
+    let park = front.state().config.live_parking && tls.is_none() && engine == HttpEngine::Native;
+    let ctx = super::h1::Ctx::new(
+        Arc::clone(&front),
+        Arc::clone(&builder),
+        timeouts,
+        shutdown.clone(),
+        park,
+    );
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -71,6 +79,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let front = Arc::clone(&front);
         let (builder, shutdown, done) = (builder.clone(), shutdown.clone(), conns.subscribe());
+        let ctx = Arc::clone(&ctx);
         if let Some(tls) = &tls {
             let tls = Arc::clone(tls);
             tokio::spawn(async move {
@@ -81,10 +90,7 @@ pub async fn serve(
             continue;
         }
         match engine {
-            HttpEngine::Native => tokio::spawn(async move {
-                super::h1::serve(tcp, peer, front, builder, timeouts, shutdown).await;
-                drop(done);
-            }),
+            HttpEngine::Native => tokio::spawn(super::h1::serve(tcp, peer, ctx, done)),
             HttpEngine::Hyper => tokio::spawn(async move {
                 let io = Guarded::new(tcp, timeouts);
                 serve_hyper(&builder, io, peer, front, shutdown).await;

@@ -13,7 +13,8 @@ use std::convert::Infallible;
 use super::error::ApiError;
 use super::headers::{self as h, ReadQuery};
 use super::live::{LiveRead, Mode, Step};
-use super::read::{body_chunks, cursor};
+use super::park::{ParkCell, Ticket};
+use super::read::{cursor, json_body};
 use super::{AppState, finish};
 use crate::storage::ReadOutcome;
 use axum::body::{Body, Bytes};
@@ -22,8 +23,8 @@ use axum::response::Response;
 use base64::Engine;
 
 /// How data events are encoded for a stream's content type.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
     Json,
     Text,
     Base64,
@@ -73,11 +74,18 @@ fn push_data_lines(out: &mut Vec<u8>, text: &str) {
 
 /// Encodes one `data` event for a chunk.
 fn data_event(out: &ReadOutcome, enc: Encoding) -> Vec<u8> {
-    let mut ev = Vec::with_capacity(out.len() + 64);
+    data_event_of(&out.chunks, enc)
+}
+
+/// Encodes one `data` event for stored records (JSON messages each
+/// followed by `,` when `enc` is [`Encoding::Json`]).
+pub fn data_event_of(records: &[Bytes], enc: Encoding) -> Vec<u8> {
+    let len: usize = records.iter().map(Bytes::len).sum();
+    let mut ev = Vec::with_capacity(len + 64);
     ev.extend_from_slice(b"event: data\n");
     match enc {
         Encoding::Base64 => {
-            let raw: Vec<u8> = out.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let raw: Vec<u8> = records.iter().flat_map(|c| c.iter().copied()).collect();
             let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
             // Lines of at most 76 characters keep proxies happy.
             if b64.is_empty() {
@@ -90,7 +98,7 @@ fn data_event(out: &ReadOutcome, enc: Encoding) -> Vec<u8> {
             }
         }
         Encoding::Json | Encoding::Text => {
-            let raw: Vec<u8> = body_chunks(out)
+            let raw: Vec<u8> = json_body(records, enc == Encoding::Json)
                 .iter()
                 .flat_map(|c| c.iter().copied())
                 .collect();
@@ -116,7 +124,7 @@ fn control_event(state: &AppState, out: &ReadOutcome, client_cursor: Option<u64>
 /// A `control` event, written by hand: offsets and cursors are
 /// `[0-9a-f_]` only, so nothing needs escaping. Field order and omissions
 /// match serde's camelCase output of the same fields (tested below).
-fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: bool) -> Bytes {
+pub fn control_bytes(next: &str, cursor: Option<&str>, up_to_date: bool, closed: bool) -> Bytes {
     let mut ev = String::with_capacity(160);
     ev.push_str("event: control\ndata:{\"streamNextOffset\":\"");
     ev.push_str(next);
@@ -142,19 +150,74 @@ const JOIN_EVENTS_MAX: usize = 16 * 1024;
 
 /// Serves an SSE connection. The first read happens before the response
 /// starts, so a missing stream is an ordinary 404; the waiting is
-/// [`LiveRead`]'s.
-pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<Response, ApiError> {
+/// [`LiveRead`]'s. With `offer` (the connection can park readers), a
+/// subscriber at rest is left in the response's [`ParkCell`] and its body
+/// ends there (see [`super::park`]).
+pub async fn serve(
+    state: &AppState,
+    name: String,
+    query: ReadQuery,
+    offer: bool,
+) -> Result<Response, ApiError> {
+    let live = LiveRead::open(state, name, query.from, Mode::Sse).await?;
+    let enc = Encoding::for_type(&live.out().info.content_type);
+    let cell = offer.then(ParkCell::default);
+    let events = events(live, enc, query.cursor, true, cell.clone());
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no");
+    if enc == Encoding::Base64 {
+        b = b.header(h::STREAM_SSE_DATA_ENCODING, "base64");
+    }
+    if let Some(cell) = cell {
+        b = b.extension(cell);
+    }
+    finish(b, events)
+}
+
+/// The rest of the body of a subscriber that was parked at `next`: it reads
+/// storage from there and streams on. A failed read (the stream deleted
+/// meanwhile) ends the body; the client's reconnect gets the error.
+#[allow(clippy::too_many_arguments)]
+pub async fn resume(
+    state: &AppState,
+    name: String,
+    next: crate::offset::Offset,
+    deadline: tokio::time::Instant,
+    live: crate::metrics::LiveGuard,
+    enc: Encoding,
+    cursor: Option<u64>,
+    cell: Option<ParkCell>,
+) -> Body {
+    match LiveRead::resume(state, name, next, deadline, Mode::Sse, live).await {
+        Ok(live) => events(live, enc, cursor, false, cell),
+        Err(_) => Body::empty(),
+    }
+}
+
+/// The body of a subscriber that did not park after all.
+pub fn go_on(live: LiveRead, enc: Encoding, cursor: Option<u64>, cell: Option<ParkCell>) -> Body {
+    events(live, enc, cursor, false, cell)
+}
+
+/// The events of `live` from its last answer on: that answer's events
+/// (always a control event when `announce`), then one per step. With a
+/// `cell`, the body ends where the reader is at rest, leaving the reader
+/// in the cell.
+fn events(
+    mut live: LiveRead,
+    enc: Encoding,
+    client_cursor: Option<u64>,
+    mut announce: bool,
+    cell: Option<ParkCell>,
+) -> Body {
     // Moved into the body stream: dropped when the connection ends for any
     // reason, client disconnects included.
-    let mut live = LiveRead::open(state, name, query.from, Mode::Sse).await?;
-    let enc = Encoding::for_type(&live.out().info.content_type);
-    let client_cursor = query.cursor;
-
     let events = async_stream::stream! {
         // The data event of `out` when a wake brought it already encoded.
         let mut shared: Option<Bytes> = None;
-        // The first answer always gets a control event, even when empty.
-        let mut announce = true;
         loop {
             let out = live.out();
             if !out.is_empty() {
@@ -182,6 +245,16 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
             // A read without new data (e.g. after a lagged receiver) is
             // not news.
             announce = false;
+            if let Some(cell) = &cell
+                && live.at_rest()
+            {
+                cell.put(Ticket::Sse {
+                    live: Box::new(live),
+                    enc,
+                    cursor: client_cursor,
+                });
+                return;
+            }
             loop {
                 match live.next().await {
                     Step::Read { appended } => {
@@ -205,16 +278,7 @@ pub async fn serve(state: &AppState, name: String, query: ReadQuery) -> Result<R
             }
         }
     };
-
-    let mut b = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no");
-    if enc == Encoding::Base64 {
-        b = b.header(h::STREAM_SSE_DATA_ENCODING, "base64");
-    }
-    finish(b, Body::from_stream(events))
+    Body::from_stream(events)
 }
 
 #[cfg(test)]

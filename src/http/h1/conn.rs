@@ -18,9 +18,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::decode::{Decoded, Decoder};
-use super::encode::{Encoder, SEGS_PER_FRAME};
+pub(super) use super::encode::Encoder;
+use super::encode::SEGS_PER_FRAME;
 use super::io::{READ_CHUNK, next_frame, read_some, write_all};
 use super::role::{Head, Out, Parsed, encode_head, has_token, parse_head, rejection};
+use crate::http::park::{Finish, ParkCell, Ticket};
 use crate::http::transport::Timeouts;
 
 /// Most buffers in one response writev, and most bytes of body frames
@@ -36,6 +38,20 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 /// The HTTP/2 connection preface (prior-knowledge h2c).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a response went.
+pub(super) enum Sent {
+    /// Written; whether the connection stays open.
+    Done(bool),
+    /// The handler left a reader at rest: the connection parks it
+    /// (`input`: the client sent something meanwhile, it stays active).
+    Park {
+        ticket: Ticket,
+        finish: Option<Finish>,
+        input: bool,
+        keep: bool,
+    },
+}
 
 /// What [`Conn::read_head`] found.
 pub(super) enum Next {
@@ -156,15 +172,28 @@ impl Conn {
         }
     }
 
-    /// Writes a response; returns whether the connection stays open.
+    /// Writes a response; returns whether the connection stays open, or
+    /// the reader the handler left to park.
     pub(super) async fn respond(
         &mut self,
         res: Response<Body>,
         is_head: bool,
         version: Version,
         mut keep: bool,
-    ) -> io::Result<bool> {
-        let (parts, mut body) = res.into_parts();
+    ) -> io::Result<Sent> {
+        let (parts, body) = res.into_parts();
+        let cell = parts.extensions.get::<ParkCell>().cloned();
+        if let Some(cell) = &cell
+            && let (Some(ticket), finish) = cell.take_ticket_first()
+        {
+            // A long-poller at rest: nothing is written until its answer.
+            return Ok(Sent::Park {
+                ticket,
+                finish,
+                input: false,
+                keep,
+            });
+        }
         let status = parts.status;
         let bodiless = is_head
             || status.is_informational()
@@ -193,14 +222,28 @@ impl Conn {
         if let Out::None = out {
             return write_all(&self.tcp, &mut [IoSlice::new(&head)], self.t.send)
                 .await
-                .map(|()| keep);
+                .map(|()| Sent::Done(keep));
         }
+        self.stream(Some(Bytes::from(head)), body, Encoder::new(out), cell, keep)
+            .await
+    }
+
+    /// Writes `first` and then the frames of `body`, framed by `enc`. When
+    /// the body ends having left a reader in `cell`, the body is not ended
+    /// on the wire: the reader parks with the response open.
+    pub(super) async fn stream(
+        &mut self,
+        first: Option<Bytes>,
+        mut body: Body,
+        mut enc: Encoder,
+        cell: Option<ParkCell>,
+        keep: bool,
+    ) -> io::Result<Sent> {
         // Every frame the body has ready now goes out in one writev with
         // the head or the frames before it (as hyper flushes only when the
         // body is pending): SSE events and the control event after them
         // arrive together, and a burst costs one syscall.
-        let mut segs = vec![Bytes::from(head)];
-        let mut enc = Encoder::new(out);
+        let mut segs: Vec<Bytes> = first.into_iter().collect();
         let mut watch = true;
         let mut waited = None;
         loop {
@@ -240,7 +283,15 @@ impl Conn {
                 batch += data.len();
                 enc.push(data, &mut segs)?;
             }
-            if ended {
+            let park = if ended {
+                cell.as_ref().and_then(|c| {
+                    let (ticket, finish) = c.take_ticket_first();
+                    ticket.map(|t| (t, finish))
+                })
+            } else {
+                None
+            };
+            if ended && park.is_none() {
                 enc.finish(&mut segs)?;
             }
             if !segs.is_empty() {
@@ -250,8 +301,16 @@ impl Conn {
                 }
                 write_all(&self.tcp, &mut slices[..segs.len()], self.t.send).await?;
             }
+            if let Some((ticket, finish)) = park {
+                return Ok(Sent::Park {
+                    ticket,
+                    finish,
+                    input: !watch,
+                    keep,
+                });
+            }
             if ended {
-                return Ok(keep);
+                return Ok(Sent::Done(keep));
             }
             // Nothing held while a long response (SSE) waits.
             segs = Vec::new();
@@ -336,7 +395,10 @@ mod tests {
     /// connection (to a HEAD request when `is_head`).
     async fn send(res: Response<Body>, is_head: bool, version: Version) -> Sent {
         let (mut conn, mut client) = pair().await;
-        let kept = conn.respond(res, is_head, version, true).await.unwrap();
+        let kept = match conn.respond(res, is_head, version, true).await.unwrap() {
+            super::Sent::Done(k) => k,
+            super::Sent::Park { .. } => panic!("nothing to park"),
+        };
         drop(conn);
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();

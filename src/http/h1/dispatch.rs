@@ -15,36 +15,116 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{ReqBody, Slot, feed};
-use super::conn::{Conn, DRAIN_MAX, Next};
+use super::conn::{Conn, DRAIN_MAX, Encoder, Next, Sent};
 use super::decode::Decoder;
+use super::role::Out;
 use super::role::{Framing, Head};
 use crate::http::front::Front;
 use crate::http::limit::ClientAddr;
+use crate::http::park::{
+    ConnToken, Finish, Handover, ParkCell, ParkOffer, Parking, Resume, Resumed, Spawn, Ticket,
+    reactor,
+};
 use crate::http::transport::{Builder, Guarded, Timeouts, serve_hyper};
+use crate::http::{read, sse};
+use axum::body::Body;
 
 /// Buffered bodies up to this are copied out of the read buffer.
 const COPY_BODY: usize = 2048;
+
+/// What every connection of a listener shares.
+pub(in crate::http) struct Ctx {
+    pub front: Arc<Front>,
+    pub hyper: Arc<Builder<TokioExecutor>>,
+    pub t: Timeouts,
+    pub shutdown: CancellationToken,
+    /// Where live readers at rest park, and how a parked one resumes
+    /// (`None`: parking is off).
+    pub park: Option<(Arc<Parking>, Spawn)>,
+}
+
+impl Ctx {
+    /// The context of a listener; with `park`, starts its parking lot
+    /// (falls back to no parking if that fails).
+    pub fn new(
+        front: Arc<Front>,
+        hyper: Arc<Builder<TokioExecutor>>,
+        t: Timeouts,
+        shutdown: CancellationToken,
+        park: bool,
+    ) -> Arc<Ctx> {
+        Arc::new_cyclic(|weak: &std::sync::Weak<Ctx>| {
+            let park = park.then(|| start_parking(weak.clone(), &front)).flatten();
+            Ctx {
+                front,
+                hyper,
+                t,
+                shutdown,
+                park,
+            }
+        })
+    }
+}
+
+fn start_parking(ctx: std::sync::Weak<Ctx>, front: &Front) -> Option<(Arc<Parking>, Spawn)> {
+    let (p, poll) = match Parking::new(Arc::clone(&front.state().metrics)) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "live readers will not park: no epoll set");
+            return None;
+        }
+    };
+    let p = Arc::new(p);
+    let runtime = tokio::runtime::Handle::current();
+    let spawn: Spawn = Arc::new(move |r: Resumed| {
+        if let Some(ctx) = ctx.upgrade() {
+            runtime.spawn(resume(ctx, r));
+        }
+    });
+    if let Err(e) = reactor::start(
+        Arc::clone(&p),
+        poll,
+        front.state().clone(),
+        Arc::clone(&spawn),
+    ) {
+        tracing::warn!(error = %e, "live readers will not park: no reactor thread");
+        return None;
+    }
+    Some((p, spawn))
+}
 
 /// Serves one accepted connection until it closes.
 pub(in crate::http) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    front: Arc<Front>,
-    hyper: Arc<Builder<TokioExecutor>>,
-    t: Timeouts,
-    shutdown: CancellationToken,
+    ctx: Arc<Ctx>,
+    token: ConnToken,
 ) {
-    let mut c = Conn::new(tcp, t, &shutdown);
-    let mut first = true;
-    let tag = front.wants_client_addr();
+    let c = Conn::new(tcp, ctx.t, &ctx.shutdown);
+    run(c, peer, ctx, token, true).await
+}
+
+/// True for a request that may become a parked live reader: a `GET`
+/// without a body asking for `live=`.
+fn may_park(head: &Head) -> bool {
+    head.parts.method == Method::GET
+        && matches!(head.framing, Framing::Empty)
+        && head.parts.version == axum::http::Version::HTTP_11
+        && head.parts.uri.query().is_some_and(|q| q.contains("live="))
+}
+
+/// The request loop of a connection.
+async fn run(mut c: Conn, peer: SocketAddr, ctx: Arc<Ctx>, token: ConnToken, mut first: bool) {
+    let tag = ctx.front.wants_client_addr();
     loop {
         let mut head = match c.read_head(first).await {
             Ok(Next::Head(h)) => h,
             Ok(Next::Closed) => return,
             Ok(Next::H2) => {
                 // Boxed: rare, and hyper's connection future is large.
-                let io = Guarded::resumed(c.tcp, t, c.buf.split().freeze());
-                return Box::pin(serve_hyper(&hyper, io, peer, front, shutdown)).await;
+                let io = Guarded::resumed(c.tcp, ctx.t, c.buf.split().freeze());
+                let (front, shutdown) = (Arc::clone(&ctx.front), ctx.shutdown.clone());
+                return Box::pin(serve_hyper(&ctx.hyper, io, peer, front, shutdown)).await;
             }
             Ok(Next::Bad(status)) => {
                 let _ = c.reject(status).await;
@@ -56,11 +136,15 @@ pub(in crate::http) async fn serve(
         if tag {
             head.parts.extensions.insert(ClientAddr(peer));
         }
+        if ctx.park.is_some() && may_park(&head) {
+            head.parts.extensions.insert(ParkOffer);
+        }
         // Boxed: the handler's state machine exists only during a request,
         // not in every idle connection's task.
-        match Box::pin(c.exchange(head, &front, &shutdown)).await {
+        match Box::pin(c.exchange(head, &ctx.front, &ctx.shutdown)).await {
             Ok(Keep::Yes) => {}
             Ok(Keep::No { unread }) => return c.close(unread).await,
+            Ok(Keep::Park(sent)) => return park(c, peer, &ctx, token, sent),
             Err(e) => return tracing::debug!(error = %e, "connection ended with an error"),
         }
         if c.buf.is_empty() {
@@ -70,12 +154,198 @@ pub(in crate::http) async fn serve(
     }
 }
 
+/// Hands the connection and the reader in `sent` to the parking. Input
+/// already buffered stays with the connection: it goes on actively here.
+fn park(c: Conn, peer: SocketAddr, ctx: &Arc<Ctx>, token: ConnToken, sent: Sent) {
+    let Sent::Park {
+        ticket,
+        finish,
+        input,
+        keep,
+    } = sent
+    else {
+        return;
+    };
+    let Some((p, spawn)) = &ctx.park else {
+        return;
+    };
+    if !c.buf.is_empty() {
+        let r = Resume::Active(ticket);
+        let fut = go_on(
+            c,
+            peer,
+            Arc::clone(ctx),
+            token,
+            keep,
+            finish.map(Box::new),
+            r,
+            false,
+        );
+        tokio::spawn(fut);
+        return;
+    }
+    let h = Handover {
+        tcp: c.tcp,
+        peer,
+        keep,
+        token,
+        input,
+    };
+    p.park(h, ticket, finish, ctx.front.state(), spawn);
+}
+
+/// Runs a connection whose reader was parked (or was to be) again.
+async fn resume(ctx: Arc<Ctx>, r: Resumed) {
+    let Ok(tcp) = TcpStream::from_std(r.tcp) else {
+        return;
+    };
+    let c = Conn::new(tcp, ctx.t, &ctx.shutdown);
+    Box::pin(go_on(
+        c, r.peer, ctx, r.token, r.keep, r.finish, r.resume, false,
+    ))
+    .await
+}
+
+/// Goes on with a live reader on `c` as `resume` says, then with the
+/// connection's next requests. `no_park`: the reader may not park again.
+#[allow(clippy::too_many_arguments)]
+async fn go_on(
+    mut c: Conn,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    token: ConnToken,
+    keep: bool,
+    mut finish: Option<Box<Finish>>,
+    resume: Resume,
+    no_park: bool,
+) {
+    let state = ctx.front.state().clone();
+    let sent = match resume {
+        Resume::Active(Ticket::Sse { live, enc, cursor }) => {
+            let cell = ParkCell::default();
+            let body = sse::go_on(*live, enc, cursor, Some(cell.clone()));
+            let body = hold(body, finish.take(), Some(&cell));
+            c.stream(None, body, Encoder::new(Out::Chunked), Some(cell), keep)
+                .await
+        }
+        Resume::Sse {
+            name,
+            next,
+            deadline,
+            live,
+            enc,
+            cursor,
+            leftover,
+            park,
+        } => {
+            let cell = (park && !no_park).then(ParkCell::default);
+            let body = sse::resume(
+                &state,
+                name,
+                next,
+                deadline,
+                live,
+                enc,
+                cursor,
+                cell.clone(),
+            )
+            .await;
+            let body = hold(body, finish.take(), cell.as_ref());
+            c.stream(leftover, body, Encoder::new(Out::Chunked), cell, keep)
+                .await
+        }
+        Resume::SseEnd { leftover } => {
+            c.stream(
+                leftover,
+                Body::empty(),
+                Encoder::new(Out::Chunked),
+                None,
+                keep,
+            )
+            .await
+        }
+        Resume::Active(Ticket::LongPoll { live, cursor }) => {
+            let path = format!("{}{}", crate::MOUNT, live.name());
+            let res = read::poll_on(*live, cursor, !no_park).await;
+            let res = ctx.front.finish_live(res, finish.take(), &path);
+            c.respond(res, false, axum::http::Version::HTTP_11, keep)
+                .await
+        }
+        Resume::LongPoll {
+            name,
+            next,
+            deadline,
+            live,
+            cursor,
+            wake,
+            park,
+        } => {
+            let offer = park && !no_park;
+            let path = format!("{}{name}", crate::MOUNT);
+            let res =
+                read::resume_long_poll(&state, name, next, deadline, live, cursor, wake, offer)
+                    .await;
+            let res = ctx.front.finish_live(res, finish.take(), &path);
+            c.respond(res, false, axum::http::Version::HTTP_11, keep)
+                .await
+        }
+    };
+    match sent {
+        Ok(Sent::Done(true)) if !ctx.shutdown.is_cancelled() => {
+            if c.buf.is_empty() {
+                c.buf = BytesMut::new();
+            }
+            Box::pin(run(c, peer, ctx, token, false)).await
+        }
+        Ok(Sent::Done(_)) => c.close(false).await,
+        Ok(Sent::Park {
+            ticket,
+            finish: f,
+            input,
+            keep,
+        }) => {
+            // A long-poll parks again with the fast path's part it had.
+            let finish = f.or(finish.map(|b| *b));
+            let sent = Sent::Park {
+                ticket,
+                finish,
+                input,
+                keep,
+            };
+            park(c, peer, &ctx, token, sent)
+        }
+        Err(e) => tracing::debug!(error = %e, "resumed connection ended with an error"),
+    }
+}
+
+/// Keeps the rate limiter's live slot of an SSE reader as long as it
+/// lives: in its cell when it may park again (the parking takes it from
+/// there), else with its body.
+fn hold(body: Body, finish: Option<Box<Finish>>, cell: Option<&ParkCell>) -> Body {
+    let Some(f) = finish else {
+        return body;
+    };
+    if let Some(cell) = cell {
+        cell.set_finish(*f);
+        return body;
+    }
+    match f.slot {
+        Some(slot) => Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _held = &slot;
+            frame
+        })),
+        None => body,
+    }
+}
+
 /// Whether the connection goes on after an exchange.
 enum Keep {
     /// Read the next request.
     Yes,
     /// Close; `unread`: the client may still be sending.
     No { unread: bool },
+    /// Park the reader ([`Sent::Park`]).
+    Park(Sent),
 }
 
 impl Conn {
@@ -166,7 +436,10 @@ impl Conn {
             }
         }
         keep_alive &= !shutdown.is_cancelled();
-        let keep = self.respond(res, is_head, version, keep_alive).await?;
+        let keep = match self.respond(res, is_head, version, keep_alive).await? {
+            Sent::Done(keep) => keep,
+            park @ Sent::Park { .. } => return Ok(Keep::Park(park)),
+        };
         if !keep {
             return Ok(Keep::No {
                 unread: !dec.done(),

@@ -72,4 +72,4 @@ mod encode;
 mod io;
 mod role;
 
-pub(super) use dispatch::serve;
+pub(super) use dispatch::{Ctx, serve};

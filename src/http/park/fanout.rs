@@ -1,0 +1,277 @@
+//! The task of a stream with parked readers: it holds the stream's one
+//! subscription and hands every wake to the parked readers.
+//!
+//! A wake with the records after a subscriber's offset becomes one chunk
+//! per variant (encoding and cursor), encoded once and written with one
+//! `writev` per subscriber; the subscriber stays parked. A wake without
+//! usable records (a lagged receiver, a bare wake from another node) is
+//! turned into one by a single storage read for the group, not one per
+//! reader. Long-pollers with news, and subscribers whose socket took only
+//! part of a chunk, become active.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Group, Inner, Kind, Member, Parking, Spawn, Unpark, Why};
+use crate::http::AppState;
+use crate::http::read::{cursor, read_chunk};
+use crate::http::sse::{self, Encoding};
+use crate::notify::{Appended, Subscription, Wake};
+use crate::offset::ReadFrom;
+
+/// Starts the task of a group just made. Subscribes before returning, so
+/// no wake after the first member joins is missed.
+pub(in crate::http) fn start(p: Arc<Parking>, g: Arc<Group>, state: &AppState, spawn: Spawn) {
+    let sub = state.hub.subscribe(&g.name);
+    tokio::spawn(run(p, g, sub, state.clone(), spawn));
+}
+
+async fn run(p: Arc<Parking>, g: Arc<Group>, mut sub: Subscription, state: AppState, spawn: Spawn) {
+    loop {
+        let wake = tokio::select! {
+            w = sub.changed() => Some(w),
+            () = g.emptied.notified() => None,
+            () = state.shutdown.cancelled() => {
+                // Every member goes back to its own task, which sees the
+                // shutdown and ends its response.
+                loop {
+                    let list = {
+                        let mut inner = g.inner.lock();
+                        take_all(&p, &mut inner, false)
+                    };
+                    p.unpark(&g, list, &spawn);
+                    if p.retire(&g) {
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(w) = wake {
+            let w = match w {
+                Some(w) if w.appended.is_some() => Some(w),
+                other => group_read(&state, &g, other).await,
+            };
+            let list = {
+                let mut inner = g.inner.lock();
+                fan_out(&p, &state, &mut inner, w.as_ref())
+            };
+            p.unpark(&g, list, &spawn);
+        }
+        if p.retire(&g) {
+            return;
+        }
+    }
+}
+
+/// Takes every member out, to read for itself (and park again if
+/// `park`).
+pub(super) fn take_all(p: &Parking, inner: &mut Inner, park: bool) -> Vec<Unpark> {
+    let keys: Vec<usize> = inner.members.iter().map(|(k, _)| k).collect();
+    let mut list = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(member) = p.remove(inner, k) {
+            list.push(Unpark {
+                member,
+                why: Why::Reread { park },
+            });
+        }
+    }
+    list
+}
+
+/// A wake with records, from one storage read at the group's offset, in
+/// place of `w` (which has none, or is `None` after a lag). `None` when
+/// the read does not give one that reaches the tail: every member then
+/// reads for itself.
+async fn group_read(state: &AppState, g: &Group, w: Option<Wake>) -> Option<Wake> {
+    let (at, id) = {
+        let inner = g.inner.lock();
+        let (_, m) = inner.members.iter().next()?;
+        (m.next, m.id)
+    };
+    if let Some(w) = &w
+        && w.tail.pos < at.pos
+    {
+        // Old news for this offset: nothing to read.
+        return Some(Wake::bare(w.tail, w.closed));
+    }
+    let out = read_chunk(state, &g.name, ReadFrom::At(at)).await.ok()?;
+    if out.info.id != id || !out.up_to_date() {
+        return None;
+    }
+    Some(Wake {
+        tail: out.next,
+        closed: out.info.closed,
+        appended: Some(Appended::new(out.info.id, out.start, out.chunks)),
+    })
+}
+
+/// One SSE chunk for the records of a wake: the size line, the `data`
+/// event (shared by every variant), the `control` event and the chunk's
+/// end.
+struct Variant {
+    enc: Encoding,
+    cursor: Option<u64>,
+    head: Bytes,
+    data: Bytes,
+    tail: Bytes,
+}
+
+/// The chunk for `enc` and `client` cursor, made once per wake.
+fn variant<'a>(
+    variants: &'a mut Vec<Variant>,
+    state: &AppState,
+    a: &Appended,
+    w: &Wake,
+    enc: Encoding,
+    client: Option<u64>,
+) -> &'a Variant {
+    if let Some(i) = variants
+        .iter()
+        .position(|v| v.enc == enc && v.cursor == client)
+    {
+        return &variants[i];
+    }
+    let data = if a.records.iter().all(Bytes::is_empty) {
+        Bytes::new()
+    } else {
+        a.sse
+            .get_or_init(|| Bytes::from(sse::data_event_of(&a.records, enc)))
+            .clone()
+    };
+    let eof = w.closed;
+    let c = (!eof).then(|| cursor(state, client));
+    let control = sse::control_bytes(&w.tail.to_string(), c.as_deref(), true, eof);
+    let len = data.len() + control.len();
+    let mut tail = Vec::with_capacity(control.len() + 2);
+    tail.extend_from_slice(&control);
+    tail.extend_from_slice(b"\r\n");
+    variants.push(Variant {
+        enc,
+        cursor: client,
+        head: Bytes::from(format!("{len:x}\r\n")),
+        data,
+        tail: Bytes::from(tail),
+    });
+    variants.last().expect("just pushed")
+}
+
+/// How a write to a parked socket went.
+pub(super) enum Wrote {
+    Full,
+    /// The socket took part (or nothing): the rest.
+    Partial(Bytes),
+    /// The connection is gone.
+    Failed,
+}
+
+/// Writes `parts` to a non-blocking socket without waiting.
+pub(super) fn write_now(tcp: &std::net::TcpStream, parts: &[&[u8]]) -> Wrote {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut slices = [IoSlice::new(&[]); 4];
+    for (s, p) in slices.iter_mut().zip(parts) {
+        *s = IoSlice::new(p);
+    }
+    let slices = &slices[..parts.len().min(4)];
+    let written = loop {
+        match (&mut &*tcp).write_vectored(slices) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+            Err(_) => return Wrote::Failed,
+        }
+    };
+    if written == total {
+        return Wrote::Full;
+    }
+    let mut rest = Vec::with_capacity(total - written);
+    let mut skip = written;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        rest.extend_from_slice(&p[skip..]);
+        skip = 0;
+    }
+    Wrote::Partial(Bytes::from(rest))
+}
+
+/// What becomes of a member after a wake.
+enum Then {
+    Stay,
+    Leave(Why),
+    Drop,
+}
+
+/// Hands `w` to every member; returns those that become active. `None`:
+/// nobody knows what changed, everyone reads for itself.
+fn fan_out(p: &Parking, state: &AppState, inner: &mut Inner, w: Option<&Wake>) -> Vec<Unpark> {
+    let Some(w) = w else {
+        return take_all(p, inner, true);
+    };
+    let now = p.tick();
+    let mut variants = Vec::new();
+    let mut leaving = Vec::new();
+    let Inner { members, info, .. } = inner;
+    for (k, m) in members.iter_mut() {
+        let then = deliver(m, w, info.as_ref(), state, &mut variants, now);
+        if !matches!(then, Then::Stay) {
+            leaving.push((k, then));
+        }
+    }
+    let mut list = Vec::with_capacity(leaving.len());
+    for (k, then) in leaving {
+        let Some(member) = p.remove(inner, k) else {
+            continue;
+        };
+        match then {
+            Then::Leave(why) => list.push(Unpark { member, why }),
+            Then::Drop | Then::Stay => drop(member),
+        }
+    }
+    list
+}
+
+fn deliver(
+    m: &mut Member,
+    w: &Wake,
+    info: Option<&crate::storage::StreamInfo>,
+    state: &AppState,
+    variants: &mut Vec<Variant>,
+    now: u64,
+) -> Then {
+    // Parked readers are never at EOF, so records ending at their offset
+    // without a closure are what they have already.
+    if w.tail.pos < m.next.pos || (w.appended.is_some() && w.tail == m.next && !w.closed) {
+        return Then::Stay;
+    }
+    let fits = w
+        .appended
+        .as_ref()
+        .filter(|a| a.id == m.id && a.from == m.next);
+    let Some(a) = fits else {
+        return Then::Leave(Why::Reread { park: true });
+    };
+    match m.kind {
+        Kind::LongPoll { .. } => match info.filter(|i| i.id == m.id) {
+            Some(i) => Then::Leave(Why::Answer(w.clone(), Box::new(i.clone()))),
+            None => Then::Leave(Why::Reread { park: true }),
+        },
+        Kind::Sse { enc, cursor } => {
+            let v = variant(variants, state, a, w, enc, cursor);
+            let wrote = write_now(&m.tcp, &[&v.head, &v.data, &v.tail]);
+            m.next = w.tail;
+            m.last_write = now;
+            match wrote {
+                Wrote::Full if w.closed => Then::Leave(Why::End(None)),
+                Wrote::Full => Then::Stay,
+                Wrote::Partial(rest) if w.closed => Then::Leave(Why::End(Some(rest))),
+                Wrote::Partial(rest) => Then::Leave(Why::Partial(rest)),
+                Wrote::Failed => Then::Drop,
+            }
+        }
+    }
+}
