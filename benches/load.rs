@@ -756,6 +756,9 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let mut writer = Conn::connect(cfg.addr()).await?;
     cfg.create(&mut writer, "lp", ct).await?;
     let path = Arc::new(cfg.path("lp"));
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = pid.as_deref().and_then(vm_rss_kib);
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -820,11 +823,18 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         }
     }
     wait_ready(&ready, &failed, subs).await;
+    // Every poller is waiting now (its first long-poll sent a second ago).
+    let rss1 = pid.as_deref().and_then(vm_rss_kib);
+    let waiting = ready.load(Ordering::SeqCst);
+    let per_poller = match (rss0, rss1) {
+        (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / waiting.max(1) as f64),
+        _ => "n/a".into(),
+    };
     let sent = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
     let d = delays_after(tasks, &sent).await?;
     let (delays, early) = (&d.after_ack, d.early);
     println!(
-        "RESULT workload=longpoll subs={subs} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
+        "RESULT workload=longpoll subs={subs} waiting={waiting} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_per_poller_kib={per_poller} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
         delays.len(),
         subs * msgs,
         pct(delays, 0.5),

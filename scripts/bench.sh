@@ -121,6 +121,8 @@ start_server() {
     ours-memory) "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --log-level warn >"$logf" 2>&1 & ;;
     ours-memory-hyper) "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --http-engine hyper --log-level warn >"$logf" 2>&1 & ;;
     ours-file) "$OURS" serve --bind 127.0.0.1:$PORT --storage file --data-dir "$dir" --log-level warn >"$logf" 2>&1 & ;;
+    ours-file-active) DS_LIVE_PARKING=false "$OURS" serve --bind 127.0.0.1:$PORT --storage file --data-dir "$dir" --log-level warn >"$logf" 2>&1 & ;;
+    ours-memory-active) DS_LIVE_PARKING=false "$OURS" serve --bind 127.0.0.1:$PORT --storage memory --log-level warn >"$logf" 2>&1 & ;;
     ours-acid) "$OURS" serve --bind 127.0.0.1:$PORT --storage acid --data-dir "$dir" --log-level warn >"$logf" 2>&1 & ;;
     axum-baseline) DS_BASELINE_BIND=127.0.0.1:$PORT "$BASE" >"$logf" 2>&1 & ;;
     node-memory) (cd "$NODE_DIR" && exec node bench-start.mjs $PORT) >"$logf" 2>&1 & ;;

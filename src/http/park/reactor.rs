@@ -34,22 +34,27 @@ pub(in crate::http) fn start(
     spawn: Spawn,
 ) -> io::Result<()> {
     let shutdown = state.shutdown.clone();
-    let q = Arc::clone(&p);
+    let q = Arc::downgrade(&p);
     tokio::spawn(async move {
         shutdown.cancelled().await;
-        q.poke();
+        if let Some(q) = q.upgrade() {
+            q.poke();
+        }
     });
     std::thread::Builder::new()
         .name("ds-park".into())
-        .spawn(move || run(&p, poll, &state, &spawn))?;
+        .spawn(move || run(p, poll, &state, &spawn))?;
     Ok(())
 }
 
-fn run(p: &Parking, mut poll: mio::Poll, state: &AppState, spawn: &Spawn) {
+fn run(p: Arc<Parking>, mut poll: mio::Poll, state: &AppState, spawn: &Spawn) {
+    let p = &p;
     let mut events = mio::Events::with_capacity(256);
     loop {
-        if state.shutdown.is_cancelled() {
-            // The group tasks hand their members back (see `fanout`).
+        // At shutdown the group tasks hand their members back (see
+        // `fanout`); a lot nobody else holds (its listener is gone, and
+        // every group with it) has nothing left to watch.
+        if state.shutdown.is_cancelled() || Arc::strong_count(p) == 1 {
             return;
         }
         let now = p.tick();

@@ -389,3 +389,14 @@ async fn parking_off_keeps_readers_active() {
     assert_eq!(s.parked(), 0);
     assert_eq!(s.live(Live::Sse), 1);
 }
+
+/// What a parked reader holds inline (BENCHMARKS.md; `--nocapture`).
+#[test]
+fn member_size() {
+    let m = std::mem::size_of::<super::Member>();
+    println!(
+        "Member: {m} B, slab entry: {} B",
+        std::mem::size_of::<slab::Slab<super::Member>>()
+    );
+    assert!(m <= 192, "{m}");
+}
