@@ -70,7 +70,9 @@
 //!   (handshake, then hyper's HTTP/2 or HTTP/1.1 by ALPN),
 //!   [`http::transport`] holds the
 //!   timeouts and guarded I/O both engines share, [`http::h1`] is our
-//!   HTTP/1.1 engine (dispatch, conn, role, decode, encode, body, io, date).
+//!   HTTP/1.1 engine (dispatch, conn, role, decode, encode, body, io, date),
+//!   and [`http::park`] keeps its live readers at rest without a task (one
+//!   epoll set and reactor thread, one fan-out task per stream).
 //! - [`server`]: opening storage, building the state and the engine's
 //!   context, background tasks, binding and serving.
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.

@@ -38,6 +38,13 @@
 //!   chunked with one chunk per body frame, each written at once (SSE
 //!   events leave as they come); close-delimited for HTTP/1.0 clients. No
 //!   body for HEAD, 1xx, 204 and 304. A cached `date` header.
+//! * A live `GET` (HTTP/1.1, no body) is offered parking
+//!   ([`ParkOffer`](super::park::ParkOffer)): when its handler leaves a reader
+//!   at rest in the response's cell, the connection writes what the body had
+//!   (for SSE, without ending it), hands its socket to
+//!   [`park`](super::park) and its task ends; a parked reader that becomes
+//!   active gets a new task that finishes the response and goes on with the
+//!   request loop (`dispatch::resume`).
 //! * While a response body waits for its next frame, a client that hangs
 //!   up is noticed at once (the body is dropped, ending the subscription).
 //! * Timeouts as in [`serve`](super::serve): the next request's head must

@@ -14,10 +14,11 @@
 //!   readers whose reconnect interval or long-poll timeout passed;
 //! * the reader's state becomes a [`Member`] of its stream's [`Group`]:
 //!   socket, offset, mode, encoding, cursor, deadlines;
-//! * one task per stream with parked readers ([`fanout`]) holds the
-//!   stream's one subscription. An append's records are encoded once per
-//!   SSE variant (encoding and cursor) and written to every parked
-//!   subscriber at that offset, which stays parked.
+//! * a stream's parked readers are spread over one group per runtime
+//!   worker; each group's task ([`fanout`]) holds one subscription. An
+//!   append's records are encoded once per SSE variant (encoding and
+//!   cursor) and written to every parked subscriber at that offset, which
+//!   stays parked; the groups write in parallel.
 //!
 //! Everything else makes the reader active again (a new task, the same
 //! code path as before it parked): a write the socket did not take whole
@@ -34,7 +35,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -170,6 +171,8 @@ pub(super) struct Member {
 pub(super) struct Group {
     pub(super) id: u32,
     pub(super) name: String,
+    /// Which of the stream's groups this is ([`Parking::shards`]).
+    pub(super) shard: u16,
     pub(super) inner: Mutex<Inner>,
     /// Told when a member left outside the group task (so an empty group
     /// ends).
@@ -187,7 +190,8 @@ pub(super) struct Inner {
 
 #[derive(Default)]
 struct Groups {
-    by_name: HashMap<String, Arc<Group>>,
+    /// By stream name and shard.
+    by_name: HashMap<(String, u16), Arc<Group>>,
     by_id: HashMap<u32, Arc<Group>>,
     next_id: u32,
 }
@@ -201,6 +205,12 @@ pub struct Parking {
     /// When the reactor next looks at deadlines (parking clock).
     next_scan: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Groups per stream: its parked readers are spread over this many,
+    /// one per runtime worker, so that the writes of a fan-out run on every
+    /// core (one task writing 10,000 sockets took longer than the 50 ms
+    /// between appends: each loopback write runs the receive path too).
+    shards: u16,
+    next_shard: AtomicUsize,
 }
 
 /// The reactor's own token, for [`Parking::poke`].
@@ -228,6 +238,11 @@ impl Parking {
             epoch: std::time::Instant::now(),
             next_scan: AtomicU64::new(u64::MAX),
             metrics,
+            shards: tokio::runtime::Handle::current()
+                .metrics()
+                .num_workers()
+                .clamp(1, 64) as u16,
+            next_shard: AtomicUsize::new(0),
         };
         Ok((p, poll))
     }
@@ -270,11 +285,13 @@ impl Parking {
     /// The group of `name`; `true` with a group just made, whose task the
     /// caller starts.
     fn group(&self, name: &str) -> (Arc<Group>, bool) {
-        if let Some(g) = self.groups.read().by_name.get(name) {
+        let shard = (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards as usize) as u16;
+        let key = (name.to_string(), shard);
+        if let Some(g) = self.groups.read().by_name.get(&key) {
             return (Arc::clone(g), false);
         }
         let mut gs = self.groups.write();
-        if let Some(g) = gs.by_name.get(name) {
+        if let Some(g) = gs.by_name.get(&key) {
             return (Arc::clone(g), false);
         }
         let mut id = gs.next_id;
@@ -285,6 +302,7 @@ impl Parking {
         let g = Arc::new(Group {
             id,
             name: name.to_string(),
+            shard,
             inner: Mutex::new(Inner {
                 members: Slab::new(),
                 info: None,
@@ -292,7 +310,7 @@ impl Parking {
             }),
             emptied: Notify::new(),
         });
-        gs.by_name.insert(name.to_string(), Arc::clone(&g));
+        gs.by_name.insert(key, Arc::clone(&g));
         gs.by_id.insert(id, Arc::clone(&g));
         (g, true)
     }
@@ -306,7 +324,7 @@ impl Parking {
         }
         inner.closed = true;
         inner.members = Slab::new();
-        gs.by_name.remove(&g.name);
+        gs.by_name.remove(&(g.name.clone(), g.shard));
         gs.by_id.remove(&g.id);
         true
     }
