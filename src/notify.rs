@@ -186,6 +186,16 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// The next queued wake without waiting: `None` when none is queued,
+    /// `Some(None)` after a lag (re-read).
+    pub fn try_changed(&mut self) -> Option<Option<Wake>> {
+        match self.rx.as_mut()?.try_recv() {
+            Ok(w) => Some(Some(w)),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => Some(None),
+            Err(_) => None,
+        }
+    }
+
     /// True when a wake is queued that `stale` does not rule out (a lagged
     /// receiver counts as news). Consumes the queued wakes.
     pub fn has_news(&mut self, stale: impl Fn(&Wake) -> bool) -> bool {
