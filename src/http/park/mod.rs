@@ -213,6 +213,9 @@ pub struct Parking {
     next_shard: AtomicUsize,
 }
 
+/// Groups per stream and runtime worker.
+const SHARDS_PER_WORKER: usize = 4;
+
 /// The reactor's own token, for [`Parking::poke`].
 const WAKER: Token = Token(usize::MAX);
 
@@ -238,10 +241,8 @@ impl Parking {
             epoch: std::time::Instant::now(),
             next_scan: AtomicU64::new(u64::MAX),
             metrics,
-            shards: tokio::runtime::Handle::current()
-                .metrics()
-                .num_workers()
-                .clamp(1, 64) as u16,
+            shards: (tokio::runtime::Handle::current().metrics().num_workers() * SHARDS_PER_WORKER)
+                .clamp(1, 256) as u16,
             next_shard: AtomicUsize::new(0),
         };
         Ok((p, poll))
