@@ -21,8 +21,10 @@
 //! - `DS_LOAD_SUBS`     SSE subscribers (default 1000)
 //! - `DS_LOAD_MSGS`     fan-out messages (default 100, one every 50 ms)
 //! - `DS_LOAD_COUNT`    streams to create (default 100000)
-//! - `DS_SERVER_PID`    server pid, to read its VmRSS (fan-out); comma-separated
-//!   pids (several nodes) are summed
+//! - `DS_SERVER_PID`    server pid, to read its VmRSS and its CPU time
+//!   (`/proc/PID/stat`: `server_cpu_us_per_req` over the measured window of
+//!   the appends, `server_cpu_us_per_delivery` over the live phase of
+//!   fan-out and long-poll); comma-separated pids (several nodes) are summed
 //!
 //! Prints one `RESULT key=value ...` line per run.
 
@@ -267,6 +269,33 @@ fn vm_rss_kib_one(pid: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system, microseconds) the processes `pids` used so far
+/// (comma-separated: summed over several nodes), from `/proc/PID/stat`.
+fn cpu_us(pids: &str) -> Option<u64> {
+    pids.split(',').map(cpu_us_one).sum()
+}
+
+fn cpu_us_one(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000 / hz)
+}
+
+/// `cpu_us` of the server between two readings, per `n` events, as a
+/// RESULT field value.
+fn cpu_per(before: Option<u64>, after: Option<u64>, n: usize) -> String {
+    match (before, after) {
+        (Some(a), Some(b)) if n > 0 => format!("{:.1}", (b.saturating_sub(a)) as f64 / n as f64),
+        _ => "n/a".into(),
+    }
+}
+
 /// Closed-loop appends: every connection sends its next append as soon as the
 /// previous one is answered.
 async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
@@ -343,6 +372,10 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((lat, errors))
         }));
     }
+    tokio::time::sleep_until(start.into()).await;
+    let cpu0 = pid.as_deref().and_then(cpu_us);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu1 = pid.as_deref().and_then(cpu_us);
     let mut lat = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -352,11 +385,12 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     }
     lat.sort_unstable();
     println!(
-        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} rss_after_create_kib={} load1={}",
+        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} server_cpu_us_per_req={} rss_after_create_kib={} load1={}",
         if producer { "producer" } else { "append" },
         lat.len() as f64 / secs,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
+        cpu_per(cpu0, cpu1, lat.len()),
         rss.map_or("n/a".into(), |v| v.to_string()),
         uptime_load()
     );
@@ -632,6 +666,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     wait_ready(&ready, &failed, subs).await;
     let rss1 = pid.as_deref().and_then(vm_rss_kib);
     let connected = ready.load(Ordering::SeqCst);
+    let cpu0 = pid.as_deref().and_then(cpu_us);
     let sent = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
     // With several nodes, the subscribers on the writer's node and those on
     // the others (woken through the database) are also reported apart.
@@ -658,6 +693,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     } else {
         String::new()
     };
+    let cpu1 = pid.as_deref().and_then(cpu_us);
     let d = local.merge(other);
     let (delays, early) = (&d.after_ack, d.early);
     let per_sub = match (rss0, rss1) {
@@ -665,7 +701,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
         _ => "n/a".into(),
     };
     println!(
-        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} send_p50_ms={:.2} send_p99_ms={:.2}{split} load1={}",
+        "RESULT workload=fanout subs={subs} connected={connected} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_before_kib={} rss_after_kib={} rss_per_sub_kib={per_sub} server_cpu_us_per_delivery={} send_p50_ms={:.2} send_p99_ms={:.2}{split} load1={}",
         delays.len(),
         subs * msgs,
         pct(delays, 0.5),
@@ -673,6 +709,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
         rss0.map_or("n/a".into(), |v| v.to_string()),
         rss1.map_or("n/a".into(), |v| v.to_string()),
+        cpu_per(cpu0, cpu1, delays.len()),
         pct(&d.after_send, 0.5),
         pct(&d.after_send, 0.99),
         uptime_load()
@@ -761,9 +798,12 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let rss0 = pid.as_deref().and_then(vm_rss_kib);
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    // Long-polls answered, over all pollers.
+    let polls = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
+        let polls = polls.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
@@ -790,6 +830,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     let mut body = Vec::new();
                     conn.read_body(&head, Some(&mut body)).await?;
                     let now = Instant::now();
+                    polls.fetch_add(1, Ordering::Relaxed);
                     if let Some(next) = head.get("stream-next-offset") {
                         offset = next.to_string();
                     }
@@ -830,16 +871,22 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         (Some(a), Some(b)) => format!("{:.1}", (b as f64 - a as f64) / waiting.max(1) as f64),
         _ => "n/a".into(),
     };
+    let polls0 = polls.load(Ordering::Relaxed);
+    let cpu0 = pid.as_deref().and_then(cpu_us);
     let sent = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
     let d = delays_after(tasks, &sent).await?;
+    let cpu1 = pid.as_deref().and_then(cpu_us);
+    let polls = polls.load(Ordering::Relaxed) - polls0;
     let (delays, early) = (&d.after_ack, d.early);
     println!(
-        "RESULT workload=longpoll subs={subs} waiting={waiting} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_per_poller_kib={per_poller} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
+        "RESULT workload=longpoll subs={subs} waiting={waiting} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_per_poller_kib={per_poller} server_cpu_us_per_delivery={} polls={polls} server_cpu_us_per_poll={} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
         delays.len(),
         subs * msgs,
         pct(delays, 0.5),
         pct(delays, 0.99),
         delays.last().map_or(f64::NAN, |&m| m as f64 / 1000.0),
+        cpu_per(cpu0, cpu1, delays.len()),
+        cpu_per(cpu0, cpu1, polls),
         pct(&d.after_send, 0.5),
         pct(&d.after_send, 0.99),
         uptime_load()
