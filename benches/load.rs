@@ -24,7 +24,8 @@
 //! - `DS_SERVER_PID`    server pid, to read its VmRSS and its CPU time
 //!   (`/proc/PID/stat`: `server_cpu_us_per_req` over the measured window of
 //!   the appends, `server_cpu_us_per_delivery` over the live phase of
-//!   fan-out and long-poll); comma-separated pids (several nodes) are summed
+//!   fan-out and long-poll, and `server_cpu_us_per_poll` per long-poll
+//!   answered); comma-separated pids (several nodes) are summed
 //!
 //! Prints one `RESULT key=value ...` line per run.
 
