@@ -48,7 +48,9 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::notify::WakeHub;
 use crate::storage::handle::StorageHandle;
-use crate::storage::{AppendOutcome, AppendRequest, Storage, StorageError, StreamInfo};
+use crate::storage::{
+    AppendOutcome, AppendRequest, ReadOutcome, ReadRequest, Storage, StorageError, StreamInfo,
+};
 use crate::subscriptions::{Subscriptions, worker};
 use error::ApiError;
 
@@ -83,6 +85,13 @@ impl AppState {
         F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
     {
         let result = self.storage.run(f).await;
+        self.counted(result)
+    }
+
+    /// Reads through the [`StorageHandle`] (on this worker when the backend
+    /// can answer without blocking); failures as in [`AppState::storage`].
+    pub async fn read(&self, name: String, req: ReadRequest) -> Result<ReadOutcome, ApiError> {
+        let result = self.storage.read(name, req).await;
         self.counted(result)
     }
 

@@ -37,7 +37,7 @@ pub async fn read_chunk(
         max_bytes: state.config.limits.chunk_bytes,
         now: now_ms(),
     };
-    state.storage(move |s| s.read(&name, req)).await
+    state.read(name, req).await
 }
 
 /// The body of a read: JSON streams as an array, others as raw bytes.

@@ -6,6 +6,8 @@
 //!
 //! * a backend that never blocks ([`Storage::may_block`] false) is called
 //!   on the current task;
+//! * a read is first offered to [`Storage::read_now`], which answers it
+//!   here when it can without blocking (at the durable tail);
 //! * an append is first offered to [`Storage::try_append_staged`], which
 //!   decides it here without blocking and hands back a future for its group
 //!   commit (or queues it for a batch); only when the backend cannot stage
@@ -30,7 +32,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AppendOutcome, AppendRequest, Staging, Storage, StorageError};
+use super::{
+    AppendOutcome, AppendRequest, ReadOutcome, ReadRequest, Staging, Storage, StorageError,
+};
 
 /// A cheap, clonable handle around a backend. See the module docs.
 #[derive(Clone)]
@@ -65,6 +69,24 @@ impl StorageHandle {
         tokio::task::spawn_blocking(move || f(&*backend))
             .await
             .map_err(task_failed)?
+    }
+
+    /// Reads: answered on this worker when the backend can without blocking
+    /// ([`Storage::read_now`]: a caught-up live reader's poll at the tail),
+    /// otherwise as [`Self::run`] does. A blocking-pool round trip costs
+    /// two thread wake-ups; at 10,000 long-pollers it was half the server's
+    /// CPU per poll (BENCHMARKS.md).
+    pub async fn read(&self, name: String, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
+        if self.backend.may_block() {
+            let now = {
+                let _marked = NonBlocking::enter();
+                self.backend.read_now(&name, &req)
+            };
+            if let Some(out) = now {
+                return Ok(out);
+            }
+        }
+        self.run(move |s| s.read(&name, req)).await
     }
 
     /// Appends: staged on this worker and awaited without a thread when the

@@ -369,6 +369,20 @@ pub struct ReadOutcome {
 }
 
 impl ReadOutcome {
+    /// The answer of a read from `from` of the stream `info` when it starts
+    /// at the tail: no bytes, the tail as the next offset. `None` when it
+    /// starts anywhere else (or is invalid: the backend's `read` answers
+    /// that).
+    pub fn at_tail(info: StreamInfo, from: ReadFrom) -> Option<ReadOutcome> {
+        let (start, _) = info.read_start(from).ok()?;
+        (start == info.tail).then(|| ReadOutcome {
+            start,
+            chunks: Vec::new(),
+            next: start,
+            info,
+        })
+    }
+
     /// True when the read reached the stream's tail.
     pub fn up_to_date(&self) -> bool {
         self.next == self.info.tail
@@ -591,6 +605,19 @@ pub trait Storage: Send + Sync + 'static {
     /// from its sources. Never returns bytes past the durable tail. Renews a
     /// sliding TTL.
     fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError>;
+
+    /// [`Self::read`] answered *without blocking*, or `None` (the default)
+    /// when the backend cannot: a backend answers from the state it holds in
+    /// memory, e.g. a read at the durable tail ([`ReadOutcome::at_tail`]),
+    /// which is what a caught-up live reader asks on every poll. When it
+    /// answers, the answer (TTL renewal included) is the one `read` would
+    /// give; errors, and anything that needs I/O or a wait for durability,
+    /// are left to `read`. Called on async workers, so it must not block
+    /// (the [`handle`] marks the thread).
+    fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
+        let _ = (name, req);
+        None
+    }
 
     /// The stream's metadata. Does not renew TTL.
     fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError>;

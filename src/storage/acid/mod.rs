@@ -322,6 +322,24 @@ impl Storage for AcidStorage {
         }
     }
 
+    /// At the tail, from the metadata cache (which changes only after
+    /// commits), without a transaction.
+    fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
+        self.shared.db().ok()?;
+        let entry = self.entry(name).ok()?;
+        let (ttl, out) = {
+            let mut m = entry.lock();
+            m.check_visible(req.now).ok()?;
+            let out = ReadOutcome::at_tail(m.info(), req.from)?;
+            m.last_access = req.now;
+            (matches!(m.expiry, Expiry::Ttl(_)), out)
+        };
+        if ttl {
+            self.shared.touched.lock().insert(name.to_string());
+        }
+        Some(out)
+    }
+
     fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
         let entry = self.entry(name)?;
         let m = entry.lock();

@@ -398,3 +398,41 @@ fn failed_transaction_changes_neither_disk_nor_cache() {
         AppendOutcome::Duplicate { .. }
     ));
 }
+
+#[test]
+fn read_now_answers_polls_at_the_tail_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut req = CreateRequest::new(Some("text/plain"), "ab", 1);
+    req.expiry = Some(Expiry::Ttl(10));
+    s.create("a", req).unwrap();
+    s.append("a", AppendRequest::new(Some("text/plain"), "cd", 2))
+        .unwrap();
+    let now = |from, at| {
+        let _marked = crate::storage::handle::NonBlocking::enter();
+        s.read_now("a", &ReadRequest::all(from, at))
+    };
+    for from in [ReadFrom::Tail, ReadFrom::At(Offset::new(2, 4))] {
+        let quick = now(from, 9_000).expect("answered at the tail");
+        let slow = s.read("a", ReadRequest::all(from, 9_000)).unwrap();
+        assert_eq!(
+            (&quick.info, quick.start, quick.concat(), quick.next),
+            (&slow.info, slow.start, slow.concat(), slow.next)
+        );
+        assert!(quick.chunks.is_empty() && quick.up_to_date());
+    }
+    // Behind the tail, beyond it, absent: left to `read`.
+    assert!(now(ReadFrom::Start, 9_000).is_none());
+    assert!(now(ReadFrom::At(Offset::new(1, 2)), 9_000).is_none());
+    assert!(now(ReadFrom::At(Offset::new(9, 90)), 9_000).is_none());
+    assert!(
+        s.read_now("b", &ReadRequest::all(ReadFrom::Tail, 9_000))
+            .is_none()
+    );
+    // A poll renews the sliding TTL, to be persisted like a read's.
+    s.shared.touched.lock().clear();
+    assert!(now(ReadFrom::Tail, 18_000).is_some());
+    assert!(s.shared.touched.lock().contains("a"));
+    assert!(s.head("a", 27_999).is_ok(), "renewed by the poll");
+    assert!(now(ReadFrom::Tail, 28_001).is_none(), "expired");
+}

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
+use super::range::{MAP_MIN, read_at, read_bytes};
 use crate::offset::Offset;
 use crate::storage::handle::blocking_io;
 use crate::storage::{StorageError, StreamMeta};
@@ -274,11 +275,35 @@ impl Files {
         let h = self.get(id)?;
         blocking_io("read a stream file");
         let buf = read_bytes(&h.data, at, (len + FRAME_HEADER) as usize)?;
-        match format::get_frame(&buf) {
-            Ok((payload, _)) if payload.len() as u64 == len => {}
-            _ => return Err(bad_checksum(id, at)),
+        record_payload(id, at, len, buf)
+    }
+
+    /// [`Self::read`] and [`Self::read_record`] (`whole`) without waiting:
+    /// `Ok(None)` unless the file is open and the page cache holds the
+    /// whole range (`preadv2` with `RWF_NOWAIT`). Ranges that `read` would
+    /// map are left to it.
+    pub fn read_cached(
+        &self,
+        id: u64,
+        at: u64,
+        len: u64,
+        whole: bool,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let framed = len + if whole { FRAME_HEADER } else { 0 };
+        let Some(h) = self.cached(id) else {
+            return Ok(None);
+        };
+        if framed as usize >= MAP_MIN {
+            return Ok(None);
         }
-        Ok(buf.slice(FRAME_HEADER as usize..))
+        let Some(buf) = read_at(&h.data, at, framed as usize, true)? else {
+            return Ok(None);
+        };
+        let buf = Bytes::from(buf);
+        if whole {
+            return record_payload(id, at, len, buf).map(Some);
+        }
+        Ok(Some(buf))
     }
 
     /// Gives back the disk space of the data file of `id` from its first
@@ -456,6 +481,15 @@ fn write_frames(
     Ok(())
 }
 
+/// The payload of the record of `len` bytes framed in `buf`, read at `at`
+/// of the data file of `id`, once its checksum holds.
+fn record_payload(id: u64, at: u64, len: u64, buf: Bytes) -> Result<Bytes, StorageError> {
+    match format::get_frame(&buf) {
+        Ok((payload, _)) if payload.len() as u64 == len => Ok(buf.slice(FRAME_HEADER as usize..)),
+        _ => Err(bad_checksum(id, at)),
+    }
+}
+
 /// The error of a record that fails its checksum.
 pub fn bad_checksum(id: u64, at: u64) -> StorageError {
     StorageError::Corrupt(format!(
@@ -471,153 +505,4 @@ fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
         .create(create)
         .truncate(create)
         .open(path)
-}
-
-/// Reads at least this many bytes through a mapping instead of `pread`.
-const MAP_MIN: usize = 256 * 1024;
-
-/// Reads `len` bytes at `at`: large ranges are mapped (read-only, private,
-/// populated up front) and handed out without a copy, so a catch-up read's
-/// only copy is the socket write, as for the memory backend; small ones
-/// are read into a buffer.
-///
-/// Mapping is safe here because bytes below a stream's durable tail never
-/// change and its file never shrinks below them while the store is open
-/// (files are only cut back during recovery, before any read, and a removed
-/// incarnation's file is unlinked, which leaves existing mappings intact).
-fn read_bytes(file: &File, at: u64, len: usize) -> std::io::Result<Bytes> {
-    if len < MAP_MIN {
-        return Ok(Bytes::from(read_exact_at(file, at, len)?));
-    }
-    Ok(Bytes::from_owner(Mapping::new(file, at, len)?))
-}
-
-/// A read-only private mapping of `[at, at + len)` of a file.
-struct Mapping {
-    base: *mut libc::c_void,
-    map_len: usize,
-    skip: usize,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned by this value alone; the
-// pointer is only dereferenced through `as_ref` and unmapped once on drop.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; shared access is read-only.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(file: &File, at: u64, len: usize) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        let start = at - at % page;
-        let skip = (at - start) as usize;
-        let map_len = len + skip;
-        let size = file.metadata()?.len();
-        if at + len as u64 > size {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let offset = libc::off_t::try_from(start)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a fresh read-only private mapping of a range that lies
-        // within the file (checked above); the kernel picks the address.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                offset,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            base,
-            map_len,
-            skip,
-            len,
-        })
-    }
-}
-
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `base..base + map_len` is mapped readable for as long as
-        // `self` lives, and `skip + len == map_len`.
-        unsafe { std::slice::from_raw_parts(self.base.cast::<u8>().add(self.skip), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`, once.
-        unsafe {
-            libc::munmap(self.base, self.map_len);
-        }
-    }
-}
-
-/// Reads exactly `len` bytes at `at` into a fresh buffer that is never
-/// zeroed first: catch-up reads move megabytes, and zeroing each buffer
-/// (plus the page faults of a fresh one) cost as much as the read itself.
-fn read_exact_at(file: &File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    let mut done = 0usize;
-    while done < len {
-        let offset = i64::try_from(at + done as u64)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: the destination is the vector's spare capacity from
-        // `done` to `len`, which it owns and nothing else aliases.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().add(done).cast(),
-                len - done,
-                offset,
-            )
-        };
-        match n {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            n => done += n as usize,
-        }
-    }
-    // SAFETY: `pread` initialised all `len` bytes above.
-    unsafe { buf.set_len(len) };
-    Ok(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mapped_and_copied_reads_agree() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..(MAP_MIN * 3)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let f = File::open(&path).unwrap();
-        for (at, len) in [
-            (0, 10),
-            (4093, MAP_MIN),
-            (12345, MAP_MIN * 2 - 12345),
-            (1, 3 * MAP_MIN - 1),
-        ] {
-            let got = read_bytes(&f, at as u64, len).unwrap();
-            assert_eq!(&got[..], &data[at..at + len], "at {at} len {len}");
-        }
-        assert!(read_bytes(&f, 1, 3 * MAP_MIN).is_err());
-        assert!(read_bytes(&f, (3 * MAP_MIN - 5) as u64, 10).is_err());
-    }
 }

@@ -81,6 +81,7 @@ mod entry_bin;
 mod faults;
 mod files;
 pub mod format;
+mod range;
 mod read;
 mod recover;
 mod wal;
@@ -367,6 +368,13 @@ impl Storage for FileStorage {
         fn restore_stream(&self, name: &str, meta: StreamMeta, records: Vec<Bytes>) -> StreamInfo;
     }
 
+    /// At the tail of a stream whose state is committed: from the map,
+    /// under the stream's lock, without touching a file.
+    fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
+        self.inner.wal.check().ok()?;
+        self.inner.read_now(name, req)
+    }
+
     fn try_append_staged(&self, name: &str, req: AppendRequest) -> Staging<AppendOutcome> {
         if let Err(e) = self.inner.wal.check() {
             return Staging::Staged(Staged {
@@ -398,6 +406,8 @@ impl Storage for FileStorage {
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod read_now_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! already holds through their guards (resolving a fork's base under the
 //! map's write lock, with the source locked).
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -41,6 +42,24 @@ impl Access for Locking<'_> {
 /// A planned piece of a read: file offset, length, whole record?
 type Piece = (u64, u64, bool);
 
+/// Whether a read may wait for the disk.
+#[derive(Clone, Copy)]
+pub(super) enum Io<'a> {
+    Wait,
+    /// Only from memory and the page cache ([`Inner::read_now`]): a step
+    /// that would wait raises the flag and fails.
+    Now(&'a Cell<bool>),
+}
+
+impl Io<'_> {
+    fn would_block(self) -> StorageError {
+        if let Io::Now(flag) = self {
+            flag.set(true);
+        }
+        StorageError::Unavailable("the read would wait for the disk".into())
+    }
+}
+
 impl Inner {
     /// The stream's record starts, loaded from its index file on first use
     /// (blocking I/O: never on the staged append path).
@@ -57,6 +76,19 @@ impl Inner {
             );
         }
         Ok(starts.as_mut().expect("loaded above"))
+    }
+
+    /// [`Self::index`], unless it is not loaded yet and `io` may not wait.
+    fn index_with<'s>(
+        &self,
+        meta: &StreamMeta,
+        starts: &'s mut Option<Vec<u64>>,
+        io: Io,
+    ) -> Result<&'s mut Vec<u64>, StorageError> {
+        if starts.is_none() && matches!(io, Io::Now(_)) {
+            return Err(io.would_block());
+        }
+        self.index(meta, starts)
     }
 
     /// The stream named `name`, locked, unless it is absent (answered once
@@ -83,6 +115,7 @@ impl Inner {
         from: Offset,
         limit: u64,
         budget: Budget,
+        io: Io,
     ) -> Result<(Vec<Bytes>, Offset), StorageError> {
         enum Step {
             Up(String, u64),
@@ -97,7 +130,7 @@ impl Inner {
                 })?;
                 return Ok(Step::Up(link.source.clone(), limit.min(s.meta.base.pos)));
             }
-            let starts: &[u64] = self.index(&s.meta, &mut s.starts)?;
+            let starts: &[u64] = self.index_with(&s.meta, &mut s.starts, io)?;
             let layout = Layout {
                 base: s.meta.base,
                 tail: s.meta.tail,
@@ -125,9 +158,9 @@ impl Inner {
         match step {
             Step::Up(source, limit) => {
                 let source = access.source(&source)?;
-                self.read_view(access, &source, from, limit, budget)
+                self.read_view(access, &source, from, limit, budget, io)
             }
-            Step::Read(id, reads, next) => Ok((self.read_pieces(id, &reads)?, next)),
+            Step::Read(id, reads, next) => Ok((self.read_pieces(id, &reads, io)?, next)),
         }
     }
 
@@ -138,15 +171,16 @@ impl Inner {
     /// a read of 64 KiB of 100-byte records was 650 `pread`s (~520 µs,
     /// `benches/storage.rs`). Pieces that are not adjacent (never planned
     /// today) are read one by one.
-    fn read_pieces(&self, id: u64, reads: &[Piece]) -> Result<Vec<Bytes>, StorageError> {
+    fn read_pieces(&self, id: u64, reads: &[Piece], io: Io) -> Result<Vec<Bytes>, StorageError> {
         let end_of =
             |&(at, len, whole): &Piece| at + len + if whole { format::FRAME_HEADER } else { 0 };
-        let one = |&(at, len, whole): &Piece| {
-            if whole {
-                self.files.read_record(id, at, len)
-            } else {
-                self.files.read(id, at, len)
-            }
+        let one = |&(at, len, whole): &Piece| match io {
+            Io::Now(_) => self
+                .files
+                .read_cached(id, at, len, whole)?
+                .ok_or_else(|| io.would_block()),
+            Io::Wait if whole => self.files.read_record(id, at, len),
+            Io::Wait => self.files.read(id, at, len),
         };
         let adjacent = reads.windows(2).all(|w| end_of(&w[0]) == w[1].0);
         let (Some(first), Some(last), true) = (reads.first(), reads.last(), adjacent) else {
@@ -155,7 +189,7 @@ impl Inner {
         if reads.len() == 1 {
             return Ok(vec![one(first)?]);
         }
-        let span = self.files.read(id, first.0, end_of(last) - first.0)?;
+        let span = one(&(first.0, end_of(last) - first.0, false))?;
         reads
             .iter()
             .map(|&(at, len, whole)| {
@@ -182,6 +216,7 @@ impl Inner {
         stream: &StreamRef,
         from: Offset,
         whole: bool,
+        io: Io,
     ) -> Result<(), StorageError> {
         let up = access.with(stream, |s| -> Result<Option<String>, StorageError> {
             if from.pos < s.meta.base.pos {
@@ -191,14 +226,14 @@ impl Inner {
             let layout = Layout {
                 base: s.meta.base,
                 tail: s.meta.tail,
-                index: self.index(&s.meta, &mut s.starts)?.as_slice(),
+                index: self.index_with(&s.meta, &mut s.starts, io)?.as_slice(),
             };
             layout.validate(from, whole).map(|()| None)
         })?;
         match up {
             Some(source) => {
                 let source = access.source(&source)?;
-                self.validate_view(access, &source, from, whole)
+                self.validate_view(access, &source, from, whole, io)
             }
             None => Ok(()),
         }
@@ -261,18 +296,45 @@ impl Inner {
         if anchor.pos > tail.pos {
             return Err(StorageError::ForkOffsetBeyondTail);
         }
-        self.validate_view(access, source, anchor, json)?;
-        let read = |at, budget| self.read_view(access, source, at, tail.pos, budget);
+        self.validate_view(access, source, anchor, json, Io::Wait)?;
+        let read = |at, budget| self.read_view(access, source, at, tail.pos, budget, Io::Wait);
         view::fork_base(read, anchor, tail, json, sub_offset)
     }
 
     pub(super) fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
-        let mut s = self.find(name)?;
+        let s = self.find(name)?;
         let seen = s.last_lsn;
-        if let Err(e) = s.meta.check_visible(req.now) {
-            drop(s);
-            return self.answer(seen, Err(e));
+        let r = self.read_from(s, &req, Io::Wait);
+        self.answer(seen, r)
+    }
+
+    /// [`Self::read`] without blocking: only when everything the stream's
+    /// state reflects is committed, its index is loaded and the bytes are
+    /// in the page cache (a live reader's poll, at the tail or just behind
+    /// it). `None` otherwise, and for errors (which `read` then answers);
+    /// also while an append holds the stream (it may be in a `pwrite`).
+    pub(super) fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
+        let s = self.get(name).ok()?.try_lock_arc()?;
+        if s.removed || !self.wal.is_committed(s.last_lsn) {
+            return None;
         }
+        let blocked = Cell::new(false);
+        let r = self.read_from(s, req, Io::Now(&blocked));
+        if blocked.get() {
+            return None;
+        }
+        r.ok()
+    }
+
+    /// The read of `s` (locked, present), not yet waiting for what it
+    /// reflects to be durable.
+    fn read_from(
+        &self,
+        mut s: Guard,
+        req: &ReadRequest,
+        io: Io,
+    ) -> Result<ReadOutcome, StorageError> {
+        s.meta.check_visible(req.now)?;
         // Kept in memory only (and in the next checkpoint): a crash may
         // forget a read's TTL renewal, never data.
         s.meta.last_access = req.now;
@@ -283,9 +345,9 @@ impl Inner {
         let result = (|| {
             let (start, check) = info.read_start(req.from)?;
             if check {
-                self.validate_view(&access, &stream, start, json)?;
+                self.validate_view(&access, &stream, start, json, io)?;
             }
-            let read = |at, budget| self.read_view(&access, &stream, at, info.tail.pos, budget);
+            let read = |at, budget| self.read_view(&access, &stream, at, info.tail.pos, budget, io);
             match view::read_stitched(read, start, info.tail, json, req.max_bytes) {
                 Ok((chunks, next)) => Ok((start, chunks, next)),
                 // A trim that moved past `start` while the file was read
@@ -297,13 +359,12 @@ impl Inner {
                 },
             }
         })();
-        self.answer(seen, result)
-            .map(|(start, chunks, next)| ReadOutcome {
-                info,
-                start,
-                chunks,
-                next,
-            })
+        result.map(|(start, chunks, next)| ReadOutcome {
+            info,
+            start,
+            chunks,
+            next,
+        })
     }
 
     pub(super) fn head(&self, name: &str, now: Millis) -> Result<StreamInfo, StorageError> {
