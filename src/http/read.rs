@@ -188,9 +188,9 @@ pub async fn poll_on(
     }
 }
 
-/// The answer of a long-poller that was parked at `next`: from the records
-/// of `wake` when it brought them, else from storage (it may park again).
-#[allow(clippy::too_many_arguments)]
+/// The answer of a long-poller that was parked at `next`, read from
+/// storage (it may park again). One with news in a wake is answered by its
+/// group ([`answer_from_wake`]).
 pub async fn resume_long_poll(
     state: &AppState,
     name: String,
@@ -198,27 +198,33 @@ pub async fn resume_long_poll(
     deadline: tokio::time::Instant,
     live: LiveGuard,
     client_cursor: Option<u64>,
-    wake: Option<(Wake, Box<StreamInfo>)>,
     offer: bool,
 ) -> Result<Response, ApiError> {
-    if let Some((w, info)) = wake {
-        let at = ReadOutcome {
-            info: *info,
-            start: next,
-            chunks: Vec::new(),
-            next,
-        };
-        if let Some(out) = from_wake(&at, &w) {
-            if !out.is_empty() {
-                return data_answer(state, &out, client_cursor);
-            }
-            if out.at_eof() {
-                return timeout_response(state, &out, client_cursor);
-            }
-        }
-    }
     let live = LiveRead::resume(state, name, next, deadline, Mode::LongPoll, live).await?;
     poll_on(live, client_cursor, offer).await
+}
+
+/// The answer of a long-poller at `next` of the stream `info` from the
+/// records `w` carries; `None` when they are not what it waits for.
+pub fn answer_from_wake(
+    state: &AppState,
+    next: Offset,
+    w: &Wake,
+    info: StreamInfo,
+    client_cursor: Option<u64>,
+) -> Option<Result<Response, ApiError>> {
+    let at = ReadOutcome {
+        info,
+        start: next,
+        chunks: Vec::new(),
+        next,
+    };
+    let out = from_wake(&at, w)?;
+    if !out.is_empty() {
+        return Some(data_answer(state, &out, client_cursor));
+    }
+    out.at_eof()
+        .then(|| timeout_response(state, &out, client_cursor))
 }
 
 /// A long-poll's answer with data.

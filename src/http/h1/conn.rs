@@ -39,6 +39,76 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// The HTTP/2 connection preface (prior-knowledge h2c).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How the body of a response goes on the wire, and (in `keep`) whether
+/// the connection stays open after it.
+fn framing(
+    parts: &axum::http::response::Parts,
+    body: &Body,
+    is_head: bool,
+    version: Version,
+    keep: &mut bool,
+) -> Out {
+    let status = parts.status;
+    let bodiless = is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"))
+    {
+        *keep = false;
+    }
+    if bodiless {
+        Out::None
+    } else if let Some(n) = body.size_hint().exact() {
+        Out::Length(n)
+    } else if version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        *keep = false;
+        Out::Close
+    }
+}
+
+/// The bytes of `res` to a `GET` on HTTP/1.1, when its whole body is ready
+/// now (a long-poll's answer made of records a wake carried), and whether
+/// the connection stays open after it; `None` when some of the body is
+/// not ready, or the response leaves a reader to park. The same bytes
+/// [`Conn::respond`] writes.
+pub(super) fn encode_ready(res: Response<Body>, mut keep: bool) -> Option<(Vec<Bytes>, bool)> {
+    let (parts, mut body) = res.into_parts();
+    if parts
+        .extensions
+        .get::<ParkCell>()
+        .is_some_and(ParkCell::has_ticket)
+    {
+        return None;
+    }
+    let out = framing(&parts, &body, false, Version::HTTP_11, &mut keep);
+    let head = encode_head(parts.status, &parts.headers, out, keep, Version::HTTP_11);
+    let mut segs = vec![Bytes::from(head)];
+    if let Out::None = out {
+        return Some((segs, keep));
+    }
+    let mut enc = Encoder::new(out);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while !enc.is_complete() {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => break,
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) if !d.is_empty() => enc.push(d, &mut segs).ok()?,
+                _ => {}
+            },
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return None,
+        }
+    }
+    enc.finish(&mut segs).ok()?;
+    Some((segs, keep))
+}
+
 /// How a response went.
 pub(super) enum Sent {
     /// Written; whether the connection stays open.
@@ -194,31 +264,8 @@ impl Conn {
                 keep,
             });
         }
-        let status = parts.status;
-        let bodiless = is_head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        if parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"))
-        {
-            keep = false;
-        }
-        let length = body.size_hint().exact();
-        let out = if bodiless {
-            Out::None
-        } else if let Some(n) = length {
-            Out::Length(n)
-        } else if version == Version::HTTP_11 {
-            Out::Chunked
-        } else {
-            keep = false;
-            Out::Close
-        };
-        let head = encode_head(status, &parts.headers, out, keep, version);
+        let out = framing(&parts, &body, is_head, version, &mut keep);
+        let head = encode_head(parts.status, &parts.headers, out, keep, version);
         if let Out::None = out {
             return write_all(&self.tcp, &mut [IoSlice::new(&head)], self.t.send)
                 .await

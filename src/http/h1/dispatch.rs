@@ -4,7 +4,7 @@
 //! it the body, then writing the response and draining what the handler
 //! left unread.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,15 +15,17 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{ReqBody, Slot, feed};
-use super::conn::{Conn, DRAIN_MAX, Encoder, Next, Sent};
+use super::conn::{Conn, DRAIN_MAX, Encoder, Next, Sent, encode_ready};
 use super::decode::Decoder;
+use super::io::write_all;
 use super::role::Out;
 use super::role::{Framing, Head};
+use crate::http::error::ApiError;
 use crate::http::front::Front;
 use crate::http::limit::ClientAddr;
 use crate::http::park::{
-    ConnToken, Finish, Handover, ParkCell, ParkOffer, Parking, Resume, Resumed, Spawn, Ticket,
-    reactor,
+    ConnToken, Conns, Finish, Handover, ParkCell, ParkOffer, Parking, Resume, Resumed, Spawn,
+    Ticket, reactor,
 };
 use crate::http::transport::{Builder, Guarded, Timeouts, serve_hyper};
 use crate::http::{read, sse};
@@ -54,7 +56,9 @@ impl Ctx {
         park: bool,
     ) -> Arc<Ctx> {
         Arc::new_cyclic(|weak: &std::sync::Weak<Ctx>| {
-            let park = park.then(|| start_parking(weak.clone(), &front)).flatten();
+            let park = park
+                .then(|| start_parking(weak.clone(), &front, t))
+                .flatten();
             Ctx {
                 front,
                 hyper,
@@ -66,7 +70,42 @@ impl Ctx {
     }
 }
 
-fn start_parking(ctx: std::sync::Weak<Ctx>, front: &Front) -> Option<(Arc<Parking>, Spawn)> {
+/// The parking's view of this engine ([`Conns`]).
+struct Engine {
+    ctx: std::sync::Weak<Ctx>,
+    runtime: tokio::runtime::Handle,
+    idle: std::time::Duration,
+}
+
+impl Conns for Engine {
+    fn resume(&self, r: Resumed) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            self.runtime.spawn(resume(ctx, r));
+        }
+    }
+
+    fn encode(
+        &self,
+        res: Result<axum::response::Response, ApiError>,
+        f: Option<Box<Finish>>,
+        path: &str,
+        keep: bool,
+    ) -> Option<(Vec<Bytes>, bool)> {
+        let ctx = self.ctx.upgrade()?;
+        let res = ctx.front.finish_live(res, f, path);
+        encode_ready(res, keep && !ctx.shutdown.is_cancelled())
+    }
+
+    fn idle(&self) -> std::time::Duration {
+        self.idle
+    }
+}
+
+fn start_parking(
+    ctx: std::sync::Weak<Ctx>,
+    front: &Front,
+    t: Timeouts,
+) -> Option<(Arc<Parking>, Spawn)> {
     let (p, poll) = match Parking::new(Arc::clone(&front.state().metrics)) {
         Ok(x) => x,
         Err(e) => {
@@ -75,11 +114,10 @@ fn start_parking(ctx: std::sync::Weak<Ctx>, front: &Front) -> Option<(Arc<Parkin
         }
     };
     let p = Arc::new(p);
-    let runtime = tokio::runtime::Handle::current();
-    let spawn: Spawn = Arc::new(move |r: Resumed| {
-        if let Some(ctx) = ctx.upgrade() {
-            runtime.spawn(resume(ctx, r));
-        }
+    let spawn: Spawn = Arc::new(Engine {
+        ctx,
+        runtime: tokio::runtime::Handle::current(),
+        idle: t.header_read,
     });
     if let Err(e) = reactor::start(
         Arc::clone(&p),
@@ -271,20 +309,24 @@ async fn go_on(
             c.respond(res, false, axum::http::Version::HTTP_11, keep)
                 .await
         }
+        Resume::Answered { leftover } => match leftover {
+            Some(rest) => write_all(&c.tcp, &mut [IoSlice::new(&rest)], ctx.t.send)
+                .await
+                .map(|()| Sent::Done(keep)),
+            None => Ok(Sent::Done(keep)),
+        },
         Resume::LongPoll {
             name,
             next,
             deadline,
             live,
             cursor,
-            wake,
             park,
         } => {
             let offer = park && !no_park;
             let path = format!("{}{name}", crate::MOUNT);
             let res =
-                read::resume_long_poll(&state, name, next, deadline, live, cursor, wake, offer)
-                    .await;
+                read::resume_long_poll(&state, name, next, deadline, live, cursor, offer).await;
             let res = ctx.front.finish_live(res, finish.take(), &path);
             c.respond(res, false, axum::http::Version::HTTP_11, keep)
                 .await

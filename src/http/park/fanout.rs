@@ -7,17 +7,26 @@
 //! usable records (a lagged receiver, a bare wake from another node) is
 //! turned into one by a single storage read for the group, not one per
 //! reader. Wakes queued behind one another while a fan-out writes are
-//! merged into one event, so a group that falls behind catches up. Long-pollers with news, and subscribers whose socket took only
-//! part of a chunk, become active.
+//! merged into one event, so a group that falls behind catches up.
+//!
+//! A long-poller with news is answered here too, from the wake's records,
+//! with the bytes its task would write; its connection then waits in the
+//! group for its next request ([`Kind::Answered`]). The answers of one wake
+//! thus go out in one pass per group, before any poller's next request
+//! competes with them for a worker: answered as tasks, early pollers' next
+//! polls ran while later ones still waited (long-poll p99 at 10,000
+//! pollers, BENCHMARKS.md). Subscribers whose socket took only part of a
+//! chunk, and pollers whose answer it did not take whole, become active.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
 use super::{Group, Inner, Kind, Member, Parking, Spawn, Unpark, Why};
 use crate::http::AppState;
-use crate::http::read::{cursor, read_chunk};
+use crate::http::read::{answer_from_wake, cursor, read_chunk};
 use crate::http::sse::{self, Encoding};
 use crate::notify::{Appended, Subscription, Wake};
 use crate::offset::ReadFrom;
@@ -74,7 +83,16 @@ async fn run(p: Arc<Parking>, g: Arc<Group>, mut sub: Subscription, state: AppSt
             for batch in keys.chunks(BATCH) {
                 let list = {
                     let mut inner = g.inner.lock();
-                    fan_out(&p, &state, &mut inner, &w, batch, &mut variants)
+                    fan_out(
+                        &p,
+                        &state,
+                        &g.name,
+                        &spawn,
+                        &mut inner,
+                        &w,
+                        batch,
+                        &mut variants,
+                    )
                 };
                 p.unpark(&g, list, &spawn);
                 tokio::task::yield_now().await;
@@ -146,9 +164,15 @@ fn continues(prev: &Wake, next: &Wake) -> bool {
 }
 
 /// Takes every member out, to read for itself (and park again if
-/// `park`).
+/// `park`). Answered long-pollers, which read nothing, go only when it is
+/// not (shutdown).
 pub(super) fn take_all(p: &Parking, inner: &mut Inner, park: bool) -> Vec<Unpark> {
-    let keys: Vec<usize> = inner.members.iter().map(|(k, _)| k).collect();
+    let keys: Vec<usize> = inner
+        .members
+        .iter()
+        .filter(|(_, m)| !park || !matches!(m.kind, Kind::Answered))
+        .map(|(k, _)| k)
+        .collect();
     let mut list = Vec::with_capacity(keys.len());
     for k in keys {
         if let Some(member) = p.remove(inner, k) {
@@ -168,7 +192,10 @@ pub(super) fn take_all(p: &Parking, inner: &mut Inner, park: bool) -> Vec<Unpark
 async fn group_read(state: &AppState, g: &Group, w: Option<Wake>) -> Option<Wake> {
     let (at, id) = {
         let inner = g.inner.lock();
-        let (_, m) = inner.members.iter().next()?;
+        let (_, m) = inner
+            .members
+            .iter()
+            .find(|(_, m)| !matches!(m.kind, Kind::Answered))?;
         (m.next, m.id)
     };
     if let Some(w) = &w
@@ -247,14 +274,16 @@ pub(super) enum Wrote {
     Failed,
 }
 
-/// Writes `parts` to a non-blocking socket without waiting.
-pub(super) fn write_now(tcp: &std::net::TcpStream, parts: &[&[u8]]) -> Wrote {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut slices = [IoSlice::new(&[]); 4];
+/// Writes `parts` (at most [`MAX_PARTS`]) to a non-blocking socket
+/// without waiting.
+pub(super) fn write_now<B: AsRef<[u8]>>(tcp: &std::net::TcpStream, parts: &[B]) -> Wrote {
+    let parts = &parts[..parts.len().min(MAX_PARTS)];
+    let total: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    let mut slices = [IoSlice::new(&[]); MAX_PARTS];
     for (s, p) in slices.iter_mut().zip(parts) {
-        *s = IoSlice::new(p);
+        *s = IoSlice::new(p.as_ref());
     }
-    let slices = &slices[..parts.len().min(4)];
+    let slices = &slices[..parts.len()];
     let written = loop {
         match (&mut &*tcp).write_vectored(slices) {
             Ok(n) => break n,
@@ -268,7 +297,7 @@ pub(super) fn write_now(tcp: &std::net::TcpStream, parts: &[&[u8]]) -> Wrote {
     }
     let mut rest = Vec::with_capacity(total - written);
     let mut skip = written;
-    for p in parts {
+    for p in parts.iter().map(AsRef::as_ref) {
         if skip >= p.len() {
             skip -= p.len();
             continue;
@@ -279,9 +308,16 @@ pub(super) fn write_now(tcp: &std::net::TcpStream, parts: &[&[u8]]) -> Wrote {
     Wrote::Partial(Bytes::from(rest))
 }
 
+/// Most parts of one [`write_now`]: a long-poll answer's head and its
+/// records, merged from up to [`MERGE_MAX`] wakes.
+const MAX_PARTS: usize = MERGE_MAX + 2;
+
 /// What becomes of a member after a wake.
 enum Then {
     Stay,
+    /// A long-poller answered, its connection now waiting for the next
+    /// request.
+    Answered,
     Leave(Why),
     Drop,
 }
@@ -294,9 +330,12 @@ const BATCH: usize = 1024;
 /// Hands `w` to the members in `keys` (those that left meanwhile are
 /// skipped; one that took a freed key meanwhile is past `w`, so `w` is
 /// stale for it); returns those that become active.
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
     p: &Parking,
     state: &AppState,
+    name: &str,
+    conns: &Spawn,
     inner: &mut Inner,
     w: &Wake,
     keys: &[usize],
@@ -304,15 +343,30 @@ fn fan_out(
 ) -> Vec<Unpark> {
     let now = p.tick();
     let mut leaving = Vec::new();
+    let idle = now + conns.idle().as_millis() as u64;
     let Inner { members, info, .. } = inner;
+    let mut to = Answering {
+        state,
+        conns,
+        path: None,
+        name,
+        idle,
+        answered: 0,
+    };
     for &k in keys {
         let Some(m) = members.get_mut(k) else {
             continue;
         };
-        let then = deliver(m, w, info.as_ref(), state, variants, now);
-        if !matches!(then, Then::Stay) {
-            leaving.push((k, then));
+        match deliver(m, w, info.as_ref(), &mut to, variants, now) {
+            Then::Stay | Then::Answered => {}
+            then => leaving.push((k, then)),
         }
+    }
+    if to.answered > 0 {
+        // No longer parked readers (`Parking::remove` counts them out no
+        // more).
+        p.metrics.parked.fetch_sub(to.answered, Ordering::Relaxed);
+        p.due(idle);
     }
     let mut list = Vec::with_capacity(leaving.len());
     for (k, then) in leaving {
@@ -321,20 +375,69 @@ fn fan_out(
         };
         match then {
             Then::Leave(why) => list.push(Unpark { member, why }),
-            Then::Drop | Then::Stay => drop(member),
+            Then::Drop | Then::Stay | Then::Answered => drop(member),
         }
     }
     list
+}
+
+/// What answering a long-poller in the group takes.
+struct Answering<'a> {
+    state: &'a AppState,
+    conns: &'a Spawn,
+    name: &'a str,
+    /// The request path, made for the first answer.
+    path: Option<String>,
+    /// The deadline of an answered connection's next request.
+    idle: u64,
+    /// Members made [`Kind::Answered`].
+    answered: u64,
+}
+
+/// Answers the long-poller `m` from the records `w` brings (which fit it):
+/// the answer is written, and the connection waits for its next request.
+fn answer(
+    m: &mut Member,
+    w: &Wake,
+    info: &crate::storage::StreamInfo,
+    cursor: Option<u64>,
+    to: &mut Answering,
+) -> Then {
+    let Some(res) = answer_from_wake(to.state, m.next, w, info.clone(), cursor) else {
+        return Then::Leave(Why::Reread { park: true });
+    };
+    let path = to
+        .path
+        .get_or_insert_with(|| format!("{}{}", crate::MOUNT, to.name));
+    // The fast path's part (the rate limiter's slot with it) goes with the
+    // answer.
+    let Some((segs, keep)) = to.conns.encode(res, m.finish.take(), path, m.keep) else {
+        return Then::Leave(Why::Reread { park: true });
+    };
+    m.kind = Kind::Answered;
+    to.answered += 1;
+    m.live = None;
+    m.keep = keep;
+    m.next = w.tail;
+    m.deadline = to.idle;
+    match write_now(&m.tcp, &segs) {
+        Wrote::Full if keep => Then::Answered,
+        Wrote::Full | Wrote::Failed => Then::Drop,
+        Wrote::Partial(rest) => Then::Leave(Why::Written(rest)),
+    }
 }
 
 fn deliver(
     m: &mut Member,
     w: &Wake,
     info: Option<&crate::storage::StreamInfo>,
-    state: &AppState,
+    to: &mut Answering,
     variants: &mut Vec<Variant>,
     now: u64,
 ) -> Then {
+    if let Kind::Answered = m.kind {
+        return Then::Stay;
+    }
     // Parked readers are never at EOF, so records ending at their offset
     // without a closure are what they have already.
     if w.tail.pos < m.next.pos || (w.appended.is_some() && w.tail == m.next && !w.closed) {
@@ -348,12 +451,13 @@ fn deliver(
         return Then::Leave(Why::Reread { park: true });
     };
     match m.kind {
-        Kind::LongPoll { .. } => match info.filter(|i| i.id == m.id) {
-            Some(i) => Then::Leave(Why::Answer(w.clone(), Box::new(i.clone()))),
+        Kind::Answered => Then::Stay,
+        Kind::LongPoll { cursor } => match info.filter(|i| i.id == m.id) {
+            Some(i) => answer(m, w, i, cursor, to),
             None => Then::Leave(Why::Reread { park: true }),
         },
         Kind::Sse { enc, cursor } => {
-            let v = variant(variants, state, a, w, enc, cursor);
+            let v = variant(variants, to.state, a, w, enc, cursor);
             let wrote = write_now(&m.tcp, &[&v.head, &v.data, &v.tail]);
             m.next = w.tail;
             m.last_write = now;

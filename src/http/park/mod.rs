@@ -142,8 +142,18 @@ pub enum Ticket {
 /// The mode of a parked reader and what its answers depend on.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Kind {
-    Sse { enc: Encoding, cursor: Option<u64> },
-    LongPoll { cursor: Option<u64> },
+    Sse {
+        enc: Encoding,
+        cursor: Option<u64>,
+    },
+    LongPoll {
+        cursor: Option<u64>,
+    },
+    /// A long-poller answered by its group ([`fanout`]): no longer a
+    /// reader, its connection waits here for the next request (until
+    /// [`Conns::idle`] passes), so the answers of one wake are all written
+    /// before any poller's next request takes a worker.
+    Answered,
 }
 
 /// One parked reader.
@@ -161,7 +171,8 @@ pub(super) struct Member {
     pub(super) keep: bool,
     pub(super) peer: SocketAddr,
     pub(super) token: ConnToken,
-    pub(super) live: LiveGuard,
+    /// Counts the live reader (`None` once answered).
+    pub(super) live: Option<LiveGuard>,
     /// Long-poll: the fast path's part of its answer. SSE: only the rate
     /// limiter's slot, when it holds one.
     pub(super) finish: Option<Box<Finish>>,
@@ -334,7 +345,9 @@ impl Parking {
     pub(super) fn remove(&self, inner: &mut Inner, key: usize) -> Option<Member> {
         let m = inner.members.try_remove(key)?;
         let _ = self.registry.deregister(&mut SourceFd(&m.tcp.as_raw_fd()));
-        self.metrics.parked.fetch_sub(1, Ordering::Relaxed);
+        if !matches!(m.kind, Kind::Answered) {
+            self.metrics.parked.fetch_sub(1, Ordering::Relaxed);
+        }
         Some(m)
     }
 }
@@ -354,8 +367,9 @@ pub(super) enum Why {
     /// SSE: the stream closed with the event just written (of which the
     /// socket did not take this rest): end the response.
     End(Option<Bytes>),
-    /// Long-poll: answer from this wake's records.
-    Answer(crate::notify::Wake, Box<StreamInfo>),
+    /// Long-poll, answered: the socket took only part of the answer; the
+    /// rest is this.
+    Written(Bytes),
 }
 
 /// What the parking needs of the connection it takes over.
@@ -388,14 +402,17 @@ pub enum Resume {
     /// A parked SSE subscriber whose stream closed: write `leftover`, end
     /// the response.
     SseEnd { leftover: Option<Bytes> },
-    /// A parked long-poller: answer from `wake`, or read from `next`.
+    /// A long-poller answered while parked: write `leftover`, then go on
+    /// with the connection's next request (or close it, without `keep`).
+    Answered { leftover: Option<Bytes> },
+    /// A parked long-poller: read from `next` (a deadline, a wake without
+    /// usable records, input, shutdown, an answer that was not ready).
     LongPoll {
         name: String,
         next: Offset,
         deadline: tokio::time::Instant,
         live: LiveGuard,
         cursor: Option<u64>,
-        wake: Option<(crate::notify::Wake, Box<StreamInfo>)>,
         park: bool,
     },
 }
@@ -410,8 +427,30 @@ pub struct Resumed {
     pub resume: Resume,
 }
 
-/// Runs a resumed connection (the `h1` engine's [`super::h1::resume`]).
-pub type Spawn = Arc<dyn Fn(Resumed) + Send + Sync>;
+/// What the parking needs of the HTTP engine whose connections it holds
+/// (the `h1` engine's).
+pub trait Conns: Send + Sync {
+    /// Runs a connection made active again, on a task of its own.
+    fn resume(&self, r: Resumed);
+    /// The bytes of the long-poll answer `res` to a request on `path`,
+    /// finished as the fast path finishes every answer (with `f`: headers,
+    /// log line, metrics), and whether the connection stays open after it
+    /// (`keep`, unless the answer or a shutdown says otherwise). `None`
+    /// when the body is not all ready at once (never for answers made of
+    /// a wake's records).
+    fn encode(
+        &self,
+        res: Result<axum::response::Response, super::error::ApiError>,
+        f: Option<Box<Finish>>,
+        path: &str,
+        keep: bool,
+    ) -> Option<(Vec<Bytes>, bool)>;
+    /// How long an answered connection may wait for its next request.
+    fn idle(&self) -> Duration;
+}
+
+/// The engine of a parking lot's connections.
+pub type Spawn = Arc<dyn Conns>;
 
 impl Parking {
     /// Parks the reader `ticket` on the connection `h`. A reader that is
@@ -429,7 +468,7 @@ impl Parking {
             return;
         };
         let active = |tcp, ticket, finish: Option<Finish>, token| {
-            spawn(Resumed {
+            spawn.resume(Resumed {
                 tcp,
                 peer: h.peer,
                 keep: h.keep,
@@ -445,9 +484,11 @@ impl Parking {
             Ticket::Sse { live, enc, cursor } => (live, Kind::Sse { enc, cursor }),
             Ticket::LongPoll { live, cursor } => (live, Kind::LongPoll { cursor }),
         };
+        // (A ticket is a reader: `kind` is never `Answered` here.)
         let rebuild = |live, kind| match kind {
             Kind::Sse { enc, cursor } => Ticket::Sse { live, enc, cursor },
             Kind::LongPoll { cursor } => Ticket::LongPoll { live, cursor },
+            Kind::Answered => Ticket::LongPoll { live, cursor: None },
         };
         loop {
             let (g, fresh) = self.group(live.name());
@@ -480,7 +521,7 @@ impl Parking {
             let now = self.tick();
             let deadline = self.to_tick(parked.deadline);
             let finish = match kind {
-                Kind::LongPoll { .. } => finish.map(Box::new),
+                Kind::LongPoll { .. } | Kind::Answered => finish.map(Box::new),
                 Kind::Sse { .. } => finish.filter(|f| f.slot.is_some()).map(Box::new),
             };
             inner.members.insert(Member {
@@ -493,7 +534,7 @@ impl Parking {
                 keep: h.keep,
                 peer: h.peer,
                 token: h.token,
-                live: parked.live,
+                live: Some(parked.live),
                 finish,
             });
             inner.info = Some(parked.info);
@@ -503,7 +544,7 @@ impl Parking {
                 Kind::Sse { .. } => {
                     deadline.min(now + state.config.sse_keepalive.as_millis() as u64)
                 }
-                Kind::LongPoll { .. } => deadline,
+                Kind::LongPoll { .. } | Kind::Answered => deadline,
             };
             self.due(due);
             return;
@@ -514,7 +555,7 @@ impl Parking {
     pub(super) fn unpark(&self, group: &Group, list: Vec<Unpark>, spawn: &Spawn) {
         for Unpark { member, why } in list {
             if let Some(r) = resumed(group, member, why, self) {
-                spawn(r);
+                spawn.resume(r);
             }
         }
     }
@@ -524,48 +565,41 @@ impl Parking {
 fn resumed(group: &Group, m: Member, why: Why, p: &Parking) -> Option<Resumed> {
     let deadline = p.to_instant(m.deadline);
     let name = group.name.clone();
-    let resume = match (m.kind, why) {
-        (Kind::Sse { enc, cursor }, Why::Reread { park }) => Resume::Sse {
+    let resume = match (m.kind, why, m.live) {
+        (Kind::Answered, Why::Reread { .. }, _) => Resume::Answered { leftover: None },
+        (Kind::Answered, Why::Written(rest), _) => Resume::Answered {
+            leftover: Some(rest),
+        },
+        (Kind::Sse { enc, cursor }, Why::Reread { park }, Some(live)) => Resume::Sse {
             name,
             next: m.next,
             deadline,
-            live: m.live,
+            live,
             enc,
             cursor,
             leftover: None,
             park,
         },
-        (Kind::Sse { enc, cursor }, Why::Partial(rest)) => Resume::Sse {
+        (Kind::Sse { enc, cursor }, Why::Partial(rest), Some(live)) => Resume::Sse {
             name,
             next: m.next,
             deadline,
-            live: m.live,
+            live,
             enc,
             cursor,
             leftover: Some(rest),
             park: true,
         },
-        (Kind::Sse { .. }, Why::End(leftover)) => Resume::SseEnd { leftover },
-        (Kind::LongPoll { cursor }, Why::Answer(w, info)) => Resume::LongPoll {
+        (Kind::Sse { .. }, Why::End(leftover), _) => Resume::SseEnd { leftover },
+        (Kind::LongPoll { cursor }, Why::Reread { park }, Some(live)) => Resume::LongPoll {
             name,
             next: m.next,
             deadline,
-            live: m.live,
+            live,
             cursor,
-            wake: Some((w, info)),
-            park: true,
-        },
-        (Kind::LongPoll { cursor }, Why::Reread { park }) => Resume::LongPoll {
-            name,
-            next: m.next,
-            deadline,
-            live: m.live,
-            cursor,
-            wake: None,
             park,
         },
-        (Kind::LongPoll { .. }, Why::Partial(_) | Why::End(_))
-        | (Kind::Sse { .. }, Why::Answer(..)) => return None,
+        _ => return None,
     };
     Some(Resumed {
         tcp: m.tcp,

@@ -1,8 +1,9 @@
 //! The parking's reactor: one thread waiting on the epoll set of every
 //! parked socket. It frees the slot of a client that hangs up at once,
 //! makes active a reader whose client sends something (a pipelined
-//! request), writes SSE keep-alives and makes active the readers whose
-//! deadline (reconnect interval, long-poll timeout) has come.
+//! request, or an answered long-poller's next one), writes SSE keep-alives,
+//! makes active the readers whose deadline (reconnect interval, long-poll
+//! timeout) has come, and closes answered connections left idle too long.
 //!
 //! Deadlines are found by a scan of the members, at the earliest due time
 //! and at most every [`SCAN_GAP`]: no timer per reader. A scan is a
@@ -124,7 +125,13 @@ fn scan(p: &Parking, state: &AppState, spawn: &Spawn) {
         let mut inner = g.inner.lock();
         for (k, m) in inner.members.iter_mut() {
             if m.deadline <= now {
-                leaving.push((k, Some(Why::Reread { park: false })));
+                // An answered connection whose next request did not come
+                // in time closes, as an idle one does.
+                let why = match m.kind {
+                    Kind::Answered => None,
+                    _ => Some(Why::Reread { park: false }),
+                };
+                leaving.push((k, why));
                 continue;
             }
             next = next.min(m.deadline);

@@ -34,13 +34,13 @@ async fn server(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
         ..ServerConfig::default()
     };
     tweak(&mut config);
+    let timeouts = crate::http::serve::Timeouts {
+        header_read: config.header_read_timeout,
+        send: Duration::from_secs(10),
+    };
     let state = crate::server::state(config, storage, hub);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let timeouts = crate::http::serve::Timeouts {
-        header_read: Duration::from_secs(10),
-        send: Duration::from_secs(10),
-    };
     let served = tokio::spawn(crate::http::serve::serve(
         listener,
         Front::new(state.clone()),
@@ -209,6 +209,127 @@ async fn a_parked_long_poll_is_answered_and_its_connection_goes_on() {
     let seen = c.until("world", 1).await.to_string();
     assert_eq!(seen.matches("HTTP/1.1 200").count(), 2, "{seen}");
     assert!(!seen.contains("hellohello"));
+}
+
+/// The lines of a response head, lowercased, without `date` and with the
+/// cursor's value left out (it moves with the clock).
+fn head_lines(res: &str) -> Vec<String> {
+    let head = &res[..res.find("\r\n\r\n").expect("a whole head")];
+    let mut lines: Vec<String> = head
+        .to_ascii_lowercase()
+        .lines()
+        .filter(|l| !l.starts_with("date:"))
+        .map(|l| match l.split_once(':') {
+            Some(("stream-cursor", _)) => "stream-cursor".to_string(),
+            _ => l.to_string(),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_the_group_is_the_answer_a_task_gives() {
+    let s = server(|c| c.cors_origins = vec!["http://app".into()]).await;
+    let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: http://app\r\n\r\n");
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(ask(POLL).as_bytes()).await.unwrap();
+    let mut parked = Client {
+        tcp: c,
+        seen: String::new(),
+    };
+    s.until("parked", |s| s.parked() == 1).await;
+    s.append("hello").await;
+    let from_group = parked.until("hello", 1).await.to_string();
+    // The same poll again, now answered at once by its request's task.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(ask(POLL).as_bytes()).await.unwrap();
+    let mut direct = Client {
+        tcp: c,
+        seen: String::new(),
+    };
+    let from_task = direct.until("hello", 1).await.to_string();
+    assert!(from_group.ends_with("\r\n\r\nhello"), "{from_group}");
+    assert_eq!(head_lines(&from_group), head_lines(&from_task));
+    // Answered, the connection is no reader any more.
+    s.until("answered", |s| {
+        s.parked() == 0 && s.live(Live::LongPoll) == 0
+    })
+    .await;
+    // And both answers were counted as requests.
+    let metrics = s.request("GET", "/metrics", "text/plain", "").await;
+    let counted = "ds_http_requests_total{method=\"GET\",route=\"stream\",status=\"200\"} 2";
+    assert!(metrics.contains(counted), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_connection_closes_when_idle_or_at_shutdown() {
+    let s = server(|c| c.header_read_timeout = Duration::from_millis(700)).await;
+    let mut idle = s.get(POLL).await;
+    let mut other = s.get(POLL).await;
+    s.until("parked", |s| s.parked() == 2).await;
+    s.append("a").await;
+    idle.until("\r\n\r\na", 1).await;
+    other.until("\r\n\r\na", 1).await;
+    // No next request: closed once the head deadline passed.
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(n, 0, "closed, nothing more sent");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not at once"
+    );
+    // `other` waits too; a shutdown closes it and lets serve return.
+    s.state.shutdown.cancel();
+    let n = tokio::time::timeout(Duration::from_secs(5), other.tcp.read(&mut buf))
+        .await
+        .expect("closed at shutdown")
+        .unwrap();
+    assert_eq!(n, 0);
+    tokio::time::timeout(Duration::from_secs(5), s.served)
+        .await
+        .expect("serve returns once every connection closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_socket_does_not_take_whole_is_finished_by_a_task() {
+    let s = server(|_| {}).await;
+    let mut c = s.get(POLL).await;
+    s.until("parked", |s| s.parked() == 1).await;
+    // More than a loopback socket takes without being read.
+    let big = "y".repeat(24 << 20);
+    s.append(&big).await;
+    let want = format!("content-length: {}", big.len());
+    let seen = c.until("\r\n\r\n", 1).await.to_ascii_lowercase();
+    assert!(seen.contains(&want), "{seen}");
+    let head = seen.find("\r\n\r\n").unwrap() + 4;
+    let mut body = c.seen.len() - head;
+    let mut buf = vec![0u8; 1 << 20];
+    while body < big.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.tcp.read(&mut buf))
+            .await
+            .expect("the rest comes")
+            .unwrap();
+        assert!(n > 0 && buf[..n].iter().all(|&b| b == b'y'));
+        body += n;
+    }
+    assert_eq!(body, big.len(), "every byte once");
+    // The connection goes on.
+    let next = format!(
+        "/v1/stream/s?offset=0000000000000001_{:016x}&live=long-poll",
+        big.len()
+    );
+    c.tcp
+        .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.until("parked again", |s| s.parked() == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
