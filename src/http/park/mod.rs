@@ -18,13 +18,15 @@
 //!   worker; each group's task ([`fanout`]) holds one subscription. An
 //!   append's records are encoded once per SSE variant (encoding and
 //!   cursor) and written to every parked subscriber at that offset, which
-//!   stays parked; the groups write in parallel.
+//!   stays parked; the groups write in parallel. A long-poller is answered
+//!   the same way, and its connection then waits in the group for its next
+//!   request ([`Kind::Answered`]).
 //!
 //! Everything else makes the reader active again (a new task, the same
 //! code path as before it parked): a write the socket did not take whole
-//! (the rest is written by the task, under `send_timeout`), a long-poll's
-//! answer, a deadline, a wake without usable records, input from the
-//! client, shutdown. The active reader reads storage from its offset, so
+//! (the rest is written by the task, under `send_timeout`), a deadline, a
+//! wake without usable records, input from the client (an answered
+//! poller's next request), shutdown. The active reader reads storage from its offset, so
 //! nothing is lost in the move; it may park again later.
 //!
 //! HTTP/2 and TLS connections keep their readers active (hyper owns the
