@@ -56,6 +56,7 @@ use crate::offset::Offset;
 use crate::storage::StreamInfo;
 
 pub(super) mod fanout;
+mod lane;
 pub(super) mod reactor;
 #[cfg(test)]
 mod tests;

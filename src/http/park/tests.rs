@@ -574,3 +574,56 @@ async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
         }
     }
 }
+
+/// Appends that arrive while a group writes join its pass (members not
+/// yet written get them at once, those written before get them in the
+/// next pass): many subscribers, passes of several batches, every byte
+/// once and in order for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_joining_a_pass_reach_every_subscriber_once_in_order() {
+    const READERS: usize = 40;
+    let s = Arc::new(server(|_| {}).await);
+    let mut clients = Vec::new();
+    for _ in 0..READERS {
+        clients.push(s.get(SSE).await);
+    }
+    s.until("parked", |s| s.parked() == READERS as u64).await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    s.append(&format!("<{w}.{i}>")).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let tail = s.request("HEAD", "/v1/stream/s", "text/plain", "").await;
+    let tail = tail
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("stream-next-offset: ")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let all = s
+        .request("GET", "/v1/stream/s?offset=-1", "text/plain", "")
+        .await;
+    let body = all.split("\r\n\r\n").nth(1).unwrap().to_string();
+    assert_eq!(body.matches('<').count(), 100);
+    for c in &mut clients {
+        let seen = c.until(&tail, 1).await.to_string();
+        let data: String = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter(|d| d.starts_with('<'))
+            .collect();
+        assert_eq!(data, body);
+    }
+    // They all stayed parked.
+    assert_eq!(s.parked(), READERS as u64);
+}
