@@ -83,8 +83,7 @@ fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
 
 /// Headers every data-bearing read response carries.
 fn read_response(status: StatusCode, out: &ReadOutcome) -> axum::http::response::Builder {
-    let mut b = Response::builder()
-        .status(status)
+    let mut b = super::response(status)
         .header(header::CONTENT_TYPE, out.info.content_type.as_str())
         .header(h::STREAM_NEXT_OFFSET, out.next.to_string());
     if out.up_to_date() {
@@ -108,8 +107,7 @@ pub async fn catch_up(
     if query.from == ReadFrom::Tail {
         // `offset=now`: no data, never cached, no ETag.
         let body = if out.info.is_json() { "[]" } else { "" };
-        let b = Response::builder()
-            .status(StatusCode::OK)
+        let b = super::response(StatusCode::OK)
             .header(header::CONTENT_TYPE, out.info.content_type.as_str())
             .header(h::STREAM_NEXT_OFFSET, out.info.tail.to_string())
             .header(h::STREAM_UP_TO_DATE, "true")
@@ -248,8 +246,7 @@ fn timeout_response(
     out: &ReadOutcome,
     client_cursor: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let mut b = Response::builder()
-        .status(StatusCode::NO_CONTENT)
+    let mut b = super::response(StatusCode::NO_CONTENT)
         .header(h::STREAM_NEXT_OFFSET, out.info.tail.to_string())
         .header(h::STREAM_UP_TO_DATE, "true")
         .header(header::CACHE_CONTROL, "no-store");

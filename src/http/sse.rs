@@ -163,8 +163,7 @@ pub async fn serve(
     let enc = Encoding::for_type(&live.out().info.content_type);
     let cell = offer.then(ParkCell::default);
     let events = events(live, enc, query.cursor, true, cell.clone());
-    let mut b = Response::builder()
-        .status(StatusCode::OK)
+    let mut b = super::response(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no");

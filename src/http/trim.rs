@@ -63,8 +63,7 @@ async fn serve(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let before = before(req.uri().query())?;
     let now = now_ms();
     let out = state.storage(move |s| s.trim(&name, before, now)).await?;
-    let b = axum::http::Response::builder()
-        .status(StatusCode::NO_CONTENT)
+    let b = super::response(StatusCode::NO_CONTENT)
         .header(h::STREAM_EARLIEST_OFFSET, out.info.earliest.to_string())
         .header(h::STREAM_NEXT_OFFSET, out.info.tail.to_string());
     finish(b, Body::empty())

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 
 use super::error::ApiError;
@@ -15,7 +15,7 @@ use crate::storage::{
 };
 
 /// Reads the whole request body, refusing more than the configured limit.
-async fn body(state: &AppState, req: Request) -> Result<(HeaderMap, Bytes, String), ApiError> {
+async fn body(state: &AppState, req: Request) -> Result<(HeaderMap, Bytes, Uri), ApiError> {
     let limit = state.config.limits.max_body_bytes;
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
@@ -30,18 +30,26 @@ async fn body(state: &AppState, req: Request) -> Result<(HeaderMap, Bytes, Strin
     // Streamed with the limit applied as bytes arrive: a chunked body past
     // it is refused without buffering the rest, and one that trickles in
     // is cut off after `body_read_timeout`.
-    let read = axum::body::to_bytes(body, limit);
-    let bytes = match tokio::time::timeout(state.config.body_read_timeout, read).await {
-        Ok(r) => r.map_err(|e| body_error(e, limit))?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "BODY_TIMEOUT",
-                "the request body did not arrive in time; send it again",
-            ));
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
+    // A body that is all here (most appends: the engine read it with the
+    // head) needs no timer: no clock read, no timer entry.
+    let read = match futures_util::poll!(read.as_mut()) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => {
+            match tokio::time::timeout(state.config.body_read_timeout, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "BODY_TIMEOUT",
+                        "the request body did not arrive in time; send it again",
+                    ));
+                }
+            }
         }
     };
-    Ok((parts.headers, bytes, parts.uri.path().to_string()))
+    let bytes = read.map_err(|e| body_error(e, limit))?;
+    Ok((parts.headers, bytes, parts.uri))
 }
 
 /// A body that could not be read: over the limit, or cut off / malformed
@@ -102,7 +110,8 @@ fn location(headers: &HeaderMap, path: &str) -> Option<String> {
 
 /// `PUT`: create a stream (or a fork), or confirm an existing one.
 pub async fn put(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
-    let (headers, body, path) = body(state, req).await?;
+    let (headers, body, uri) = body(state, req).await?;
+    let path = uri.path();
     let create = CreateRequest {
         content_type: content_type(&headers)?,
         expiry: h::expiry(&headers)?,
@@ -123,7 +132,7 @@ pub async fn put(state: &AppState, name: String, req: Request) -> Result<Respons
     };
     let mut b = with_expiry(stream_response(status, info), info);
     if status == StatusCode::CREATED
-        && let Some(loc) = location(&headers, &path)
+        && let Some(loc) = location(&headers, path)
     {
         b = b.header(header::LOCATION, loc);
     }
@@ -172,8 +181,7 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
     };
     let tail = info.tail.to_string();
     // The new tail as a strong ETag, for a chained `If-Match` (proposal).
-    let mut b = axum::http::Response::builder()
-        .status(status)
+    let mut b = super::response(status)
         .header(header::ETAG, format!("\"{tail}\""))
         .header(h::STREAM_NEXT_OFFSET, tail);
     if info.closed {
@@ -191,10 +199,7 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
 pub async fn delete(state: &AppState, name: String) -> Result<Response, ApiError> {
     let now = now_ms();
     state.storage(move |s| s.delete(&name, now)).await?;
-    finish(
-        axum::http::Response::builder().status(StatusCode::NO_CONTENT),
-        Body::empty(),
-    )
+    finish(super::response(StatusCode::NO_CONTENT), Body::empty())
 }
 
 /// `HEAD`: metadata, never cached, does not renew TTL.
