@@ -310,7 +310,7 @@ pub fn stream_response(status: StatusCode, info: &StreamInfo) -> axum::http::res
 
 /// Room for every header a stream answer gets: its own (up to ~6) and
 /// those the fast path adds (CORS and security, 5).
-const RESPONSE_HEADERS: usize = 12;
+pub(crate) const RESPONSE_HEADERS: usize = 12;
 
 /// A response builder whose header map has room for all of an answer's
 /// headers: a map that fills up is rehashed into a larger one, which cost
@@ -326,12 +326,16 @@ pub fn response(status: StatusCode) -> axum::http::response::Builder {
 /// Finishes a builder; a header value that cannot be encoded is a bug, not
 /// a client error, so it is logged and answered 500.
 pub fn finish(builder: axum::http::response::Builder, body: Body) -> Result<Response, ApiError> {
-    builder.body(body).map_err(|e| {
-        tracing::error!(error = %e, "could not build response");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            "could not build the response",
-        )
-    })
+    builder.body(body).map_err(unbuildable)
+}
+
+/// A response that could not be built (a header value the server made
+/// that cannot be encoded): a bug, logged and answered 500.
+pub(crate) fn unbuildable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "could not build response");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "could not build the response",
+    )
 }
