@@ -156,12 +156,23 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
     // up costs a hash and a probe (~1,000 instructions for the six); one
     // pass over the request's few headers tells whether any is there.
     let optional = headers.keys().any(|k| APPEND_OPTIONAL.contains(k));
+    let content_type = content_type(&headers)?;
+    let (close, stream_seq, producer, if_match) = if optional {
+        (
+            h::stream_closed(&headers),
+            h::stream_seq(&headers)?,
+            h::producer(&headers)?,
+            h::if_match(&headers)?,
+        )
+    } else {
+        (false, None, None, None)
+    };
     let append = AppendRequest {
-        content_type: content_type(&headers)?,
-        close: optional && h::stream_closed(&headers),
-        stream_seq: if optional { h::stream_seq(&headers)? } else { None },
-        producer: if optional { h::producer(&headers)? } else { None },
-        if_match: if optional { h::if_match(&headers)? } else { None },
+        content_type,
+        close,
+        stream_seq,
+        producer,
+        if_match,
         body,
         now: now_ms(),
     };
