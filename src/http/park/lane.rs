@@ -27,9 +27,6 @@ pub(super) struct Lane {
     bytes: usize,
     /// `merged[i]`: `wakes[i..]` as one wake, once a member needed it.
     merged: Vec<Option<Wake>>,
-    /// How many times the lane grew (variants made for an older lane are
-    /// stale).
-    pub(super) growth: u64,
 }
 
 impl Lane {
@@ -39,7 +36,6 @@ impl Lane {
             wakes: vec![first],
             bytes,
             merged: vec![None],
-            growth: 0,
         }
     }
 
@@ -82,7 +78,6 @@ impl Lane {
         };
         let grew = self.wakes.len() > before;
         if grew {
-            self.growth += 1;
             self.merged.iter_mut().for_each(|m| *m = None);
         }
         (grew, rest)
@@ -194,7 +189,7 @@ mod tests {
             "a gap ends the lane"
         );
         assert_eq!(lane.tail(), Offset::new(0, 3));
-        assert_eq!(lane.growth, 1);
+        assert_eq!(lane.wakes.len(), 3);
         // A full lane takes no more: what comes after it stays queued.
         let mut sub = hub.subscribe("s");
         let mut lane = Lane::new(wake(1, 100, 101, false));

@@ -527,16 +527,12 @@ fn member_size() {
     assert!(m <= 192, "{m}");
 }
 
-/// Appends faster than one fan-out writes are merged into fewer events;
-/// every byte still arrives once and in stream order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
-    let s = Arc::new(server(|_| {}).await);
-    let mut c = s.get(SSE).await;
-    s.until("parked", |s| s.parked() == 1).await;
+/// Four writers append 25 records each (`<w.i>`) at once; returns the
+/// stream's tail after them.
+async fn burst(s: &Arc<Server>) -> String {
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let s = Arc::clone(&s);
+            let s = Arc::clone(s);
             tokio::spawn(async move {
                 for i in 0..25 {
                     s.append(&format!("<{w}.{i}>")).await;
@@ -547,15 +543,24 @@ async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
     for w in writers {
         w.await.unwrap();
     }
-    let tail = s.request("HEAD", "/v1/stream/s", "text/plain", "").await;
-    let tail = tail
-        .lines()
+    let head = s.request("HEAD", "/v1/stream/s", "text/plain", "").await;
+    head.lines()
         .find_map(|l| {
             l.to_ascii_lowercase()
                 .strip_prefix("stream-next-offset: ")
                 .map(str::to_string)
         })
-        .unwrap();
+        .unwrap()
+}
+
+/// Appends faster than one fan-out writes are merged into fewer events;
+/// every byte still arrives once and in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
+    let s = Arc::new(server(|_| {}).await);
+    let mut c = s.get(SSE).await;
+    s.until("parked", |s| s.parked() == 1).await;
+    let tail = burst(&s).await;
     let seen = c.until(&tail, 1).await.to_string();
     let data: String = seen
         .lines()
@@ -588,28 +593,7 @@ async fn appends_joining_a_pass_reach_every_subscriber_once_in_order() {
         clients.push(s.get(SSE).await);
     }
     s.until("parked", |s| s.parked() == READERS as u64).await;
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                for i in 0..25 {
-                    s.append(&format!("<{w}.{i}>")).await;
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
-    let tail = s.request("HEAD", "/v1/stream/s", "text/plain", "").await;
-    let tail = tail
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("stream-next-offset: ")
-                .map(str::to_string)
-        })
-        .unwrap();
+    let tail = burst(&s).await;
     let all = s
         .request("GET", "/v1/stream/s?offset=-1", "text/plain", "")
         .await;
