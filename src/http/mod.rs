@@ -314,7 +314,7 @@ pub(crate) const RESPONSE_HEADERS: usize = 12;
 
 /// A response builder whose header map has room for all of an answer's
 /// headers: a map that fills up is rehashed into a larger one, which cost
-/// ~1,600 instructions per append (callgrind, BENCHMARKS.md).
+/// ~750 instructions per append (callgrind, BENCHMARKS.md).
 pub fn response(status: StatusCode) -> axum::http::response::Builder {
     let mut b = Response::builder().status(status);
     if let Some(h) = b.headers_mut() {
