@@ -20,7 +20,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::decode::{Decoded, Decoder};
 pub(super) use super::encode::Encoder;
 use super::encode::SEGS_PER_FRAME;
-use super::io::{READ_CHUNK, next_frame, read_some, write_all};
+use super::io::{READ_CHUNK, next_frame, read_some, try_read, write_all};
 use super::role::{Head, Out, Parsed, encode_head, has_token, parse_head, rejection};
 use crate::http::park::{Finish, ParkCell, Ticket};
 use crate::http::transport::Timeouts;
@@ -199,7 +199,7 @@ impl Conn {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK.max(self.buf.len()));
             }
-            match self.tcp.try_read_buf(&mut self.buf) {
+            match try_read(&self.tcp, &mut self.buf) {
                 Ok(0) => return Ok(Next::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
