@@ -21,6 +21,7 @@
 //!   (503 with `Retry-After`) until connections succeed again; nothing needs
 //!   restarting.
 
+mod batch;
 mod lead;
 mod listen;
 mod pool;
