@@ -34,14 +34,34 @@ struct Cors {
     /// `None`: any origin (`*`); otherwise the allowed origins, echoed.
     origins: Option<Vec<HeaderValue>>,
     expose: HeaderValue,
+    /// The lines [`Front::common`] adds that do not depend on the request
+    /// (all but `access-control-allow-origin`), encoded once.
+    lines: Vec<u8>,
 }
 
 const VARY: HeaderValue = HeaderValue::from_static(
     "origin, access-control-request-method, access-control-request-headers",
 );
-const ANY: HeaderValue = HeaderValue::from_static("*");
+static ANY: HeaderValue = HeaderValue::from_static("*");
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static("cross-origin");
+const CORP: &str = "cross-origin-resource-policy";
+
+/// The headers the fast path gives every response, left out of an
+/// answer's map for a connection that writes them itself
+/// ([`Front::handle_raw`]): five map inserts, their encoding and their drop
+/// cost ~1,500 instructions per request; written pre-encoded they cost a
+/// copy.
+pub struct Common {
+    origin: Option<HeaderValue>,
+}
+
+/// The header lines of a [`Common`]: `lines` (each ending in CRLF), and
+/// the `access-control-allow-origin` value when there is one.
+pub struct CommonLines<'a> {
+    pub lines: &'a [u8],
+    pub allow_origin: Option<&'a [u8]>,
+}
 
 impl Cors {
     fn new(config: &[String]) -> Self {
@@ -53,20 +73,37 @@ impl Cors {
         });
         let expose = HeaderValue::from_str(&headers::EXPOSED.join(","))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
-        Cors { origins, expose }
+        let mut lines = Vec::new();
+        for (name, value) in [
+            (header::VARY.as_str(), &VARY),
+            (header::ACCESS_CONTROL_EXPOSE_HEADERS.as_str(), &expose),
+            (header::X_CONTENT_TYPE_OPTIONS.as_str(), &NOSNIFF),
+            (CORP, &CROSS_ORIGIN),
+        ] {
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        Cors {
+            origins,
+            expose,
+            lines,
+        }
+    }
+
+    /// The `access-control-allow-origin` value of an answer to `origin`.
+    fn allow<'a>(&'a self, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
+        match &self.origins {
+            None => Some(&ANY),
+            Some(list) => origin.filter(|o| list.contains(o)),
+        }
     }
 
     fn apply(&self, origin: Option<&HeaderValue>, res: &mut HeaderMap) {
         res.append(header::VARY, VARY);
-        match &self.origins {
-            None => {
-                res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
-            }
-            Some(list) => {
-                if let Some(o) = origin.filter(|o| list.contains(o)) {
-                    res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-                }
-            }
+        if let Some(o) = self.allow(origin) {
+            res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
         }
         res.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, self.expose.clone());
     }
@@ -126,12 +163,29 @@ impl Front {
         B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let (mut res, common) = self.handle_raw(req).await;
+        if let Some(c) = common {
+            self.common(c.origin.as_ref(), res.headers_mut());
+        }
+        Ok(res)
+    }
+
+    /// Answers one request, leaving out of the answer's map the headers
+    /// in the [`Common`] it returns: the caller writes them
+    /// ([`Front::common_lines`]) and drops those names from the map (as
+    /// the inserts they stand for would have replaced them).
+    pub async fn handle_raw<B>(&self, req: axum::http::Request<B>) -> (Response, Option<Common>)
+    where
+        B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let mut req = req.map(Body::new);
         if !Self::fast(&req) {
             // The router's layers could not be applied to an answer given
             // after parking.
             req.extensions_mut().remove::<ParkOffer>();
-            return self.router.clone().oneshot(req).await;
+            let Ok(res) = self.router.clone().oneshot(req).await;
+            return (res, None);
         }
         let started = Instant::now();
         let method = req.method().clone();
@@ -151,7 +205,7 @@ impl Front {
                             slot,
                             started,
                         });
-                        return Ok(res);
+                        return (res, None);
                     }
                     // An SSE reader that may park: its live slot goes with it.
                     cell.set_finish(Finish {
@@ -175,19 +229,35 @@ impl Front {
             // paths identical for in-process callers).
             *res.body_mut() = Body::empty();
         }
-        self.common(origin.as_ref(), res.headers_mut());
         ops::record(&self.state, &method, uri.path(), res.status(), started);
-        Ok(res)
+        (res, Some(Common { origin }))
+    }
+
+    /// The header lines of `c`, to write with its answer's head.
+    pub fn common_lines<'a>(&'a self, c: &'a Common) -> CommonLines<'a> {
+        CommonLines {
+            lines: &self.cors.lines,
+            allow_origin: self
+                .cors
+                .allow(c.origin.as_ref())
+                .map(HeaderValue::as_bytes),
+        }
+    }
+
+    /// Whether a header of an answer's map gives way to the lines of a
+    /// [`Common`] (its inserts would have replaced it; `vary` is appended).
+    pub fn replaced_by_common(name: &header::HeaderName) -> bool {
+        name == header::ACCESS_CONTROL_ALLOW_ORIGIN
+            || name == header::ACCESS_CONTROL_EXPOSE_HEADERS
+            || name == header::X_CONTENT_TYPE_OPTIONS
+            || name.as_str() == CORP
     }
 
     /// The headers the fast path gives every response.
     fn common(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
         self.cors.apply(origin, h);
         h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
-        h.insert(
-            header::HeaderName::from_static("cross-origin-resource-policy"),
-            CROSS_ORIGIN,
-        );
+        h.insert(header::HeaderName::from_static(CORP), CROSS_ORIGIN);
     }
 
     /// The answer of a long-poller that was parked, finished as the fast

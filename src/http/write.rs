@@ -204,7 +204,7 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         AppendOutcome::Appended { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
         AppendOutcome::Duplicate { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
     };
-    let tail = info.tail.to_string();
+    let (etag, next) = h::offset_values(info.tail);
     // Made in place, not with a `Builder` (which is moved by value through
     // every call and converts each value: ~400 instructions per header).
     let mut res = Response::new(Body::empty());
@@ -212,8 +212,8 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
     let hm = res.headers_mut();
     hm.reserve(super::RESPONSE_HEADERS);
     // The new tail as a strong ETag, for a chained `If-Match` (proposal).
-    hm.insert(header::ETAG, text_value(format!("\"{tail}\""))?);
-    hm.insert(h::STREAM_NEXT_OFFSET, text_value(tail)?);
+    hm.insert(header::ETAG, etag);
+    hm.insert(h::STREAM_NEXT_OFFSET, next);
     if info.closed {
         hm.insert(h::STREAM_CLOSED, HeaderValue::from_static("true"));
     }
@@ -222,11 +222,6 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         hm.insert(h::PRODUCER_SEQ, HeaderValue::from(seq));
     }
     Ok(res)
-}
-
-/// A header value made of text the server wrote (offsets).
-fn text_value(s: String) -> Result<HeaderValue, ApiError> {
-    HeaderValue::try_from(s).map_err(super::unbuildable)
 }
 
 /// `DELETE`.

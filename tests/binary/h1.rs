@@ -290,3 +290,129 @@ fn the_hyper_engine_still_serves() {
     c.send(b"GET /v1/stream/h?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.read(false).body, b"hi");
 }
+
+/// The header lines of an answer, sorted, without the ones that depend on
+/// the moment (`date`, `stream-cursor`).
+fn lines(r: &Res) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .head
+        .lines()
+        .filter_map(|l| {
+            let (n, val) = l.split_once(':')?;
+            let n = n.trim().to_ascii_lowercase();
+            (n != "date" && n != "stream-cursor").then(|| format!("{n}: {}", val.trim()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One script of requests on one connection, with and without an
+/// `Origin`; the status and header lines of every answer.
+fn script(addr: &str) -> Vec<(u16, Vec<String>)> {
+    let mut c = Conn::open(addr);
+    let mut out = Vec::new();
+    for origin in [
+        "",
+        "Origin: https://a.example\r\n",
+        "Origin: https://evil.example\r\n",
+    ] {
+        let name = format!("p{}", out.len());
+        let reqs: Vec<(String, bool)> = vec![
+            (
+                format!(
+                    "PUT /v1/stream/{name} HTTP/1.1\r\nHost: x\r\n{origin}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "POST /v1/stream/{name} HTTP/1.1\r\nHost: x\r\n{origin}Content-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc"
+                ),
+                false,
+            ),
+            (
+                format!("GET /v1/stream/{name}?offset=-1 HTTP/1.1\r\nHost: x\r\n{origin}\r\n"),
+                false,
+            ),
+            (
+                format!("HEAD /v1/stream/{name} HTTP/1.1\r\nHost: x\r\n{origin}\r\n"),
+                true,
+            ),
+            (
+                format!(
+                    "GET /v1/stream/{name}?offset=-1&live=long-poll HTTP/1.1\r\nHost: x\r\n{origin}\r\n"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "POST /v1/stream/nope HTTP/1.1\r\nHost: x\r\n{origin}Content-Type: text/plain\r\nContent-Length: 1\r\n\r\nx"
+                ),
+                false,
+            ),
+            (
+                format!("DELETE /v1/stream/{name} HTTP/1.1\r\nHost: x\r\n{origin}\r\n"),
+                false,
+            ),
+        ];
+        for (raw, head) in reqs {
+            c.send(raw.as_bytes());
+            let r = c.read(head);
+            out.push((r.status, lines(&r)));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_native_engine_writes_the_headers_hyper_writes() {
+    // The native engine writes the fast path's CORS and security headers
+    // from pre-encoded lines, not from the answer's map: each must still
+    // be there exactly once, as hyper writes them from the map.
+    for cors in [None, Some("https://a.example")] {
+        let mut args = vec!["--storage", "memory"];
+        if let Some(o) = cors {
+            args.extend(["--cors-origin", o]);
+        }
+        let native = common::Server::start(&args);
+        args.extend(["--http-engine", "hyper"]);
+        let hyper = common::Server::start(&args);
+        let (ours, theirs) = (script(&native.addr), script(&hyper.addr));
+        assert_eq!(ours.len(), 21);
+        assert_eq!(ours, theirs, "cors {cors:?}");
+        for (status, lines) in &ours {
+            for name in [
+                "vary",
+                "access-control-expose-headers",
+                "x-content-type-options",
+                "cross-origin-resource-policy",
+            ] {
+                let n = lines
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("{name}:")))
+                    .count();
+                assert_eq!(n, 1, "{status} {name} in {lines:?}");
+            }
+        }
+        let allowed: Vec<_> = ours
+            .iter()
+            .map(|(_, l)| {
+                l.iter()
+                    .filter(|l| l.starts_with("access-control-allow-origin:"))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Without a list any origin is allowed (`*`); with one, only a
+        // listed origin is echoed.
+        for (i, a) in allowed.iter().enumerate() {
+            let want = match (cors, i / 7) {
+                (None, _) => vec!["access-control-allow-origin: *".to_string()],
+                (Some(_), 1) => vec!["access-control-allow-origin: https://a.example".to_string()],
+                (Some(_), _) => vec![],
+            };
+            assert_eq!(a, &want, "answer {i}, cors {cors:?}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub(super) use super::encode::Encoder;
 use super::encode::SEGS_PER_FRAME;
 use super::io::{READ_CHUNK, next_frame, read_some, try_read, write_all};
 use super::role::{Head, Out, Parsed, encode_head, has_token, parse_head, rejection};
+use crate::http::front::CommonLines;
 use crate::http::park::{Finish, ParkCell, Ticket};
 use crate::http::transport::Timeouts;
 
@@ -88,7 +89,14 @@ pub(super) fn encode_ready(res: Response<Body>, mut keep: bool) -> Option<(Vec<B
         return None;
     }
     let out = framing(&parts, &body, false, Version::HTTP_11, &mut keep);
-    let head = encode_head(parts.status, &parts.headers, out, keep, Version::HTTP_11);
+    let head = encode_head(
+        parts.status,
+        &parts.headers,
+        out,
+        keep,
+        Version::HTTP_11,
+        None,
+    );
     let mut segs = vec![Bytes::from(head)];
     if let Out::None = out {
         return Some((segs, keep));
@@ -250,6 +258,7 @@ impl Conn {
         is_head: bool,
         version: Version,
         mut keep: bool,
+        common: Option<CommonLines<'_>>,
     ) -> io::Result<Sent> {
         let (parts, body) = res.into_parts();
         let cell = parts.extensions.get::<ParkCell>().cloned();
@@ -265,7 +274,14 @@ impl Conn {
             });
         }
         let out = framing(&parts, &body, is_head, version, &mut keep);
-        let head = encode_head(parts.status, &parts.headers, out, keep, version);
+        let head = encode_head(
+            parts.status,
+            &parts.headers,
+            out,
+            keep,
+            version,
+            common.as_ref(),
+        );
         if let Out::None = out {
             return write_all(&self.tcp, &mut [IoSlice::new(&head)], self.t.send)
                 .await
@@ -442,7 +458,11 @@ mod tests {
     /// connection (to a HEAD request when `is_head`).
     async fn send(res: Response<Body>, is_head: bool, version: Version) -> Sent {
         let (mut conn, mut client) = pair().await;
-        let kept = match conn.respond(res, is_head, version, true).await.unwrap() {
+        let kept = match conn
+            .respond(res, is_head, version, true, None)
+            .await
+            .unwrap()
+        {
             super::Sent::Done(k) => k,
             super::Sent::Park { .. } => panic!("nothing to park"),
         };

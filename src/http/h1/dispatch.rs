@@ -306,7 +306,7 @@ async fn go_on(
             let path = format!("{}{}", crate::MOUNT, live.name());
             let res = read::poll_on(*live, cursor, !no_park).await;
             let res = ctx.front.finish_live(res, finish.take(), &path);
-            c.respond(res, false, axum::http::Version::HTTP_11, keep)
+            c.respond(res, false, axum::http::Version::HTTP_11, keep, None)
                 .await
         }
         Resume::Answered { leftover } => match leftover {
@@ -328,7 +328,7 @@ async fn go_on(
             let res =
                 read::resume_long_poll(&state, name, next, deadline, live, cursor, offer).await;
             let res = ctx.front.finish_live(res, finish.take(), &path);
-            c.respond(res, false, axum::http::Version::HTTP_11, keep)
+            c.respond(res, false, axum::http::Version::HTTP_11, keep, None)
                 .await
         }
     };
@@ -415,7 +415,7 @@ impl Conn {
         // handler returned (measured: `live_heap_tests`, BENCHMARKS.md).
         let res = match framing {
             Framing::Empty => {
-                Box::pin(front.handle(Request::from_parts(parts, ReqBody::Empty))).await
+                Box::pin(front.handle_raw(Request::from_parts(parts, ReqBody::Empty))).await
             }
             Framing::Length(n) if self.buf.len() as u64 >= n => {
                 // Small bodies are copied out: the memory backend keeps the
@@ -431,7 +431,7 @@ impl Conn {
                 };
                 dec = Decoder::Length(0);
                 let req = Request::from_parts(parts, ReqBody::Full(Some(body)));
-                Box::pin(front.handle(req)).await
+                Box::pin(front.handle_raw(req)).await
             }
             _ => {
                 let slot = Arc::new(Slot::default());
@@ -443,7 +443,7 @@ impl Conn {
                     slot: Arc::clone(&slot),
                     remaining,
                 };
-                let mut handler = Box::pin(front.handle(Request::from_parts(parts, body)));
+                let mut handler = Box::pin(front.handle_raw(Request::from_parts(parts, body)));
                 let feed = feed(
                     &self.tcp,
                     &mut self.buf,
@@ -459,7 +459,7 @@ impl Conn {
                 }
             }
         };
-        let Ok(res) = res;
+        let (res, common) = res;
         if self.buf.is_empty() {
             // Not held through a long response (an SSE stream).
             self.buf = BytesMut::new();
@@ -478,7 +478,11 @@ impl Conn {
             }
         }
         keep_alive &= !shutdown.is_cancelled();
-        let keep = match self.respond(res, is_head, version, keep_alive).await? {
+        let common = common.as_ref().map(|c| front.common_lines(c));
+        let keep = match self
+            .respond(res, is_head, version, keep_alive, common)
+            .await?
+        {
             Sent::Done(keep) => keep,
             park @ Sent::Park { .. } => return Ok(Keep::Park(park)),
         };

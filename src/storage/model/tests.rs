@@ -265,5 +265,16 @@ fn media_types_compare_without_parameters_or_case() {
     assert!(!same_type("text/plain", ""));
     assert!(is_json("Application/Json; charset=utf-8"));
     assert!(!is_json("application/json-seq"));
+    assert!(is_json(" application/json ;x=1"));
+    assert!(is_json("APPLICATION/JSON"));
+    for not in [
+        "",
+        "application/jso",
+        "application/octet-stream",
+        "text/json",
+        "applicationXjson",
+    ] {
+        assert!(!is_json(not), "{not:?}");
+    }
     assert_eq!(essence(" Text/Plain ; q=1"), "text/plain");
 }
