@@ -76,6 +76,14 @@ pub fn frame_header(payload: &[u8]) -> [u8; 8] {
     ]
 }
 
+/// True when `buf` is zeros to its end, where a frame would start: what a
+/// WAL segment holds past its log ([`wal`](super::wal) writes zeros ahead).
+/// No frame starts with eight zero bytes (an empty payload's CRC is not 0),
+/// so zeros followed by anything else are a torn or corrupt frame.
+pub fn zero_tail(buf: &[u8]) -> bool {
+    !buf.is_empty() && buf.iter().all(|&b| b == 0)
+}
+
 /// Decodes the frame at the start of `buf`: its payload and total length.
 pub fn get_frame(buf: &[u8]) -> Result<(&[u8], usize), FrameError> {
     if buf.len() < FRAME_HEADER as usize {

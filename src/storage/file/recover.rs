@@ -6,7 +6,9 @@
 //!    in order, re-appending their records to the data files. The first
 //!    torn or corrupt frame ends the log: it and everything after it were
 //!    never acknowledged (an acknowledged entry was synced, and entries are
-//!    synced in order). Before the first replayed entry touches a stream
+//!    synced in order). Zeros to the end of a segment are not a frame
+//!    but the room the committer writes ahead of the log: that segment's
+//!    log ends cleanly before them. Before the first replayed entry touches a stream
 //!    listed in the checkpoint, its data and index files are checked and cut
 //!    to the length its checkpointed metadata implies (the checkpoint synced
 //!    them that far; anything after was written ahead of the WAL and is
@@ -130,6 +132,11 @@ pub fn recover(root: &Path, wal_dir: &Path, files: &Files) -> Result<Recovered, 
         }
         let mut at = WAL_HEADER_LEN as usize;
         while at < buf.len() {
+            if format::zero_tail(&buf[at..]) {
+                // The zeros the committer writes past the log's end: this
+                // segment's log ends here, cleanly.
+                break;
+            }
             let (payload, len) = match format::get_frame(&buf[at..]) {
                 Ok(f) => f,
                 Err(e) => {

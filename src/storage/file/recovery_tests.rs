@@ -30,6 +30,10 @@ fn torn_wal_tail_loses_only_the_torn_entry() {
         let dir = tempfile::tempdir().unwrap();
         three_appends(dir.path());
         let wal = newest(dir.path(), "wal", "log");
+        // The committer writes zeros past the log: damage its last entry.
+        let end = log_end(&wal);
+        assert!(file_len(&wal) > end, "zeros written past the log");
+        cut(&wal, end);
         if damage == 0 {
             chop(&wal, 3);
         } else {
@@ -48,6 +52,47 @@ fn torn_wal_tail_loses_only_the_torn_entry() {
             s.append("s", produce("b", 1)).unwrap(),
             AppendOutcome::Duplicate { .. }
         ));
+        drop(s);
+        assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abc");
+    }
+}
+
+/// Zeros end a segment's log; an entry found after them (a later page of
+/// a batch whose sync never completed, so never acknowledged) is not
+/// replayed.
+#[test]
+fn zeros_end_the_wal_and_entries_after_them_are_not_replayed() {
+    use super::format;
+    for lost in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        three_appends(dir.path());
+        let wal = newest(dir.path(), "wal", "log");
+        let end = log_end(&wal) as usize;
+        let mut buf = std::fs::read(&wal).unwrap();
+        assert!(format::zero_tail(&buf[end..]));
+        if lost {
+            // The last entry's bytes never reached the disk; a copy of it
+            // lands after the zeros.
+            let mut at = format::WAL_HEADER_LEN as usize;
+            let mut last = at;
+            while at < end {
+                last = at;
+                at += format::get_frame(&buf[at..]).unwrap().1;
+            }
+            let entry = buf[last..end].to_vec();
+            buf[last..end].fill(0);
+            buf[end + 100..end + 100 + entry.len()].copy_from_slice(&entry);
+            std::fs::write(&wal, &buf).unwrap();
+        }
+        let s = open(dir.path());
+        let want: &[u8] = if lost { b"ab" } else { b"abc" };
+        assert_eq!(read_all(&s, "s").unwrap().0, want, "lost {lost}");
+        let retry = s.append("s", produce("c", 2)).unwrap();
+        assert_eq!(
+            matches!(retry, AppendOutcome::Duplicate { .. }),
+            !lost,
+            "lost {lost}"
+        );
         drop(s);
         assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abc");
     }
@@ -100,13 +145,29 @@ fn clean_reopen_replays_nothing_and_ignores_bytes_written_ahead() {
     assert_eq!(read_all(&open(dir.path()), "s").unwrap().0, b"abcde");
 }
 
+/// Where the log of WAL segment `path` ends (the zeros past it excluded).
+fn log_end(path: &Path) -> u64 {
+    use super::format;
+    let buf = std::fs::read(path).unwrap();
+    let mut at = format::WAL_HEADER_LEN as usize;
+    while at < buf.len() && !format::zero_tail(&buf[at..]) {
+        at += format::get_frame(&buf[at..]).unwrap().1;
+    }
+    at as u64
+}
+
+fn cut(path: &Path, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
+}
+
 /// The ops of every entry in the newest WAL segment.
 fn wal_ops(dir: &Path) -> Vec<super::format::Op> {
     use super::format;
     let buf = std::fs::read(newest(dir, "wal", "log")).unwrap();
     let mut at = format::WAL_HEADER_LEN as usize;
     let mut ops = Vec::new();
-    while at < buf.len() {
+    while at < buf.len() && !format::zero_tail(&buf[at..]) {
         let (payload, len) = format::get_frame(&buf[at..]).unwrap();
         ops.extend(format::decode_entry(payload).unwrap().0);
         at += len;

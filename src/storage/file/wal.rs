@@ -56,6 +56,10 @@ use crate::storage::handle::blocking_io;
 /// (batches of one) never waits.
 const GATHER: Duration = Duration::from_micros(150);
 
+/// Zeros the committer writes past the log's end when a batch goes beyond
+/// the zeros written before (see [`Segment::zeroed`]).
+const ZERO_AHEAD: u64 = 1 << 20;
+
 /// Path of WAL segment `n` under `wal_dir`.
 pub fn segment_path(wal_dir: &Path, n: u64) -> PathBuf {
     wal_dir.join(format!("{n:020}.log"))
@@ -137,6 +141,18 @@ struct Segment {
     number: u64,
     /// Bytes written to this segment, header included.
     len: u64,
+    /// Length of the file: the log's bytes and the zeros written past them.
+    ///
+    /// A batch that lands on bytes already written (and synced) leaves the
+    /// file's size and block map as they were, so its `fdatasync` flushes
+    /// the data alone; a batch that extends the file also has to write the
+    /// inode (on ext4 without a journal, a second synchronous I/O). So when
+    /// a batch goes past the zeros, the committer writes [`ZERO_AHEAD`] more
+    /// behind it, synced by that batch's `fdatasync`: one sync in several
+    /// thousand pays for the inode, the rest do not (measured: ~25 % less
+    /// time and ~15 % less CPU per sync, BENCHMARKS.md). Recovery reads a
+    /// run of zeros to the end of a segment as the end of its log.
+    zeroed: u64,
     /// True when written bytes may not be synced yet (`Interval` mode).
     unsynced: bool,
 }
@@ -304,6 +320,7 @@ impl Wal {
                 file,
                 number: n,
                 len: WAL_HEADER_LEN,
+                zeroed: WAL_HEADER_LEN,
                 unsynced: false,
             }),
             committed: AtomicU64::new(0),
@@ -479,6 +496,7 @@ impl Wal {
             file,
             number: n,
             len: WAL_HEADER_LEN,
+            zeroed: WAL_HEADER_LEN,
             unsynced: false,
         };
         Ok(n)
@@ -496,6 +514,36 @@ impl Wal {
         self.failed.store(true, Ordering::Release);
         self.durable.notify_all();
         self.wake(u64::MAX);
+    }
+
+    /// After a batch of `written` bytes went to the end of the log: when it
+    /// went past the zeros written before, writes [`ZERO_AHEAD`] more past
+    /// it (within the space claims allocated, so a full disk cannot fail
+    /// it; see [`Segment::zeroed`]). Only ever past the log's end. Failing
+    /// changes nothing the log relies on, so it is not an error.
+    fn zero_ahead(&self, seg: &mut Segment, written: u64) {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let end = seg.len + written;
+        if end <= seg.zeroed {
+            return;
+        }
+        seg.zeroed = end;
+        let limit = {
+            let s = self.space.lock();
+            if s.supported { s.allocated } else { u64::MAX }
+        };
+        let to = (end + ZERO_AHEAD).min(limit);
+        while seg.zeroed < to {
+            let n = (to - seg.zeroed).min(ZEROS.len() as u64) as usize;
+            if let Err(e) = seg.file.write_all_at(&ZEROS[..n], seg.zeroed) {
+                tracing::debug!(error = %e, "writing zeros past the WAL's end failed");
+                // The file may have grown in part: rewrite from the log's end.
+                seg.zeroed = end;
+                return;
+            }
+            seg.zeroed += n as u64;
+        }
     }
 
     fn run(&self) {
@@ -535,6 +583,7 @@ impl Wal {
                     .faults
                     .check(Point::WalWrite)
                     .and_then(|()| seg.file.write_all(&batch))
+                    .map(|()| self.zero_ahead(&mut seg, batch.len() as u64))
                     .and_then(|()| match self.sync {
                         SyncMode::Always => {
                             self.faults.check(Point::WalSync)?;

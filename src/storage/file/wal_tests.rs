@@ -72,3 +72,59 @@ fn async_waiters_wake_only_when_their_entry_commits() {
     wal.stop();
     committer.join().unwrap();
 }
+
+/// The committer keeps zeros written past the log (so that most syncs
+/// leave the file's size alone), only past it, extends them when a batch
+/// goes beyond, and never writes past the space claims allocated.
+#[test]
+fn zeros_are_written_past_the_log_and_only_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, committer) = Wal::start(
+        dir.path().to_path_buf(),
+        1,
+        SyncMode::Always,
+        Duration::from_millis(10),
+        Arc::new(Faults::default()),
+    )
+    .unwrap();
+    let path = segment_path(dir.path(), 1);
+    let len = || std::fs::metadata(&path).unwrap().len();
+    let payload = vec![7u8; 1000];
+    let lsn = wal.submit_claimed(&payload, 0, true).unwrap().unwrap();
+    wal.wait(lsn).unwrap();
+    let end = WAL_HEADER_LEN + framed(payload.len());
+    assert_eq!(wal.segment_len(), end);
+    let allocated = wal.space.lock().allocated;
+    assert!(allocated >= end + ZERO_AHEAD, "claims allocate chunks");
+    assert_eq!(len(), end + ZERO_AHEAD);
+    let buf = std::fs::read(&path).unwrap();
+    assert_eq!(&buf[end as usize - 1000..end as usize], &payload[..]);
+    assert!(format::zero_tail(&buf[end as usize..]));
+    // Batches inside the zeros leave the file's length alone ...
+    for _ in 0..10 {
+        let lsn = wal.submit_claimed(&payload, 0, true).unwrap().unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    assert_eq!(len(), end + ZERO_AHEAD);
+    // ... one that goes past them writes more, behind itself.
+    let big = vec![9u8; ZERO_AHEAD as usize];
+    let lsn = wal.submit_claimed(&big, 0, true).unwrap().unwrap();
+    wal.wait(lsn).unwrap();
+    let log = wal.segment_len();
+    let limit = wal.space.lock().allocated;
+    assert_eq!(len(), (log + ZERO_AHEAD).min(limit));
+    assert!(len() > log);
+    let buf = std::fs::read(&path).unwrap();
+    assert_eq!(&buf[log as usize - big.len()..log as usize], &big[..]);
+    assert!(format::zero_tail(&buf[log as usize..]));
+    // Every entry reads back, and the zeros end the log.
+    let mut at = WAL_HEADER_LEN as usize;
+    let mut entries = 0;
+    while !format::zero_tail(&buf[at..]) {
+        at += format::get_frame(&buf[at..]).unwrap().1;
+        entries += 1;
+    }
+    assert_eq!((entries, at as u64), (12, log));
+    wal.stop();
+    committer.join().unwrap();
+}
