@@ -47,8 +47,11 @@ use crate::config::SyncMode;
 use crate::storage::StorageError;
 use crate::storage::handle::blocking_io;
 
-/// How long the committer lets concurrent appends gather before a sync
-/// when the previous batch had several (see `run`). A sync here takes
+/// The longest the committer lets concurrent appends gather before a sync
+/// when the previous batch had several (see `run`): it syncs as soon as as
+/// many entries are queued as the previous batch had (the writers that
+/// batch answered are back), which measured 66-72k -> 75-78k appends/s
+/// against a fixed pause of this length (BENCHMARKS.md). A sync here takes
 /// ~250 µs (`dd oflag=dsync`), so batches held only 3–6 of 64 appends in
 /// flight and the committer spent ~8 µs of CPU per append; with the pause,
 /// server CPU per append measured 1–2 µs lower side by side (append1 35.0
@@ -127,6 +130,8 @@ struct Queue {
     buf: Vec<u8>,
     /// LSN of the last submitted entry.
     last: u64,
+    /// The submission of this LSN wakes the committer (see `run`).
+    notify_at: u64,
     stop: bool,
 }
 
@@ -308,6 +313,7 @@ impl Wal {
             queue: Mutex::new(Queue {
                 buf: Vec::new(),
                 last: 0,
+                notify_at: 1,
                 stop: false,
             }),
             work: Condvar::new(),
@@ -412,8 +418,11 @@ impl Wal {
         format::put_frame(&mut q.buf, payload);
         q.last += 1;
         let lsn = q.last;
+        let wake = lsn >= q.notify_at;
         drop(q);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         lsn
     }
 
@@ -555,6 +564,8 @@ impl Wal {
         loop {
             let (batch, upto, stop) = {
                 let mut q = self.queue.lock();
+                // Idle: the next entry wakes the committer.
+                q.notify_at = covered + 1;
                 while q.buf.is_empty() && !q.stop {
                     if self.sync == SyncMode::Interval {
                         let left = self.interval.saturating_sub(last_sync.elapsed());
@@ -567,10 +578,21 @@ impl Wal {
                     }
                 }
                 if self.sync == SyncMode::Always && last_batch > 1 && !q.stop {
-                    drop(q);
-                    std::thread::sleep(GATHER);
-                    q = self.queue.lock();
+                    // Gather: until as many entries are queued as the last
+                    // batch had (the writers it answered are back), at
+                    // most GATHER. Only the entry that completes the count
+                    // wakes the committer.
+                    let target = covered + last_batch;
+                    let deadline = Instant::now() + GATHER;
+                    q.notify_at = target;
+                    while q.last < target && !q.stop {
+                        if self.work.wait_until(&mut q, deadline).timed_out() {
+                            break;
+                        }
+                    }
                 }
+                // Busy: entries queued meanwhile need not wake anyone.
+                q.notify_at = u64::MAX;
                 (std::mem::take(&mut q.buf), q.last, q.stop)
             };
             if upto > covered {
