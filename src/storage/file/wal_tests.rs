@@ -3,7 +3,10 @@
 use std::future::Future;
 use std::task::{Context, Poll, Wake, Waker};
 
+use super::super::faults::Point;
+use super::commit::ZERO_AHEAD;
 use super::*;
+use std::time::Instant;
 
 /// Counts its wakes.
 #[derive(Default)]
