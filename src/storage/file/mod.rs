@@ -217,10 +217,11 @@ impl FileStorage {
         let needs_checkpoint = rec.replayed > 0 || !rec.clean_end;
         if rec.replayed > 0 {
             // Replay rewrites the data of every replayed record, those a
-            // later trim dropped included: give their space back again.
+            // later trim dropped included: give their space back again,
+            // as the trim did (not while forks still read them).
             for meta in rec.streams.values() {
                 let start = meta.own_start();
-                if start.pos > meta.base.pos {
+                if start.pos > meta.base.pos && meta.refcount == 0 {
                     let to =
                         format::data_offset(start.seq - meta.base.seq, start.pos, meta.base.pos);
                     if let Err(e) = files.punch(meta.id, to) {

@@ -321,3 +321,36 @@ fn appends_leave_their_index_entries_to_the_checkpoint() {
         }
     }
 }
+
+#[test]
+fn a_replayed_trim_keeps_the_records_a_fork_still_reads() {
+    use crate::storage::ForkSpec;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.create("src", create("ab")).unwrap();
+        s.append("src", append("cd")).unwrap();
+        s.checkpoint().unwrap();
+        let mut fork = create("");
+        fork.fork = Some(ForkSpec {
+            source: "src".into(),
+            offset: None,
+            sub_offset: 0,
+        });
+        s.create("fork", fork).unwrap();
+        s.append("fork", append("ef")).unwrap();
+        // Past both records: with the fork reading them, the source's trim
+        // moves its point but gives no space back.
+        let out = s.trim("src", Offset::new(2, 4), 2).unwrap();
+        assert!(out.moved);
+        assert_eq!(read_all(&s, "fork").unwrap().0, b"abcdef");
+        // Dropped without a shutdown: the reopen replays the WAL.
+    }
+    let s = open(dir.path());
+    assert_eq!(read_all(&s, "fork").unwrap().0, b"abcdef");
+    // The source itself starts at its trim point.
+    assert_eq!(read_all(&s, "src").unwrap().0, b"");
+    // The fork's last reference gone, the source's trimmed records go too.
+    s.delete("fork", 3).unwrap();
+    assert_eq!(read_all(&s, "src").unwrap().0, b"");
+}
