@@ -139,6 +139,7 @@ fn suite(c: &mut Criterion, backend: &str, s: &dyn Storage, durable: bool) {
                 ReadRequest {
                     from: ReadFrom::At(offsets[i]),
                     max_bytes: 64 * 1024,
+                    lend_bytes: 64 * 1024,
                     now: now_ms(),
                 },
             )

@@ -331,6 +331,11 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Soft limit on the bytes one catch-up read or SSE event returns.
     pub chunk_bytes: usize,
+    /// Soft limit on one catch-up answer from a backend that lends the
+    /// stream's bytes instead of copying them (memory, file): such an
+    /// answer may run past `chunk_bytes` up to this (the others stop at
+    /// `chunk_bytes`).
+    pub catch_up_bytes: usize,
 }
 
 impl Default for Limits {
@@ -339,6 +344,7 @@ impl Default for Limits {
             max_body_bytes: 32 * 1024 * 1024,
             max_name_bytes: 1024,
             chunk_bytes: 1024 * 1024,
+            catch_up_bytes: 64 * 1024 * 1024,
         }
     }
 }

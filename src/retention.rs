@@ -136,6 +136,7 @@ fn bytes_cut(
     let req = ReadRequest {
         from: ReadFrom::At(earliest),
         max_bytes: usize::try_from(over).unwrap_or(usize::MAX),
+        lend_bytes: 0,
         // At the last access: a retention pass renews nothing.
         now: meta.last_access,
     };

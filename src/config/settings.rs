@@ -186,6 +186,12 @@ settings! {
     "chunk_bytes", limits.chunk_bytes, Count { example: "1048576", min: 1 },
         flag("chunk-bytes", "Soft limit on the bytes one catch-up read returns"),
         "soft limit on one catch-up read / SSE event";
+    "catch_up_bytes", limits.catch_up_bytes, Count { example: "67108864", min: 1 },
+        flag("catch-up-bytes",
+            "Soft limit on one catch-up answer from the memory and file backends"),
+        "the memory and file backends answer a catch-up read\n\
+         without copying the stream's bytes, so one answer may run past chunk_bytes\n\
+         up to this (fewer round trips for a reader far behind); the others stop at chunk_bytes.";
     "memory_limit_bytes", memory_limit_bytes, Bytes::<u64>::new("1073741824"),
         flag("memory-limit-bytes",
             "Cap on the memory backend's stream bytes (0: none); writes past it get 507"),

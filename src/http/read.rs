@@ -25,19 +25,32 @@ use crate::storage::{ReadOutcome, ReadRequest, now_ms};
 /// Cache policy for data that will never change at these offsets.
 const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
 
-/// Reads one chunk from storage.
+/// Reads one chunk from storage (for a live reader: an SSE event, a
+/// long-poll answer).
 pub async fn read_chunk(
     state: &AppState,
     name: &str,
     from: ReadFrom,
 ) -> Result<ReadOutcome, ApiError> {
-    let name = name.to_string();
+    let chunk = state.config.limits.chunk_bytes;
+    read_up_to(state, name, from, chunk).await
+}
+
+/// Reads one chunk of at most `chunk_bytes`, or `lend_bytes` from a backend
+/// that lends what it reads.
+async fn read_up_to(
+    state: &AppState,
+    name: &str,
+    from: ReadFrom,
+    lend_bytes: usize,
+) -> Result<ReadOutcome, ApiError> {
     let req = ReadRequest {
         from,
         max_bytes: state.config.limits.chunk_bytes,
+        lend_bytes,
         now: now_ms(),
     };
-    state.read(name, req).await
+    state.read(name.to_string(), req).await
 }
 
 /// The body of a read: JSON streams as an array, others as raw bytes.
@@ -103,7 +116,10 @@ pub async fn catch_up(
     query: ReadQuery,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let out = read_chunk(state, &name, query.from).await?;
+    // A catch-up answer may be large (one response instead of dozens for a
+    // reader far behind) where storage lends its bytes: nothing is copied.
+    let lend = state.config.limits.catch_up_bytes;
+    let out = read_up_to(state, &name, query.from, lend).await?;
     if query.from == ReadFrom::Tail {
         // `offset=now`: no data, never cached, no ETag.
         let body = if out.info.is_json() { "[]" } else { "" };

@@ -114,6 +114,13 @@ pub struct ReadRequest {
     /// Soft limit on the bytes returned; at least one record (binary: at
     /// least one byte) is returned when data exists.
     pub max_bytes: usize,
+    /// A larger soft limit for a backend that lends the bytes it returns
+    /// (holds or maps them, without a copy: memory, file): it may return up
+    /// to this many, or up to [`view::LEND_RECORDS`] records, before it
+    /// stops at `max_bytes`. Backends that copy ignore it.
+    ///
+    /// [`view::LEND_RECORDS`]: crate::storage::view::LEND_RECORDS
+    pub lend_bytes: usize,
     pub now: Millis,
 }
 
@@ -123,6 +130,7 @@ impl ReadRequest {
         ReadRequest {
             from,
             max_bytes: usize::MAX,
+            lend_bytes: usize::MAX,
             now,
         }
     }

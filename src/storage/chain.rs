@@ -302,7 +302,8 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
     }
 
     /// Reads the whole of `[from, tail)` of a view with a budget, stitching
-    /// inherited and own ranges.
+    /// inherited and own ranges. The chain's backends copy what they read
+    /// out of their database, so a read lends nothing past `max_bytes`.
     pub fn read_stitched(
         &self,
         meta: &StreamMeta,
@@ -312,7 +313,7 @@ impl<M: Metas + ?Sized, R: Records + ?Sized> Chain<'_, M, R> {
         max_bytes: usize,
     ) -> Result<(Vec<Bytes>, Offset), StorageError> {
         let read = |at, budget| self.read_view(meta, at, tail.pos, budget);
-        view::read_stitched(read, from, tail, json, max_bytes)
+        view::read_stitched(read, from, tail, json, max_bytes, max_bytes)
     }
 
     /// Resolves a fork request against its source: the base offset where the

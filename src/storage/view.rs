@@ -84,20 +84,42 @@ pub struct Piece {
 pub trait ViewRead: FnMut(Offset, Budget) -> Result<(Vec<Bytes>, Offset), StorageError> {}
 impl<F: FnMut(Offset, Budget) -> Result<(Vec<Bytes>, Offset), StorageError>> ViewRead for F {}
 
-/// Reads `[from, tail)` of a view with a byte budget, stitching the pieces
-/// `read` returns (inherited and own ranges end at different places).
+/// Most records a read lends past its `max_bytes` (see [`read_stitched`]):
+/// each is a handle in the answer (a `Bytes`, an I/O vector entry), so a
+/// large answer of small records is cut here rather than at its bytes.
+pub const LEND_RECORDS: usize = 16 * 1024;
+
+/// Reads `[from, tail)` of a view, stitching the pieces `read` returns
+/// (inherited and own ranges end at different places): up to `lend_bytes`
+/// or [`LEND_RECORDS`] records, whichever comes first, and then on to
+/// `max_bytes` if that is further (a read of many small records).
+/// `lend_bytes` is for a backend whose reads lend their bytes; one that
+/// copies passes `max_bytes` for both.
 pub fn read_stitched(
     mut read: impl ViewRead,
     from: Offset,
     tail: Offset,
     json: bool,
     max_bytes: usize,
+    lend_bytes: usize,
 ) -> Result<(Vec<Bytes>, Offset), StorageError> {
+    let max_bytes = max_bytes.max(1);
+    let lend_bytes = lend_bytes.max(max_bytes);
     let mut chunks = Vec::new();
     let mut at = from;
     let mut taken = 0usize;
-    while at.pos < tail.pos && taken < max_bytes.max(1) {
-        let budget = Budget::bytes(max_bytes.saturating_sub(taken).max(1), !json);
+    while at.pos < tail.pos {
+        let budget = if taken < lend_bytes && chunks.len() < LEND_RECORDS {
+            Budget {
+                bytes: lend_bytes - taken,
+                records: LEND_RECORDS - chunks.len(),
+                split: !json,
+            }
+        } else if taken < max_bytes {
+            Budget::bytes(max_bytes - taken, !json)
+        } else {
+            break;
+        };
         let (more, next) = read(at, budget)?;
         if next == at {
             break;
@@ -345,5 +367,56 @@ mod tests {
         let (pieces, next) = l.plan(Offset::new(5, 19), 19, Budget::bytes(100, true));
         assert!(pieces.is_empty());
         assert_eq!(next, l.tail);
+    }
+
+    /// A view of `n` one-byte records (positions 0..n), read through
+    /// `read_stitched` as a backend's `read` would serve it.
+    fn stitched(n: u64, json: bool, max: usize, lend: usize) -> (usize, usize, Offset) {
+        let starts: Vec<u64> = (0..n).collect();
+        let l = Layout {
+            base: Offset::ZERO,
+            tail: Offset::new(n, n),
+            index: &starts[..],
+        };
+        let read = |at: Offset, budget| {
+            let (pieces, next) = l.plan(at, n, budget);
+            Ok((
+                pieces
+                    .iter()
+                    .map(|p| Bytes::from(vec![b'x'; p.len as usize]))
+                    .collect(),
+                next,
+            ))
+        };
+        let (chunks, next) = read_stitched(read, Offset::ZERO, l.tail, json, max, lend).unwrap();
+        (chunks.len(), chunks.iter().map(Bytes::len).sum(), next)
+    }
+
+    #[test]
+    fn a_lending_read_runs_past_max_bytes_up_to_its_records_cap() {
+        let n = (LEND_RECORDS * 2) as u64;
+        // Not lending: stops at max_bytes.
+        assert_eq!(stitched(n, true, 10, 10), (10, 10, Offset::new(10, 10)));
+        assert_eq!(stitched(n, true, 10, 0), (10, 10, Offset::new(10, 10)));
+        // Lending: on to lend_bytes...
+        assert_eq!(
+            stitched(n, true, 10, 100),
+            (100, 100, Offset::new(100, 100))
+        );
+        // ...or to the records cap, whichever comes first.
+        let cap = LEND_RECORDS as u64;
+        assert_eq!(
+            stitched(n, false, 10, usize::MAX),
+            (LEND_RECORDS, LEND_RECORDS, Offset::new(cap, cap))
+        );
+        // Many small records: max_bytes still holds past the cap.
+        let max = LEND_RECORDS + 5;
+        let at = max as u64;
+        assert_eq!(
+            stitched(n, true, max, usize::MAX),
+            (max, max, Offset::new(at, at))
+        );
+        // The tail ends every read.
+        assert_eq!(stitched(7, true, 1, usize::MAX), (7, 7, Offset::new(7, 7)));
     }
 }

@@ -35,6 +35,7 @@ fn read_all(s: &AcidStorage) -> Vec<u8> {
             ReadRequest {
                 from: ReadFrom::Start,
                 max_bytes: usize::MAX,
+                lend_bytes: usize::MAX,
                 now: 0,
             },
         )

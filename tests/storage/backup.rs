@@ -171,6 +171,7 @@ fn read_at(s: &dyn Storage, name: &str, now: u64) -> Result<(Vec<u8>, Offset, bo
         ReadRequest {
             from: ReadFrom::Start,
             max_bytes: usize::MAX,
+            lend_bytes: usize::MAX,
             now,
         },
     )?;

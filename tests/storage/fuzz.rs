@@ -422,6 +422,7 @@ fn open_damaged(dir: &Path) -> Result<&'static str, String> {
                         ReadRequest {
                             from: ReadFrom::Start,
                             max_bytes: 1 << 20,
+                            lend_bytes: 1 << 20,
                             now: 2,
                         },
                     );

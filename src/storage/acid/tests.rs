@@ -52,6 +52,7 @@ fn append_read_round_trip() {
             ReadRequest {
                 from: ReadFrom::Start,
                 max_bytes: 4,
+                lend_bytes: 4,
                 now: 2,
             },
         )
@@ -64,6 +65,7 @@ fn append_read_round_trip() {
             ReadRequest {
                 from: ReadFrom::At(Offset::new(0, 6)),
                 max_bytes: 10,
+                lend_bytes: 10,
                 now: 2
             }
         ),

@@ -348,7 +348,7 @@ impl Inner {
                 self.validate_view(&access, &stream, start, json, io)?;
             }
             let read = |at, budget| self.read_view(&access, &stream, at, info.tail.pos, budget, io);
-            match view::read_stitched(read, start, info.tail, json, req.max_bytes) {
+            match view::read_stitched(read, start, info.tail, json, req.max_bytes, req.lend_bytes) {
                 Ok((chunks, next)) => Ok((start, chunks, next)),
                 // A trim that moved past `start` while the file was read
                 // (reads plan under the lock and read without it) may

@@ -267,7 +267,8 @@ impl Storage for MemoryStorage {
             self.validate_view(&stream, start, json)?;
         }
         let read = |at, budget| self.read_view(&stream, at, info.tail.pos, budget);
-        let (chunks, next) = view::read_stitched(read, start, info.tail, json, req.max_bytes)?;
+        let (chunks, next) =
+            view::read_stitched(read, start, info.tail, json, req.max_bytes, req.lend_bytes)?;
         Ok(ReadOutcome {
             info,
             start,

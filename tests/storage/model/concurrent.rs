@@ -25,6 +25,7 @@ fn read_all(store: &dyn Storage) -> durable_streams::storage::ReadOutcome {
     let req = ReadRequest {
         from: ReadFrom::Start,
         max_bytes: usize::MAX,
+        lend_bytes: usize::MAX,
         now: 0,
     };
     store.read("s", req).expect("read the stream")

@@ -91,10 +91,12 @@ struct History {
     /// Whether to draw sliding TTLs of a few seconds (see
     /// [`Subject::keeps_read_renewals`]).
     short_ttls: bool,
+    /// Whether reads may ask to lend (see [`Subject::lends_reads`]).
+    lends: bool,
 }
 
 impl History {
-    fn new(seed: u64, short_ttls: bool) -> History {
+    fn new(seed: u64, short_ttls: bool, lends: bool) -> History {
         History {
             rng: StdRng::seed_from_u64(seed),
             now: 1_000_000,
@@ -103,6 +105,7 @@ impl History {
             last_append: None,
             types: HashMap::new(),
             short_ttls,
+            lends,
         }
     }
 
@@ -292,13 +295,21 @@ impl History {
             1 => ReadFrom::Tail,
             _ => ReadFrom::At(self.offset()),
         };
+        let max_bytes = if self.chance(0.5) {
+            usize::MAX
+        } else {
+            self.rng.random_range(1..30)
+        };
+        // Only a subject that lends, as the model does, may be asked to.
+        let lend_bytes = if self.lends && self.chance(0.5) {
+            max_bytes.saturating_add(self.rng.random_range(1..60))
+        } else {
+            max_bytes
+        };
         ReadRequest {
             from,
-            max_bytes: if self.chance(0.5) {
-                usize::MAX
-            } else {
-                self.rng.random_range(1..30)
-            },
+            max_bytes,
+            lend_bytes,
             now: self.now,
         }
     }
@@ -318,7 +329,7 @@ fn reopen(subject: Box<dyn Subject>, clean: bool, open: Open) -> Box<dyn Subject
 /// `open` gives; panics on the first difference.
 pub fn run(seed: u64, steps: usize, open: Open) {
     let mut subject = open();
-    let mut h = History::new(seed, subject.keeps_read_renewals());
+    let mut h = History::new(seed, subject.keeps_read_renewals(), subject.lends_reads());
     let model = MemoryStorage::new(WakeHub::new());
     let mut stats = BTreeMap::new();
     for step in 0..steps {
@@ -329,9 +340,15 @@ pub fn run(seed: u64, steps: usize, open: Open) {
         };
         if h.chance(0.03) {
             let clean = h.chance(0.5);
+            if std::env::var_os("DS_MODEL_TRACE").is_some() {
+                eprintln!("reopen clean={clean}");
+            }
             subject = reopen(subject, clean, open);
         }
         if h.chance(0.02) {
+            if std::env::var_os("DS_MODEL_TRACE").is_some() {
+                eprintln!("checkpoint");
+            }
             subject.checkpoint();
         }
         let store = subject.storage();

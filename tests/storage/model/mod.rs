@@ -41,6 +41,11 @@ pub trait Subject {
     fn keeps_read_renewals(&self) -> bool {
         true
     }
+    /// Whether its reads lend their bytes (take `ReadRequest::lend_bytes`),
+    /// as the model (the memory backend) does.
+    fn lends_reads(&self) -> bool {
+        false
+    }
 }
 
 impl Subject for FileStorage {
@@ -52,6 +57,9 @@ impl Subject for FileStorage {
     }
     fn keeps_read_renewals(&self) -> bool {
         false
+    }
+    fn lends_reads(&self) -> bool {
+        true
     }
 }
 
