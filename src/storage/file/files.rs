@@ -20,14 +20,14 @@ use parking_lot::Mutex;
 
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
-use super::range::{MAP_MIN, read_at, read_bytes};
+use super::range::{DataFile, MAP_MIN, read_at};
 use crate::offset::Offset;
 use crate::storage::handle::blocking_io;
 use crate::storage::{StorageError, StreamMeta};
 
 /// An open data + index file pair.
 pub struct Handles {
-    pub data: File,
+    pub data: DataFile,
     pub index: File,
 }
 
@@ -92,7 +92,13 @@ impl Files {
         data.write_all_at(&format::header(DATA_MAGIC, &[id, base.seq, base.pos]), 0)?;
         let index = open_rw(&self.index_path(id), true)?;
         index.write_all_at(&format::header(INDEX_MAGIC, &[id]), 0)?;
-        self.insert(id, Arc::new(Handles { data, index }));
+        self.insert(
+            id,
+            Arc::new(Handles {
+                data: DataFile::new(data),
+                index,
+            }),
+        );
         self.dirty.lock().insert(id);
         Ok(())
     }
@@ -103,7 +109,7 @@ impl Files {
             return Ok(h);
         }
         let handles = Arc::new(Handles {
-            data: open_rw(&self.data_path(id), false)?,
+            data: DataFile::new(open_rw(&self.data_path(id), false)?),
             index: open_rw(&self.index_path(id), false)?,
         });
         self.insert(id, Arc::clone(&handles));
@@ -267,14 +273,14 @@ impl Files {
     pub fn read(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
         blocking_io("read a stream file");
-        Ok(read_bytes(&h.data, at, len as usize)?)
+        Ok(h.data.read_bytes(at, len as usize)?)
     }
 
     /// Reads a whole record framed at data-file offset `at` and checks its CRC.
     pub fn read_record(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
         blocking_io("read a stream file");
-        let buf = read_bytes(&h.data, at, (len + FRAME_HEADER) as usize)?;
+        let buf = h.data.read_bytes(at, (len + FRAME_HEADER) as usize)?;
         record_payload(id, at, len, buf)
     }
 
@@ -296,7 +302,7 @@ impl Files {
         if framed as usize >= MAP_MIN {
             return Ok(None);
         }
-        let Some(buf) = read_at(&h.data, at, framed as usize, true)? else {
+        let Some(buf) = read_at(&h.data.file, at, framed as usize, true)? else {
             return Ok(None);
         };
         let buf = Bytes::from(buf);
@@ -326,7 +332,7 @@ impl Files {
         ) else {
             return Ok(());
         };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&h.data);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&h.data.file);
         // SAFETY: `fd` is an open descriptor held by `h` for the whole call.
         let r = unsafe {
             libc::fallocate(

@@ -1,97 +1,202 @@
-//! Reading a byte range of a stream's data file: into a fresh buffer, by
-//! mapping (large ranges), or only from the page cache (`RWF_NOWAIT`, for
-//! reads on an async worker).
+//! Reading a byte range of a stream's data file: into a fresh buffer, out
+//! of the file's mapping (large ranges), or only from the page cache
+//! (`RWF_NOWAIT`, for reads on an async worker).
 
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
-/// Reads at least this many bytes through a mapping instead of `pread`.
+/// Reads at least this many bytes through the mapping instead of `pread`.
 pub const MAP_MIN: usize = 256 * 1024;
 
-/// Reads `len` bytes at `at`: large ranges are mapped (read-only, private,
-/// populated up front) and handed out without a copy, so a catch-up read's
-/// only copy is the socket write, as for the memory backend; small ones
-/// are read into a buffer.
-///
-/// Mapping is safe here because bytes below a stream's durable tail never
-/// change and its file never shrinks below them while the store is open
-/// (files are only cut back during recovery, before any read, and a removed
-/// incarnation's file is unlinked, which leaves existing mappings intact).
-pub fn read_bytes(file: &File, at: u64, len: usize) -> std::io::Result<Bytes> {
-    if len < MAP_MIN {
-        let buf = read_at(file, at, len, false)?.expect("a waiting read returns bytes");
-        return Ok(Bytes::from(buf));
-    }
-    Ok(Bytes::from_owner(Mapping::new(file, at, len)?))
+/// The least a data file's mapping reserves (of address space, not
+/// memory): a file that grows within it is read without mapping again.
+const WINDOW_MIN: u64 = 64 << 20;
+
+/// One data file, opened for positional writes and reads, and mapped for
+/// large reads once, not per read: a fresh `mmap` + `munmap` per read (its
+/// page-table setup, and a TLB shootdown on every core at each unmap) cost
+/// ~10 % of a catch-up read.
+pub struct DataFile {
+    pub file: File,
+    /// The mapping, once a large read asked for it; replaced by a larger one
+    /// when a read passes its end (readers still holding bytes of the old
+    /// one keep it alive).
+    window: Mutex<Option<Arc<Window>>>,
+    /// A length the file is known to have reached (it never shrinks while
+    /// the store is open), so that most reads need no `fstat`.
+    seen_len: AtomicU64,
 }
 
-/// A read-only private mapping of `[at, at + len)` of a file.
-struct Mapping {
+impl DataFile {
+    pub fn new(file: File) -> Self {
+        DataFile {
+            file,
+            window: Mutex::new(None),
+            seen_len: AtomicU64::new(0),
+        }
+    }
+
+    /// Cuts the file to `len` (recovery, before any read of the store):
+    /// forgets the mapping and the length seen.
+    pub fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut w = self.window.lock();
+        *w = None;
+        self.seen_len.store(0, Ordering::Release);
+        self.file.set_len(len)
+    }
+
+    /// Reads `len` bytes at `at`: large ranges out of the file's mapping
+    /// (their pages faulted in here, before an async worker writes them to
+    /// a socket), handed out without a copy, so a catch-up read's only copy
+    /// is the socket write, as for the memory backend; small ones are read
+    /// into a buffer.
+    ///
+    /// Mapping is safe here because bytes below a stream's durable tail
+    /// never change and its file never shrinks below them while the store is
+    /// open (files are only cut back during recovery, before any read, and
+    /// a removed incarnation's file is unlinked, which leaves mappings
+    /// intact); a range past the file's end is refused before it is
+    /// touched. A trim's hole reads as zeros.
+    pub fn read_bytes(&self, at: u64, len: usize) -> std::io::Result<Bytes> {
+        if len < MAP_MIN {
+            let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
+            return Ok(Bytes::from(buf));
+        }
+        let end = at + len as u64;
+        if end > self.seen_len.load(Ordering::Acquire) {
+            let size = self.file.metadata()?.len();
+            self.seen_len.fetch_max(size, Ordering::AcqRel);
+            if end > size {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let window = {
+            let mut w = self.window.lock();
+            match &*w {
+                Some(win) if win.len >= end => Arc::clone(win),
+                _ => {
+                    let reserve = end.max(WINDOW_MIN).next_power_of_two();
+                    let win = Arc::new(Window::new(&self.file, reserve)?);
+                    *w = Some(Arc::clone(&win));
+                    win
+                }
+            }
+        };
+        window.populate(at as usize, len)?;
+        Ok(Bytes::from_owner(Slice {
+            window,
+            at: at as usize,
+            len,
+        }))
+    }
+}
+
+impl std::ops::Deref for DataFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+/// A read-only shared mapping of a data file from its start, `len` bytes of
+/// address space (it may run past the file's end: only ranges below it are
+/// ever read).
+struct Window {
     base: *mut libc::c_void,
-    map_len: usize,
-    skip: usize,
-    len: usize,
+    len: u64,
 }
 
 // SAFETY: the mapping is read-only and owned by this value alone; the
-// pointer is only dereferenced through `as_ref` and unmapped once on drop.
-unsafe impl Send for Mapping {}
+// pointer is only dereferenced through `Slice::as_ref` and unmapped once on
+// drop.
+unsafe impl Send for Window {}
 // SAFETY: as above; shared access is read-only.
-unsafe impl Sync for Mapping {}
+unsafe impl Sync for Window {}
 
-impl Mapping {
-    fn new(file: &File, at: u64, len: usize) -> std::io::Result<Self> {
+impl Window {
+    fn new(file: &File, len: u64) -> std::io::Result<Self> {
         use std::os::fd::AsRawFd;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        let start = at - at % page;
-        let skip = (at - start) as usize;
-        let map_len = len + skip;
-        let size = file.metadata()?.len();
-        if at + len as u64 > size {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let offset = libc::off_t::try_from(start)
+        let map_len = usize::try_from(len)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a fresh read-only private mapping of a range that lies
-        // within the file (checked above); the kernel picks the address.
+        // SAFETY: a fresh read-only shared mapping of the file from offset
+        // 0; the kernel picks the address. Pages past the file's end are
+        // never touched (see `DataFile::read_bytes`).
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
-                offset,
+                0,
             )
         };
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Mapping {
-            base,
-            map_len,
-            skip,
-            len,
-        })
+        Ok(Window { base, len })
     }
-}
 
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `base..base + map_len` is mapped readable for as long as
-        // `self` lives, and `skip + len == map_len`.
-        unsafe { std::slice::from_raw_parts(self.base.cast::<u8>().add(self.skip), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`, once.
-        unsafe {
-            libc::munmap(self.base, self.map_len);
+    /// Faults `[at, at + len)` in (`MADV_POPULATE_READ`; by touching each
+    /// page where the kernel predates it), reading from disk what the page
+    /// cache does not hold: here, on a blocking thread, rather than while
+    /// an async worker copies the bytes to a socket.
+    fn populate(&self, at: usize, len: usize) -> std::io::Result<()> {
+        const PAGE: usize = 4096;
+        let start = at - at % PAGE;
+        // SAFETY: `[start, at + len)` lies within the mapping and below the
+        // file's end (checked by the caller).
+        let r = unsafe {
+            libc::madvise(
+                self.base.cast::<u8>().add(start).cast(),
+                at + len - start,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if r == 0 {
+            return Ok(());
         }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+        let mut sum = 0u8;
+        for off in (start..at + len).step_by(PAGE) {
+            // SAFETY: as above; a volatile read so that it is not elided.
+            sum ^= unsafe { std::ptr::read_volatile(self.base.cast::<u8>().add(off)) };
+        }
+        std::hint::black_box(sum);
+        Ok(())
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`, once (no
+        // `Slice` of it is left: each holds the `Arc`).
+        unsafe {
+            libc::munmap(self.base, self.len as usize);
+        }
+    }
+}
+
+/// `len` bytes at `at` of a window, as the owner of a `Bytes`.
+struct Slice {
+    window: Arc<Window>,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Slice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `[at, at + len)` lies within the window and below the
+        // file's end (checked when the slice was made), and the window stays
+        // mapped while `self` holds it.
+        unsafe { std::slice::from_raw_parts(self.window.base.cast::<u8>().add(self.at), self.len) }
     }
 }
 
@@ -163,17 +268,51 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..(MAP_MIN * 3)).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let f = File::open(&path).unwrap();
+        let f = DataFile::new(File::open(&path).unwrap());
         for (at, len) in [
             (0, 10),
             (4093, MAP_MIN),
             (12345, MAP_MIN * 2 - 12345),
             (1, 3 * MAP_MIN - 1),
         ] {
-            let got = read_bytes(&f, at as u64, len).unwrap();
+            let got = f.read_bytes(at as u64, len).unwrap();
             assert_eq!(&got[..], &data[at..at + len], "at {at} len {len}");
         }
-        assert!(read_bytes(&f, 1, 3 * MAP_MIN).is_err());
-        assert!(read_bytes(&f, (3 * MAP_MIN - 5) as u64, 10).is_err());
+        assert!(f.read_bytes(1, 3 * MAP_MIN).is_err());
+        assert!(f.read_bytes((3 * MAP_MIN - 5) as u64, 10).is_err());
+    }
+
+    #[test]
+    fn the_mapping_follows_a_growing_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let block =
+            |seed: usize| -> Vec<u8> { (0..MAP_MIN).map(|i| ((i + seed) % 253) as u8).collect() };
+        std::fs::write(&path, block(0)).unwrap();
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let f = DataFile::new(File::open(&path).unwrap());
+        let first = f.read_bytes(0, MAP_MIN).unwrap();
+        assert_eq!(&first[..], &block(0)[..]);
+        // Past the end: refused, not mapped.
+        assert!(f.read_bytes(MAP_MIN as u64, MAP_MIN).is_err());
+        // Grown within the mapping's reservation.
+        w.write_all_at(&block(1), MAP_MIN as u64).unwrap();
+        assert_eq!(
+            &f.read_bytes(MAP_MIN as u64, MAP_MIN).unwrap()[..],
+            &block(1)[..]
+        );
+        // Grown past it (sparse): a larger mapping; bytes handed out from
+        // the first stay readable.
+        let far = 3 * WINDOW_MIN / 2;
+        w.write_all_at(&block(2), far).unwrap();
+        assert_eq!(&f.read_bytes(far, MAP_MIN).unwrap()[..], &block(2)[..]);
+        let hole = f.read_bytes(far - MAP_MIN as u64, MAP_MIN).unwrap();
+        assert!(hole.iter().all(|&b| b == 0));
+        assert_eq!(&first[..], &block(0)[..]);
+        assert_eq!(
+            &f.read_bytes(1, MAP_MIN).unwrap()[..],
+            &[&block(0)[1..], &block(1)[..1]].concat()[..]
+        );
     }
 }
