@@ -103,7 +103,14 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
             store.inner.files.faults.arm(p, 0, errno);
             faults += 1;
         }
-        let len = rng.random_range(1..2000);
+        // Now and then a record large enough to be kept in memory after
+        // its write (`super::recent`): a failed append's must not outlive
+        // the retry written over it.
+        let len = if rng.random_bool(0.05) {
+            super::recent::RECENT_MIN + rng.random_range(0..2000)
+        } else {
+            rng.random_range(1..2000)
+        };
         let msg: Vec<u8> = format!("<{round}:{}>", "x".repeat(len)).into_bytes();
         let name = format!("c{round}");
         let result = if creating {

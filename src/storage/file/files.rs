@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use super::range::{DataFile, MAP_MIN, read_at};
+use super::recent::{Allowance, RECENT_BUDGET};
 use crate::offset::Offset;
 use crate::storage::handle::blocking_io;
 use crate::storage::{StorageError, StreamMeta};
@@ -55,6 +56,8 @@ pub struct Files {
     cache: Mutex<Cache>,
     /// Incarnations written since the last checkpoint (their files need a sync).
     dirty: Mutex<HashSet<u64>>,
+    /// What the open data files may keep of their last records.
+    allowance: Allowance,
     /// Test-only injected failures (shared with the WAL).
     pub faults: Arc<Faults>,
 }
@@ -69,6 +72,7 @@ impl Files {
                 tick: 0,
             }),
             dirty: Mutex::new(HashSet::new()),
+            allowance: Allowance::new(RECENT_BUDGET),
             faults: Arc::default(),
         }
     }
@@ -95,7 +99,7 @@ impl Files {
         self.insert(
             id,
             Arc::new(Handles {
-                data: DataFile::new(data),
+                data: DataFile::new(data, self.allowance.clone()),
                 index,
             }),
         );
@@ -109,7 +113,7 @@ impl Files {
             return Ok(h);
         }
         let handles = Arc::new(Handles {
-            data: DataFile::new(open_rw(&self.data_path(id), false)?),
+            data: DataFile::new(open_rw(&self.data_path(id), false)?, self.allowance.clone()),
             index: open_rw(&self.index_path(id), false)?,
         });
         self.insert(id, Arc::clone(&handles));
@@ -279,15 +283,19 @@ impl Files {
     /// Reads a whole record framed at data-file offset `at` and checks its CRC.
     pub fn read_record(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
+        if let Some(kept) = h.data.recent.get(at + FRAME_HEADER, len) {
+            return Ok(kept);
+        }
         blocking_io("read a stream file");
         let buf = h.data.read_bytes(at, (len + FRAME_HEADER) as usize)?;
         record_payload(id, at, len, buf)
     }
 
     /// [`Self::read`] and [`Self::read_record`] (`whole`) without waiting:
-    /// `Ok(None)` unless the file is open and the page cache holds the
-    /// whole range (`preadv2` with `RWF_NOWAIT`). Ranges that `read` would
-    /// map are left to it.
+    /// `Ok(None)` unless the file is open and its kept last record
+    /// ([`super::recent`]) or the page cache holds the whole range
+    /// (`preadv2` with `RWF_NOWAIT`). Other ranges that `read` would map
+    /// are left to it.
     pub fn read_cached(
         &self,
         id: u64,
@@ -299,6 +307,10 @@ impl Files {
         let Some(h) = self.cached(id) else {
             return Ok(None);
         };
+        let payload = if whole { at + FRAME_HEADER } else { at };
+        if let Some(kept) = h.data.recent.get(payload, len) {
+            return Ok(Some(kept));
+        }
         if framed as usize >= MAP_MIN {
             return Ok(None);
         }
@@ -484,6 +496,7 @@ fn write_frames(
     }
     faults.check(Point::DataWrite)?;
     h.data.write_all_at(&data, offset)?;
+    h.data.recent.wrote(offset, records);
     Ok(())
 }
 

@@ -83,6 +83,7 @@ mod files;
 pub mod format;
 mod range;
 mod read;
+mod recent;
 mod recover;
 mod wal;
 mod write;

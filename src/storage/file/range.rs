@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::recent::{Allowance, Recent};
+
 /// Reads at least this many bytes through the mapping instead of `pread`.
 pub const MAP_MIN: usize = 256 * 1024;
 
@@ -22,6 +24,8 @@ const WINDOW_MIN: u64 = 64 << 20;
 /// ~10 % of a catch-up read.
 pub struct DataFile {
     pub file: File,
+    /// The last large record written to it, in memory.
+    pub recent: Recent,
     /// The mapping, once a large read asked for it; replaced by a larger one
     /// when a read passes its end (readers still holding bytes of the old
     /// one keep it alive).
@@ -32,9 +36,10 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    pub fn new(file: File) -> Self {
+    pub fn new(file: File, allowance: Allowance) -> Self {
         DataFile {
             file,
+            recent: Recent::new(allowance),
             window: Mutex::new(None),
             seen_len: AtomicU64::new(0),
         }
@@ -46,6 +51,7 @@ impl DataFile {
         let mut w = self.window.lock();
         *w = None;
         self.seen_len.store(0, Ordering::Release);
+        self.recent.clear();
         self.file.set_len(len)
     }
 
@@ -62,6 +68,9 @@ impl DataFile {
     /// intact); a range past the file's end is refused before it is
     /// touched. A trim's hole reads as zeros.
     pub fn read_bytes(&self, at: u64, len: usize) -> std::io::Result<Bytes> {
+        if let Some(kept) = self.recent.get(at, len as u64) {
+            return Ok(kept);
+        }
         if len < MAP_MIN {
             let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
             return Ok(Bytes::from(buf));
@@ -268,7 +277,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..(MAP_MIN * 3)).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let f = DataFile::new(File::open(&path).unwrap());
+        let f = DataFile::new(File::open(&path).unwrap(), Allowance::new(0));
         for (at, len) in [
             (0, 10),
             (4093, MAP_MIN),
@@ -291,7 +300,7 @@ mod tests {
             |seed: usize| -> Vec<u8> { (0..MAP_MIN).map(|i| ((i + seed) % 253) as u8).collect() };
         std::fs::write(&path, block(0)).unwrap();
         let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let f = DataFile::new(File::open(&path).unwrap());
+        let f = DataFile::new(File::open(&path).unwrap(), Allowance::new(0));
         let first = f.read_bytes(0, MAP_MIN).unwrap();
         assert_eq!(&first[..], &block(0)[..]);
         // Past the end: refused, not mapped.

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use super::range::MAP_MIN;
 use super::{Guard, Inner, Stream, StreamRef, files, format, recover};
 use crate::offset::Offset;
 use crate::storage::model::{self, StreamMeta};
@@ -41,6 +42,9 @@ impl Access for Locking<'_> {
 
 /// A planned piece of a read: file offset, length, whole record?
 type Piece = (u64, u64, bool);
+
+/// Most pieces a poll reads one by one rather than as one span.
+const FEW: usize = 8;
 
 /// Whether a read may wait for the disk.
 #[derive(Clone, Copy)]
@@ -189,7 +193,13 @@ impl Inner {
         if reads.len() == 1 {
             return Ok(vec![one(first)?]);
         }
-        let span = one(&(first.0, end_of(last) - first.0, false))?;
+        let span_len = end_of(last) - first.0;
+        if matches!(io, Io::Now(_)) && span_len >= MAP_MIN as u64 && reads.len() <= FEW {
+            // A poll does not map: a few pieces one by one, each from the
+            // page cache or the file's kept last record (the large one).
+            return reads.iter().map(one).collect();
+        }
+        let span = one(&(first.0, span_len, false))?;
         reads
             .iter()
             .map(|&(at, len, whole)| {

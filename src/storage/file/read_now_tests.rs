@@ -144,3 +144,39 @@ fn declines_once_the_log_has_failed() {
     assert!(now(&s, "s", ReadFrom::Start, 3).is_none());
     assert!(s.read("s", ReadRequest::all(ReadFrom::Start, 3)).is_err());
 }
+
+#[test]
+fn the_last_large_record_is_answered_from_memory() {
+    use super::recent::RECENT_MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("ab")).unwrap();
+    let big: Vec<u8> = (0..RECENT_MIN + 10).map(|i| (i % 251) as u8).collect();
+    s.append("s", append(big.clone())).unwrap();
+    // Past what a poll reads from the page cache, but kept in memory: the
+    // whole record and a piece of it.
+    answers_as_read(&s, "s", ReadFrom::At(Offset::new(1, 2)), 3);
+    answers_as_read(&s, "s", ReadFrom::At(Offset::new(1, 1000)), 3);
+    let got = now(&s, "s", ReadFrom::At(Offset::new(1, 2)), 3).unwrap();
+    assert_eq!(got.concat(), big);
+    // From the start it spans the small record too: a few pieces are read
+    // one by one, not mapped.
+    answers_as_read(&s, "s", ReadFrom::Start, 3);
+    // A newer small record keeps it (a poll behind both reads the two
+    // pieces one by one); a newer large one replaces it.
+    s.append("s", append("c")).unwrap();
+    answers_as_read(&s, "s", ReadFrom::At(Offset::new(1, 2)), 3);
+    let newer = vec![7u8; RECENT_MIN];
+    s.append("s", append(newer.clone())).unwrap();
+    let tail_start = Offset::new(3, 2 + big.len() as u64 + 1);
+    assert_eq!(
+        now(&s, "s", ReadFrom::At(tail_start), 3).unwrap().concat(),
+        newer
+    );
+    assert!(now(&s, "s", ReadFrom::At(Offset::new(1, 2)), 3).is_none());
+    // And `read` still reads the older one from the file, its CRC checked.
+    let old = s
+        .read("s", ReadRequest::all(ReadFrom::At(Offset::new(1, 2)), 3))
+        .unwrap();
+    assert_eq!(old.chunks[0], big);
+}
