@@ -74,6 +74,7 @@ fn json_sub_offsets_count_messages_and_reads_chunk_across_the_boundary() {
     loop {
         let mut req = ReadRequest::all(from, 0);
         req.max_bytes = 1;
+        req.lend_bytes = 1;
         let out = s.read("f", req).unwrap();
         if out.is_empty() {
             break;
