@@ -86,14 +86,25 @@ impl DataFile {
         let window = {
             let mut w = self.window.lock();
             match &*w {
-                Some(win) if win.len >= end => Arc::clone(win),
+                Some(win) if win.len >= end => Some(Arc::clone(win)),
                 _ => {
                     let reserve = end.max(WINDOW_MIN).next_power_of_two();
-                    let win = Arc::new(Window::new(&self.file, reserve)?);
-                    *w = Some(Arc::clone(&win));
-                    win
+                    let mapped = Window::new(&self.file, reserve)
+                        .or_else(|_| Window::new(&self.file, end))
+                        .ok()
+                        .map(Arc::new);
+                    if let Some(win) = &mapped {
+                        *w = Some(Arc::clone(win));
+                    }
+                    mapped
                 }
             }
+        };
+        let Some(window) = window else {
+            // No address space for a mapping (`ulimit -v`,
+            // `vm.max_map_count`): a copy, as small reads get.
+            let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
+            return Ok(Bytes::from(buf));
         };
         window.populate(at as usize, len)?;
         Ok(Bytes::from_owner(Slice {
