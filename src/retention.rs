@@ -118,35 +118,61 @@ impl Sweeper {
     }
 }
 
+/// The most bytes one read of [`bytes_cut`] asks for: the acid and postgres
+/// backends copy what they read, and a stream gigabytes over its limit must
+/// not be read into memory at once.
+const CUT_STEP: u64 = 16 << 20;
+
 /// Where a trim that keeps the newest `max` bytes goes: a position the
 /// stream minted at (or, for JSON, before) `tail - max`, found by reading
-/// up to it; `None` when nothing is over the limit.
+/// up to it in steps of [`CUT_STEP`]; `None` when nothing is over the limit.
 fn bytes_cut(
     s: &dyn Storage,
     name: &str,
     meta: &StreamMeta,
     max: u64,
 ) -> Result<Option<Offset>, StorageError> {
+    bytes_cut_by(s, name, meta, max, CUT_STEP)
+}
+
+fn bytes_cut_by(
+    s: &dyn Storage,
+    name: &str,
+    meta: &StreamMeta,
+    max: u64,
+    step: u64,
+) -> Result<Option<Offset>, StorageError> {
     let earliest = meta.earliest();
     let held = meta.tail.pos - earliest.pos;
     if held <= max {
         return Ok(None);
     }
-    let over = held - max;
-    let req = ReadRequest {
-        from: ReadFrom::At(earliest),
-        max_bytes: usize::try_from(over).unwrap_or(usize::MAX),
-        lend_bytes: 0,
-        // At the last access: a retention pass renews nothing.
-        now: meta.last_access,
-    };
-    match s.read(name, req) {
-        // JSON reads return whole messages and may overshoot: then wait.
-        Ok(out) if out.next.pos <= earliest.pos + over => Ok(Some(out.next)),
-        Ok(_) => Ok(None),
-        Err(StorageError::NotFound | StorageError::Gone | StorageError::Trimmed { .. }) => Ok(None),
-        Err(e) => Err(e),
+    let target = earliest.pos + (held - max);
+    let (mut at, mut cut) = (earliest, None);
+    while at.pos < target {
+        let want = (target - at.pos).min(step);
+        let req = ReadRequest {
+            from: ReadFrom::At(at),
+            max_bytes: usize::try_from(want).unwrap_or(usize::MAX),
+            lend_bytes: 0,
+            // At the last access: a retention pass renews nothing.
+            now: meta.last_access,
+        };
+        match s.read(name, req) {
+            // JSON reads return whole messages and may overshoot: the cut
+            // stays at the last boundary before the target.
+            Ok(out) if out.next.pos <= target && out.next != at => {
+                cut = Some(out.next);
+                at = out.next;
+            }
+            Ok(_) => break,
+            Err(StorageError::NotFound | StorageError::Gone | StorageError::Trimmed { .. }) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
     }
+    Ok(cut)
 }
 
 #[cfg(test)]
@@ -218,5 +244,30 @@ mod tests {
         // A pass renews no sliding TTL: the last access is the test's read.
         assert_eq!(s.list_streams().unwrap()[0].1.last_access, 11_000);
         assert_eq!(all(&s, "logs/a", 15_500), "", "new; is 10 s old too");
+    }
+
+    #[test]
+    fn a_cut_far_over_the_limit_is_found_in_bounded_reads() {
+        let s = MemoryStorage::new(WakeHub::new());
+        s.create("t", CreateRequest::new(Some("text/plain"), "aaaa", 0))
+            .unwrap();
+        for body in ["bbbb", "cccc", "dddd", "ee"] {
+            append(&s, "t", body, 0);
+        }
+        let json = CreateRequest::new(Some("application/json"), r#"["aa","bb","cc"]"#, 0);
+        s.create("j", json).unwrap();
+        let meta = |n: &str| {
+            let all = s.list_streams().unwrap();
+            all.into_iter().find(|(name, _)| name == n).unwrap().1
+        };
+        // 18 bytes, keep 5: the cut lies at 13, inside `dddd`, reached in
+        // reads of at most 3 bytes.
+        let at = bytes_cut_by(&s, "t", &meta("t"), 5, 3).unwrap().unwrap();
+        assert_eq!(at.pos, 13);
+        assert_eq!(bytes_cut_by(&s, "t", &meta("t"), 18, 3).unwrap(), None);
+        // JSON (`"aa",` is 5 bytes): keep 6 of 15, so 9 may go; reads of 4
+        // bytes take one whole message each, the second overshoots.
+        let at = bytes_cut_by(&s, "j", &meta("j"), 6, 4).unwrap().unwrap();
+        assert_eq!(at.pos, 5);
     }
 }
