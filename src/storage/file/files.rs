@@ -276,6 +276,9 @@ impl Files {
     /// Reads `len` bytes at data-file offset `at` (a piece of one record).
     pub fn read(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
+        if let Some(kept) = h.data.recent.get(at, len) {
+            return Ok(kept);
+        }
         blocking_io("read a stream file");
         Ok(h.data.read_bytes(at, len as usize)?)
     }

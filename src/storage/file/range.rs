@@ -68,12 +68,8 @@ impl DataFile {
     /// intact); a range past the file's end is refused before it is
     /// touched. A trim's hole reads as zeros.
     pub fn read_bytes(&self, at: u64, len: usize) -> std::io::Result<Bytes> {
-        if let Some(kept) = self.recent.get(at, len as u64) {
-            return Ok(kept);
-        }
         if len < MAP_MIN {
-            let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
-            return Ok(Bytes::from(buf));
+            return self.copy(at, len);
         }
         let end = at + len as u64;
         if end > self.seen_len.load(Ordering::Acquire) {
@@ -103,8 +99,7 @@ impl DataFile {
         let Some(window) = window else {
             // No address space for a mapping (`ulimit -v`,
             // `vm.max_map_count`): a copy, as small reads get.
-            let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
-            return Ok(Bytes::from(buf));
+            return self.copy(at, len);
         };
         window.populate(at as usize, len)?;
         Ok(Bytes::from_owner(Slice {
@@ -112,6 +107,14 @@ impl DataFile {
             at: at as usize,
             len,
         }))
+    }
+}
+
+impl DataFile {
+    /// `len` bytes at `at`, read into a fresh buffer.
+    fn copy(&self, at: u64, len: usize) -> std::io::Result<Bytes> {
+        let buf = read_at(&self.file, at, len, false)?.expect("a waiting read returns bytes");
+        Ok(Bytes::from(buf))
     }
 }
 
