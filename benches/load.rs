@@ -801,12 +801,23 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let failed = Arc::new(AtomicUsize::new(0));
     // Long-polls answered, over all pollers.
     let polls = Arc::new(AtomicUsize::new(0));
+    // Per message delivered: its number, when the poll that brought it was
+    // sent, when it arrived.
+    // And every poller's turn-arounds.
+    type Asked = (Vec<(usize, Instant, Instant)>, Vec<u32>);
+    let asked_at = Arc::new(std::sync::Mutex::new(Asked::default()));
     let mut tasks = Vec::new();
     for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
-        let polls = polls.clone();
+        let (polls, asked_at) = (polls.clone(), asked_at.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
+            // When the poll that brought each of `seen` was sent.
+            let mut asks: Vec<Instant> = Vec::with_capacity(msgs);
+            // The poller's own turn-around: from an answer to its next ask
+            // (the load generator's share of a delay).
+            let mut turns: Vec<u32> = Vec::with_capacity(msgs * 2);
+            let mut answered: Option<Instant> = None;
             let go = async {
                 let mut conn = Conn::connect(cfg.addr_for(i)).await?;
                 // The tail first, so that the polls below start there.
@@ -820,6 +831,10 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                 ready.fetch_add(1, Ordering::SeqCst);
                 let mut carry = Vec::new();
                 loop {
+                    let asked = Instant::now();
+                    if let Some(t) = answered.replace(asked) {
+                        turns.push(micros(asked - t));
+                    }
                     conn.send(
                         "GET",
                         &format!("{path}?offset={offset}&live=long-poll"),
@@ -831,6 +846,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     let mut body = Vec::new();
                     conn.read_body(&head, Some(&mut body)).await?;
                     let now = Instant::now();
+                    answered = Some(now);
                     polls.fetch_add(1, Ordering::Relaxed);
                     if let Some(next) = head.get("stream-next-offset") {
                         offset = next.to_string();
@@ -839,6 +855,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                         let mut last = false;
                         scan(&mut carry, &body, |k| {
                             seen.push((k, now));
+                            asks.push(asked);
                             last |= k + 1 == msgs;
                         });
                         if last {
@@ -858,6 +875,14 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     eprintln!("long-poller error: {e}");
                 }
             }
+            let mut a = asked_at.lock().unwrap();
+            a.0.extend(
+                seen.iter()
+                    .zip(&asks)
+                    .map(|(&(k, got), &asked)| (k, asked, got)),
+            );
+            a.1.extend(turns);
+            drop(a);
             seen
         }));
         if tasks.len() % 100 == 0 {
@@ -879,8 +904,36 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let cpu1 = pid.as_deref().and_then(cpu_us);
     let polls = polls.load(Ordering::Relaxed) - polls0;
     let (delays, early) = (&d.after_ack, d.early);
+    // A delay from the send, split: until the poller asked (it was busy
+    // with its previous answer, or its request waited to be read), and from
+    // then (or from the send, for a poll already waiting) to the answer.
+    let (mut until_asked, mut to_answer) = (Vec::new(), Vec::new());
+    let mut asked_at = std::mem::take(&mut *asked_at.lock().unwrap());
+    for &(k, asked, got) in asked_at.0.iter() {
+        let s = sent[k].at;
+        until_asked.push(micros(asked.saturating_duration_since(s)));
+        to_answer.push(micros(got.saturating_duration_since(asked.max(s))));
+    }
+    until_asked.sort_unstable();
+    to_answer.sort_unstable();
+    asked_at.1.sort_unstable();
+    let split = format!(
+        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2}",
+        pct(&until_asked, 0.5),
+        pct(&until_asked, 0.99),
+        pct(&to_answer, 0.5),
+        pct(&to_answer, 0.99),
+        pct(&asked_at.1, 0.5),
+        pct(&asked_at.1, 0.99)
+    );
+    // How the writer was paced: it waits for each ack, so a server that
+    // acks slowly under load is sent fewer messages per second.
+    let span = match (sent.first(), sent.last()) {
+        (Some(a), Some(b)) => b.at.duration_since(a.at).as_millis(),
+        _ => 0,
+    };
     println!(
-        "RESULT workload=longpoll subs={subs} waiting={waiting} msgs={msgs} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_per_poller_kib={per_poller} server_cpu_us_per_delivery={} polls={polls} server_cpu_us_per_poll={} send_p50_ms={:.2} send_p99_ms={:.2} load1={}",
+        "RESULT workload=longpoll subs={subs} waiting={waiting} msgs={msgs} send_span_ms={span} delivered={} expected={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} before_ack={early} rss_per_poller_kib={per_poller} server_cpu_us_per_delivery={} polls={polls} server_cpu_us_per_poll={} send_p50_ms={:.2} send_p99_ms={:.2} {split} load1={}",
         delays.len(),
         subs * msgs,
         pct(delays, 0.5),
