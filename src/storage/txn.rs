@@ -22,6 +22,8 @@
 //! gone either way), and does not disturb the other calls of a batch; a
 //! failed write loses the whole transaction ([`Fail::Fatal`]).
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 
 use super::chain::{Chain, Metas, Records};
@@ -30,7 +32,67 @@ use super::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, ForkSpec, Millis, StorageError,
     StreamInfo, TrimOutcome,
 };
+use crate::notify::{Appended, Wake};
 use crate::offset::Offset;
+
+/// The wakes of one batch of calls (the acid and PostgreSQL writers'): one
+/// per stream name, its state after the batch, carrying the records the
+/// batch appended to it where they are exactly what moved its tail. A
+/// reader at the old tail is then answered from the wake, with no storage
+/// read (on these backends a blocking-pool hop and a database read each).
+#[derive(Default)]
+pub struct BatchWakes {
+    /// Wakes with the incarnation they concern, in call order.
+    wakes: Vec<(String, u64, Wake)>,
+    /// Per incarnation, the records inserted last and where they start
+    /// (contiguous runs merged).
+    appended: HashMap<u64, (Offset, Vec<Bytes>)>,
+}
+
+impl BatchWakes {
+    /// `records` of stream `id` were inserted from `start`.
+    pub fn inserted(&mut self, id: u64, start: Offset, records: &[Bytes]) {
+        match self.appended.get_mut(&id) {
+            Some((from, recs)) if model::advance(*from, recs) == start => {
+                recs.extend_from_slice(records)
+            }
+            _ => {
+                self.appended.insert(id, (start, records.to_vec()));
+            }
+        }
+    }
+
+    /// Every record of stream `id` was removed.
+    pub fn removed(&mut self, id: u64) {
+        self.appended.remove(&id);
+    }
+
+    /// Stream `name` (incarnation `id`) changed: wake its readers with
+    /// `wake` once the batch commits.
+    pub fn wake(&mut self, name: &str, id: u64, wake: Wake) {
+        self.wakes.push((name.to_string(), id, wake));
+    }
+
+    /// The wakes to send once the batch committed: each name's last, with
+    /// the records that lead to its tail.
+    pub fn finish(&mut self) -> Vec<(String, Wake)> {
+        let mut last: HashMap<String, (u64, Wake)> = HashMap::with_capacity(self.wakes.len());
+        for (name, id, wake) in self.wakes.drain(..) {
+            last.insert(name, (id, wake));
+        }
+        last.into_iter()
+            .map(|(name, (id, mut wake))| {
+                if let Some((from, records)) = self.appended.remove(&id)
+                    && !records.is_empty()
+                    && model::advance(from, &records) == wake.tail
+                {
+                    wake.appended = Some(Appended::new(id, from, records));
+                }
+                (name, wake)
+            })
+            .collect()
+    }
+}
 
 /// Why a call did not succeed.
 pub enum Fail {
@@ -426,4 +488,75 @@ pub fn sweep<T: Txn + ?Sized>(t: &mut T, now: Millis) -> Result<usize, Fail> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(parts: &[&'static str]) -> Vec<Bytes> {
+        parts
+            .iter()
+            .map(|p| Bytes::from_static(p.as_bytes()))
+            .collect()
+    }
+
+    /// The wakes of `w`, by name.
+    fn finished(w: &mut BatchWakes) -> HashMap<String, Wake> {
+        w.finish().into_iter().collect()
+    }
+
+    #[test]
+    fn a_batch_wakes_each_stream_once_with_the_records_that_led_to_its_tail() {
+        let mut w = BatchWakes::default();
+        // Stream a: two contiguous appends, merged into one wake.
+        w.inserted(1, Offset::new(0, 0), &recs(&["ab"]));
+        w.wake("a", 1, Wake::bare(Offset::new(1, 2), false));
+        w.inserted(1, Offset::new(1, 2), &recs(&["c", "de"]));
+        w.wake("a", 1, Wake::bare(Offset::new(3, 5), false));
+        // Stream b: a close without records after an append keeps them.
+        w.inserted(2, Offset::new(4, 10), &recs(&["x"]));
+        w.wake("b", 2, Wake::bare(Offset::new(5, 11), false));
+        w.wake("b", 2, Wake::bare(Offset::new(5, 11), true));
+        let wakes = finished(&mut w);
+        assert_eq!(wakes.len(), 2);
+        let a = wakes["a"].appended.as_ref().expect("a carries its records");
+        assert_eq!((a.id, a.from), (1, Offset::new(0, 0)));
+        assert_eq!(a.records, recs(&["ab", "c", "de"]));
+        assert_eq!(wakes["a"].tail, Offset::new(3, 5));
+        let b = &wakes["b"];
+        assert!(b.closed);
+        assert_eq!(b.appended.as_ref().unwrap().records, recs(&["x"]));
+        // Finished: nothing is left for the next batch.
+        assert!(w.finish().is_empty());
+    }
+
+    #[test]
+    fn records_that_do_not_lead_to_the_tail_are_not_carried() {
+        let mut w = BatchWakes::default();
+        // A gap between two inserts: only the last run is kept, and it does
+        // not start where the first did.
+        w.inserted(1, Offset::new(0, 0), &recs(&["ab"]));
+        w.inserted(1, Offset::new(5, 9), &recs(&["c"]));
+        w.wake("a", 1, Wake::bare(Offset::new(6, 10), false));
+        // Removed records (a delete) are never carried.
+        w.inserted(2, Offset::new(0, 0), &recs(&["x"]));
+        w.removed(2);
+        w.wake("b", 2, Wake::bare(Offset::new(1, 1), false));
+        // Records of another incarnation of the same name are not this
+        // one's: a stream deleted and made again in one batch.
+        w.inserted(3, Offset::new(0, 0), &recs(&["old"]));
+        w.wake("c", 4, Wake::bare(Offset::new(1, 3), false));
+        // A wake whose tail moved past the records (more came another way).
+        w.inserted(5, Offset::new(0, 0), &recs(&["y"]));
+        w.wake("d", 5, Wake::bare(Offset::new(2, 7), false));
+        let wakes = finished(&mut w);
+        assert_eq!(
+            wakes["a"].appended.as_ref().map(|a| a.from),
+            Some(Offset::new(5, 9))
+        );
+        for name in ["b", "c", "d"] {
+            assert!(wakes[name].appended.is_none(), "{name} carries records");
+        }
+    }
 }

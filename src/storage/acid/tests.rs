@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::AcidStorage;
 use crate::notify::WakeHub;
 use crate::offset::{Offset, ReadFrom};
@@ -392,6 +394,12 @@ fn failed_transaction_changes_neither_disk_nor_cache() {
         .flatten()
         .expect("woken after the commit");
     assert_eq!(wake.tail, Offset::new(2, 2));
+    // The wake carries the record, so readers at the old tail need no read.
+    let a = wake.appended.as_ref().expect("the wake carries the append");
+    assert_eq!(
+        (a.from, &a.records[..]),
+        (Offset::new(1, 1), &[Bytes::from("b")][..])
+    );
     drop(s);
     let s = open(dir.path());
     assert_eq!(read_all(&s, "s", ReadFrom::Start, 2).unwrap().0, "ab");

@@ -34,7 +34,7 @@ use crate::notify::Wake;
 use crate::offset::Offset;
 use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::StreamMeta;
-use crate::storage::txn::{self, Fail, Txn};
+use crate::storage::txn::{self, BatchWakes, Fail, Txn};
 use crate::storage::{
     AppendOutcome, AppendRequest, CreateOutcome, CreateRequest, Millis, StorageError, StreamInfo,
     TrimOutcome,
@@ -290,7 +290,7 @@ impl Writer {
                 counters: txn.open_table(META).map_err(map_err)?,
                 overlay: HashMap::new(),
                 next_id: self.next_id,
-                wakes: Vec::new(),
+                wakes: BatchWakes::default(),
             };
             // Renewals first: metadata written by the ops below supersedes them.
             let mut fatal_err = b.persist_renewals(renewed).err();
@@ -329,7 +329,7 @@ impl Writer {
             if fatal_err.is_none() && changed {
                 fatal_err = b.persist_overlay().err();
             }
-            (b.overlay, b.wakes, b.next_id, fatal_err, changed)
+            (b.overlay, b.wakes.finish(), b.next_id, fatal_err, changed)
         };
         #[cfg(test)]
         let fatal_err = match self.shared.inject_failure.swap(false, Ordering::Relaxed) {
@@ -361,7 +361,7 @@ struct Batch<'s, 't> {
     counters: Table<'t, &'static str, u64>,
     overlay: HashMap<String, Option<StreamMeta>>,
     next_id: u64,
-    wakes: Vec<(String, Wake)>,
+    wakes: BatchWakes,
 }
 
 impl Metas for Batch<'_, '_> {
@@ -458,6 +458,7 @@ impl Txn for Batch<'_, '_> {
     }
 
     fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
+        self.wakes.inserted(id, start, records);
         let mut at = start;
         for r in records {
             self.data
@@ -469,6 +470,7 @@ impl Txn for Batch<'_, '_> {
     }
 
     fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
+        self.wakes.removed(id);
         self.data
             .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
             .map_err(fatal)
@@ -482,7 +484,7 @@ impl Txn for Batch<'_, '_> {
 
     fn wake(&mut self, name: &str, meta: &StreamMeta) {
         self.wakes
-            .push((name.to_string(), Wake::bare(meta.tail, meta.closed)));
+            .wake(name, meta.id, Wake::bare(meta.tail, meta.closed));
     }
 
     fn records(&self) -> Option<&dyn Records> {

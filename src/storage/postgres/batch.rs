@@ -13,11 +13,11 @@ use super::pool::Conn;
 use super::schema::{decode_meta, encode_meta, int, is_retryable, map_err, uint};
 use super::writer::{Abort, Op, Work};
 use super::{listen, read};
-use crate::notify::{Appended, Wake};
+use crate::notify::Wake;
 use crate::offset::Offset;
 use crate::storage::chain::{Collect, Metas, Records};
 use crate::storage::model::{Expiry, ProducerState, StreamMeta};
-use crate::storage::txn::{Fail, Txn};
+use crate::storage::txn::{BatchWakes, Fail, Txn};
 use crate::storage::{Millis, StorageError};
 
 /// One transaction's view: the rows it locked, overlaid with its changes.
@@ -28,11 +28,8 @@ pub(super) struct Batch<'c> {
     loaded: RefCell<HashMap<String, Option<StreamMeta>>>,
     /// The batch's changes (`None`: removed).
     pub(super) overlay: HashMap<String, Option<StreamMeta>>,
-    /// Wakes with the incarnation they concern.
-    pub(super) wakes: Vec<(String, u64, Wake)>,
-    /// Per stream incarnation, the records this batch inserted last, where
-    /// they start and (contiguous runs merged), for the wakes.
-    appended: HashMap<u64, (Offset, Vec<Bytes>)>,
+    /// The batch's wakes, with the records it appended.
+    pub(super) wakes: BatchWakes,
     /// Records inserted by the batch's ops so far, written by one statement
     /// before anything reads or removes records, and at the end.
     pending: RefCell<Pending>,
@@ -92,8 +89,7 @@ impl<'c> Batch<'c> {
             conn: RefCell::new(conn),
             loaded: RefCell::new(HashMap::new()),
             overlay: HashMap::new(),
-            wakes: Vec::new(),
-            appended: HashMap::new(),
+            wakes: BatchWakes::default(),
             pending: RefCell::new(Pending::default()),
             retry: Cell::new(false),
             node,
@@ -294,21 +290,7 @@ impl<'c> Batch<'c> {
     /// The local wakes, carrying the appended records where the batch
     /// holds exactly the records that moved the tail.
     pub(super) fn finish_wakes(&mut self) -> Vec<(String, Wake)> {
-        let mut last: HashMap<String, (u64, Wake)> = HashMap::new();
-        for (name, id, wake) in std::mem::take(&mut self.wakes) {
-            last.insert(name, (id, wake));
-        }
-        last.into_iter()
-            .map(|(name, (id, mut wake))| {
-                if let Some((from, records)) = self.appended.remove(&id)
-                    && !records.is_empty()
-                    && crate::storage::model::advance(from, &records) == wake.tail
-                {
-                    wake.appended = Some(Appended::new(id, from, records));
-                }
-                (name, wake)
-            })
-            .collect()
+        self.wakes.finish()
     }
 }
 
@@ -360,14 +342,7 @@ impl Txn for Batch<'_> {
     }
 
     fn insert_records(&mut self, id: u64, start: Offset, records: &[Bytes]) -> Result<(), Fail> {
-        match self.appended.get_mut(&id) {
-            Some((from, recs)) if crate::storage::model::advance(*from, recs) == start => {
-                recs.extend_from_slice(records)
-            }
-            _ => {
-                self.appended.insert(id, (start, records.to_vec()));
-            }
-        }
+        self.wakes.inserted(id, start, records);
         let mut p = self.pending.borrow_mut();
         let mut at = start;
         for r in records {
@@ -381,7 +356,7 @@ impl Txn for Batch<'_> {
     }
 
     fn remove_records(&mut self, id: u64) -> Result<(), Fail> {
-        self.appended.remove(&id);
+        self.wakes.removed(id);
         self.flush_records().map_err(Fail::Fatal)?;
         let mut conn = self.conn.borrow_mut();
         conn.execute("DELETE FROM ds_records WHERE stream_id = $1", &[&int(id)])
@@ -401,11 +376,8 @@ impl Txn for Batch<'_> {
     }
 
     fn wake(&mut self, name: &str, meta: &StreamMeta) {
-        self.wakes.push((
-            name.to_string(),
-            meta.id,
-            Wake::bare(meta.tail, meta.closed),
-        ));
+        self.wakes
+            .wake(name, meta.id, Wake::bare(meta.tail, meta.closed));
     }
 
     fn records(&self) -> Option<&dyn Records> {

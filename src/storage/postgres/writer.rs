@@ -167,7 +167,7 @@ fn transact(shared: &Shared, conn: &mut Conn, ops: &[Op]) -> Result<Answers, Abo
                     // Other nodes' subscription engines learn of new streams
                     // from this (their HTTP layer never saw the request).
                     b.wakes
-                        .push((name.clone(), info.id, Wake::bare(info.tail, info.closed)));
+                        .wake(name, info.id, Wake::bare(info.tail, info.closed));
                 }
                 r.map(Done::Create)
             }
