@@ -23,6 +23,7 @@
 //!   persists renewals about once a second and at shutdown (see [`writer`]).
 
 mod read;
+mod recent;
 mod tables;
 mod writer;
 
@@ -63,6 +64,8 @@ pub(super) struct Shared {
     cache: RwLock<HashMap<String, Arc<Mutex<StreamMeta>>>>,
     /// Streams with a sliding TTL whose read renewal is not yet persisted.
     touched: Mutex<HashSet<String>>,
+    /// Every stream's last committed records ([`recent`]).
+    recent: recent::Recent,
     hub: Arc<WakeHub>,
     /// Write transactions committed since open (group-commit statistics).
     commits: AtomicU64,
@@ -108,7 +111,9 @@ impl Shared {
         for (name, meta) in overlay {
             match meta {
                 None => {
-                    cache.remove(&name);
+                    if let Some(gone) = cache.remove(&name) {
+                        self.recent.forget(gone.lock().id);
+                    }
                 }
                 Some(mut meta) => match cache.get(&name) {
                     Some(entry) => {
@@ -118,6 +123,7 @@ impl Shared {
                             meta.last_access = meta.last_access.max(cur.last_access);
                             *cur = meta;
                         } else {
+                            self.recent.forget(cur.id);
                             drop(cur);
                             cache.insert(name, Arc::new(Mutex::new(meta)));
                         }
@@ -161,6 +167,7 @@ impl AcidStorage {
             path,
             cache: RwLock::new(cache),
             touched: Mutex::new(HashSet::new()),
+            recent: recent::Recent::default(),
             hub,
             commits: AtomicU64::new(0),
             #[cfg(test)]
@@ -323,14 +330,33 @@ impl Storage for AcidStorage {
     }
 
     /// At the tail, from the metadata cache (which changes only after
-    /// commits), without a transaction.
+    /// commits), without a transaction; just behind it, from the stream's
+    /// last committed records ([`recent`]).
     fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
         self.shared.db().ok()?;
         let entry = self.entry(name).ok()?;
         let (ttl, out) = {
             let mut m = entry.lock();
             m.check_visible(req.now).ok()?;
-            let out = ReadOutcome::at_tail(m.info(), req.from)?;
+            let info = m.info();
+            let out = match ReadOutcome::at_tail(info.clone(), req.from) {
+                Some(out) => out,
+                None => {
+                    let (start, _) = info.read_start(req.from).ok()?;
+                    // Copying backends read up to `max_bytes` (`lend_bytes`
+                    // is for those that lend); all of it, or left to `read`.
+                    let chunks = self
+                        .shared
+                        .recent
+                        .read(m.id, start, info.tail, req.max_bytes)?;
+                    ReadOutcome {
+                        start,
+                        chunks,
+                        next: info.tail,
+                        info,
+                    }
+                }
+            };
             m.last_access = req.now;
             (matches!(m.expiry, Expiry::Ttl(_)), out)
         };

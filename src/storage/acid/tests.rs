@@ -410,7 +410,7 @@ fn failed_transaction_changes_neither_disk_nor_cache() {
 }
 
 #[test]
-fn read_now_answers_polls_at_the_tail_only() {
+fn read_now_answers_at_and_just_behind_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let mut req = CreateRequest::new(Some("text/plain"), "ab", 1);
@@ -418,31 +418,93 @@ fn read_now_answers_polls_at_the_tail_only() {
     s.create("a", req).unwrap();
     s.append("a", AppendRequest::new(Some("text/plain"), "cd", 2))
         .unwrap();
+    s.append("a", AppendRequest::new(Some("text/plain"), "e", 2))
+        .unwrap();
     let now = |from, at| {
         let _marked = crate::storage::handle::NonBlocking::enter();
         s.read_now("a", &ReadRequest::all(from, at))
     };
-    for from in [ReadFrom::Tail, ReadFrom::At(Offset::new(2, 4))] {
-        let quick = now(from, 9_000).expect("answered at the tail");
+    // At the tail, and from the committed records kept after it: the
+    // answer `read` gives.
+    for from in [
+        ReadFrom::Tail,
+        ReadFrom::At(Offset::new(3, 5)),
+        ReadFrom::At(Offset::new(1, 2)),
+        ReadFrom::At(Offset::new(2, 4)),
+    ] {
+        let quick = now(from, 9_000).expect("answered without a transaction");
         let slow = s.read("a", ReadRequest::all(from, 9_000)).unwrap();
         assert_eq!(
             (&quick.info, quick.start, quick.concat(), quick.next),
             (&slow.info, slow.start, slow.concat(), slow.next)
         );
-        assert!(quick.chunks.is_empty() && quick.up_to_date());
+        assert!(quick.up_to_date());
     }
-    // Behind the tail, beyond it, absent: left to `read`.
+    assert_eq!(
+        now(ReadFrom::At(Offset::new(1, 2)), 9_000)
+            .unwrap()
+            .concat(),
+        b"cde"
+    );
+    // Inside a record, before the kept ones (the initial body is not an
+    // append's), beyond the tail, absent, more than the reader takes: left
+    // to `read`.
+    assert!(now(ReadFrom::At(Offset::new(1, 3)), 9_000).is_none());
     assert!(now(ReadFrom::Start, 9_000).is_none());
-    assert!(now(ReadFrom::At(Offset::new(1, 2)), 9_000).is_none());
     assert!(now(ReadFrom::At(Offset::new(9, 90)), 9_000).is_none());
     assert!(
         s.read_now("b", &ReadRequest::all(ReadFrom::Tail, 9_000))
             .is_none()
     );
+    let mut small = ReadRequest::all(ReadFrom::At(Offset::new(1, 2)), 9_000);
+    small.max_bytes = 2;
+    assert!(s.read_now("a", &small).is_none());
     // A poll renews the sliding TTL, to be persisted like a read's.
     s.shared.touched.lock().clear();
     assert!(now(ReadFrom::Tail, 18_000).is_some());
     assert!(s.shared.touched.lock().contains("a"));
     assert!(s.head("a", 27_999).is_ok(), "renewed by the poll");
     assert!(now(ReadFrom::Tail, 28_001).is_none(), "expired");
+    assert!(
+        now(ReadFrom::At(Offset::new(1, 2)), 28_001).is_none(),
+        "expired"
+    );
+}
+
+#[test]
+fn kept_records_never_outlive_their_stream_or_a_trim() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = |name, from| {
+        let _marked = crate::storage::handle::NonBlocking::enter();
+        s.read_now(name, &ReadRequest::all(from, 5))
+    };
+    s.create("a", CreateRequest::new(Some("text/plain"), "", 1))
+        .unwrap();
+    for part in ["ab", "cd", "ef"] {
+        s.append("a", AppendRequest::new(Some("text/plain"), part, 2))
+            .unwrap();
+    }
+    assert_eq!(now("a", ReadFrom::Start).unwrap().concat(), b"abcdef");
+    // Trimmed before "ef": a read before it is refused by `read`, and one
+    // from the start answers only what is retained.
+    s.trim("a", Offset::new(2, 4), 3).unwrap();
+    assert!(now("a", ReadFrom::At(Offset::new(0, 0))).is_none());
+    assert!(matches!(
+        s.read("a", ReadRequest::all(ReadFrom::At(Offset::new(0, 0)), 5)),
+        Err(StorageError::Trimmed { .. })
+    ));
+    assert_eq!(now("a", ReadFrom::Start).unwrap().concat(), b"ef");
+    // Deleted and made again: the old records are not the new stream's.
+    s.delete("a", 4).unwrap();
+    s.create("a", CreateRequest::new(Some("text/plain"), "", 5))
+        .unwrap();
+    s.append("a", AppendRequest::new(Some("text/plain"), "gh", 5))
+        .unwrap();
+    assert_eq!(now("a", ReadFrom::Start).unwrap().concat(), b"gh");
+    assert_eq!(
+        s.shared.recent.bytes(),
+        2,
+        "the deleted stream's records are dropped"
+    );
 }

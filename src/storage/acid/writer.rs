@@ -194,6 +194,9 @@ impl Writer {
                 self.next_id = next_id;
                 self.shared.install(overlay);
                 for (name, wake) in wakes {
+                    if let Some(a) = &wake.appended {
+                        self.shared.recent.appended(a.id, a.from, &a.records);
+                    }
                     self.shared.hub.wake(&name, wake);
                 }
                 for a in answers {

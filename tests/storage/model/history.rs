@@ -404,10 +404,27 @@ pub fn run(seed: u64, steps: usize, open: Open) {
             }
             11..=15 => {
                 let req = h.read();
+                let got = store.read(name, req.clone());
+                // A read answered without blocking is the read's answer.
+                let quick = {
+                    let _marked = durable_streams::storage::handle::NonBlocking::enter();
+                    store.read_now(name, &req)
+                };
+                if let (Some(q), Ok(r)) = (&quick, &got) {
+                    assert_eq!(
+                        (&q.info, q.start, q.concat(), q.next),
+                        (&r.info, r.start, r.concat(), r.next),
+                        "seed {seed} step {step}: read_now {name} {req:?}"
+                    );
+                } else if let Some(q) = &quick {
+                    panic!(
+                        "seed {seed} step {step}: read_now {name} {req:?} answered {q:?}, read {got:?}"
+                    );
+                }
                 (
                     format!("read {name} {req:?}"),
                     format!("{:?}", model.read(name, req.clone())),
-                    format!("{:?}", store.read(name, req)),
+                    format!("{got:?}"),
                 )
             }
             16 => (
