@@ -59,6 +59,7 @@ pub(super) fn checkpointer(inner: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>
             }
         }
         let Some(inner) = inner.upgrade() else { return };
+        inner.files.retry_punches();
         let grown = inner.wal.segment_len();
         let busy = grown > format::WAL_HEADER_LEN || !inner.pending_unlink.lock().is_empty();
         if grown >= CHECKPOINT_WAL_BYTES || (busy && last.elapsed() >= CHECKPOINT_EVERY) {

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
+use super::lends::Lends;
 use super::range::{DataFile, MAP_MIN, read_at};
 use super::recent::{Allowance, RECENT_BUDGET};
 use crate::offset::Offset;
@@ -58,6 +59,11 @@ pub struct Files {
     dirty: Mutex<HashSet<u64>>,
     /// What the open data files may keep of their last records.
     allowance: Allowance,
+    /// Bytes lent out of the data files' mappings ([`super::lends`]).
+    lends: Arc<Lends>,
+    /// Punches put off because bytes of the file were lent: file offset to
+    /// punch to, per id ([`Files::retry_punches`]).
+    deferred: Mutex<HashMap<u64, u64>>,
     /// Test-only injected failures (shared with the WAL).
     pub faults: Arc<Faults>,
 }
@@ -73,6 +79,8 @@ impl Files {
             }),
             dirty: Mutex::new(HashSet::new()),
             allowance: Allowance::new(RECENT_BUDGET),
+            lends: Lends::new(),
+            deferred: Mutex::new(HashMap::new()),
             faults: Arc::default(),
         }
     }
@@ -99,7 +107,7 @@ impl Files {
         self.insert(
             id,
             Arc::new(Handles {
-                data: DataFile::new(data, self.allowance.clone()),
+                data: DataFile::new(data, self.allowance.clone(), Arc::clone(&self.lends), id),
                 index,
             }),
         );
@@ -113,7 +121,12 @@ impl Files {
             return Ok(h);
         }
         let handles = Arc::new(Handles {
-            data: DataFile::new(open_rw(&self.data_path(id), false)?, self.allowance.clone()),
+            data: DataFile::new(
+                open_rw(&self.data_path(id), false)?,
+                self.allowance.clone(),
+                Arc::clone(&self.lends),
+                id,
+            ),
             index: open_rw(&self.index_path(id), false)?,
         });
         self.insert(id, Arc::clone(&handles));
@@ -333,12 +346,21 @@ impl Files {
     /// keeps its length (offsets and the length check of recovery are
     /// unchanged) and the range reads as zeros. Idempotent. A file system
     /// that cannot punch holes (`EOPNOTSUPP`) keeps the bytes: unreachable
-    /// all the same, only not reclaimed.
+    /// all the same, only not reclaimed. While bytes of the file are lent
+    /// out of its mapping (a hole would turn them into zeros on their way
+    /// to a socket), the punch is put off until [`Files::retry_punches`]
+    /// finds none.
     pub fn punch(&self, id: u64, to: u64) -> Result<(), StorageError> {
         let from = format::DATA_HEADER_LEN;
         if to <= from {
             return Ok(());
         }
+        let Some(_punching) = self.lends.punch(id) else {
+            let mut deferred = self.deferred.lock();
+            let at = deferred.entry(id).or_default();
+            *at = (*at).max(to);
+            return Ok(());
+        };
         let h = self.get(id)?;
         blocking_io("punch a hole in a stream file");
         let (Ok(off), Ok(len)) = (
@@ -365,6 +387,20 @@ impl Files {
             return Ok(());
         }
         Err(e.into())
+    }
+
+    /// Punches what [`Files::punch`] put off, where nothing is lent any
+    /// more (what still is waits for the next call). An incarnation removed
+    /// meanwhile has nothing left to reclaim.
+    pub fn retry_punches(&self) {
+        let deferred = std::mem::take(&mut *self.deferred.lock());
+        for (id, to) in deferred {
+            if let Err(e) = self.punch(id, to)
+                && !matches!(&e, StorageError::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
+            {
+                tracing::warn!(stream_id = id, error = %e, "could not give back trimmed space");
+            }
+        }
     }
 
     /// Records that the files of `id` need a sync at the next checkpoint.

@@ -81,6 +81,7 @@ mod entry_bin;
 mod faults;
 mod files;
 pub mod format;
+mod lends;
 mod range;
 mod read;
 mod recent;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::lends::{Lease, Lends};
 use super::recent::{Allowance, Recent};
 
 /// Reads at least this many bytes through the mapping instead of `pread`.
@@ -33,15 +34,21 @@ pub struct DataFile {
     /// A length the file is known to have reached (it never shrinks while
     /// the store is open), so that most reads need no `fstat`.
     seen_len: AtomicU64,
+    /// The store's count of lent bytes, and this file's incarnation id in
+    /// it: a trim does not punch a hole under lent bytes.
+    lends: Arc<Lends>,
+    id: u64,
 }
 
 impl DataFile {
-    pub fn new(file: File, allowance: Allowance) -> Self {
+    pub fn new(file: File, allowance: Allowance, lends: Arc<Lends>, id: u64) -> Self {
         DataFile {
             file,
             recent: Recent::new(allowance),
             window: Mutex::new(None),
             seen_len: AtomicU64::new(0),
+            lends,
+            id,
         }
     }
 
@@ -66,11 +73,16 @@ impl DataFile {
     /// open (files are only cut back during recovery, before any read, and
     /// a removed incarnation's file is unlinked, which leaves mappings
     /// intact); a range past the file's end is refused before it is
-    /// touched. A trim's hole reads as zeros.
+    /// touched. A trim's hole reads as zeros, so the bytes handed out hold
+    /// a [`Lease`] that keeps trims from punching until they are dropped
+    /// ([`super::lends`]); while a punch runs, reads copy.
     pub fn read_bytes(&self, at: u64, len: usize) -> std::io::Result<Bytes> {
         if len < MAP_MIN {
             return self.copy(at, len);
         }
+        let Some(lease) = self.lends.lease(self.id) else {
+            return self.copy(at, len);
+        };
         let end = at + len as u64;
         if end > self.seen_len.load(Ordering::Acquire) {
             let size = self.file.metadata()?.len();
@@ -106,6 +118,7 @@ impl DataFile {
             window,
             at: at as usize,
             len,
+            _lease: lease,
         }))
     }
 }
@@ -212,6 +225,7 @@ struct Slice {
     window: Arc<Window>,
     at: usize,
     len: usize,
+    _lease: Lease,
 }
 
 impl AsRef<[u8]> for Slice {
@@ -291,7 +305,12 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..(MAP_MIN * 3)).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let f = DataFile::new(File::open(&path).unwrap(), Allowance::new(0));
+        let f = DataFile::new(
+            File::open(&path).unwrap(),
+            Allowance::new(0),
+            Lends::new(),
+            1,
+        );
         for (at, len) in [
             (0, 10),
             (4093, MAP_MIN),
@@ -314,7 +333,12 @@ mod tests {
             |seed: usize| -> Vec<u8> { (0..MAP_MIN).map(|i| ((i + seed) % 253) as u8).collect() };
         std::fs::write(&path, block(0)).unwrap();
         let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let f = DataFile::new(File::open(&path).unwrap(), Allowance::new(0));
+        let f = DataFile::new(
+            File::open(&path).unwrap(),
+            Allowance::new(0),
+            Lends::new(),
+            1,
+        );
         let first = f.read_bytes(0, MAP_MIN).unwrap();
         assert_eq!(&first[..], &block(0)[..]);
         // Past the end: refused, not mapped.

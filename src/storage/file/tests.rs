@@ -338,3 +338,81 @@ fn create_over_an_expired_name_replays_as_one_change() {
     s.delete("y", 5_000).unwrap();
     assert!(matches!(s.head("b", 5_000), Err(StorageError::NotFound)));
 }
+
+/// Allocated 512-byte blocks of `path`.
+fn blocks(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks()
+}
+
+/// True when the file system under `dir` gives space back for a hole.
+fn punches_holes(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("punch-probe");
+    std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.sync_all().unwrap();
+    let before = blocks(&path);
+    // SAFETY: an open descriptor, a range within the file.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            1 << 20,
+        )
+    };
+    let punched = r == 0 && blocks(&path) < before;
+    std::fs::remove_file(&path).unwrap();
+    punched
+}
+
+#[test]
+fn a_trim_never_punches_a_hole_under_bytes_still_lent() {
+    use super::range::MAP_MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("t", create("")).unwrap();
+    let record = |seed: u8| -> Vec<u8> {
+        (0..MAP_MIN + 4096)
+            .map(|i| (i as u8).wrapping_mul(31) | 1 ^ seed)
+            .collect()
+    };
+    let mut tails = Vec::new();
+    for seed in 1..=3 {
+        let AppendOutcome::Appended { info, .. } = s.append("t", append(record(seed))).unwrap()
+        else {
+            panic!("not appended");
+        };
+        tails.push(info.tail);
+    }
+    let id = s.head("t", 3).unwrap().id;
+    let data = s.inner.files.data_path(id);
+    let expected: Vec<u8> = (1..=3).flat_map(record).collect();
+    // Lent out of the data file's mapping (all but the last record, which
+    // the file keeps in memory), still to be written to a socket.
+    let lent = s
+        .read("t", crate::storage::ReadRequest::all(ReadFrom::Start, 3))
+        .unwrap();
+    s.inner.files.sync(id).unwrap();
+    let before = blocks(&data);
+    // Trimmed before the last record: the first two are given back, but
+    // not while their bytes are out.
+    s.trim("t", tails[1], 3).unwrap();
+    assert!(lent.concat() == expected, "lent bytes changed under a trim");
+    assert_eq!(blocks(&data), before, "punched while lent");
+    // Still out: a retry puts it off again.
+    s.inner.files.retry_punches();
+    assert!(lent.concat() == expected);
+    drop(lent);
+    s.inner.files.retry_punches();
+    if punches_holes(dir.path()) {
+        assert!(
+            blocks(&data) < before,
+            "the space is given back once returned"
+        );
+    }
+    // What is retained reads as before.
+    let (bytes, _, _) = read_all(&s, "t").unwrap();
+    assert!(bytes == record(3));
+}
