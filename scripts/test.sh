@@ -36,7 +36,17 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> PostgreSQL (scripts/pg.sh start)"
-if ! "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then PG_STARTED=1; fi
+if ! "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then
+  PG_STARTED=1
+  # Not ours on the port (another checkout's test server, left running by a
+  # `cargo test` there): ours would fail to start. Take a free port; the
+  # tests' own pg.sh calls (outages) inherit it.
+  if [[ -z "${DS_PG_PORT:-}" ]] && (: </dev/tcp/127.0.0.1/54329) 2>/dev/null; then
+    DS_PG_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    export DS_PG_PORT
+    echo "port 54329 is taken by another server: using $DS_PG_PORT"
+  fi
+fi
 DS_TEST_DATABASE_URL="$("$ROOT/scripts/pg.sh" start)"
 export DS_TEST_DATABASE_URL
 echo "DS_TEST_DATABASE_URL=$DS_TEST_DATABASE_URL"
