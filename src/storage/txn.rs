@@ -490,16 +490,18 @@ pub fn sweep<T: Txn + ?Sized>(t: &mut T, now: Millis) -> Result<usize, Fail> {
     Ok(removed)
 }
 
+/// Records of the given texts, for tests.
+#[cfg(test)]
+pub fn recs(parts: &[&'static str]) -> Vec<Bytes> {
+    parts
+        .iter()
+        .map(|p| Bytes::from_static(p.as_bytes()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn recs(parts: &[&'static str]) -> Vec<Bytes> {
-        parts
-            .iter()
-            .map(|p| Bytes::from_static(p.as_bytes()))
-            .collect()
-    }
 
     /// The wakes of `w`, by name.
     fn finished(w: &mut BatchWakes) -> HashMap<String, Wake> {

@@ -152,13 +152,7 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn recs(parts: &[&'static str]) -> Vec<Bytes> {
-        parts
-            .iter()
-            .map(|p| Bytes::from_static(p.as_bytes()))
-            .collect()
-    }
+    use crate::storage::txn::recs;
 
     #[test]
     fn reads_start_at_a_kept_record_and_end_at_the_tail() {
