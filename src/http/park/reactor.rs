@@ -69,7 +69,7 @@ fn run(p: Arc<Parking>, mut poll: mio::Poll, state: &AppState, spawn: &Spawn) {
         }
         for ev in &events {
             if ev.token() != WAKER {
-                check(p, ev.token(), spawn);
+                check(p, ev, spawn);
             }
         }
         if p.tick() >= p.next_scan.load(Ordering::Acquire) {
@@ -80,8 +80,8 @@ fn run(p: Arc<Parking>, mut poll: mio::Poll, state: &AppState, spawn: &Spawn) {
 
 /// A parked socket became readable: the client hung up (the member goes)
 /// or sent something (it becomes active, and stays so).
-fn check(p: &Parking, t: mio::Token, spawn: &Spawn) {
-    let (gid, key) = untoken(t);
+fn check(p: &Parking, ev: &mio::event::Event, spawn: &Spawn) {
+    let (gid, key) = untoken(ev.token());
     let Some(g) = p.group_by_id(gid) else {
         return;
     };
@@ -89,12 +89,21 @@ fn check(p: &Parking, t: mio::Token, spawn: &Spawn) {
     let Some(m) = inner.members.get(key) else {
         return;
     };
-    let mut probe = [0u8; 1];
-    let input = match m.tcp.peek(&mut probe) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-        Err(_) => false,
+    // Readable with the peer's side still open: bytes came (an answered
+    // poller's next request, most often), which nobody reads while the
+    // socket is parked, so no `peek` is needed to tell (one syscall per
+    // poll). After a hang-up or an error, `peek` tells whether bytes came
+    // before it.
+    let input = if ev.is_readable() && !ev.is_read_closed() && !ev.is_error() {
+        true
+    } else {
+        let mut probe = [0u8; 1];
+        match m.tcp.peek(&mut probe) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => false,
+        }
     };
     let member = p.remove(&mut inner, key);
     let empty = inner.members.is_empty();
