@@ -21,8 +21,8 @@ use super::error::ApiError;
 use super::read::read_chunk;
 use crate::metrics::{Live, LiveGuard};
 use crate::notify::{Appended, Subscription, Wake};
-use crate::offset::ReadFrom;
-use crate::storage::ReadOutcome;
+use crate::offset::{Offset, ReadFrom};
+use crate::storage::{ReadOutcome, StreamInfo};
 
 /// How long a live reader waits before reading again while storage
 /// answers 503.
@@ -229,7 +229,7 @@ impl LiveRead {
         // A wake with exactly the next records: answer from them, read
         // nothing (SSE connections also share one encoding of them).
         if let Some(w) = &wake
-            && let Some(next) = from_wake(&self.out, w)
+            && let Some(next) = from_wake(&self.out.info, self.out.next, w)
         {
             self.out = next;
             return Step::Read {
@@ -284,16 +284,17 @@ pub fn stale(at: &ReadOutcome, wake: &Wake) -> bool {
         || (wake.appended.is_some() && wake.tail == at.next && wake.closed == at.info.closed)
 }
 
-/// The read that a wake carrying exactly the records after `at` (an empty
-/// read at the old tail) stands for, without touching storage; `None` when
+/// The read that a wake carrying exactly the records after `next` of the
+/// stream `at` (an empty read at the old tail) stands for, without touching
+/// storage; `None` when
 /// the wake carries no records, or others (another incarnation, another
 /// position): the reader then reads storage.
-pub fn from_wake(at: &ReadOutcome, wake: &Wake) -> Option<ReadOutcome> {
+pub fn from_wake(at: &StreamInfo, next: Offset, wake: &Wake) -> Option<ReadOutcome> {
     let a = wake.appended.as_ref()?;
-    if a.id != at.info.id || a.from != at.next {
+    if a.id != at.id || a.from != next {
         return None;
     }
-    let mut info = at.info.clone();
+    let mut info = at.clone();
     info.tail = wake.tail;
     info.closed = wake.closed;
     Some(ReadOutcome {

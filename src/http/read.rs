@@ -224,16 +224,10 @@ pub fn answer_from_wake(
     state: &AppState,
     next: Offset,
     w: &Wake,
-    info: StreamInfo,
+    info: &StreamInfo,
     client_cursor: Option<u64>,
 ) -> Option<Result<Response, ApiError>> {
-    let at = ReadOutcome {
-        info,
-        start: next,
-        chunks: Vec::new(),
-        next,
-    };
-    let out = from_wake(&at, w)?;
+    let out = from_wake(info, next, w)?;
     if !out.is_empty() {
         return Some(data_answer(state, &out, client_cursor));
     }

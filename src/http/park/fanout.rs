@@ -399,7 +399,7 @@ fn answer(
     cursor: Option<u64>,
     to: &mut Answering,
 ) -> Then {
-    let Some(res) = answer_from_wake(to.state, m.next, w, info.clone(), cursor) else {
+    let Some(res) = answer_from_wake(to.state, m.next, w, info, cursor) else {
         return Then::Leave(Why::Reread { park: true });
     };
     let path = to

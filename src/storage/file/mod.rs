@@ -401,6 +401,9 @@ impl Storage for FileStorage {
     }
 
     fn shutdown(&self) -> Result<(), StorageError> {
+        // Punches put off while bytes were lent: by now the answers are
+        // written, and a put-off punch is not remembered across a restart.
+        self.inner.files.retry_punches();
         let r = self.inner.checkpoint();
         self.halt();
         r
