@@ -339,23 +339,21 @@ impl Storage for AcidStorage {
             let mut m = entry.lock();
             m.check_visible(req.now).ok()?;
             let info = m.info();
-            let out = match ReadOutcome::at_tail(info.clone(), req.from) {
-                Some(out) => out,
-                None => {
-                    let (start, _) = info.read_start(req.from).ok()?;
-                    // Copying backends read up to `max_bytes` (`lend_bytes`
-                    // is for those that lend); all of it, or left to `read`.
-                    let chunks = self
-                        .shared
-                        .recent
-                        .read(m.id, start, info.tail, req.max_bytes)?;
-                    ReadOutcome {
-                        start,
-                        chunks,
-                        next: info.tail,
-                        info,
-                    }
-                }
+            let (start, _) = info.read_start(req.from).ok()?;
+            let chunks = if start == info.tail {
+                Vec::new()
+            } else {
+                // Copying backends read up to `max_bytes` (`lend_bytes` is
+                // for those that lend): all of it, or left to `read`.
+                self.shared
+                    .recent
+                    .read(m.id, start, info.tail, req.max_bytes)?
+            };
+            let out = ReadOutcome {
+                start,
+                chunks,
+                next: info.tail,
+                info,
             };
             m.last_access = req.now;
             (matches!(m.expiry, Expiry::Ttl(_)), out)
