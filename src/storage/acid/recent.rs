@@ -24,7 +24,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::offset::Offset;
-use crate::storage::model;
 
 /// Most bytes of records kept per stream.
 pub(super) const STREAM_BYTES: usize = 64 * 1024;
@@ -43,20 +42,21 @@ struct Inner {
     bytes: usize,
 }
 
-/// A stream's last records, contiguous, the first starting at `from`.
+/// A stream's last records, contiguous, each with the offset it starts
+/// at, and where the last one ends.
 struct Kept {
-    from: Offset,
-    records: VecDeque<Bytes>,
+    records: VecDeque<(Offset, Bytes)>,
+    end: Offset,
     bytes: usize,
 }
 
 impl Kept {
-    fn end(&self) -> Offset {
-        let bytes: u64 = self.records.iter().map(|r| r.len() as u64).sum();
-        Offset::new(
-            self.from.seq + self.records.len() as u64,
-            self.from.pos + bytes,
-        )
+    fn at(from: Offset) -> Self {
+        Kept {
+            records: VecDeque::new(),
+            end: from,
+            bytes: 0,
+        }
     }
 }
 
@@ -66,7 +66,7 @@ impl Recent {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let mut kept = match inner.by_id.remove(&id) {
-            Some(k) if k.end() == from => k,
+            Some(k) if k.end == from => k,
             Some(k) => {
                 inner.bytes -= k.bytes;
                 Kept::at(from)
@@ -75,15 +75,16 @@ impl Recent {
         };
         inner.bytes -= kept.bytes;
         for r in records {
-            kept.records.push_back(r.clone());
+            let next = Offset::new(kept.end.seq + 1, kept.end.pos + r.len() as u64);
+            kept.records.push_back((kept.end, r.clone()));
+            kept.end = next;
             kept.bytes += r.len();
         }
         while kept.bytes > STREAM_BYTES {
-            let Some(first) = kept.records.pop_front() else {
+            let Some((_, first)) = kept.records.pop_front() else {
                 break;
             };
             kept.bytes -= first.len();
-            kept.from = Offset::new(kept.from.seq + 1, kept.from.pos + first.len() as u64);
         }
         if kept.records.is_empty() {
             return;
@@ -115,37 +116,22 @@ impl Recent {
     ) -> Option<Vec<Bytes>> {
         let inner = self.inner.lock();
         let kept = inner.by_id.get(&id)?;
-        if start.pos < kept.from.pos || start.seq < kept.from.seq || kept.end() != tail {
+        if kept.end != tail || start == tail {
             return None;
         }
-        let skip = (start.seq - kept.from.seq) as usize;
-        let records: Vec<Bytes> = kept.records.iter().skip(skip).cloned().collect();
-        // `start` must be the first byte of a kept record, not a position
-        // inside one (or one the stream never minted).
-        let first = kept.records.iter().take(skip).map(|r| r.len() as u64);
-        if kept.from.pos + first.sum::<u64>() != start.pos || start == tail {
+        // `start` must be where a kept record starts, not a position inside
+        // one (or one the stream never minted).
+        let i = kept.records.partition_point(|(at, _)| at.pos < start.pos);
+        if kept.records.get(i).map(|(at, _)| *at) != Some(start) {
             return None;
         }
-        if model::advance(start, &records) != tail {
-            return None;
-        }
-        let bytes: usize = records.iter().map(Bytes::len).sum();
-        (bytes <= max_bytes).then_some(records)
+        let bytes = (tail.pos - start.pos) as usize;
+        (bytes <= max_bytes).then(|| kept.records.range(i..).map(|(_, r)| r.clone()).collect())
     }
 
     #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.inner.lock().bytes
-    }
-}
-
-impl Kept {
-    fn at(from: Offset) -> Self {
-        Kept {
-            from,
-            records: VecDeque::new(),
-            bytes: 0,
-        }
     }
 }
 
