@@ -224,20 +224,6 @@ pub struct ReadOutcome {
 }
 
 impl ReadOutcome {
-    /// The answer of a read from `from` of the stream `info` when it starts
-    /// at the tail: no bytes, the tail as the next offset. `None` when it
-    /// starts anywhere else (or is invalid: the backend's `read` answers
-    /// that).
-    pub fn at_tail(info: StreamInfo, from: ReadFrom) -> Option<ReadOutcome> {
-        let (start, _) = info.read_start(from).ok()?;
-        (start == info.tail).then(|| ReadOutcome {
-            start,
-            chunks: Vec::new(),
-            next: start,
-            info,
-        })
-    }
-
     /// True when the read reached the stream's tail.
     pub fn up_to_date(&self) -> bool {
         self.next == self.info.tail

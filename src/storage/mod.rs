@@ -360,7 +360,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// [`Self::read`] answered *without blocking*, or `None` (the default)
     /// when the backend cannot: a backend answers from the state it holds in
-    /// memory, e.g. a read at the durable tail ([`ReadOutcome::at_tail`]),
+    /// memory, e.g. a read at the durable tail,
     /// which is what a caught-up live reader asks on every poll. When it
     /// answers, the answer (TTL renewal included) is the one `read` would
     /// give; errors, and anything that needs I/O or a wait for durability,
