@@ -56,6 +56,13 @@ pub struct Common {
     origin: Option<HeaderValue>,
 }
 
+impl Common {
+    /// The common headers of an answer to a request from `origin`.
+    pub fn new(origin: Option<HeaderValue>) -> Self {
+        Common { origin }
+    }
+}
+
 /// The header lines of a [`Common`]: `lines` (each ending in CRLF), and
 /// the `access-control-allow-origin` value when there is one.
 pub struct CommonLines<'a> {
@@ -130,6 +137,14 @@ impl Front {
     /// an allocation per request).
     pub fn wants_client_addr(&self) -> bool {
         self.state.limiter.is_some()
+    }
+
+    /// The body limit when the HTTP/1 engine may answer plain appends
+    /// itself (`h1::append`): only without auth and rate limits, whose
+    /// checks read the request as axum sees it; `None` otherwise.
+    pub fn append_limit(&self) -> Option<usize> {
+        let s = &self.state;
+        (!s.config.auth.enabled && s.limiter.is_none()).then_some(s.config.limits.max_body_bytes)
     }
 
     /// The server state.

@@ -14,17 +14,75 @@ use crate::storage::{Expiry, ForkSpec, Millis, ProducerHeaders};
 /// Largest integer a JavaScript client can represent exactly (2^53 - 1).
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// Where request headers are looked up: an axum [`HeaderMap`], or the
+/// raw header lines of a head the HTTP/1 engine parsed ([`Raw`]), which an
+/// append answered without building a map reads.
+pub trait Fields {
+    /// The first value of `name`, and whether it was sent more than once.
+    fn lookup(&self, name: &HeaderName) -> (Option<&[u8]>, bool);
+    /// Whether any of `names` was sent.
+    fn any_of(&self, names: &[HeaderName]) -> bool;
+}
+
+impl Fields for HeaderMap {
+    fn lookup(&self, name: &HeaderName) -> (Option<&[u8]>, bool) {
+        let mut values = self.get_all(name).iter();
+        let first = values.next().map(HeaderValue::as_bytes);
+        (first, first.is_some() && values.next().is_some())
+    }
+
+    fn any_of(&self, names: &[HeaderName]) -> bool {
+        self.keys().any(|k| names.contains(k))
+    }
+}
+
+/// Header lines as `httparse` found them (names in any case).
+pub struct Raw<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl Fields for Raw<'_, '_> {
+    fn lookup(&self, name: &HeaderName) -> (Option<&[u8]>, bool) {
+        let name = name.as_str();
+        let mut values = self
+            .0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value);
+        let first = values.next();
+        (first, first.is_some() && values.next().is_some())
+    }
+
+    fn any_of(&self, names: &[HeaderName]) -> bool {
+        self.0.iter().any(|h| {
+            names
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n.as_str()))
+        })
+    }
+}
+
+/// `v` as text when it is visible ASCII (or tabs), as
+/// [`HeaderValue::to_str`] decides.
+fn visible(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
 /// A header's value as text; `None` when absent. Non-ASCII values and a
 /// header sent twice (which value would count is ambiguous) are a 400.
-pub fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
+pub fn text<'a, H: Fields + ?Sized>(
+    headers: &'a H,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, ApiError> {
+    match headers.lookup(name) {
         (None, _) => Ok(None),
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
+        (Some(_), true) => Err(ApiError::bad_request(
             "DUPLICATE_HEADER",
             format!("send header {name} once"),
         )),
-        (Some(v), None) => v.to_str().map(Some).map_err(|_| {
+        (Some(v), false) => visible(v).map(Some).ok_or_else(|| {
             ApiError::bad_request(
                 "INVALID_HEADER",
                 format!("header {name} must be visible ASCII"),
@@ -47,10 +105,11 @@ pub fn offset_values(o: Offset) -> (HeaderValue, HeaderValue) {
 }
 
 /// `Stream-Closed` counts only when it is exactly `true` (any case).
-pub fn stream_closed(headers: &HeaderMap) -> bool {
+pub fn stream_closed<H: Fields + ?Sized>(headers: &H) -> bool {
     headers
-        .get(STREAM_CLOSED)
-        .and_then(|v| v.to_str().ok())
+        .lookup(&STREAM_CLOSED)
+        .0
+        .and_then(visible)
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
@@ -112,7 +171,7 @@ fn producer_int(name: &HeaderName, v: &str) -> Result<u64, ApiError> {
 }
 
 /// The idempotent-producer headers: all three or none.
-pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError> {
+pub fn producer<H: Fields + ?Sized>(headers: &H) -> Result<Option<ProducerHeaders>, ApiError> {
     let id = text(headers, &PRODUCER_ID)?;
     let epoch = text(headers, &PRODUCER_EPOCH)?;
     let seq = text(headers, &PRODUCER_SEQ)?;
@@ -142,7 +201,7 @@ pub fn producer(headers: &HeaderMap) -> Result<Option<ProducerHeaders>, ApiError
 /// (the tail an optimistic-concurrency append expects). The wildcard `*`
 /// is not supported (the proposal leaves it out: a `POST` to a missing
 /// stream is a 404 anyway), nor are weak tags and lists; all are a 400.
-pub fn if_match(headers: &HeaderMap) -> Result<Option<Offset>, ApiError> {
+pub fn if_match<H: Fields + ?Sized>(headers: &H) -> Result<Option<Offset>, ApiError> {
     let Some(v) = text(headers, &axum::http::header::IF_MATCH)? else {
         return Ok(None);
     };
@@ -166,7 +225,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<Offset>, ApiError> {
 }
 
 /// `Stream-Seq`: any non-empty opaque string.
-pub fn stream_seq(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub fn stream_seq<H: Fields + ?Sized>(headers: &H) -> Result<Option<String>, ApiError> {
     match text(headers, &STREAM_SEQ)? {
         Some("") => Err(ApiError::bad_request(
             "INVALID_STREAM_SEQ",

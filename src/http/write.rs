@@ -149,24 +149,99 @@ const APPEND_OPTIONAL: [HeaderName; 6] = [
     header::IF_MATCH,
 ];
 
+/// What an append asks for, read from its headers (the body comes apart).
+pub struct AppendFields {
+    content_type: Option<String>,
+    close: bool,
+    stream_seq: Option<String>,
+    producer: Option<crate::storage::ProducerHeaders>,
+    if_match: Option<crate::offset::Offset>,
+}
+
+impl AppendFields {
+    /// Reads an append's headers from `headers`, refusing bad ones.
+    pub fn read<H: h::Fields + ?Sized>(headers: &H) -> Result<Self, ApiError> {
+        let content_type = h::text(headers, &header::CONTENT_TYPE)?
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        // Most appends carry none of the optional headers, and looking each
+        // up costs a hash and a probe (~1,000 instructions for the six); one
+        // pass over the request's few headers tells whether any is there.
+        if !headers.any_of(&APPEND_OPTIONAL) {
+            return Ok(AppendFields {
+                content_type,
+                close: false,
+                stream_seq: None,
+                producer: None,
+                if_match: None,
+            });
+        }
+        Ok(AppendFields {
+            content_type,
+            close: h::stream_closed(headers),
+            stream_seq: h::stream_seq(headers)?,
+            producer: h::producer(headers)?,
+            if_match: h::if_match(headers)?,
+        })
+    }
+}
+
+/// A successful append's answer: its status and the headers it carries.
+pub struct Appended {
+    pub status: StatusCode,
+    /// The new tail (`ETag` and `Stream-Next-Offset`).
+    pub tail: crate::offset::Offset,
+    pub closed: bool,
+    /// The producer's epoch and sequence number, echoed.
+    pub producer: Option<(u64, u64)>,
+}
+
+impl Appended {
+    fn response(&self) -> Response {
+        let (etag, next) = h::offset_values(self.tail);
+        // Made in place, not with a `Builder` (which is moved by value
+        // through every call and converts each value: ~400 instructions
+        // per header).
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = self.status;
+        let hm = res.headers_mut();
+        hm.reserve(super::RESPONSE_HEADERS);
+        // The new tail as a strong ETag, for a chained `If-Match` (proposal).
+        hm.insert(header::ETAG, etag);
+        hm.insert(h::STREAM_NEXT_OFFSET, next);
+        if self.closed {
+            hm.insert(h::STREAM_CLOSED, HeaderValue::from_static("true"));
+        }
+        if let Some((epoch, seq)) = self.producer {
+            hm.insert(h::PRODUCER_EPOCH, HeaderValue::from(epoch));
+            hm.insert(h::PRODUCER_SEQ, HeaderValue::from(seq));
+        }
+        res
+    }
+}
+
 /// `POST`: append, append-and-close, or close.
 pub async fn post(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
     let (headers, body, _) = body(state, req).await?;
-    // Most appends carry none of the optional headers, and looking each
-    // up costs a hash and a probe (~1,000 instructions for the six); one
-    // pass over the request's few headers tells whether any is there.
-    let optional = headers.keys().any(|k| APPEND_OPTIONAL.contains(k));
-    let content_type = content_type(&headers)?;
-    let (close, stream_seq, producer, if_match) = if optional {
-        (
-            h::stream_closed(&headers),
-            h::stream_seq(&headers)?,
-            h::producer(&headers)?,
-            h::if_match(&headers)?,
-        )
-    } else {
-        (false, None, None, None)
-    };
+    let fields = AppendFields::read(&headers)?;
+    Ok(append(state, name, fields, body).await?.response())
+}
+
+/// Appends `body` as `fields` ask, counting it in the metrics.
+pub async fn append(
+    state: &AppState,
+    name: String,
+    fields: AppendFields,
+    body: Bytes,
+) -> Result<Appended, ApiError> {
+    let AppendFields {
+        content_type,
+        close,
+        stream_seq,
+        producer,
+        if_match,
+    } = fields;
     let append = AppendRequest {
         content_type,
         close,
@@ -204,24 +279,12 @@ pub async fn post(state: &AppState, name: String, req: Request) -> Result<Respon
         AppendOutcome::Appended { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
         AppendOutcome::Duplicate { info, producer } => (StatusCode::NO_CONTENT, info, *producer),
     };
-    let (etag, next) = h::offset_values(info.tail);
-    // Made in place, not with a `Builder` (which is moved by value through
-    // every call and converts each value: ~400 instructions per header).
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = status;
-    let hm = res.headers_mut();
-    hm.reserve(super::RESPONSE_HEADERS);
-    // The new tail as a strong ETag, for a chained `If-Match` (proposal).
-    hm.insert(header::ETAG, etag);
-    hm.insert(h::STREAM_NEXT_OFFSET, next);
-    if info.closed {
-        hm.insert(h::STREAM_CLOSED, HeaderValue::from_static("true"));
-    }
-    if let Some((epoch, seq)) = producer {
-        hm.insert(h::PRODUCER_EPOCH, HeaderValue::from(epoch));
-        hm.insert(h::PRODUCER_SEQ, HeaderValue::from(seq));
-    }
-    Ok(res)
+    Ok(Appended {
+        status,
+        tail: info.tail,
+        closed: info.closed,
+        producer,
+    })
 }
 
 /// `DELETE`.

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::append::AppendHead;
 use super::decode::{Decoded, Decoder};
 pub(super) use super::encode::Encoder;
 use super::encode::SEGS_PER_FRAME;
@@ -135,6 +136,8 @@ pub(super) enum Sent {
 pub(super) enum Next {
     /// A request head to answer.
     Head(Box<Head>),
+    /// An append the engine answers itself (its body is in the buffer).
+    Append(Box<AppendHead>),
     /// The client closed, or was cut off (head deadline, shutdown).
     Closed,
     /// The HTTP/2 preface: hand the connection to hyper.
@@ -168,8 +171,13 @@ impl Conn {
         }
     }
 
-    /// Waits for and parses the next request head.
-    pub(super) async fn read_head(&mut self, first: bool) -> io::Result<Next> {
+    /// Waits for and parses the next request head; `appends`: the body
+    /// limit when plain appends are answered by the engine itself.
+    pub(super) async fn read_head(
+        &mut self,
+        first: bool,
+        appends: Option<usize>,
+    ) -> io::Result<Next> {
         self.timer
             .as_mut()
             .reset(Instant::now() + self.t.header_read);
@@ -181,10 +189,14 @@ impl Conn {
                         return Ok(Next::H2);
                     }
                 } else {
-                    match parse_head(&self.buf) {
+                    match parse_head(&self.buf, appends) {
                         Parsed::Head(h, len) => {
                             self.buf.advance(len);
                             return Ok(Next::Head(h));
+                        }
+                        Parsed::Append(a, len) => {
+                            self.buf.advance(len);
+                            return Ok(Next::Append(a));
                         }
                         Parsed::Bad(s) => return Ok(Next::Bad(s)),
                         Parsed::Partial => {}
@@ -552,7 +564,7 @@ mod tests {
         for _ in 0..32 {
             let (mut conn, mut client) = pair().await;
             conn.t.header_read = Duration::from_millis(20);
-            let next = conn.read_head(true);
+            let next = conn.read_head(true, None);
             tokio::pin!(next);
             // Waiting: the deadline is set and the socket registered.
             assert!(futures_util::poll!(next.as_mut()).is_pending());
@@ -569,10 +581,16 @@ mod tests {
         // Silence, or a head that stops halfway, is still cut off.
         let (mut conn, _client) = pair().await;
         conn.t.header_read = Duration::from_millis(50);
-        assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+        assert!(matches!(
+            conn.read_head(true, None).await.unwrap(),
+            Next::Closed
+        ));
         let (mut conn, mut client) = pair().await;
         conn.t.header_read = Duration::from_millis(50);
         client.write_all(b"GET /x HTTP/1.1\r\nHo").await.unwrap();
-        assert!(matches!(conn.read_head(true).await.unwrap(), Next::Closed));
+        assert!(matches!(
+            conn.read_head(true, None).await.unwrap(),
+            Next::Closed
+        ));
     }
 }

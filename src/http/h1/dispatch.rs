@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::append::COPY_BODY;
 use super::body::{ReqBody, Slot, feed};
 use super::conn::{Conn, DRAIN_MAX, Encoder, Next, Sent, encode_ready};
 use super::decode::Decoder;
@@ -30,9 +31,6 @@ use crate::http::park::{
 use crate::http::transport::{Builder, Guarded, Timeouts, serve_hyper};
 use crate::http::{read, sse};
 use axum::body::Body;
-
-/// Buffered bodies up to this are copied out of the read buffer.
-const COPY_BODY: usize = 2048;
 
 /// What every connection of a listener shares.
 pub(in crate::http) struct Ctx {
@@ -154,9 +152,22 @@ fn may_park(head: &Head) -> bool {
 /// The request loop of a connection.
 async fn run(mut c: Conn, peer: SocketAddr, ctx: Arc<Ctx>, token: ConnToken, mut first: bool) {
     let tag = ctx.front.wants_client_addr();
+    let appends = ctx.front.append_limit();
     loop {
-        let mut head = match c.read_head(first).await {
+        let mut head = match c.read_head(first, appends).await {
             Ok(Next::Head(h)) => h,
+            Ok(Next::Append(a)) => {
+                first = false;
+                match Box::pin(c.append(a, &ctx.front, &ctx.shutdown)).await {
+                    Ok(true) => {}
+                    Ok(false) => return c.close(false).await,
+                    Err(e) => return tracing::debug!(error = %e, "connection ended with an error"),
+                }
+                if c.buf.is_empty() {
+                    c.buf = BytesMut::new();
+                }
+                continue;
+            }
             Ok(Next::Closed) => return,
             Ok(Next::H2) => {
                 // Boxed: rare, and hyper's connection future is large.

@@ -58,6 +58,7 @@
 //!
 //! As hyper's `proto/h1`, one duty per file:
 //!
+//! - `append`: plain appends answered without a header map;
 //! - `dispatch`: the connection loop (`serve`) and one exchange (run the
 //!   handler while feeding it the body, respond, drain);
 //! - `conn`: the connection's steps: read a head, write a response,
@@ -70,6 +71,7 @@
 //! - `io`: socket reads and vectored writes with the send timeout;
 //! - `date`: the cached `date` header.
 
+mod append;
 mod body;
 mod conn;
 mod date;

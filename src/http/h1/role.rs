@@ -6,6 +6,7 @@ use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header, request,
 };
 
+use super::append::{AppendHead, append_head};
 use super::date::date;
 use crate::http::front::{CommonLines, Front};
 
@@ -37,12 +38,15 @@ pub(super) struct Head {
 pub(super) enum Parsed {
     /// The head and its length in bytes.
     Head(Box<Head>, usize),
+    /// An append the engine answers itself, and its head's length.
+    Append(Box<AppendHead>, usize),
     Partial,
     Bad(StatusCode),
 }
 
-/// Parses a request head at the front of `buf`.
-pub(super) fn parse_head(buf: &[u8]) -> Parsed {
+/// Parses a request head at the front of `buf`; `appends`: the body limit
+/// when the engine answers plain appends itself ([`append_head`]).
+pub(super) fn parse_head(buf: &[u8], appends: Option<usize>) -> Parsed {
     // Left uninitialised: httparse writes the ones it fills (initialising
     // all 100 cost ~300 instructions per request).
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -55,6 +59,11 @@ pub(super) fn parse_head(buf: &[u8]) -> Parsed {
         }
         Err(_) => return Parsed::Bad(StatusCode::BAD_REQUEST),
     };
+    if let Some(limit) = appends
+        && let Some(a) = append_head(&req, buf.len() - len, limit)
+    {
+        return Parsed::Append(Box::new(a), len);
+    }
     match head_from(&req) {
         Some(h) => Parsed::Head(Box::new(h), len),
         None => Parsed::Bad(StatusCode::BAD_REQUEST),
@@ -167,11 +176,7 @@ pub(super) fn encode_head(
         size += name.as_str().len() + value.len() + 4;
     }
     let mut b = Vec::with_capacity(size);
-    b.extend_from_slice(b"HTTP/1.1 ");
-    b.extend_from_slice(status.as_str().as_bytes());
-    b.push(b' ');
-    b.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    b.extend_from_slice(b"\r\n");
+    status_line(&mut b, status);
     let framed = !matches!(out, Out::None);
     for (name, value) in headers {
         if name == header::CONNECTION
@@ -186,6 +191,30 @@ pub(super) fn encode_head(
         b.extend_from_slice(value.as_bytes());
         b.extend_from_slice(b"\r\n");
     }
+    let date = !headers.contains_key(header::DATE);
+    end_head(&mut b, common, out, date, keep, version);
+    b
+}
+
+/// A response's status line.
+pub(super) fn status_line(b: &mut Vec<u8>, status: StatusCode) {
+    b.extend_from_slice(b"HTTP/1.1 ");
+    b.extend_from_slice(status.as_str().as_bytes());
+    b.push(b' ');
+    b.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    b.extend_from_slice(b"\r\n");
+}
+
+/// The rest of a response head after its own headers: the common lines,
+/// the framing, `date` (unless the response had one) and `connection`.
+pub(super) fn end_head(
+    b: &mut Vec<u8>,
+    common: Option<&CommonLines<'_>>,
+    out: Out,
+    date_line: bool,
+    keep: bool,
+    version: Version,
+) {
     if let Some(c) = common {
         b.extend_from_slice(c.lines);
         if let Some(o) = c.allow_origin {
@@ -203,7 +232,7 @@ pub(super) fn encode_head(
         Out::Chunked => b.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
     }
-    if !headers.contains_key(header::DATE) {
+    if date_line {
         b.extend_from_slice(b"date: ");
         b.extend_from_slice(&date());
         b.extend_from_slice(b"\r\n");
@@ -214,7 +243,6 @@ pub(super) fn encode_head(
         b.extend_from_slice(b"connection: keep-alive\r\n");
     }
     b.extend_from_slice(b"\r\n");
-    b
 }
 
 /// The whole answer (head and `application/problem+json` body) to a head
@@ -252,7 +280,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &[u8]) -> (Head, usize) {
-        match parse_head(raw) {
+        match parse_head(raw, None) {
             Parsed::Head(h, n) => (*h, n),
             other => panic!(
                 "not a head: {other:?} for {:?}",
@@ -262,7 +290,7 @@ mod tests {
     }
 
     fn bad(raw: &[u8]) -> StatusCode {
-        match parse_head(raw) {
+        match parse_head(raw, None) {
             Parsed::Bad(s) => s,
             other => panic!("accepted: {other:?} for {:?}", String::from_utf8_lossy(raw)),
         }
@@ -292,7 +320,7 @@ mod tests {
         let (b, m) = head(&raw[n..]);
         assert_eq!(b.parts.uri.path(), "/b");
         assert!(!b.keep_alive);
-        assert!(matches!(parse_head(&raw[n + m..]), Parsed::Partial));
+        assert!(matches!(parse_head(&raw[n + m..], None), Parsed::Partial));
     }
 
     #[test]
@@ -300,7 +328,7 @@ mod tests {
         let raw = b"PUT /v1/stream/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
         for cut in 0..raw.len() {
             assert!(
-                matches!(parse_head(&raw[..cut]), Parsed::Partial),
+                matches!(parse_head(&raw[..cut], None), Parsed::Partial),
                 "cut at {cut}"
             );
         }
