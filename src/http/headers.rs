@@ -36,14 +36,52 @@ impl Fields for HeaderMap {
     }
 }
 
-/// Header lines as `httparse` found them (names in any case).
-pub struct Raw<'h, 'b>(pub &'h [httparse::Header<'b>]);
+/// The header lines of a head as `httparse` found them (names in any
+/// case), with the ones an append reads ([`RAW_KNOWN`]) found in one pass:
+/// a lookup of one of those is then an index, not a scan of every line.
+pub struct Raw<'h, 'b> {
+    lines: &'h [httparse::Header<'b>],
+    known: [(Option<&'b [u8]>, bool); RAW_LEN],
+}
+
+/// The headers [`Raw`] finds as it is made.
+const RAW_LEN: usize = 7;
+static RAW_KNOWN: [HeaderName; RAW_LEN] = [
+    axum::http::header::CONTENT_TYPE,
+    STREAM_CLOSED,
+    STREAM_SEQ,
+    PRODUCER_ID,
+    PRODUCER_EPOCH,
+    PRODUCER_SEQ,
+    axum::http::header::IF_MATCH,
+];
+
+impl<'h, 'b> Raw<'h, 'b> {
+    pub fn new(lines: &'h [httparse::Header<'b>]) -> Self {
+        let mut known = [(None, false); RAW_LEN];
+        for h in lines {
+            let i = RAW_KNOWN.iter().position(|n| {
+                let n = n.as_str();
+                n.len() == h.name.len() && h.name.eq_ignore_ascii_case(n)
+            });
+            if let Some(i) = i {
+                let (first, more) = &mut known[i];
+                *more |= first.is_some();
+                first.get_or_insert(h.value);
+            }
+        }
+        Raw { lines, known }
+    }
+}
 
 impl Fields for Raw<'_, '_> {
     fn lookup(&self, name: &HeaderName) -> (Option<&[u8]>, bool) {
+        if let Some(i) = RAW_KNOWN.iter().position(|n| n == name) {
+            return self.known[i];
+        }
         let name = name.as_str();
         let mut values = self
-            .0
+            .lines
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value);
@@ -52,11 +90,7 @@ impl Fields for Raw<'_, '_> {
     }
 
     fn any_of(&self, names: &[HeaderName]) -> bool {
-        self.0.iter().any(|h| {
-            names
-                .iter()
-                .any(|n| h.name.eq_ignore_ascii_case(n.as_str()))
-        })
+        names.iter().any(|n| self.lookup(n).0.is_some())
     }
 }
 
@@ -64,7 +98,8 @@ impl Fields for Raw<'_, '_> {
 /// [`HeaderValue::to_str`] decides.
 fn visible(v: &[u8]) -> Option<&str> {
     if v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
-        std::str::from_utf8(v).ok()
+        // SAFETY: tabs and bytes 32..127 are ASCII, so valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(v) })
     } else {
         None
     }
@@ -403,6 +438,61 @@ pub fn read_query(query: Option<&str>) -> Result<ReadQuery, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_lines_answer_as_a_header_map_does() {
+        let lines = [
+            httparse::Header {
+                name: "content-TYPE",
+                value: b"text/plain",
+            },
+            httparse::Header {
+                name: "Producer-Seq",
+                value: b"1",
+            },
+            httparse::Header {
+                name: "producer-seq",
+                value: b"2",
+            },
+            httparse::Header {
+                name: "Host",
+                value: b"x",
+            },
+            httparse::Header {
+                name: "host",
+                value: b"y",
+            },
+            httparse::Header {
+                name: "X-Note",
+                value: b"caf\xc3\xa9",
+            },
+        ];
+        let raw = Raw::new(&lines);
+        let mut map = HeaderMap::new();
+        for l in &lines {
+            map.append(
+                HeaderName::from_bytes(l.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(l.value).unwrap(),
+            );
+        }
+        let names = [
+            axum::http::header::CONTENT_TYPE,
+            PRODUCER_SEQ,
+            PRODUCER_ID,
+            axum::http::header::HOST,
+            HeaderName::from_static("x-note"),
+            axum::http::header::IF_MATCH,
+        ];
+        for n in &names {
+            assert_eq!(raw.lookup(n), map.lookup(n), "{n}");
+            let (a, b) = (text(&raw, n), text(&map, n));
+            assert_eq!(a.as_ref().ok(), b.as_ref().ok(), "{n}");
+            assert_eq!(a.err().map(|e| e.code), b.err().map(|e| e.code), "{n}");
+        }
+        assert_eq!(raw.lookup(&PRODUCER_SEQ), (Some(&b"1"[..]), true));
+        assert!(raw.any_of(&[STREAM_SEQ, PRODUCER_SEQ]));
+        assert!(!raw.any_of(&[STREAM_SEQ, PRODUCER_ID]));
+    }
 
     #[test]
     fn strict_integers() {

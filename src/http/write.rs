@@ -140,7 +140,7 @@ pub async fn put(state: &AppState, name: String, req: Request) -> Result<Respons
 }
 
 /// The headers an append may carry besides its content type.
-const APPEND_OPTIONAL: [HeaderName; 6] = [
+static APPEND_OPTIONAL: [HeaderName; 6] = [
     h::STREAM_CLOSED,
     h::STREAM_SEQ,
     h::PRODUCER_ID,

@@ -103,7 +103,7 @@ pub(super) fn append_head(
     }
     Some(AppendHead {
         path: path.to_string(),
-        fields: AppendFields::read(&Raw(req.headers)),
+        fields: AppendFields::read(&Raw::new(req.headers)),
         origin,
         body_len,
         keep_alive: !close,
