@@ -44,7 +44,8 @@ pub struct Raw<'h, 'b> {
     known: [(Option<&'b [u8]>, bool); RAW_LEN],
 }
 
-/// The headers [`Raw`] finds as it is made.
+/// The headers [`Raw`] finds as it is made (`Raw::new` picks them by
+/// the length of their names: keep it in step).
 const RAW_LEN: usize = 7;
 static RAW_KNOWN: [HeaderName; RAW_LEN] = [
     axum::http::header::CONTENT_TYPE,
@@ -60,10 +61,21 @@ impl<'h, 'b> Raw<'h, 'b> {
     pub fn new(lines: &'h [httparse::Header<'b>]) -> Self {
         let mut known = [(None, false); RAW_LEN];
         for h in lines {
-            let i = RAW_KNOWN.iter().position(|n| {
-                let n = n.as_str();
-                n.len() == h.name.len() && h.name.eq_ignore_ascii_case(n)
-            });
+            // By length first: most lines are none of these.
+            let maybe = |i: usize| {
+                h.name
+                    .eq_ignore_ascii_case(RAW_KNOWN[i].as_str())
+                    .then_some(i)
+            };
+            let i = match h.name.len() {
+                12 => maybe(0).or_else(|| maybe(5)),
+                13 => maybe(1),
+                10 => maybe(2),
+                11 => maybe(3),
+                14 => maybe(4),
+                8 => maybe(6),
+                _ => None,
+            };
             if let Some(i) = i {
                 let (first, more) = &mut known[i];
                 *more |= first.is_some();
@@ -490,6 +502,15 @@ mod tests {
             assert_eq!(a.err().map(|e| e.code), b.err().map(|e| e.code), "{n}");
         }
         assert_eq!(raw.lookup(&PRODUCER_SEQ), (Some(&b"1"[..]), true));
+        // Every known name is found as it is made, in any case.
+        for (i, n) in RAW_KNOWN.iter().enumerate() {
+            let upper = n.as_str().to_ascii_uppercase();
+            let line = [httparse::Header {
+                name: &upper,
+                value: b"v",
+            }];
+            assert_eq!(Raw::new(&line).known[i], (Some(&b"v"[..]), false), "{n}");
+        }
         assert!(raw.any_of(&[STREAM_SEQ, PRODUCER_SEQ]));
         assert!(!raw.any_of(&[STREAM_SEQ, PRODUCER_ID]));
     }

@@ -22,7 +22,7 @@
 use std::io::{self, IoSlice};
 use std::time::Instant;
 
-use axum::http::{HeaderValue, Method, StatusCode, Version, header};
+use axum::http::{HeaderValue, Method, StatusCode, Version};
 use axum::response::IntoResponse;
 use bytes::{Buf, Bytes};
 use tokio_util::sync::CancellationToken;
@@ -78,11 +78,9 @@ pub(super) fn append_head(
         return None;
     }
     let (mut length, mut close, mut origin) = (None, false, None);
+    // Values need no check here: httparse takes exactly the bytes
+    // `HeaderValue::from_bytes` takes (tab, 0x20-0x7e, 0x80-0xff).
     for h in req.headers.iter() {
-        // What `HeaderValue::from_bytes` refuses goes the general way (a 400).
-        if !h.value.iter().all(|&b| b == b'\t' || (b >= 32 && b != 127)) {
-            return None;
-        }
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
             if length.is_some() || h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
@@ -185,29 +183,22 @@ impl Conn {
 fn encode_appended(a: &Appended, common: &CommonLines<'_>, keep: bool) -> Vec<u8> {
     let mut b = Vec::with_capacity(320 + common.lines.len());
     status_line(&mut b, a.status);
+    // The names as `HeaderName::as_str` writes them (the test checks).
     let tail = a.tail.encode();
-    let mut line = |name: &str, value: &[u8]| {
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(b": ");
-        b.extend_from_slice(value);
-        b.extend_from_slice(b"\r\n");
-    };
-    let mut etag = [b'"'; crate::offset::OFFSET_LEN + 2];
-    etag[1..=crate::offset::OFFSET_LEN].copy_from_slice(&tail);
-    line(header::ETAG.as_str(), &etag);
-    line(h::STREAM_NEXT_OFFSET.as_str(), &tail);
+    b.extend_from_slice(b"etag: \"");
+    b.extend_from_slice(&tail);
+    b.extend_from_slice(b"\"\r\nstream-next-offset: ");
+    b.extend_from_slice(&tail);
+    b.extend_from_slice(b"\r\n");
     if a.closed {
-        line(h::STREAM_CLOSED.as_str(), b"true");
+        b.extend_from_slice(b"stream-closed: true\r\n");
     }
     if let Some((epoch, seq)) = a.producer {
-        line(
-            h::PRODUCER_EPOCH.as_str(),
-            itoa::Buffer::new().format(epoch).as_bytes(),
-        );
-        line(
-            h::PRODUCER_SEQ.as_str(),
-            itoa::Buffer::new().format(seq).as_bytes(),
-        );
+        b.extend_from_slice(b"producer-epoch: ");
+        b.extend_from_slice(itoa::Buffer::new().format(epoch).as_bytes());
+        b.extend_from_slice(b"\r\nproducer-seq: ");
+        b.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        b.extend_from_slice(b"\r\n");
     }
     // A 204 has no body; the 200 of a producer's new data an empty one.
     let out = if a.status == StatusCode::NO_CONTENT {
@@ -222,6 +213,7 @@ fn encode_appended(a: &Appended, common: &CommonLines<'_>, keep: bool) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     fn parse(raw: &[u8], limit: usize) -> Option<AppendHead> {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -297,11 +289,11 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         let o = String::from_utf8(a.tail.encode().to_vec()).unwrap();
         for want in [
-            format!("etag: \"{o}\"\r\n"),
-            format!("stream-next-offset: {o}\r\n"),
-            "stream-closed: true\r\n".into(),
-            "producer-epoch: 2\r\n".into(),
-            "producer-seq: 7\r\n".into(),
+            format!("{}: \"{o}\"\r\n", header::ETAG),
+            format!("{}: {o}\r\n", h::STREAM_NEXT_OFFSET),
+            format!("{}: true\r\n", h::STREAM_CLOSED),
+            format!("{}: 2\r\n", h::PRODUCER_EPOCH),
+            format!("{}: 7\r\n", h::PRODUCER_SEQ),
             "x-content-type-options: nosniff\r\n".into(),
             "content-length: 0\r\n".into(),
             "connection: close\r\n".into(),
