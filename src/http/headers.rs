@@ -44,8 +44,8 @@ pub struct Raw<'h, 'b> {
     known: [(Option<&'b [u8]>, bool); RAW_LEN],
 }
 
-/// The headers [`Raw`] finds as it is made (`Raw::new` picks them by
-/// the length of their names: keep it in step).
+/// The headers [`Raw`] finds as it is made (`known` picks them by the
+/// length of their names: keep it in step).
 const RAW_LEN: usize = 7;
 static RAW_KNOWN: [HeaderName; RAW_LEN] = [
     axum::http::header::CONTENT_TYPE,
@@ -59,36 +59,41 @@ static RAW_KNOWN: [HeaderName; RAW_LEN] = [
 
 impl<'h, 'b> Raw<'h, 'b> {
     pub fn new(lines: &'h [httparse::Header<'b>]) -> Self {
-        let mut known = [(None, false); RAW_LEN];
+        let mut found = [(None, false); RAW_LEN];
         for h in lines {
-            // By length first: most lines are none of these.
-            let maybe = |i: usize| {
-                h.name
-                    .eq_ignore_ascii_case(RAW_KNOWN[i].as_str())
-                    .then_some(i)
-            };
-            let i = match h.name.len() {
-                12 => maybe(0).or_else(|| maybe(5)),
-                13 => maybe(1),
-                10 => maybe(2),
-                11 => maybe(3),
-                14 => maybe(4),
-                8 => maybe(6),
-                _ => None,
-            };
-            if let Some(i) = i {
-                let (first, more) = &mut known[i];
+            if let Some(i) = known(h.name, str::eq_ignore_ascii_case) {
+                let (first, more) = &mut found[i];
                 *more |= first.is_some();
                 first.get_or_insert(h.value);
             }
         }
-        Raw { lines, known }
+        Raw {
+            lines,
+            known: found,
+        }
+    }
+}
+
+/// Which of [`RAW_KNOWN`] `name` is, as `same` compares names; by length
+/// first (most names are none of them, and a `HeaderName` comparison per
+/// known name cost ~100 instructions a lookup).
+fn known(name: &str, same: impl Fn(&str, &str) -> bool) -> Option<usize> {
+    let maybe = |i: usize| same(name, RAW_KNOWN[i].as_str()).then_some(i);
+    match name.len() {
+        12 => maybe(0).or_else(|| maybe(5)),
+        13 => maybe(1),
+        10 => maybe(2),
+        11 => maybe(3),
+        14 => maybe(4),
+        8 => maybe(6),
+        _ => None,
     }
 }
 
 impl Fields for Raw<'_, '_> {
     fn lookup(&self, name: &HeaderName) -> (Option<&[u8]>, bool) {
-        if let Some(i) = RAW_KNOWN.iter().position(|n| n == name) {
+        // `HeaderName`s are lower case.
+        if let Some(i) = known(name.as_str(), |a, b| a == b) {
             return self.known[i];
         }
         let name = name.as_str();
@@ -157,7 +162,7 @@ pub fn stream_closed<H: Fields + ?Sized>(headers: &H) -> bool {
         .lookup(&STREAM_CLOSED)
         .0
         .and_then(visible)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case("true"))
 }
 
 /// A non-negative decimal integer with no sign, leading zeros, fraction or
@@ -179,7 +184,7 @@ pub fn expiry(headers: &HeaderMap) -> Result<Option<Expiry>, ApiError> {
             "CONFLICTING_EXPIRY",
             "send either Stream-TTL or Stream-Expires-At, not both",
         )),
-        (Some(t), None) => strict_uint(t.trim())
+        (Some(t), None) => strict_uint(t.trim_ascii())
             .map(|secs| Some(Expiry::Ttl(secs)))
             .ok_or_else(|| {
                 ApiError::bad_request(
@@ -187,7 +192,7 @@ pub fn expiry(headers: &HeaderMap) -> Result<Option<Expiry>, ApiError> {
                     "Stream-TTL must be a non-negative integer number of seconds, without sign, leading zeros or decimals",
                 )
             }),
-        (None, Some(a)) => chrono::DateTime::parse_from_rfc3339(a.trim())
+        (None, Some(a)) => chrono::DateTime::parse_from_rfc3339(a.trim_ascii())
             .map(|t| Some(Expiry::At(t.timestamp_millis().max(0) as Millis)))
             .map_err(|_| {
                 ApiError::bad_request(
@@ -207,7 +212,7 @@ pub fn format_expires_at(at: Millis) -> String {
 }
 
 fn producer_int(name: &HeaderName, v: &str) -> Result<u64, ApiError> {
-    strict_uint(v.trim())
+    strict_uint(v.trim_ascii())
         .filter(|n| *n <= MAX_SAFE_INTEGER)
         .ok_or_else(|| {
             ApiError::bad_request(
@@ -225,7 +230,7 @@ pub fn producer<H: Fields + ?Sized>(headers: &H) -> Result<Option<ProducerHeader
     match (id, epoch, seq) {
         (None, None, None) => Ok(None),
         (Some(id), Some(epoch), Some(seq)) => {
-            if id.trim().is_empty() {
+            if id.trim_ascii().is_empty() {
                 return Err(ApiError::bad_request(
                     "INVALID_PRODUCER_HEADER",
                     "Producer-Id must not be empty",
@@ -252,7 +257,7 @@ pub fn if_match<H: Fields + ?Sized>(headers: &H) -> Result<Option<Offset>, ApiEr
     let Some(v) = text(headers, &axum::http::header::IF_MATCH)? else {
         return Ok(None);
     };
-    let v = v.trim();
+    let v = v.trim_ascii();
     if v == "*" {
         return Err(ApiError::bad_request(
             "IF_MATCH_WILDCARD_UNSUPPORTED",
@@ -296,12 +301,12 @@ pub fn fork(headers: &HeaderMap, mount: &str) -> Result<Option<ForkSpec>, ApiErr
         }
         return Ok(None);
     };
-    let raw = from.trim();
+    let raw = from.trim_ascii();
     let path = raw.strip_prefix(mount).unwrap_or(raw);
     let source = stream_name(path.trim_start_matches('/'), usize::MAX)?;
     let offset = match offset {
         None => None,
-        Some(o) => Some(Offset::parse(o.trim()).ok_or_else(|| {
+        Some(o) => Some(Offset::parse(o.trim_ascii()).ok_or_else(|| {
             ApiError::bad_request(
                 "INVALID_FORK_OFFSET",
                 "Stream-Fork-Offset must be an offset returned by this server",
@@ -310,7 +315,7 @@ pub fn fork(headers: &HeaderMap, mount: &str) -> Result<Option<ForkSpec>, ApiErr
     };
     let sub_offset = match sub {
         None => 0,
-        Some(s) => strict_uint(s.trim()).ok_or_else(|| {
+        Some(s) => strict_uint(s.trim_ascii()).ok_or_else(|| {
             ApiError::bad_request(
                 "INVALID_SUB_OFFSET",
                 "Stream-Fork-Sub-Offset must be a non-negative integer without sign or leading zeros",

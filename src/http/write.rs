@@ -161,8 +161,9 @@ pub struct AppendFields {
 impl AppendFields {
     /// Reads an append's headers from `headers`, refusing bad ones.
     pub fn read<H: h::Fields + ?Sized>(headers: &H) -> Result<Self, ApiError> {
+        // Header text is visible ASCII: its whitespace is ASCII.
         let content_type = h::text(headers, &header::CONTENT_TYPE)?
-            .map(str::trim)
+            .map(str::trim_ascii)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         // Most appends carry none of the optional headers, and looking each
