@@ -162,7 +162,7 @@ pub async fn serve(
     let live = LiveRead::open(state, name, query.from, Mode::Sse).await?;
     let enc = Encoding::for_type(&live.out().info.content_type);
     let cell = offer.then(ParkCell::default);
-    let events = events(live, enc, query.cursor, true, cell.clone());
+    let events = events(live, enc, query.cursor, true, false, cell.clone());
     let mut b = super::response(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -191,25 +191,29 @@ pub async fn resume(
     cell: Option<ParkCell>,
 ) -> Body {
     match LiveRead::resume(state, name, next, deadline, Mode::Sse, live).await {
-        Ok(live) => events(live, enc, cursor, false, cell),
+        Ok(live) => events(live, enc, cursor, false, false, cell),
         Err(_) => Body::empty(),
     }
 }
 
-/// The body of a subscriber that did not park after all.
+/// The body of a subscriber that did not park after all (news came, or
+/// input, as it was to park). Its last answer's events were sent before
+/// it was to park: they are not sent again (they were, once: a record
+/// delivered twice, when an append came as the reader parked).
 pub fn go_on(live: LiveRead, enc: Encoding, cursor: Option<u64>, cell: Option<ParkCell>) -> Body {
-    events(live, enc, cursor, false, cell)
+    events(live, enc, cursor, false, true, cell)
 }
 
 /// The events of `live` from its last answer on: that answer's events
-/// (always a control event when `announce`), then one per step. With a
-/// `cell`, the body ends where the reader is at rest, leaving the reader
-/// in the cell.
+/// (always a control event when `announce`; none when `sent` already),
+/// then one per step. With a `cell`, the body ends where the reader is at
+/// rest, leaving the reader in the cell.
 fn events(
     mut live: LiveRead,
     enc: Encoding,
     client_cursor: Option<u64>,
     mut announce: bool,
+    mut sent: bool,
     cell: Option<ParkCell>,
 ) -> Body {
     // Moved into the body stream: dropped when the connection ends for any
@@ -219,7 +223,9 @@ fn events(
         let mut shared: Option<Bytes> = None;
         loop {
             let out = live.out();
-            if !out.is_empty() {
+            if std::mem::take(&mut sent) {
+                // Its events went out with the body before.
+            } else if !out.is_empty() {
                 let data = shared
                     .take()
                     .unwrap_or_else(|| Bytes::from(data_event(out, enc)));
@@ -284,6 +290,50 @@ fn events(
 mod tests {
     use super::*;
     use serde::Serialize;
+
+    #[tokio::test]
+    async fn a_subscriber_that_did_not_park_sends_its_last_event_once() {
+        use crate::storage::{AppendRequest, CreateRequest, Storage, now_ms};
+        use http_body_util::BodyExt;
+        let hub = crate::notify::WakeHub::new();
+        let storage = std::sync::Arc::new(crate::storage::memory::MemoryStorage::new(
+            std::sync::Arc::clone(&hub),
+        ));
+        let create = CreateRequest {
+            content_type: Some("text/plain".into()),
+            expiry: None,
+            closed: false,
+            fork: None,
+            body: Bytes::from_static(b"first"),
+            now: now_ms(),
+        };
+        storage.create("s", create).unwrap();
+        let config = crate::config::ServerConfig::default();
+        let state = crate::server::state(config, storage, hub);
+        // At rest at the tail, its last answer ("first") sent.
+        let from = crate::offset::ReadFrom::Start;
+        let mut live = LiveRead::open(&state, "s".into(), from, Mode::Sse)
+            .await
+            .unwrap();
+        assert!(live.at_rest());
+        // An append as it was to park: it goes on instead.
+        let append = AppendRequest {
+            content_type: Some("text/plain".into()),
+            close: false,
+            stream_seq: None,
+            producer: None,
+            if_match: None,
+            body: Bytes::from_static(b"second"),
+            now: now_ms(),
+        };
+        state.append("s".into(), append).await.unwrap();
+        assert!(!live.at_rest());
+        let mut body = go_on(live, Encoding::Text, None, None);
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8_lossy(&frame);
+        assert!(text.contains("data:second"), "{text}");
+        assert!(!text.contains("first"), "sent again: {text}");
+    }
 
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
