@@ -454,6 +454,11 @@ fn append_script(addr: &str) -> Vec<(u16, Vec<String>, String)> {
         post("a/../b", "Content-Type: text/plain\r\n", "n"),
         post("%ff", "Content-Type: text/plain\r\n", "n"),
         post("t", "Origin: https://a.example\r\nContent-Type: text/plain\r\n", "o"),
+        post(
+            "t",
+            "Origin: https://a.example\r\nOrigin: https://b.example\r\nContent-Type: text/plain\r\n",
+            "o",
+        ),
         post("t", "Content-Type: text/plain\r\nStream-Closed: true\r\n", "p"),
         post("t", "Content-Type: text/plain\r\n", "q"),
         post("t", "Stream-Closed: true\r\n", ""),
@@ -485,21 +490,26 @@ fn append_script(addr: &str) -> Vec<(u16, Vec<String>, String)> {
 
 #[test]
 fn appends_the_engine_answers_itself_match_the_general_path() {
-    let native = common::Server::start(&["--storage", "memory"]);
-    let hyper = common::Server::start(&["--storage", "memory", "--http-engine", "hyper"]);
+    // A CORS list, so that which `Origin` counts shows in the answer.
+    let args = ["--storage", "memory", "--cors-origin", "https://a.example"];
+    let native = common::Server::start(&args);
+    let hyper = common::Server::start(&[&args[..], &["--http-engine", "hyper"]].concat());
     let ours = append_script(&native.addr);
     let theirs = append_script(&hyper.addr);
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a, b, "answer {i}");
     }
     assert_eq!(ours.len(), theirs.len());
+    // The first `Origin` of two counts, as in a header map.
+    let allowed = "access-control-allow-origin: https://a.example".to_string();
+    assert!(ours[24].1.contains(&allowed), "{:?}", ours[24]);
     // The script did what it says: appends, a duplicate, refusals.
     let statuses: Vec<u16> = ours.iter().map(|(s, _, _)| *s).collect();
     assert_eq!(
         statuses,
         [
             201, 201, 204, 204, 409, 400, 204, 409, 400, 200, 204, 409, 400, 400, 204, 412, 400,
-            400, 400, 204, 400, 404, 400, 400, 204, 204, 409, 204, 200, 409
+            400, 400, 204, 400, 404, 400, 400, 204, 204, 204, 409, 204, 200, 409
         ]
     );
 }

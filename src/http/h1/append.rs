@@ -91,7 +91,8 @@ pub(super) fn append_head(
             return None;
         } else if n.eq_ignore_ascii_case("connection") {
             close |= has_token(h.value, b"close");
-        } else if n.eq_ignore_ascii_case("origin") {
+        } else if n.eq_ignore_ascii_case("origin") && origin.is_none() {
+            // The first, as `HeaderMap::get` gives it to the general way.
             origin = Some(HeaderValue::from_bytes(h.value).ok()?);
         }
     }
