@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod compress;
 pub mod error;
+pub mod fields;
 pub mod forward;
 pub mod front;
 pub mod h1;
