@@ -78,9 +78,11 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-fn content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// `Content-Type`, trimmed; `None` when absent or blank.
+fn content_type<H: h::Fields + ?Sized>(headers: &H) -> Result<Option<String>, ApiError> {
+    // Header text is visible ASCII: its whitespace is ASCII.
     Ok(h::text(headers, &header::CONTENT_TYPE)?
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|s| !s.is_empty())
         .map(str::to_string))
 }
@@ -161,11 +163,7 @@ pub struct AppendFields {
 impl AppendFields {
     /// Reads an append's headers from `headers`, refusing bad ones.
     pub fn read<H: h::Fields + ?Sized>(headers: &H) -> Result<Self, ApiError> {
-        // Header text is visible ASCII: its whitespace is ASCII.
-        let content_type = h::text(headers, &header::CONTENT_TYPE)?
-            .map(str::trim_ascii)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
+        let content_type = content_type(headers)?;
         // Most appends carry none of the optional headers, and looking each
         // up costs a hash and a probe (~1,000 instructions for the six); one
         // pass over the request's few headers tells whether any is there.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{Conn, Sent};
 use super::io::write_all;
-use super::role::{Out, end_head, has_token, status_line};
+use super::role::{Out, content_length, end_head, has_token, status_line};
 use crate::http::error::ApiError;
 use crate::http::front::{Common, CommonLines, Front};
 use crate::http::headers::{self as h, Raw};
@@ -83,10 +83,11 @@ pub(super) fn append_head(
     for h in req.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
-            if length.is_some() || h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+            // One value, digits only (a list goes the general way).
+            if length.is_some() {
                 return None;
             }
-            length = Some(std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()?);
+            length = Some(usize::try_from(content_length(h.value)?).ok()?);
         } else if n.eq_ignore_ascii_case("transfer-encoding") || n.eq_ignore_ascii_case("expect") {
             return None;
         } else if n.eq_ignore_ascii_case("connection") {

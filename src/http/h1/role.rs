@@ -138,7 +138,7 @@ fn head_from(req: &httparse::Request<'_, '_>) -> Option<Head> {
 }
 
 /// A Content-Length value: decimal digits only.
-fn content_length(v: &[u8]) -> Option<u64> {
+pub(super) fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
