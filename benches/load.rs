@@ -50,6 +50,10 @@ struct Conn {
     io: BufReader<TcpStream>,
     host: String,
     req: Vec<u8>,
+    /// Scratch for bodies, kept across requests: a fresh 64 KiB buffer
+    /// per response cost the generator more than some servers spend on
+    /// the request (it shares the machine with them).
+    buf: Vec<u8>,
 }
 
 struct Head {
@@ -74,6 +78,7 @@ impl Conn {
             io: BufReader::with_capacity(64 * 1024, s),
             host: addr.to_string(),
             req: Vec::with_capacity(512),
+            buf: vec![0u8; 64 * 1024],
         })
     }
 
@@ -136,11 +141,28 @@ impl Conn {
     }
 
     /// Reads (and counts, optionally keeps) the body of a non-streaming response.
-    async fn read_body(&mut self, head: &Head, mut keep: Option<&mut Vec<u8>>) -> Res<u64> {
+    async fn read_body(&mut self, head: &Head, keep: Option<&mut Vec<u8>>) -> Res<u64> {
         if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
             return Ok(0);
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        if head.get("content-length") == Some("0") {
+            return Ok(0);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            buf = vec![0u8; 64 * 1024];
+        }
+        let read = self.read_body_into(head, keep, &mut buf).await;
+        self.buf = buf;
+        read
+    }
+
+    async fn read_body_into(
+        &mut self,
+        head: &Head,
+        mut keep: Option<&mut Vec<u8>>,
+        buf: &mut [u8],
+    ) -> Res<u64> {
         let mut total = 0u64;
         let chunked = head
             .get("transfer-encoding")
