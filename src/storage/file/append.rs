@@ -4,10 +4,13 @@
 //! The decision is [`txn::append_to`] on the locked stream's metadata, in
 //! place; its `store` step writes the records past the tail in the data
 //! file (page cache) and queues the ONE WAL entry carrying them with what
-//! the append changed ([`format::Op::Append`]). Nothing changes before both
+//! the append changed (an [`Op::Append`], encoded in place from borrowed
+//! fields: [`entry_bin::AppendRef`]). Nothing changes before both
 //! succeeded: a failed data write, or a full disk refusing the entry's WAL
 //! room, leaves tail, producer state and data as they were (bytes written
 //! past the tail are overwritten by the next append).
+//!
+//! [`Op::Append`]: super::format::Op::Append
 //!
 //! # Never blocking when staged
 //!
@@ -32,7 +35,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Inner, Stream, format, wake_of, wal};
+use super::{Inner, Stream, entry_bin, wake_of, wal};
 use crate::notify::{Appended, Wake};
 use crate::storage::txn;
 use crate::storage::{AppendOutcome, AppendRequest, Staged, Staging, StorageError};
@@ -171,25 +174,29 @@ impl Inner {
                 self.index(m, starts)?;
                 self.files.write_data(&h, slot, m, records)?;
             }
-            let op = format::Op::Append(Box::new(format::AppendOp {
-                name: name.to_string(),
+            let op = entry_bin::AppendRef {
+                name,
                 id: m.id,
                 records: records.len() as u32,
                 tail: plan.new_tail,
                 last_access: req.now,
-                producer: plan.producer.clone(),
-                stream_seq: plan.stream_seq.clone(),
+                producer: plan.producer.as_ref().map(|(p, s)| (p.as_str(), *s)),
+                stream_seq: plan.stream_seq.as_deref(),
                 close: plan.close,
                 closed_by: if plan.close {
-                    req.producer.clone()
+                    req.producer.as_ref()
                 } else {
                     None
                 },
-            }));
-            let entry = format::encode_entry(std::slice::from_ref(&op), records);
+            };
+            // Encoded straight into the WAL's queue: the layout of
+            // `format::encode_entry` for one `Op::Append`.
+            let len = entry_bin::encoded_len(&op, records);
             lsn = self
                 .wal
-                .submit_claimed(&entry, wal::HEADROOM, wait)?
+                .submit_claimed_with(len, wal::HEADROOM, wait, |out| {
+                    entry_bin::encode_append_into(out, &op, records)
+                })?
                 .ok_or(Declined::WouldBlock)?;
             // Queued: nothing can fail any more. The index entries stay in
             // memory until the next checkpoint (see the module docs).

@@ -33,8 +33,8 @@ use bytes::Bytes;
 
 use super::format::{AppendOp, Op};
 use crate::offset::Offset;
-use crate::storage::ProducerHeaders;
 use crate::storage::model::ProducerState;
+use crate::storage::{Millis, ProducerHeaders};
 
 /// The first four bytes of a binary entry.
 pub const MARKER: u32 = u32::MAX;
@@ -49,14 +49,61 @@ pub fn is_binary(payload: &[u8]) -> bool {
     payload.get(..4) == Some(&MARKER.to_le_bytes()[..])
 }
 
+/// What one append's entry records, borrowed: the staged append encodes
+/// it straight into the WAL's queue ([`encode_append_into`]) without
+/// building an [`AppendOp`] (its `String`s and its box) or an entry `Vec`.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendRef<'a> {
+    pub name: &'a str,
+    pub id: u64,
+    pub records: u32,
+    pub tail: Offset,
+    pub last_access: Millis,
+    pub producer: Option<(&'a str, ProducerState)>,
+    pub stream_seq: Option<&'a str>,
+    pub close: bool,
+    pub closed_by: Option<&'a ProducerHeaders>,
+}
+
+impl AppendOp {
+    /// The op, borrowed for encoding.
+    pub fn borrowed(&self) -> AppendRef<'_> {
+        AppendRef {
+            name: &self.name,
+            id: self.id,
+            records: self.records,
+            tail: self.tail,
+            last_access: self.last_access,
+            producer: self.producer.as_ref().map(|(p, s)| (p.as_str(), *s)),
+            stream_seq: self.stream_seq.as_deref(),
+            close: self.close,
+            closed_by: self.closed_by.as_ref(),
+        }
+    }
+}
+
 /// Encodes one append's entry: its op and its records.
 pub fn encode_append(a: &AppendOp, records: &[Bytes]) -> Vec<u8> {
-    let strings = a.name.len()
-        + a.producer.as_ref().map_or(0, |(p, _)| p.len() + 20)
-        + a.stream_seq.as_ref().map_or(0, |s| s.len() + 4)
-        + a.closed_by.as_ref().map_or(0, |c| c.id.len() + 20);
-    let body: usize = records.iter().map(|r| r.len() + 4).sum();
-    let mut out = Vec::with_capacity(50 + strings + body);
+    let a = a.borrowed();
+    let mut out = Vec::with_capacity(encoded_len(&a, records));
+    encode_append_into(&mut out, &a, records);
+    out
+}
+
+/// The length of the entry [`encode_append_into`] writes.
+pub fn encoded_len(a: &AppendRef<'_>, records: &[Bytes]) -> usize {
+    let strings = 4
+        + a.name.len()
+        + a.producer.map_or(0, |(p, _)| 4 + p.len() + 16)
+        + a.stream_seq.map_or(0, |s| 4 + s.len())
+        + a.closed_by.map_or(0, |c| 4 + c.id.len() + 16);
+    let body: usize = records.iter().map(|r| 4 + r.len()).sum();
+    // Marker, kind, flags, id, record count, tail, last access.
+    4 + 1 + 1 + 8 + 4 + 16 + 8 + strings + body
+}
+
+/// Appends one append's entry (see the module docs) to `out`.
+pub fn encode_append_into(out: &mut Vec<u8>, a: &AppendRef<'_>, records: &[Bytes]) {
     out.extend_from_slice(&MARKER.to_le_bytes());
     out.push(KIND_APPEND);
     let flags = flag(a.producer.is_some(), PRODUCER)
@@ -64,22 +111,22 @@ pub fn encode_append(a: &AppendOp, records: &[Bytes]) -> Vec<u8> {
         | flag(a.close, CLOSE)
         | flag(a.closed_by.is_some(), CLOSED_BY);
     out.push(flags);
-    put_str(&mut out, &a.name);
+    put_str(out, a.name);
     out.extend_from_slice(&a.id.to_le_bytes());
     out.extend_from_slice(&a.records.to_le_bytes());
     out.extend_from_slice(&a.tail.seq.to_le_bytes());
     out.extend_from_slice(&a.tail.pos.to_le_bytes());
     out.extend_from_slice(&a.last_access.to_le_bytes());
-    if let Some((id, state)) = &a.producer {
-        put_str(&mut out, id);
+    if let Some((id, state)) = a.producer {
+        put_str(out, id);
         out.extend_from_slice(&state.epoch.to_le_bytes());
         out.extend_from_slice(&state.last_seq.to_le_bytes());
     }
-    if let Some(seq) = &a.stream_seq {
-        put_str(&mut out, seq);
+    if let Some(seq) = a.stream_seq {
+        put_str(out, seq);
     }
-    if let Some(c) = &a.closed_by {
-        put_str(&mut out, &c.id);
+    if let Some(c) = a.closed_by {
+        put_str(out, &c.id);
         out.extend_from_slice(&c.epoch.to_le_bytes());
         out.extend_from_slice(&c.seq.to_le_bytes());
     }
@@ -87,7 +134,6 @@ pub fn encode_append(a: &AppendOp, records: &[Bytes]) -> Vec<u8> {
         out.extend_from_slice(&(r.len() as u32).to_le_bytes());
         out.extend_from_slice(r);
     }
-    out
 }
 
 /// Decodes a binary entry (one whose [`is_binary`] is true).
@@ -230,9 +276,12 @@ mod tests {
         fn appends_round_trip(mut a in op(), recs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..5), flip in any::<prop::sample::Index>()) {
             a.records = recs.len() as u32;
             let recs: Vec<Bytes> = recs.into_iter().map(Bytes::from).collect();
+            let len = encoded_len(&a.borrowed(), &recs);
             let ops = vec![Op::Append(Box::new(a))];
             let enc = encode_entry(&ops, &recs);
             prop_assert!(is_binary(&enc));
+            // The staged append frames the entry in place by this length.
+            prop_assert_eq!(enc.len(), len);
             prop_assert_eq!(decode_entry(&enc).unwrap(), (ops.clone(), recs.clone()));
             for cut in 0..enc.len() {
                 prop_assert!(decode_entry(&enc[..cut]).is_err());

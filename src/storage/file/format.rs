@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::offset::Offset;
-use crate::storage::model::ProducerState;
+use crate::storage::model::{self, ProducerState};
 use crate::storage::{Millis, ProducerHeaders, StreamMeta};
 
 /// The format version written by this code.
@@ -57,12 +57,32 @@ fn crc_of(len: [u8; 4], payload: &[u8]) -> u32 {
 
 /// Appends one frame holding `payload` to `out`.
 pub fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len())
+    put_frame_with(out, payload.len(), |o| o.extend_from_slice(payload));
+}
+
+/// Appends one frame whose `len`-byte payload `write` appends to `out`
+/// (encoded in place: no payload buffer of its own, no copy).
+///
+/// # Panics
+/// When `write` appends other than `len` bytes (a bug); the partial frame
+/// is taken off `out` first, so nothing torn is ever written.
+pub fn put_frame_with(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    let len_bytes = u32::try_from(len)
         .expect("frame payload under 4 GiB")
         .to_le_bytes();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc_of(len, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    let at = out.len();
+    out.reserve(FRAME_HEADER as usize + len);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let start = at + FRAME_HEADER as usize;
+    let wrote = out.len() - start;
+    if wrote != len {
+        out.truncate(at);
+        panic!("a frame payload of {wrote} bytes announced as {len}");
+    }
+    let crc = crc_of(len_bytes, &out[start..]);
+    out[at + 4..start].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The frame header for `payload` (for writers that send the payload separately).
@@ -196,7 +216,7 @@ impl AppendOp {
         meta.tail = self.tail;
         meta.last_access = self.last_access;
         if let Some((id, state)) = &self.producer {
-            meta.producers.insert(id.clone(), *state);
+            model::set_producer(&mut meta.producers, id, *state);
         }
         if let Some(seq) = &self.stream_seq {
             meta.last_stream_seq = Some(seq.clone());

@@ -353,17 +353,33 @@ impl Wal {
         })
     }
 
-    /// Claims room for an entry payload (leaving `headroom` unclaimed) and
-    /// queues it, or fails with `NoSpace`, nothing queued: [`Self::claim`]
-    /// and [`Self::submit`] in one step, for the append path, which took
-    /// the space lock three times per append otherwise. With `wait` false
-    /// (a caller that must not block) it queues nothing and answers `None`
-    /// when the segment would have to grow first.
+    /// [`Self::submit_claimed_with`] of a payload encoded already.
+    #[cfg(test)]
     pub fn submit_claimed(
         &self,
         payload: &[u8],
         headroom: u64,
         wait: bool,
+    ) -> Result<Option<u64>, StorageError> {
+        self.submit_claimed_with(payload.len(), headroom, wait, |out| {
+            out.extend_from_slice(payload)
+        })
+    }
+
+    /// Claims room for a `len`-byte entry payload (leaving `headroom`
+    /// unclaimed) and queues it, `write` encoding it straight into the
+    /// queue (under its lock: keep it short), or fails with `NoSpace`,
+    /// nothing queued: [`Self::claim`] and [`Self::submit`] in one step,
+    /// for the append path, which took the space lock three times per
+    /// append otherwise. With `wait` false (a caller that must not block)
+    /// it queues nothing and answers `None` when the segment would have to
+    /// grow first.
+    pub fn submit_claimed_with(
+        &self,
+        len: usize,
+        headroom: u64,
+        wait: bool,
+        write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Option<u64>, StorageError> {
         {
             let mut s = if wait {
@@ -375,14 +391,14 @@ impl Wal {
                 };
                 s
             };
-            let bytes = framed(payload.len());
+            let bytes = framed(len);
             let need = s.used + s.claimed + bytes + headroom;
             if !s.reserve(need, wait)? {
                 return Ok(None);
             }
             s.used += bytes;
         }
-        Ok(Some(self.enqueue(payload)))
+        Ok(Some(self.enqueue_with(len, write)))
     }
 
     /// Queues an entry payload; returns its LSN. Entries commit in LSN order.
@@ -395,12 +411,12 @@ impl Wal {
             let need = s.used + s.claimed;
             let _ = s.reserve(need, true);
         }
-        self.enqueue(payload)
+        self.enqueue_with(payload.len(), |out| out.extend_from_slice(payload))
     }
 
-    fn enqueue(&self, payload: &[u8]) -> u64 {
+    fn enqueue_with(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let mut q = self.queue.lock();
-        format::put_frame(&mut q.buf, payload);
+        format::put_frame_with(&mut q.buf, len, write);
         q.last += 1;
         let lsn = q.last;
         let wake = lsn >= q.notify_at;

@@ -11,6 +11,9 @@ use super::super::faults::Point;
 use super::{Segment, Wal};
 use crate::config::SyncMode;
 
+/// The largest emptied batch buffer the committer keeps for the next batch.
+const SPARE_MAX: usize = 1 << 20;
+
 /// The longest the committer lets concurrent appends gather before a sync
 /// when the previous batch had several (see `run`): it syncs as soon as as
 /// many entries are queued as the previous batch had (the writers that
@@ -89,6 +92,7 @@ impl Wal {
         // Entries in the previous batch: more than one means writers are
         // concurrent, and waiting a moment before syncing lets more join.
         let mut last_batch = 0u64;
+        let mut spare = Vec::new();
         loop {
             let (batch, upto, stop) = {
                 let mut q = self.queue.lock();
@@ -121,7 +125,13 @@ impl Wal {
                 }
                 // Busy: entries queued meanwhile need not wake anyone.
                 q.notify_at = u64::MAX;
-                (std::mem::take(&mut q.buf), q.last, q.stop)
+                // The queue goes on in the last batch's emptied buffer
+                // rather than growing a new one from nothing.
+                (
+                    std::mem::replace(&mut q.buf, std::mem::take(&mut spare)),
+                    q.last,
+                    q.stop,
+                )
             };
             if upto > covered {
                 last_batch = upto - covered;
@@ -155,6 +165,12 @@ impl Wal {
                 self.done.lock().committed = upto;
                 self.durable.notify_all();
                 self.wake(upto);
+                // Kept unless a burst made it large (it would stay
+                // allocated while idle).
+                if batch.capacity() <= SPARE_MAX {
+                    spare = batch;
+                    spare.clear();
+                }
             }
             if self.sync == SyncMode::Interval && (last_sync.elapsed() >= self.interval || stop) {
                 let mut seg = self.segment.lock();

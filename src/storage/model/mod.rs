@@ -502,7 +502,7 @@ pub fn apply_write(
     meta.tail = plan.new_tail;
     meta.last_access = now;
     if let Some((id, state)) = &plan.producer {
-        meta.producers.insert(id.clone(), *state);
+        set_producer(&mut meta.producers, id, *state);
     }
     if let Some(seq) = &plan.stream_seq {
         meta.last_stream_seq = Some(seq.clone());
@@ -510,6 +510,21 @@ pub fn apply_write(
     if plan.close {
         meta.closed = true;
         meta.closed_by = closer.cloned();
+    }
+}
+
+/// Records producer `id`'s new state; a producer already known keeps its
+/// key (no new `String`, no freed one: the common case of every append).
+pub fn set_producer(
+    producers: &mut HashMap<String, ProducerState>,
+    id: &str,
+    state: ProducerState,
+) {
+    match producers.get_mut(id) {
+        Some(s) => *s = state,
+        None => {
+            producers.insert(id.to_owned(), state);
+        }
     }
 }
 
