@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::super::faults::Point;
@@ -34,16 +35,11 @@ impl Wal {
     /// Wakes the async waiters of every LSN up to `upto` (all of them once
     /// the log has failed). Called after `committed`/`failed` are published.
     fn wake(&self, upto: u64) {
-        let woken = {
+        let woken: Vec<(u64, Waker)> = {
             let mut w = self.waiters.lock();
-            if upto == u64::MAX {
-                std::mem::take(&mut *w)
-            } else {
-                let later = w.split_off(&(upto + 1));
-                std::mem::replace(&mut *w, later)
-            }
+            w.extract_if(.., |(lsn, _)| *lsn <= upto).collect()
         };
-        for waker in woken.into_values().flatten() {
+        for (_, waker) in woken {
             waker.wake();
         }
     }

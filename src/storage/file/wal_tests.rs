@@ -76,6 +76,48 @@ fn async_waiters_wake_only_when_their_entry_commits() {
     committer.join().unwrap();
 }
 
+/// A waiter polled again before its commit is listed once per waker (the
+/// commit wakes it once); polled with another waker, that one is woken
+/// too; two waiters of one LSN (a duplicate append waits for what it
+/// duplicates) are both woken.
+#[test]
+fn re_polled_and_shared_waiters_are_each_woken_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, committer) = Wal::start(
+        dir.path().to_path_buf(),
+        1,
+        SyncMode::Always,
+        Duration::from_millis(10),
+        Arc::new(Faults::default()),
+    )
+    .unwrap();
+    let first = wal.submit(b"one");
+    wal.wait(first).unwrap();
+    let (a, b, other) = (
+        Arc::new(Counter::default()),
+        Arc::new(Counter::default()),
+        Arc::new(Counter::default()),
+    );
+    let mut mine = wal.committed(first + 1);
+    let mut same_lsn = wal.committed(first + 1);
+    for _ in 0..5 {
+        assert!(poll(&mut mine, &a).is_pending());
+    }
+    assert!(poll(&mut mine, &other).is_pending());
+    assert!(poll(&mut same_lsn, &b).is_pending());
+    assert_eq!(wal.waiters.lock().len(), 3, "one entry per waker");
+    wal.wait(wal.submit(b"two")).unwrap();
+    wait_for(&a, 1);
+    wait_for(&b, 1);
+    wait_for(&other, 1);
+    assert!(wal.waiters.lock().is_empty());
+    assert_eq!((wakes(&a), wakes(&b), wakes(&other)), (1, 1, 1));
+    assert!(matches!(poll(&mut mine, &a), Poll::Ready(Ok(()))));
+    assert!(matches!(poll(&mut same_lsn, &b), Poll::Ready(Ok(()))));
+    wal.stop();
+    committer.join().unwrap();
+}
+
 /// The committer keeps zeros written past the log (so that most syncs
 /// leave the file's size alone), only past it, extends them when a batch
 /// goes beyond, and never writes past the space claims allocated.
