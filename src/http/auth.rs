@@ -79,11 +79,11 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
         // (and its write scope) may trim it, and no other.
         Some(raw) if raw.starts_with("__ds/trim/") => {
             let name = &raw["__ds/trim/".len()..];
-            Target::Stream(headers::stream_name(name, usize::MAX).unwrap_or(raw.into()))
+            Target::Stream(stream_target(name, raw))
         }
         Some(raw) if raw.starts_with("__ds") => Target::Stream(raw.to_string()),
         // A name the handler will refuse is still checked by its raw text.
-        Some(raw) => Target::Stream(headers::stream_name(raw, usize::MAX).unwrap_or(raw.into())),
+        Some(raw) => Target::Stream(stream_target(raw, raw)),
         None if path == "/metrics" => Target::Metrics,
         None => Target::Other,
     };
@@ -102,6 +102,12 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
 }
 
 /// True when `name` matches one of `auth.public_streams`.
+/// The stream a path names, for scope checks: its decoded name, or `raw`
+/// as sent when the handler will refuse the name anyway.
+fn stream_target(name: &str, raw: &str) -> String {
+    headers::stream_name(name, usize::MAX).map_or_else(|_| raw.to_string(), |n| n.into_owned())
+}
+
 fn public_stream(auth: &AuthConfig, name: &str) -> bool {
     auth.public_streams.iter().any(|g| glob::matches(g, name))
 }

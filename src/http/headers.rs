@@ -3,6 +3,8 @@
 //! an [`ApiError`] that says what to fix. The header names are in
 //! [`header_names`](super::header_names), re-exported here.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 
@@ -197,7 +199,7 @@ pub fn fork(headers: &HeaderMap, mount: &str) -> Result<Option<ForkSpec>, ApiErr
     };
     let raw = from.trim_ascii();
     let path = raw.strip_prefix(mount).unwrap_or(raw);
-    let source = stream_name(path.trim_start_matches('/'), usize::MAX)?;
+    let source = stream_name(path.trim_start_matches('/'), usize::MAX)?.into_owned();
     let offset = match offset {
         None => None,
         Some(o) => Some(Offset::parse(o.trim_ascii()).ok_or_else(|| {
@@ -225,7 +227,7 @@ pub fn fork(headers: &HeaderMap, mount: &str) -> Result<Option<ForkSpec>, ApiErr
 
 /// Percent-decodes and validates a stream name (the path under the mount):
 /// non-empty segments, no `.`/`..`, no control characters, bounded length.
-pub fn stream_name(raw: &str, max_len: usize) -> Result<String, ApiError> {
+pub fn stream_name(raw: &str, max_len: usize) -> Result<Cow<'_, str>, ApiError> {
     let invalid = |why: &str| ApiError::bad_request("INVALID_STREAM_NAME", why.to_string());
     let decoded = percent_decode(raw).ok_or_else(|| invalid("stream name is not valid UTF-8"))?;
     if decoded.is_empty() {
@@ -248,7 +250,13 @@ pub fn stream_name(raw: &str, max_len: usize) -> Result<String, ApiError> {
     Ok(decoded)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `s` with its `%XX` escapes decoded (borrowed when it has none, as
+/// almost every name); `None` when an escape is malformed or the result is
+/// not UTF-8.
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -264,7 +272,7 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// Live mode of a read.
@@ -292,9 +300,11 @@ pub fn read_query(query: Option<&str>) -> Result<ReadQuery, ApiError> {
     let mut cursor = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(&v.replace('+', " ")).ok_or_else(|| {
-            ApiError::bad_request("INVALID_QUERY", "query parameter is not valid UTF-8")
-        })?;
+        let v = percent_decode(&v.replace('+', " "))
+            .ok_or_else(|| {
+                ApiError::bad_request("INVALID_QUERY", "query parameter is not valid UTF-8")
+            })?
+            .into_owned();
         match k {
             "offset" => {
                 if offset.is_some() {
@@ -404,6 +414,12 @@ mod tests {
     #[test]
     fn stream_names() {
         assert_eq!(stream_name("a/b%20c", 100).unwrap(), "a/b c");
+        // A name without escapes is the request's own text, not a copy.
+        assert!(matches!(
+            stream_name("a/b-c", 100).unwrap(),
+            Cow::Borrowed("a/b-c")
+        ));
+        assert!(matches!(stream_name("a%2Fb", 100).unwrap(), Cow::Owned(n) if n == "a/b"));
         for bad in ["", "a//b", "../x", "a/./b", "a%00b", "a/", "%ff"] {
             assert!(stream_name(bad, 100).is_err(), "{bad:?}");
         }

@@ -116,11 +116,7 @@ impl AppState {
 
     /// Appends through the [`StorageHandle`] (which stages the append when
     /// the backend can); failures as in [`AppState::storage`].
-    pub async fn append(
-        &self,
-        name: String,
-        req: AppendRequest,
-    ) -> Result<AppendOutcome, ApiError> {
+    pub async fn append(&self, name: &str, req: AppendRequest) -> Result<AppendOutcome, ApiError> {
         let result = self.storage.append(name, req).await;
         self.counted(result)
     }
@@ -240,7 +236,7 @@ pub(crate) async fn dispatch(state: &AppState, req: Request) -> Response {
     let path = req.uri().path();
     let raw = path.strip_prefix(MOUNT).unwrap_or(path);
     let name = match headers::stream_name(raw, state.config.limits.max_name_bytes) {
-        Ok(n) => n,
+        Ok(n) => n.into_owned(),
         Err(e) => return e.into_response(),
     };
     let result = match *req.method() {

@@ -145,7 +145,7 @@ async fn stop(state: &AppState, id: &str) -> Result<(), ProxyError> {
     let name = engine::stream_name(id);
     let mut close = AppendRequest::new(None, Vec::new(), now_ms());
     close.close = true;
-    match state.storage.append(name, close).await {
+    match state.storage.append(&name, close).await {
         Ok(_) | Err(StorageError::Closed { .. }) => Ok(()),
         Err(StorageError::NotFound | StorageError::Gone) => Err(not_found()),
         Err(e) => Err(ProxyError(e.into())),

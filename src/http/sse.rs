@@ -326,7 +326,7 @@ mod tests {
             body: Bytes::from_static(b"second"),
             now: now_ms(),
         };
-        state.append("s".into(), append).await.unwrap();
+        state.append("s", append).await.unwrap();
         assert!(!live.at_rest());
         let mut body = go_on(live, Encoding::Text, None, None);
         let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();

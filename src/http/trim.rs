@@ -59,7 +59,7 @@ pub async fn trim(State(state): State<AppState>, req: Request) -> Response {
 
 async fn serve(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let raw = req.uri().path().strip_prefix(PREFIX).unwrap_or("");
-    let name = h::stream_name(raw, state.config.limits.max_name_bytes)?;
+    let name = h::stream_name(raw, state.config.limits.max_name_bytes)?.into_owned();
     let before = before(req.uri().query())?;
     let now = now_ms();
     let out = state.storage(move |s| s.trim(&name, before, now)).await?;

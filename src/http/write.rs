@@ -224,13 +224,13 @@ impl Appended {
 pub async fn post(state: &AppState, name: String, req: Request) -> Result<Response, ApiError> {
     let (headers, body, _) = body(state, req).await?;
     let fields = AppendFields::read(&headers)?;
-    Ok(append(state, name, fields, body).await?.response())
+    Ok(append(state, &name, fields, body).await?.response())
 }
 
 /// Appends `body` as `fields` ask, counting it in the metrics.
 pub async fn append(
     state: &AppState,
-    name: String,
+    name: &str,
     fields: AppendFields,
     body: Bytes,
 ) -> Result<Appended, ApiError> {

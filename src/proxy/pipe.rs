@@ -132,7 +132,7 @@ impl Pipe {
         let len = data.len() as u64;
         let mut req = AppendRequest::new(Some(&self.content_type), data, now_ms());
         req.close = close;
-        match self.storage.append(self.name.clone(), req).await {
+        match self.storage.append(&self.name, req).await {
             Ok(_) => {
                 self.metrics.proxy.piped(len);
                 Ok(())

@@ -95,20 +95,24 @@ impl StorageHandle {
     /// pool.
     pub async fn append(
         &self,
-        name: String,
+        name: &str,
         req: AppendRequest,
     ) -> Result<AppendOutcome, StorageError> {
         if !self.backend.may_block() {
-            return self.run(move |s| s.append(&name, req)).await;
+            let _marked = NonBlocking::enter();
+            return self.backend.append(name, req);
         }
         let staging = {
             let _marked = NonBlocking::enter();
-            self.backend.try_append_staged(&name, req)
+            self.backend.try_append_staged(name, req)
         };
         match staging {
             Staging::Staged(staged) => staged.finish().await,
             Staging::Deferred(pending) => pending.await,
-            Staging::WouldBlock(req) => self.run(move |s| s.append(&name, req)).await,
+            Staging::WouldBlock(req) => {
+                let name = name.to_owned();
+                self.run(move |s| s.append(&name, req)).await
+            }
         }
     }
 }

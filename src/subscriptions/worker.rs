@@ -299,7 +299,7 @@ async fn maybe_wake(ctx: &Context, id: &str) {
             let req = AppendRequest::new(Some("application/json"), event, now_ms());
             // Through the handle: staged like any client append when the
             // backend can.
-            if let Err(e) = subs.storage().append(wake_stream, req).await {
+            if let Err(e) = subs.storage().append(&wake_stream, req).await {
                 tracing::warn!(subscription = id, error = %e, "could not append to wake stream");
             }
         }

@@ -147,7 +147,7 @@ impl Conn {
         let result = match h::stream_name(&path[MOUNT.len()..], state.config.limits.max_name_bytes)
         {
             Ok(name) => match fields {
-                Ok(fields) => append(state, name, fields, body).await,
+                Ok(fields) => append(state, &name, fields, body).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

@@ -140,7 +140,7 @@ async fn the_second_append_to_a_warm_stream_is_staged() {
         // The same through the handle, which every caller uses.
         let handle = StorageHandle::new(Arc::clone(&s) as Arc<dyn Storage>);
         let r = handle
-            .append("s".into(), produce(Bytes::from_static(b"d"), 2))
+            .append("s", produce(Bytes::from_static(b"d"), 2))
             .await;
         assert!(matches!(r, Ok(AppendOutcome::Appended { .. })));
         no_blocking_io_since(violations);
