@@ -345,10 +345,7 @@ pub fn append_to<E: From<StorageError>>(
         AppendPlan::Write(plan) => {
             store(meta, &plan)?;
             model::apply_write(meta, &plan, req.producer.as_ref(), req.now);
-            let producer = plan
-                .producer
-                .as_ref()
-                .map(|(_, st)| (st.epoch, st.last_seq));
+            let producer = plan.producer.map(|st| (st.epoch, st.last_seq));
             Ok(Applied {
                 outcome: AppendOutcome::Appended {
                     info: meta.info(),

@@ -180,7 +180,10 @@ impl Inner {
                 records: records.len() as u32,
                 tail: plan.new_tail,
                 last_access: req.now,
-                producer: plan.producer.as_ref().map(|(p, s)| (p.as_str(), *s)),
+                producer: plan
+                    .producer
+                    .zip(req.producer.as_ref())
+                    .map(|(s, p)| (p.id.as_str(), s)),
                 stream_seq: plan.stream_seq.as_deref(),
                 close: plan.close,
                 closed_by: if plan.close {

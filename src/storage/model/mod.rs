@@ -318,8 +318,9 @@ pub struct WritePlan {
     pub new_tail: Offset,
     /// Close the stream in the same step.
     pub close: bool,
-    /// Producer state to store, keyed by producer id.
-    pub producer: Option<(String, ProducerState)>,
+    /// Producer state to store, for the request's producer id (the plan
+    /// borrows it from the request rather than copying it).
+    pub producer: Option<ProducerState>,
     /// New `Stream-Seq` to remember.
     pub stream_seq: Option<String>,
 }
@@ -464,7 +465,7 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
             ProducerCheck::Duplicate(s) => {
                 return Ok(AppendPlan::Duplicate(Some((s.epoch, s.last_seq))));
             }
-            ProducerCheck::Accept(s) => producer = Some((p.id.clone(), s)),
+            ProducerCheck::Accept(s) => producer = Some(s),
         }
     }
 
@@ -496,20 +497,20 @@ pub fn plan_append(meta: &StreamMeta, req: &AppendRequest) -> Result<AppendPlan,
 pub fn apply_write(
     meta: &mut StreamMeta,
     plan: &WritePlan,
-    closer: Option<&ProducerHeaders>,
+    producer: Option<&ProducerHeaders>,
     now: Millis,
 ) {
     meta.tail = plan.new_tail;
     meta.last_access = now;
-    if let Some((id, state)) = &plan.producer {
-        set_producer(&mut meta.producers, id, *state);
+    if let (Some(state), Some(p)) = (plan.producer, producer) {
+        set_producer(&mut meta.producers, &p.id, state);
     }
     if let Some(seq) = &plan.stream_seq {
         meta.last_stream_seq = Some(seq.clone());
     }
     if plan.close {
         meta.closed = true;
-        meta.closed_by = closer.cloned();
+        meta.closed_by = producer.cloned();
     }
 }
 
