@@ -370,6 +370,25 @@ mod tests {
         assert_eq!(frame_header(b"hello")[..], buf[..8]);
     }
 
+    /// A frame encoded in place is the frame `put_frame` writes; a payload
+    /// of another length than announced panics and leaves nothing behind.
+    #[test]
+    fn frames_written_in_place() {
+        let mut direct = b"before".to_vec();
+        put_frame(&mut direct, b"payload");
+        let mut in_place = b"before".to_vec();
+        put_frame_with(&mut in_place, 7, |o| o.extend_from_slice(b"payload"));
+        assert_eq!(in_place, direct);
+        for wrong in [b"short".as_slice(), b"far too long"] {
+            let mut out = b"before".to_vec();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                put_frame_with(&mut out, 7, |o| o.extend_from_slice(wrong))
+            }));
+            assert!(r.is_err(), "{wrong:?}");
+            assert_eq!(out, b"before");
+        }
+    }
+
     #[test]
     fn entries_round_trip() {
         let meta = StreamMeta::new(7, "text/plain".into(), Expiry::Ttl(5), Offset::new(1, 2), 9);
