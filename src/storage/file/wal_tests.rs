@@ -35,20 +35,25 @@ fn wait_for(c: &Counter, n: usize) {
     }
 }
 
+/// A log in `dir` (segment 1, `Always` mode) and its committer.
+fn start(dir: &tempfile::TempDir, faults: Arc<Faults>) -> (Arc<Wal>, JoinHandle<()>) {
+    Wal::start(
+        dir.path().to_path_buf(),
+        1,
+        SyncMode::Always,
+        Duration::from_millis(10),
+        faults,
+    )
+    .unwrap()
+}
+
 /// A waiter is woken by the commit that covers its LSN, not by earlier
 /// ones, and by a failure of the log.
 #[test]
 fn async_waiters_wake_only_when_their_entry_commits() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faults::default());
-    let (wal, committer) = Wal::start(
-        dir.path().to_path_buf(),
-        1,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        Arc::clone(&faults),
-    )
-    .unwrap();
+    let (wal, committer) = start(&dir, Arc::clone(&faults));
     let first = wal.submit(b"one");
     wal.wait(first).unwrap();
     let (early, late) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
@@ -83,14 +88,7 @@ fn async_waiters_wake_only_when_their_entry_commits() {
 #[test]
 fn re_polled_and_shared_waiters_are_each_woken_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, committer) = Wal::start(
-        dir.path().to_path_buf(),
-        1,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        Arc::new(Faults::default()),
-    )
-    .unwrap();
+    let (wal, committer) = start(&dir, Arc::new(Faults::default()));
     let first = wal.submit(b"one");
     wal.wait(first).unwrap();
     let (a, b, other) = (
@@ -124,14 +122,7 @@ fn re_polled_and_shared_waiters_are_each_woken_once() {
 #[test]
 fn zeros_are_written_past_the_log_and_only_there() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, committer) = Wal::start(
-        dir.path().to_path_buf(),
-        1,
-        SyncMode::Always,
-        Duration::from_millis(10),
-        Arc::new(Faults::default()),
-    )
-    .unwrap();
+    let (wal, committer) = start(&dir, Arc::new(Faults::default()));
     let path = segment_path(dir.path(), 1);
     let len = || std::fs::metadata(&path).unwrap().len();
     let payload = vec![7u8; 1000];
