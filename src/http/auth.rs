@@ -101,13 +101,13 @@ fn needed(auth: &AuthConfig, method: &Method, path: &str) -> Option<(Scope, Targ
     Some((Scope::Write, target))
 }
 
-/// True when `name` matches one of `auth.public_streams`.
 /// The stream a path names, for scope checks: its decoded name, or `raw`
 /// as sent when the handler will refuse the name anyway.
 fn stream_target(name: &str, raw: &str) -> String {
     headers::stream_name(name, usize::MAX).map_or_else(|_| raw.to_string(), |n| n.into_owned())
 }
 
+/// True when `name` matches one of `auth.public_streams`.
 fn public_stream(auth: &AuthConfig, name: &str) -> bool {
     auth.public_streams.iter().any(|g| glob::matches(g, name))
 }
