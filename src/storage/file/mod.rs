@@ -141,6 +141,23 @@ type StreamRef = Arc<Mutex<Stream>>;
 type Streams = HashMap<String, StreamRef>;
 type Guard = ArcMutexGuard<RawMutex, Stream>;
 
+/// Takes the directory's lock, waiting a little for it: a process that
+/// had it may be on its way out (a restart), and a child forked by another
+/// thread of this process holds a copy of the descriptor until it `exec`s
+/// (a test binary that runs commands reopening a store it just closed).
+fn lock_for_open(lock: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    const PATIENCE: Duration = Duration::from_secs(2);
+    let started = Instant::now();
+    loop {
+        match lock.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < PATIENCE => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn wake_of(meta: &StreamMeta) -> Wake {
     Wake::bare(meta.tail, meta.closed)
 }
@@ -194,7 +211,7 @@ impl FileStorage {
             .truncate(false)
             .write(true)
             .open(root.join("LOCK"))?;
-        lock.try_lock().map_err(|_| {
+        lock_for_open(&lock).map_err(|_| {
             StorageError::Unavailable(format!("{} is in use by another process", root.display()))
         })?;
         let files = Files::new(streams_dir, HANDLE_CACHE);
