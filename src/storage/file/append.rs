@@ -3,12 +3,14 @@
 //!
 //! The decision is [`txn::append_to`] on the locked stream's metadata, in
 //! place; its `store` step writes the records past the tail in the data
-//! file (page cache) and queues the ONE WAL entry carrying them with what
-//! the append changed (an [`Op::Append`], encoded in place from borrowed
-//! fields: [`entry_bin::AppendRef`]). Nothing changes before both
-//! succeeded: a failed data write, or a full disk refusing the entry's WAL
-//! room, leaves tail, producer state and data as they were (bytes written
-//! past the tail are overwritten by the next append).
+//! file (page cache), or buffers them for it ([`super::pending`]), and
+//! queues the ONE WAL entry carrying them with what the append changed (an
+//! [`Op::Append`], encoded in place from borrowed fields:
+//! [`entry_bin::AppendRef`]). Nothing changes before both succeeded: a
+//! failed data write (or write of the buffer the records do not fit), or a
+//! full disk refusing the entry's WAL room, leaves tail, producer state and
+//! data as they were (bytes written or buffered past the tail are
+//! overwritten by the next append).
 //!
 //! [`Op::Append`]: super::format::Op::Append
 //!

@@ -78,6 +78,7 @@ impl Inner {
         let _one = self.checkpointing.lock();
         self.wal.check()?;
         let mut unindexed = Vec::new();
+        let mut buffered = Vec::new();
         let (snapshot, mut dirty, unlink) = {
             let _gate = self.gate.write();
             self.wal.wait(self.wal.last_submitted())?;
@@ -87,6 +88,9 @@ impl Inner {
                 let mut g = s.lock();
                 // The dirty set is taken below, in this same cut.
                 g.slot.marked = false;
+                if g.slot.pending.from().is_some() {
+                    buffered.push(Arc::clone(s));
+                }
                 if let Some(starts) = &g.starts
                     && starts.len() as u64 > g.indexed
                 {
@@ -110,7 +114,8 @@ impl Inner {
         };
         dirty.extend(unindexed.iter().map(|u| u.1));
         let r = self
-            .write_indexes(unindexed)
+            .flush_streams(buffered)
+            .and_then(|()| self.write_indexes(unindexed))
             .and_then(|()| self.write_checkpoint(&snapshot, &dirty));
         if r.is_err() {
             // Try again next time with the same work.
@@ -134,6 +139,21 @@ impl Inner {
         }
         wal::sync_dir(&self.wal_dir)?;
         wal::sync_dir(self.files.dir())?;
+        Ok(())
+    }
+
+    /// Writes the frames that appends to `streams` buffered
+    /// ([`super::pending`]) into their data files, which the snapshot about
+    /// to be written relies on, and gives back the buffers' memory.
+    fn flush_streams(&self, streams: Vec<StreamRef>) -> Result<(), StorageError> {
+        for stream in streams {
+            let mut g = stream.lock();
+            if g.removed {
+                continue;
+            }
+            self.flush_pending(&mut g)?;
+            g.slot.pending.release();
+        }
         Ok(())
     }
 

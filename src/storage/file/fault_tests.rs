@@ -160,6 +160,9 @@ fn injected_write_and_sync_failures_never_leave_partial_state() {
                     assert_eq!(info.tail, m.tail(), "{when}: retry landed elsewhere");
                 }
             }
+            (Some(Point::DataFlush), Err(e)) => {
+                panic!("{when}: DataFlush is not among the points armed here ({e})")
+            }
             (Some(p @ (Point::WalWrite | Point::WalSync)), Err(e)) => {
                 assert!(matches!(e, StorageError::Unavailable(_)), "{when}: {e:?}");
                 // The log is poisoned: nothing more until it is reopened.

@@ -10,6 +10,9 @@
 pub enum Point {
     /// The positional write of records into a stream's data file.
     DataWrite,
+    /// The write of a stream's buffered frames into its data file
+    /// ([`super::pending`]).
+    DataFlush,
     /// The write of record starts into a stream's index file.
     IndexWrite,
     /// The committer's write of a batch into the WAL.

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use super::lends::Lends;
+use super::pending::Pending;
 use super::range::{DataFile, MAP_MIN, read_at};
 use super::recent::{Allowance, RECENT_BUDGET};
 use crate::offset::Offset;
@@ -43,6 +44,8 @@ pub struct Slot {
     /// The id is in the dirty set since the last [`Files::take_dirty`]
     /// (cleared by the caller when it takes the set).
     pub marked: bool,
+    /// Appended frames not in the data file yet ([`super::pending`]).
+    pub pending: Pending,
 }
 
 struct Cache {
@@ -203,12 +206,8 @@ impl Files {
             return Ok(());
         }
         let h = self.get(id)?;
-        write_frames(
-            &self.faults,
-            &h,
-            format::data_offset(count, at, base.pos),
-            records,
-        )?;
+        self.faults.check(Point::DataWrite)?;
+        write_frames(&h, format::data_offset(count, at, base.pos), records)?;
         self.dirty.lock().insert(id);
         let mut starts = Vec::with_capacity(records.len());
         let mut pos = at;
@@ -221,8 +220,10 @@ impl Files {
 
     /// Writes `records` past the tail of the stream whose state is `meta`
     /// (its next own records) to the data file behind `h` (page cache, no
-    /// sync): the index entries are written later by [`Self::write_index`].
-    /// `slot` is the stream's (it remembers that `id` is in the dirty set).
+    /// sync), or buffers them in the stream's `slot` to be written with
+    /// those around them ([`super::pending`]): the index entries are
+    /// written later by [`Self::write_index`]. `slot` remembers that `id`
+    /// is in the dirty set. A failure changes nothing.
     pub fn write_data(
         &self,
         h: &Handles,
@@ -231,16 +232,35 @@ impl Files {
         records: &[Bytes],
     ) -> Result<(), StorageError> {
         let count = meta.tail.seq - meta.base.seq;
-        write_frames(
-            &self.faults,
-            h,
-            format::data_offset(count, meta.tail.pos, meta.base.pos),
-            records,
-        )?;
+        let offset = format::data_offset(count, meta.tail.pos, meta.base.pos);
+        self.faults.check(Point::DataWrite)?;
+        let framed: usize = records
+            .iter()
+            .map(|r| r.len() + FRAME_HEADER as usize)
+            .sum();
+        if !slot.pending.fits(offset, framed) {
+            self.flush(h, slot)?;
+        }
+        if slot.pending.fits(offset, framed) {
+            slot.pending.push(offset, records);
+            h.data.recent.wrote(offset, records);
+        } else {
+            write_frames(h, offset, records)?;
+        }
         if !slot.marked {
             self.dirty.lock().insert(meta.id);
             slot.marked = true;
         }
+        Ok(())
+    }
+
+    /// Writes the frames `slot` buffered to the data file behind `h`.
+    pub fn flush(&self, h: &Handles, slot: &mut Slot) -> Result<(), StorageError> {
+        if slot.pending.from().is_none() {
+            return Ok(());
+        }
+        self.faults.check(Point::DataFlush)?;
+        slot.pending.write(&h.data.file)?;
         Ok(())
     }
 
@@ -518,12 +538,7 @@ impl Files {
 }
 
 /// Writes `records`, framed, at byte `offset` of the data file behind `h`.
-fn write_frames(
-    faults: &Faults,
-    h: &Handles,
-    offset: u64,
-    records: &[Bytes],
-) -> Result<(), StorageError> {
+fn write_frames(h: &Handles, offset: u64, records: &[Bytes]) -> Result<(), StorageError> {
     let bytes: usize = records
         .iter()
         .map(|r| r.len() + FRAME_HEADER as usize)
@@ -533,7 +548,6 @@ fn write_frames(
         data.extend_from_slice(&format::frame_header(r));
         data.extend_from_slice(r);
     }
-    faults.check(Point::DataWrite)?;
     h.data.write_all_at(&data, offset)?;
     h.data.recent.wrote(offset, records);
     Ok(())

@@ -10,8 +10,9 @@
 //!   shared decisions of [`txn`](super::txn);
 //! * `read`: reads through fork chains, head, listing, export;
 //! * `checkpoint`: the checkpoint and its thread, finding garbage files;
-//! * `recover`, `wal`, `files`, [`format`], [`control`], `faults`: recovery,
-//!   the log, the stream files, the byte layout, control records, injected
+//! * `recover`, `wal`, `files`, `pending`, [`format`], [`control`],
+//!   `faults`: recovery, the log, the stream files, small appends' frames
+//!   on their way to them, the byte layout, control records, injected
 //!   failures (tests).
 //!
 //! # Write path
@@ -19,8 +20,9 @@
 //! Every backend takes its decisions from [`txn`](super::txn); this one
 //! keeps how it stores them. Under the stream's lock an append is decided
 //! by [`txn::append_to`](super::txn::append_to) on the stream's metadata in
-//! place, its records are written (page cache, no sync) past
-//! the stream's tail in its data file, and *one* WAL entry carrying the
+//! place, its records are written (page cache, no sync) past the stream's
+//! tail in its data file, or buffered for it with the appends around them
+//! when they are small (`pending`), and *one* WAL entry carrying the
 //! records together with what the append changed (tail, the one producer's
 //! state, `Stream-Seq`, closure: [`format::Op::Append`]) is queued. The lock
 //! is then released and the caller waits until the committer has synced that
@@ -82,6 +84,7 @@ mod faults;
 mod files;
 pub mod format;
 mod lends;
+mod pending;
 mod range;
 mod read;
 mod recent;
@@ -429,6 +432,8 @@ impl Storage for FileStorage {
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod pending_tests;
 #[cfg(test)]
 mod read_now_tests;
 #[cfg(test)]

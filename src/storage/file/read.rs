@@ -110,6 +110,19 @@ impl Inner {
         Ok(s)
     }
 
+    /// Writes the frames appends to `s` buffered ([`super::pending`]) to
+    /// its data file (export and the checkpoint read the file itself).
+    pub(super) fn flush_pending(&self, s: &mut Stream) -> Result<(), StorageError> {
+        if s.slot.pending.from().is_none() {
+            return Ok(());
+        }
+        let h = self
+            .files
+            .handles(&mut s.slot, s.meta.id, true)?
+            .ok_or_else(|| StorageError::Io(std::io::Error::other("no handles")))?;
+        self.files.flush(&h, &mut s.slot)
+    }
+
     /// Reads `[from, limit)` of the view of `stream`, walking up the fork
     /// chain for inherited positions. `from` has been validated.
     fn read_view(
@@ -123,7 +136,8 @@ impl Inner {
     ) -> Result<(Vec<Bytes>, Offset), StorageError> {
         enum Step {
             Up(String, u64),
-            Read(u64, Vec<Piece>, Offset),
+            /// File pieces, then the bytes of buffered ones.
+            Read(u64, Vec<Piece>, Offset, Vec<Bytes>),
         }
         let step = access.with(stream, |s| -> Result<Step, StorageError> {
             if from.pos < s.meta.base.pos {
@@ -143,7 +157,7 @@ impl Inner {
             let (pieces, next) = layout.plan(from, limit, budget);
             // Plan the file reads under the lock, do them without it: bytes
             // below the tail never change.
-            let reads = pieces
+            let mut reads: Vec<Piece> = pieces
                 .iter()
                 .map(|p| {
                     let i = p.index as usize;
@@ -157,14 +171,39 @@ impl Inner {
                     }
                 })
                 .collect();
-            Ok(Step::Read(s.meta.id, reads, next))
+            // Pieces of frames that appends buffered ([`super::pending`])
+            // are copied from the buffer: the file does not have them yet.
+            // A buffer starts where a frame does, so each piece is wholly
+            // in the file or in the buffer, and the file's come first.
+            let split = match s.slot.pending.from() {
+                Some(from) => reads.partition_point(|&(at, _, _)| at < from),
+                None => reads.len(),
+            };
+            let buffered = reads[split..]
+                .iter()
+                .map(|&(at, len, whole)| {
+                    let payload = at + if whole { format::FRAME_HEADER } else { 0 };
+                    s.slot.pending.copy(payload, len).ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "stream {:016x}: a read past its buffered frames",
+                            s.meta.id
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            reads.truncate(split);
+            Ok(Step::Read(s.meta.id, reads, next, buffered))
         })?;
         match step {
             Step::Up(source, limit) => {
                 let source = access.source(&source)?;
                 self.read_view(access, &source, from, limit, budget, io)
             }
-            Step::Read(id, reads, next) => Ok((self.read_pieces(id, &reads, io)?, next)),
+            Step::Read(id, reads, next, buffered) => {
+                let mut chunks = self.read_pieces(id, &reads, io)?;
+                chunks.extend(buffered);
+                Ok((chunks, next))
+            }
         }
     }
 
@@ -410,6 +449,7 @@ impl Inner {
         let (meta, starts, seen) = {
             let mut g = self.find(name)?;
             let s = &mut *g;
+            self.flush_pending(s)?;
             let starts = self.index(&s.meta, &mut s.starts)?.clone();
             (s.meta.clone(), starts, s.last_lsn)
         };

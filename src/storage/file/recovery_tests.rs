@@ -16,12 +16,18 @@ use crate::storage::{AppendOutcome, Storage, StorageError};
 /// Writes "a", "b", "c" as three acknowledged appends after a checkpoint,
 /// so that they live in the WAL and past the checkpointed data length.
 fn three_appends(dir: &Path) {
+    three_appends_then(dir, |_| {});
+}
+
+/// [`three_appends`], then `then` before the store goes.
+fn three_appends_then(dir: &Path, then: impl FnOnce(&super::FileStorage)) {
     let s = open(dir);
     s.create("s", create("")).unwrap();
     s.checkpoint().unwrap();
     for (i, b) in ["a", "b", "c"].into_iter().enumerate() {
         s.append("s", produce(b, i as u64)).unwrap();
     }
+    then(&s);
 }
 
 #[test]
@@ -102,7 +108,13 @@ fn zeros_end_the_wal_and_entries_after_them_are_not_replayed() {
 fn torn_data_file_tail_is_rebuilt_from_the_wal() {
     for damage in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        three_appends(dir.path());
+        // The buffered appends are written to the data file (as a full
+        // buffer or a checkpoint does: `super::pending`), whose tail the
+        // crash then tears.
+        three_appends_then(dir.path(), |s| {
+            let mut g = s.inner.find("s").unwrap();
+            s.inner.flush_pending(&mut g).unwrap();
+        });
         let data = newest(dir.path(), "streams", "dat");
         let index = newest(dir.path(), "streams", "idx");
         match damage {
