@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use super::faults::{Faults, Point};
 use super::format::{self, DATA_MAGIC, FRAME_HEADER, INDEX_HEADER_LEN, INDEX_MAGIC};
 use super::lends::Lends;
-use super::pending::Pending;
+use super::pending::{Budget, Pending};
 use super::range::{DataFile, MAP_MIN, read_at};
 use super::recent::{Allowance, RECENT_BUDGET};
 use crate::offset::Offset;
@@ -69,6 +69,8 @@ pub struct Files {
     deferred: Mutex<HashMap<u64, u64>>,
     /// Test-only injected failures (shared with the WAL).
     pub faults: Arc<Faults>,
+    /// Bytes the streams' buffers hold ([`super::pending`]).
+    buffered: Budget,
 }
 
 impl Files {
@@ -85,6 +87,7 @@ impl Files {
             lends: Lends::new(),
             deferred: Mutex::new(HashMap::new()),
             faults: Arc::default(),
+            buffered: Budget::default(),
         }
     }
 
@@ -238,11 +241,11 @@ impl Files {
             .iter()
             .map(|r| r.len() + FRAME_HEADER as usize)
             .sum();
-        if !slot.pending.fits(offset, framed) {
+        if !slot.pending.fits(offset, framed, &self.buffered) {
             self.flush(h, slot)?;
         }
-        if slot.pending.fits(offset, framed) {
-            slot.pending.push(offset, records);
+        if slot.pending.fits(offset, framed, &self.buffered) {
+            slot.pending.push(offset, records, &self.buffered);
             h.data.recent.wrote(offset, records);
         } else {
             write_frames(h, offset, records)?;

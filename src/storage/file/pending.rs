@@ -26,6 +26,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -38,11 +40,23 @@ pub const PENDING_MAX: usize = 64 * 1024;
 /// large record would only be copied twice, and fill the buffer).
 pub const DIRECT_MIN: usize = 16 * 1024;
 
+/// Most bytes all buffers of a store hold together ([`Budget`]): past it
+/// appends are written at once, as they were before buffers, so that
+/// appends spread over many streams do not each keep up to [`PENDING_MAX`]
+/// until the next checkpoint (the page cache held those bytes, not the
+/// heap).
+pub const BUFFERED_MAX: usize = 32 << 20;
+
+/// Bytes in all buffers of one store.
+pub type Budget = Arc<AtomicUsize>;
+
 /// Frames for the data file from file offset `at`.
 #[derive(Default)]
 pub struct Pending {
     at: u64,
     buf: Vec<u8>,
+    /// The store's count of buffered bytes, once this buffer held some.
+    budget: Option<Budget>,
 }
 
 impl Pending {
@@ -58,9 +72,9 @@ impl Pending {
     /// Whether `framed` bytes at file offset `offset` can be buffered
     /// without writing first: small, and within or right after the buffer
     /// (within: an append that was not acknowledged is written over by
-    /// the next), with room.
-    pub fn fits(&self, offset: u64, framed: usize) -> bool {
-        if framed >= DIRECT_MIN {
+    /// the next), with room in it and in the store's `budget`.
+    pub fn fits(&self, offset: u64, framed: usize, budget: &Budget) -> bool {
+        if framed >= DIRECT_MIN || budget.load(Ordering::Relaxed) + framed > BUFFERED_MAX {
             return false;
         }
         if self.buf.is_empty() {
@@ -72,7 +86,9 @@ impl Pending {
 
     /// Buffers `records`, framed, at file offset `offset` (which
     /// [`Self::fits`]), dropping whatever was buffered from there on.
-    pub fn push(&mut self, offset: u64, records: &[Bytes]) {
+    pub fn push(&mut self, offset: u64, records: &[Bytes], budget: &Budget) {
+        let budget = self.budget.get_or_insert_with(|| Arc::clone(budget));
+        let before = self.buf.len();
         if self.buf.is_empty() {
             self.at = offset;
         } else {
@@ -81,6 +97,12 @@ impl Pending {
         for r in records {
             self.buf.extend_from_slice(&format::frame_header(r));
             self.buf.extend_from_slice(r);
+        }
+        let after = self.buf.len();
+        if after >= before {
+            budget.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            budget.fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
@@ -98,6 +120,7 @@ impl Pending {
             return Ok(());
         }
         file.write_all_at(&self.buf, self.at)?;
+        self.give_back();
         self.buf.clear();
         if self.buf.capacity() > PENDING_MAX {
             self.buf = Vec::new();
@@ -111,6 +134,22 @@ impl Pending {
         if self.buf.is_empty() {
             self.buf = Vec::new();
         }
+    }
+}
+
+impl Pending {
+    /// Takes the buffer's bytes off the store's count.
+    fn give_back(&self) {
+        if let Some(b) = &self.budget {
+            b.fetch_sub(self.buf.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A removed stream's buffer goes with it (its files do too).
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -140,18 +179,24 @@ mod tests {
             .write(true)
             .open(dir.path().join("d"))
             .unwrap();
+        let budget = Budget::default();
         let mut p = Pending::default();
         assert_eq!(p.from(), None);
         let (a, b) = (rec(10, b'a'), rec(20, b'b'));
-        p.push(100, std::slice::from_ref(&a));
-        assert!(p.fits(118, 28));
-        assert!(!p.fits(119, 28), "a gap is not buffered");
-        assert!(!p.fits(99, 28), "before the buffer is not buffered");
-        p.push(118, std::slice::from_ref(&b));
+        p.push(100, std::slice::from_ref(&a), &budget);
+        assert!(p.fits(118, 28, &budget));
+        assert!(!p.fits(119, 28, &budget), "a gap is not buffered");
+        assert!(
+            !p.fits(99, 28, &budget),
+            "before the buffer is not buffered"
+        );
+        p.push(118, std::slice::from_ref(&b), &budget);
         assert_eq!(p.from(), Some(100));
+        assert_eq!(budget.load(Ordering::Relaxed), 46);
         assert_eq!(file.metadata().unwrap().len(), 0, "nothing written yet");
         p.write(&file).unwrap();
         assert_eq!(p.from(), None);
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
         let mut got = vec![0u8; 46];
         file.read_exact_at(&mut got, 100).unwrap();
         assert_eq!(got, framed(&[a, b]));
@@ -161,12 +206,14 @@ mod tests {
     fn an_append_written_over_replaces_the_rest_of_the_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("d")).unwrap();
+        let budget = Budget::default();
         let mut p = Pending::default();
         let (a, b, c) = (rec(5, b'a'), rec(7, b'b'), rec(3, b'c'));
-        p.push(0, &[a.clone(), b]);
+        p.push(0, &[a.clone(), b], &budget);
         // `b` was not acknowledged: the next append goes where it was.
-        assert!(p.fits(13, 11));
-        p.push(13, std::slice::from_ref(&c));
+        assert!(p.fits(13, 11, &budget));
+        p.push(13, std::slice::from_ref(&c), &budget);
+        assert_eq!(budget.load(Ordering::Relaxed), 24);
         p.write(&file).unwrap();
         let bytes = std::fs::read(dir.path().join("d")).unwrap();
         assert_eq!(bytes, framed(&[a, c]));
@@ -174,16 +221,42 @@ mod tests {
 
     #[test]
     fn large_or_overflowing_appends_do_not_fit() {
+        let budget = Budget::default();
         let mut p = Pending::default();
-        assert!(!p.fits(0, DIRECT_MIN), "a large append is written at once");
-        assert!(p.fits(0, DIRECT_MIN - 1));
+        assert!(
+            !p.fits(0, DIRECT_MIN, &budget),
+            "a large append is written at once"
+        );
+        assert!(p.fits(0, DIRECT_MIN - 1, &budget));
         let small = rec(DIRECT_MIN - 100, b'x');
         let mut at = 0;
-        while p.fits(at, small.len() + 8) {
-            p.push(at, std::slice::from_ref(&small));
+        while p.fits(at, small.len() + 8, &budget) {
+            p.push(at, std::slice::from_ref(&small), &budget);
             at += small.len() as u64 + 8;
         }
         assert!(at as usize <= PENDING_MAX && at as usize + DIRECT_MIN > PENDING_MAX);
+    }
+
+    #[test]
+    fn the_stores_budget_bounds_all_buffers_and_is_given_back() {
+        let budget = Budget::default();
+        let (mut a, mut b) = (Pending::default(), Pending::default());
+        a.push(0, &[rec(100, b'a')], &budget);
+        budget.fetch_add(BUFFERED_MAX - 200, Ordering::Relaxed);
+        assert!(b.fits(0, 92, &budget), "within the budget");
+        b.push(0, &[rec(84, b'b')], &budget);
+        assert_eq!(budget.load(Ordering::Relaxed), BUFFERED_MAX);
+        assert!(!b.fits(92, 9, &budget), "past the budget: written at once");
+        assert!(!a.fits(108, 9, &budget));
+        budget.fetch_sub(BUFFERED_MAX - 200, Ordering::Relaxed);
+        drop(a);
+        assert_eq!(
+            budget.load(Ordering::Relaxed),
+            92,
+            "a dropped buffer gives back"
+        );
+        drop(b);
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -192,10 +265,12 @@ mod tests {
         let path = dir.path().join("d");
         std::fs::write(&path, b"").unwrap();
         let read_only = File::open(&path).unwrap();
+        let budget = Budget::default();
         let mut p = Pending::default();
-        p.push(0, &[rec(4, b'a')]);
+        p.push(0, &[rec(4, b'a')], &budget);
         assert!(p.write(&read_only).is_err());
         assert_eq!(p.from(), Some(0), "kept for the next try");
+        assert_eq!(budget.load(Ordering::Relaxed), 12);
         let file = File::options().write(true).open(&path).unwrap();
         p.write(&file).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), framed(&[rec(4, b'a')]));
