@@ -29,7 +29,8 @@
 //!   listed below; staged appends hold them for a page-cache write);
 //! * the stream's index is not loaded (the first append after a restart:
 //!   reading the index file);
-//! * its files are not open (a handle-cache miss: two `open(2)`);
+//! * its files are not open (a handle-cache miss: two `open(2)`) and the
+//!   records must be written, not buffered ([`super::pending`]);
 //! * the WAL segment must grow for the entry (`fallocate`).
 //!
 //! [`Storage::try_append_staged`]: crate::storage::Storage::try_append_staged
@@ -169,12 +170,10 @@ impl Inner {
                 if starts.is_none() && !wait {
                     return Err(Declined::WouldBlock);
                 }
-                let h = self
-                    .files
-                    .handles(slot, m.id, wait)?
-                    .ok_or(Declined::WouldBlock)?;
                 self.index(m, starts)?;
-                self.files.write_data(&h, slot, m, records)?;
+                if !self.files.write_data(slot, m, records, wait)? {
+                    return Err(Declined::WouldBlock);
+                }
             }
             let op = entry_bin::AppendRef {
                 name,

@@ -222,39 +222,54 @@ impl Files {
     }
 
     /// Writes `records` past the tail of the stream whose state is `meta`
-    /// (its next own records) to the data file behind `h` (page cache, no
-    /// sync), or buffers them in the stream's `slot` to be written with
-    /// those around them ([`super::pending`]): the index entries are
-    /// written later by [`Self::write_index`]. `slot` remembers that `id`
-    /// is in the dirty set. A failure changes nothing.
+    /// (its next own records) to its data file (page cache, no sync), or
+    /// buffers them in the stream's `slot` to be written with those around
+    /// them ([`super::pending`]); the index entries are written later by
+    /// [`Self::write_index`]. `slot` remembers that `id` is in the dirty
+    /// set. A failure changes nothing.
+    ///
+    /// Buffering needs no open file: appends spread over more streams than
+    /// the handle cache holds stay off the blocking pool. Writing needs
+    /// one; without `open` (a caller that must not block) and none open,
+    /// `Ok(false)`, nothing done.
     pub fn write_data(
         &self,
-        h: &Handles,
         slot: &mut Slot,
         meta: &StreamMeta,
         records: &[Bytes],
-    ) -> Result<(), StorageError> {
+        open: bool,
+    ) -> Result<bool, StorageError> {
         let count = meta.tail.seq - meta.base.seq;
         let offset = format::data_offset(count, meta.tail.pos, meta.base.pos);
-        self.faults.check(Point::DataWrite)?;
         let framed: usize = records
             .iter()
             .map(|r| r.len() + FRAME_HEADER as usize)
             .sum();
-        if !slot.pending.fits(offset, framed, &self.buffered) {
-            self.flush(h, slot)?;
-        }
         if slot.pending.fits(offset, framed, &self.buffered) {
+            self.faults.check(Point::DataWrite)?;
+            // A file that is open may keep a record these overwrite.
+            if let Some(h) = slot.handles.upgrade() {
+                h.data.recent.wrote(offset, records);
+            }
             slot.pending.push(offset, records, &self.buffered);
-            h.data.recent.wrote(offset, records);
         } else {
-            write_frames(h, offset, records)?;
+            let Some(h) = self.handles(slot, meta.id, open)? else {
+                return Ok(false);
+            };
+            self.faults.check(Point::DataWrite)?;
+            self.flush(&h, slot)?;
+            if slot.pending.fits(offset, framed, &self.buffered) {
+                h.data.recent.wrote(offset, records);
+                slot.pending.push(offset, records, &self.buffered);
+            } else {
+                write_frames(&h, offset, records)?;
+            }
         }
         if !slot.marked {
             self.dirty.lock().insert(meta.id);
             slot.marked = true;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the frames `slot` buffered to the data file behind `h`.

@@ -148,3 +148,46 @@ async fn the_second_append_to_a_warm_stream_is_staged() {
         assert_eq!(read_all(&s, "s").unwrap().0, want, "replayed {replayed}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_appends_stage_without_open_files() {
+    // Spread over more streams than the handle cache holds, small appends
+    // are buffered (`super::pending`), which needs no open file: once the
+    // indexes are loaded, every one stages.
+    let dir = tempfile::tempdir().unwrap();
+    let n = HANDLE_CACHE + 44;
+    let mut want: Vec<Vec<u8>> = (0..n).map(|i| format!("<{i}>").into_bytes()).collect();
+    {
+        let s = open(dir.path());
+        for (i, w) in want.iter().enumerate() {
+            s.create(&format!("s{i}"), create(w.clone())).unwrap();
+        }
+        s.shutdown().unwrap();
+    }
+    let s = Arc::new(open(dir.path()));
+    let violations = blocking_violations();
+    for seq in 0..3u64 {
+        let mut staged = 0;
+        for (i, w) in want.iter_mut().enumerate() {
+            let msg = format!("[{seq}:{i}]").into_bytes();
+            let (path, r) = append_as_handle(&s, &format!("s{i}"), produce(msg.clone(), seq)).await;
+            assert!(matches!(r, Ok(AppendOutcome::Appended { .. })), "{r:?}");
+            w.extend_from_slice(&msg);
+            staged += usize::from(path == Path::Staged);
+        }
+        // The first round loads each index (declined), the others stage.
+        let expected = if seq == 0 { 0 } else { n };
+        assert_eq!(staged, expected, "round {seq}");
+    }
+    no_blocking_io_since(violations);
+    let check = |s: &FileStorage| {
+        for (i, w) in want.iter().enumerate() {
+            assert!(read_all(s, &format!("s{i}")).unwrap().0 == *w, "s{i}");
+        }
+    };
+    check(&s);
+    s.checkpoint().unwrap();
+    check(&s);
+    drop(s);
+    check(&open(dir.path()));
+}
