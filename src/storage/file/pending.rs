@@ -16,9 +16,11 @@
 //! buffer out of it and reads the rest from the file, so reads never wait
 //! for the buffer to be written, and keep working on a full disk.
 //!
-//! Bytes buffered here are never lost to a crash that the page cache would
-//! have survived: neither is synced before the checkpoint, and recovery
-//! rewrites every record the WAL holds past the last checkpoint.
+//! A crash of the process or of the machine loses nothing: every
+//! acknowledged record is in the WAL, recovery rewrites into the data files
+//! every record the WAL holds past the last checkpoint, and a checkpoint
+//! writes the buffers before it relies on the files (it syncs them, then
+//! lets the WAL go).
 //!
 //! A write that fails leaves the buffer as it was, to be tried again; the
 //! append or checkpoint that asked for it fails with the error (`507` for
