@@ -416,3 +416,44 @@ fn a_trim_never_punches_a_hole_under_bytes_still_lent() {
     let (bytes, _, _) = read_all(&s, "t").unwrap();
     assert!(bytes == record(3));
 }
+
+#[test]
+fn a_trim_writes_buffered_frames_before_it_punches_their_space() {
+    // Small appends wait in the stream's buffer (`super::pending`); a trim
+    // past them must not punch a file that does not hold them yet, or the
+    // checkpoint would write them back into the hole.
+    let dir = tempfile::tempdir().unwrap();
+    if !punches_holes(dir.path()) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the file system under {} does not punch holes",
+            dir.path().display()
+        );
+        return;
+    }
+    let s = open(dir.path());
+    s.create("t", create("")).unwrap();
+    let mut tail = None;
+    for i in 0..500u32 {
+        let r = s.append("t", append(format!("{i:0>100}"))).unwrap();
+        let AppendOutcome::Appended { info, .. } = r else {
+            panic!("not appended");
+        };
+        tail = Some(info.tail);
+    }
+    let id = s.head("t", 3).unwrap().id;
+    let data = s.inner.files.data_path(id);
+    s.trim("t", tail.unwrap(), 3).unwrap();
+    s.checkpoint().unwrap();
+    // 54,000 bytes of frames from byte 40: all but the first and the last
+    // 4 KiB block are a hole.
+    assert!(
+        blocks(&data) * 512 <= 2 * 4096,
+        "{} blocks of 512 bytes still taken",
+        blocks(&data)
+    );
+    let (bytes, next, _) = read_all(&s, "t").unwrap();
+    assert!(bytes.is_empty());
+    assert_eq!(next, tail.unwrap());
+}

@@ -241,9 +241,20 @@ impl Txn for FileTxn<'_> {
 
     /// The hole is punched once the entry with the new trim point is
     /// durable: until then a crash keeps the records (and the old point).
+    /// Frames still buffered below the point are written first, or the
+    /// buffer would put them back into the hole later ([`super::pending`]);
+    /// if that fails (a full disk, which a trim is meant to relieve) the
+    /// trim goes on and only their space stays taken.
     fn trim_records(&mut self, id: u64, base: Offset, point: Offset) -> Result<(), Fail> {
         let to = format::data_offset(point.seq - base.seq, point.pos, base.pos);
-        self.tx.get_mut().punch.push((id, to));
+        let tx = self.tx.get_mut();
+        if let Some(g) = tx.held.iter_mut().find(|g| g.meta.id == id)
+            && g.slot.pending.from().is_some_and(|from| from < to)
+            && let Err(e) = self.inner.flush_pending(g)
+        {
+            tracing::debug!(stream_id = id, error = %e, "could not write buffered frames before a trim");
+        }
+        tx.punch.push((id, to));
         Ok(())
     }
 
