@@ -9,6 +9,23 @@ use super::test_support::{append, create, file_len, newest, open, read_all, read
 use crate::offset::{Offset, ReadFrom};
 use crate::storage::{AppendOutcome, Storage, StorageError};
 
+/// A store in a fresh directory with the empty plain-text stream `s`.
+fn with_empty_s() -> (tempfile::TempDir, super::FileStorage) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create("s", create("")).unwrap();
+    (dir, store)
+}
+
+/// The next write of a buffer fails as on a full disk.
+fn fail_next_flush(store: &super::FileStorage) {
+    store
+        .inner
+        .files
+        .faults
+        .arm(Point::DataFlush, 0, libc::ENOSPC);
+}
+
 /// `n` appends of `len` bytes each, `fill` then the index: the bytes `s`
 /// holds after them.
 fn append_many(store: &super::FileStorage, n: usize, len: usize) -> Vec<u8> {
@@ -25,9 +42,7 @@ fn append_many(store: &super::FileStorage, n: usize, len: usize) -> Vec<u8> {
 
 #[test]
 fn small_appends_are_read_from_the_buffer_and_reach_the_file_at_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    store.create("s", create("")).unwrap();
+    let (dir, store) = with_empty_s();
     let data = newest(dir.path(), "streams", "dat");
     let empty = file_len(&data);
     let mut want = append_many(&store, 20, 100);
@@ -53,15 +68,9 @@ fn small_appends_are_read_from_the_buffer_and_reach_the_file_at_the_checkpoint()
 
 #[test]
 fn reads_do_not_write_the_buffer_so_a_full_disk_does_not_stop_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    store.create("s", create("")).unwrap();
+    let (_dir, store) = with_empty_s();
     let want = append_many(&store, 10, 50);
-    store
-        .inner
-        .files
-        .faults
-        .arm(Point::DataFlush, 0, libc::ENOSPC);
+    fail_next_flush(&store);
     assert_eq!(read_all(&store, "s").unwrap().0, want);
     // The fault is still armed: no read tried to write.
     assert!(matches!(store.checkpoint(), Err(StorageError::NoSpace)));
@@ -70,15 +79,9 @@ fn reads_do_not_write_the_buffer_so_a_full_disk_does_not_stop_them() {
 
 #[test]
 fn a_failed_write_of_the_buffer_fails_the_checkpoint_not_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    store.create("s", create("")).unwrap();
+    let (dir, store) = with_empty_s();
     let want = append_many(&store, 10, 50);
-    store
-        .inner
-        .files
-        .faults
-        .arm(Point::DataFlush, 0, libc::ENOSPC);
+    fail_next_flush(&store);
     assert!(matches!(store.checkpoint(), Err(StorageError::NoSpace)));
     assert_eq!(read_all(&store, "s").unwrap().0, want);
     store.checkpoint().unwrap();
@@ -89,19 +92,13 @@ fn a_failed_write_of_the_buffer_fails_the_checkpoint_not_the_data() {
 
 #[test]
 fn an_append_that_must_write_the_buffer_first_fails_cleanly_when_that_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    store.create("s", create("")).unwrap();
+    let (dir, store) = with_empty_s();
     // 1,000-byte records until the buffer is nearly full: the next one
     // does not fit and has the buffer written first.
     let n = PENDING_MAX / 1008;
     let mut want = append_many(&store, n, 1000);
     let tail = store.head("s", 3).unwrap().tail;
-    store
-        .inner
-        .files
-        .faults
-        .arm(Point::DataFlush, 0, libc::ENOSPC);
+    fail_next_flush(&store);
     let r = store.append("s", append(vec![b'x'; 1000]));
     assert!(matches!(r, Err(StorageError::NoSpace)), "{r:?}");
     assert_eq!(store.head("s", 3).unwrap().tail, tail, "nothing changed");

@@ -40,6 +40,29 @@ async fn append_as_handle(
     }
 }
 
+/// A stopped store (a clean stop: after the reopen no index is loaded, no
+/// file open) with more streams `s{i}` than the handle cache holds, and
+/// what each holds.
+fn many_stopped() -> (tempfile::TempDir, Vec<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let want: Vec<Vec<u8>> = (0..HANDLE_CACHE + 44)
+        .map(|i| format!("<{i}>").into_bytes())
+        .collect();
+    let s = open(dir.path());
+    for (i, w) in want.iter().enumerate() {
+        s.create(&format!("s{i}"), create(w.clone())).unwrap();
+    }
+    s.shutdown().unwrap();
+    (dir, want)
+}
+
+/// Every stream `s{i}` holds `want[i]`.
+fn check_all(s: &FileStorage, want: &[Vec<u8>]) {
+    for (i, w) in want.iter().enumerate() {
+        assert!(read_all(s, &format!("s{i}")).unwrap().0 == *w, "s{i}");
+    }
+}
+
 /// Checks that no blocking I/O happened in a non-blocking section since
 /// the count was `before`. In debug builds such I/O panics at the call
 /// (failing the test there), and the count, process-wide, also takes the
@@ -53,17 +76,8 @@ fn no_blocking_io_since(before: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_appends_decline_instead_of_blocking_and_every_byte_lands() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = HANDLE_CACHE + 44;
-    let mut want: Vec<Vec<u8>> = (0..n).map(|i| format!("<{i}>").into_bytes()).collect();
-    {
-        let s = open(dir.path());
-        for (i, w) in want.iter().enumerate() {
-            s.create(&format!("s{i}"), create(w.clone())).unwrap();
-        }
-        // A clean stop: after the reopen no index is loaded, no file open.
-        s.shutdown().unwrap();
-    }
+    let (dir, mut want) = many_stopped();
+    let n = want.len();
     let s = Arc::new(open(dir.path()));
     let violations = blocking_violations();
     // Two rounds over more streams than the handle cache holds (every
@@ -100,11 +114,7 @@ async fn staged_appends_decline_instead_of_blocking_and_every_byte_lands() {
         }
     }
     no_blocking_io_since(violations);
-    let check = |s: &FileStorage| {
-        for (i, w) in want.iter().enumerate() {
-            assert!(read_all(s, &format!("s{i}")).unwrap().0 == *w, "s{i}");
-        }
-    };
+    let check = |s: &FileStorage| check_all(s, &want);
     check(&s);
     drop(s);
     check(&open(dir.path()));
@@ -154,16 +164,8 @@ async fn small_appends_stage_without_open_files() {
     // Spread over more streams than the handle cache holds, small appends
     // are buffered (`super::pending`), which needs no open file: once the
     // indexes are loaded, every one stages.
-    let dir = tempfile::tempdir().unwrap();
-    let n = HANDLE_CACHE + 44;
-    let mut want: Vec<Vec<u8>> = (0..n).map(|i| format!("<{i}>").into_bytes()).collect();
-    {
-        let s = open(dir.path());
-        for (i, w) in want.iter().enumerate() {
-            s.create(&format!("s{i}"), create(w.clone())).unwrap();
-        }
-        s.shutdown().unwrap();
-    }
+    let (dir, mut want) = many_stopped();
+    let n = want.len();
     let s = Arc::new(open(dir.path()));
     let violations = blocking_violations();
     for seq in 0..3u64 {
@@ -180,11 +182,7 @@ async fn small_appends_stage_without_open_files() {
         assert_eq!(staged, expected, "round {seq}");
     }
     no_blocking_io_since(violations);
-    let check = |s: &FileStorage| {
-        for (i, w) in want.iter().enumerate() {
-            assert!(read_all(s, &format!("s{i}")).unwrap().0 == *w, "s{i}");
-        }
-    };
+    let check = |s: &FileStorage| check_all(s, &want);
     check(&s);
     s.checkpoint().unwrap();
     check(&s);
