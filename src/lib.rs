@@ -98,3 +98,4 @@ pub mod server;
 pub mod storage;
 pub mod subscriptions;
 pub mod tls;
+pub mod zerocopy;

@@ -513,3 +513,91 @@ fn appends_the_engine_answers_itself_match_the_general_path() {
         ]
     );
 }
+
+/// The file backend keeps the last large record as bytes of the data
+/// file's mapping, which the native engine sends by reference (`vmsplice`
+/// and `splice`): every reader gets every byte of it, in order, on
+/// keep-alive and pipelined connections, also after later appends made it
+/// an older record and after a trim.
+#[test]
+fn the_last_large_record_sent_by_reference_arrives_whole() {
+    let s = common::Server::start(&["--storage", "file"]);
+    let mut c = Conn::open(&s.addr);
+    let path = "/v1/stream/hot";
+    c.send(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read(false).status, 201);
+    let record = |k: u8| -> Vec<u8> {
+        (0..(1usize << 20) + 7)
+            .map(|i| (i % 241) as u8 ^ k)
+            .collect()
+    };
+    let mut post = |body: &[u8]| -> String {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.send(head.as_bytes());
+        c.send(body);
+        let r = c.read(false);
+        assert!(r.status / 100 == 2, "append: {}", r.status);
+        r.header("stream-next-offset").unwrap()
+    };
+    let (a, b, c_rec) = (record(1), record(2), record(3));
+    let after_a = post(&a);
+    let after_b = post(&b);
+    let get = move |offset: &str| format!("GET {path}?offset={offset} HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Several readers of the newest record at once, two pipelined reads
+    // each.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, from) = (s.addr.clone(), after_a.clone());
+            let want = b.clone();
+            std::thread::spawn(move || {
+                let mut r = Conn::open(&addr);
+                for _ in 0..3 {
+                    r.send(format!("{}{}", get(&from), get(&from)).as_bytes());
+                    for _ in 0..2 {
+                        let res = r.read(false);
+                        assert_eq!(res.status, 200);
+                        assert!(res.body == want, "the newest record differs");
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let mut r = Conn::open(&s.addr);
+    // A later record: the one before it is read back from the file.
+    let after_c = post(&c_rec);
+    r.send(get(&after_a).as_bytes());
+    let res = r.read(false);
+    assert_eq!(res.status, 200);
+    let mut want = b.clone();
+    want.extend_from_slice(&c_rec);
+    assert!(res.body == want, "the two newest records differ");
+    r.send(get(&after_b).as_bytes());
+    assert!(r.read(false).body == c_rec, "the newest record differs");
+    // A trim up to the newest: it reads on whole, what went before is gone.
+    r.send(
+        format!(
+            "POST /v1/stream/__ds/trim/hot?before={after_b} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(r.read(false).status / 100 == 2, "trim");
+    r.send(get(&after_b).as_bytes());
+    assert!(
+        r.read(false).body == c_rec,
+        "the newest record after a trim"
+    );
+    r.send(get(&after_a).as_bytes());
+    assert_eq!(r.read(false).status, 410);
+    assert!(!after_c.is_empty());
+}

@@ -14,6 +14,8 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
+use crate::zerocopy;
+
 /// The first allocation for a request head, and the smallest read.
 pub(super) const READ_CHUNK: usize = 4096;
 /// Largest read for a request body.
@@ -27,6 +29,41 @@ pub(super) async fn write_all(
     send: Duration,
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
+    if bufs.iter().any(|b| zerocopy::wants_splice(b)) {
+        return Box::pin(write_spliced(tcp, bufs, send)).await;
+    }
+    write_copied(tcp, bufs, send).await
+}
+
+/// [`write_all`] of an answer with buffers the kernel may take by
+/// reference ([`zerocopy`]): those go through a pipe, the runs of others
+/// between them are copied.
+async fn write_spliced(tcp: &TcpStream, bufs: &[IoSlice<'_>], send: Duration) -> io::Result<()> {
+    let mut pipe = None;
+    let mut from = 0;
+    for (i, b) in bufs.iter().enumerate() {
+        if !zerocopy::wants_splice(b) {
+            continue;
+        }
+        let mut run: Vec<IoSlice<'_>> = bufs[from..i].to_vec();
+        write_copied(tcp, &mut run, send).await?;
+        from = i + 1;
+        let p = match &mut pipe {
+            Some(p) => p,
+            None => pipe.insert(zerocopy::Pipe::new()?),
+        };
+        p.send(tcp, b, send).await?;
+    }
+    let mut run: Vec<IoSlice<'_>> = bufs[from..].to_vec();
+    write_copied(tcp, &mut run, send).await
+}
+
+/// Writes all of `bufs` with copying writes.
+async fn write_copied(
+    tcp: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    send: Duration,
+) -> io::Result<()> {
     while !bufs.is_empty() {
         match tcp.try_write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -164,5 +201,35 @@ mod tests {
         assert!(waited.is_ok(), "readiness lost after a full read");
         let mut rest = BytesMut::with_capacity(200);
         assert_eq!(try_read(&tcp, &mut rest).unwrap(), 100 - n);
+    }
+
+    /// An answer whose large buffers may go by reference: copied and
+    /// spliced parts arrive whole and in order.
+    #[tokio::test]
+    async fn spliced_and_copied_parts_arrive_in_order() {
+        use tokio::io::AsyncReadExt;
+        let (tcp, mut client) = socket_pair().await;
+        let body: Vec<u8> = (0..3 * zerocopy::SPLICE_MIN)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        zerocopy::register(body.as_ptr(), body.len());
+        let (one, two) = body.split_at(zerocopy::SPLICE_MIN);
+        assert!(zerocopy::wants_splice(one) && zerocopy::wants_splice(two));
+        let mut want = Vec::new();
+        let parts: [&[u8]; 5] = [b"HEAD\r\n\r\n", one, b"\r\nmid", two, b"end"];
+        for p in parts {
+            want.extend_from_slice(p);
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; want.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == want, "bytes differ");
+        });
+        let mut slices = parts.map(IoSlice::new);
+        write_all(&tcp, &mut slices, Duration::from_secs(10))
+            .await
+            .unwrap();
+        reader.await.unwrap();
+        zerocopy::unregister(body.as_ptr());
     }
 }

@@ -327,7 +327,7 @@ impl Files {
     /// Reads `len` bytes at data-file offset `at` (a piece of one record).
     pub fn read(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
-        if let Some(kept) = h.data.recent.get(at, len) {
+        if let Some(kept) = h.data.kept(at, len) {
             return Ok(kept);
         }
         blocking_io("read a stream file");
@@ -337,7 +337,7 @@ impl Files {
     /// Reads a whole record framed at data-file offset `at` and checks its CRC.
     pub fn read_record(&self, id: u64, at: u64, len: u64) -> Result<Bytes, StorageError> {
         let h = self.get(id)?;
-        if let Some(kept) = h.data.recent.get(at + FRAME_HEADER, len) {
+        if let Some(kept) = h.data.kept(at + FRAME_HEADER, len) {
             return Ok(kept);
         }
         blocking_io("read a stream file");
@@ -362,7 +362,7 @@ impl Files {
             return Ok(None);
         };
         let payload = if whole { at + FRAME_HEADER } else { at };
-        if let Some(kept) = h.data.recent.get(payload, len) {
+        if let Some(kept) = h.data.kept(payload, len) {
             return Ok(Some(kept));
         }
         if framed as usize >= MAP_MIN {
@@ -389,9 +389,20 @@ impl Files {
     /// to a socket), the punch is put off until [`Files::retry_punches`]
     /// finds none.
     pub fn punch(&self, id: u64, to: u64) -> Result<(), StorageError> {
-        let from = format::DATA_HEADER_LEN;
+        // Whole pages only: a hole's partial pages are zeroed in place, and
+        // the kernel may still hold pages of a mapping that were sent
+        // without a copy ([`crate::zerocopy`]); a whole page punched leaves
+        // the file and keeps its bytes for whoever holds it.
+        let page = crate::zerocopy::page_size();
+        let from = format::DATA_HEADER_LEN.next_multiple_of(page);
+        let to = to - to % page;
         if to <= from {
             return Ok(());
+        }
+        // The kept last record holds bytes of the mapping (a lease): let
+        // go of it, or no punch of the file would ever run.
+        if let Some(h) = self.cached(id) {
+            h.data.recent.clear();
         }
         let Some(_punching) = self.lends.punch(id) else {
             let mut deferred = self.deferred.lock();
@@ -567,7 +578,7 @@ fn write_frames(h: &Handles, offset: u64, records: &[Bytes]) -> Result<(), Stora
         data.extend_from_slice(r);
     }
     h.data.write_all_at(&data, offset)?;
-    h.data.recent.wrote(offset, records);
+    h.data.wrote(offset, records);
     Ok(())
 }
 

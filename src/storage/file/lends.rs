@@ -14,18 +14,40 @@
 //! one runs, reads of that file copy (a copy of a hole fails its checksum:
 //! the reader is told it fell behind the trim).
 //!
+//! Bytes that may have been sent by reference (the kept last record,
+//! [`crate::zerocopy`]) are still the kernel's after the write that sent
+//! them returned: until the receiver has them, and over a network until
+//! they are acknowledged. A hole punched under them would zero them where
+//! a page is only partly punched (large folios are zeroed in place), so a
+//! file whose bytes were handed out that way is not punched for
+//! [`GRACE`] after the last of them ([`Lends::by_reference`]).
+//!
 //! Counted per incarnation id, not per open handle: a handle evicted from
 //! the cache and opened again maps the same pages.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// How long after bytes of a file were last handed out to be sent by
+/// reference no hole is punched in it (a trim's space comes back later).
+pub const GRACE: Duration = Duration::from_secs(300);
+
 /// The lent bytes of every data file of a store.
-#[derive(Default)]
 pub struct Lends {
     inner: Mutex<Inner>,
+    grace: Duration,
+}
+
+impl Default for Lends {
+    fn default() -> Self {
+        Lends {
+            inner: Mutex::default(),
+            grace: GRACE,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -34,6 +56,8 @@ struct Inner {
     out: HashMap<u64, usize>,
     /// Ids whose punch is running.
     punching: HashSet<u64>,
+    /// When bytes of an id were last handed out to be sent by reference.
+    by_reference: HashMap<u64, Instant>,
 }
 
 /// Bytes of data file `id` lent out; returned when dropped.
@@ -53,6 +77,21 @@ impl Lends {
         Arc::default()
     }
 
+    /// Lends whose [`GRACE`] is `grace` (tests).
+    #[cfg(test)]
+    pub fn with_grace(grace: Duration) -> Arc<Self> {
+        Arc::new(Lends {
+            inner: Mutex::default(),
+            grace,
+        })
+    }
+
+    /// Bytes of `id` were handed out that may be sent by reference: no
+    /// punch of it for [`GRACE`] from now.
+    pub fn by_reference(&self, id: u64) {
+        self.inner.lock().by_reference.insert(id, Instant::now());
+    }
+
     /// A lease on bytes of `id`, or `None` while a punch of it runs.
     pub fn lease(self: &Arc<Self>, id: u64) -> Option<Lease> {
         let mut inner = self.inner.lock();
@@ -66,9 +105,16 @@ impl Lends {
         })
     }
 
-    /// Starts a punch of `id`, or `None` while bytes of it are lent.
+    /// Starts a punch of `id`, or `None` while bytes of it are lent or
+    /// within [`GRACE`] of bytes handed out by reference.
     pub fn punch(self: &Arc<Self>, id: u64) -> Option<Punching> {
         let mut inner = self.inner.lock();
+        if let Some(at) = inner.by_reference.get(&id) {
+            if at.elapsed() < self.grace {
+                return None;
+            }
+            inner.by_reference.remove(&id);
+        }
         if inner.out.contains_key(&id) || !inner.punching.insert(id) {
             return None;
         }
@@ -122,5 +168,17 @@ mod tests {
             lends.inner.lock().out.is_empty(),
             "returned leases leave nothing"
         );
+    }
+
+    /// Bytes handed out by reference keep punches off for the grace,
+    /// then no longer.
+    #[test]
+    fn a_punch_waits_out_the_grace_after_bytes_sent_by_reference() {
+        let lends = Lends::with_grace(Duration::from_millis(200));
+        lends.by_reference(1);
+        assert!(lends.punch(1).is_none(), "within the grace");
+        assert!(lends.punch(2).is_some(), "other files are not held");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(lends.punch(1).is_some(), "after the grace");
     }
 }

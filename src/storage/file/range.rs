@@ -80,8 +80,18 @@ impl DataFile {
         if len < MAP_MIN {
             return self.copy(at, len);
         }
+        match self.map(at, len)? {
+            Some(bytes) => Ok(bytes),
+            None => self.copy(at, len),
+        }
+    }
+
+    /// `len` bytes at `at` out of the file's mapping (faulted in), or
+    /// `None` where they cannot be mapped now: while a punch of the file
+    /// runs, or without address space for a mapping.
+    pub fn map(&self, at: u64, len: usize) -> std::io::Result<Option<Bytes>> {
         let Some(lease) = self.lends.lease(self.id) else {
-            return self.copy(at, len);
+            return Ok(None);
         };
         let end = at + len as u64;
         if end > self.seen_len.load(Ordering::Acquire) {
@@ -110,16 +120,37 @@ impl DataFile {
         };
         let Some(window) = window else {
             // No address space for a mapping (`ulimit -v`,
-            // `vm.max_map_count`): a copy, as small reads get.
-            return self.copy(at, len);
+            // `vm.max_map_count`).
+            return Ok(None);
         };
         window.populate(at as usize, len)?;
-        Ok(Bytes::from_owner(Slice {
+        Ok(Some(Bytes::from_owner(Slice {
             window,
             at: at as usize,
             len,
             _lease: lease,
-        }))
+        })))
+    }
+
+    /// `len` bytes at file offset `at` out of the kept last record, if they
+    /// lie within it. Bytes of the mapping may be sent by reference: the
+    /// file is not punched for a while ([`Lends::by_reference`]).
+    pub fn kept(&self, at: u64, len: u64) -> Option<Bytes> {
+        let (bytes, mapped) = self.recent.get(at, len)?;
+        if mapped {
+            self.lends.by_reference(self.id);
+        }
+        Some(bytes)
+    }
+
+    /// `records` were written, framed, from file offset `offset`: the
+    /// kept last record ([`Recent`]) learns of it, and keeps the newest
+    /// as bytes of the mapping (the page cache's pages, which the native
+    /// engine sends without a copy, [`crate::zerocopy`]) where it can be
+    /// mapped, else as it came.
+    pub fn wrote(&self, offset: u64, records: &[Bytes]) {
+        self.recent
+            .wrote_with(offset, records, |at, len| self.map(at, len).ok().flatten());
     }
 }
 

@@ -59,7 +59,15 @@ impl Allowance {
 /// where that payload starts.
 pub struct Recent {
     allowance: Allowance,
-    last: Mutex<Option<(u64, Bytes)>>,
+    last: Mutex<Option<(u64, Kept)>>,
+}
+
+/// The kept record's payload: out of the file's mapping, or (without
+/// one) the appended bytes themselves.
+struct Kept {
+    bytes: Bytes,
+    /// Registered with [`crate::zerocopy`] (mapped bytes only).
+    mapped: bool,
 }
 
 impl Recent {
@@ -76,12 +84,24 @@ impl Recent {
     /// the last of them if it is large. Called under the stream's lock, so
     /// writes to one file come in order.
     pub fn wrote(&self, offset: u64, records: &[Bytes]) {
+        self.wrote_with(offset, records, |_, _| None);
+    }
+
+    /// [`Self::wrote`], keeping in place of the newest record what `map`
+    /// gives for its payload's file offset and length (the same bytes,
+    /// from the file's mapping), when it gives them.
+    pub fn wrote_with(
+        &self,
+        offset: u64,
+        records: &[Bytes],
+        map: impl FnOnce(u64, usize) -> Option<Bytes>,
+    ) {
         let Some((newest, earlier)) = records.split_last() else {
             return;
         };
         let mut last = self.last.lock();
         if let Some((at, kept)) = &*last
-            && at + kept.len() as u64 > offset
+            && at + kept.bytes.len() as u64 > offset
         {
             self.forget(&mut last);
         }
@@ -92,18 +112,35 @@ impl Recent {
         self.forget(&mut last);
         if self.allowance.take(len) {
             let before: u64 = earlier.iter().map(|r| FRAME_HEADER + r.len() as u64).sum();
-            *last = Some((offset + before + FRAME_HEADER, newest.clone()));
+            let at = offset + before + FRAME_HEADER;
+            let kept = match map(at, len).filter(|m| m.len() == len) {
+                Some(mapped) => {
+                    // The page cache's pages, never written again while
+                    // mapped: the native engine may send them without a
+                    // copy.
+                    crate::zerocopy::register(mapped.as_ptr(), len);
+                    Kept {
+                        bytes: mapped,
+                        mapped: true,
+                    }
+                }
+                None => Kept {
+                    bytes: newest.clone(),
+                    mapped: false,
+                },
+            };
+            *last = Some((at, kept));
         }
     }
 
     /// `len` bytes at file offset `at`, if they lie within the kept
-    /// record's payload.
-    pub fn get(&self, at: u64, len: u64) -> Option<Bytes> {
+    /// record's payload, and whether they are bytes of the mapping.
+    pub fn get(&self, at: u64, len: u64) -> Option<(Bytes, bool)> {
         let last = self.last.lock();
         let (start, kept) = last.as_ref()?;
         let from = usize::try_from(at.checked_sub(*start)?).ok()?;
         let to = from.checked_add(usize::try_from(len).ok()?)?;
-        (to <= kept.len()).then(|| kept.slice(from..to))
+        (to <= kept.bytes.len()).then(|| (kept.bytes.slice(from..to), kept.mapped))
     }
 
     /// Forgets the kept record (the file is cut back).
@@ -111,9 +148,12 @@ impl Recent {
         self.forget(&mut self.last.lock());
     }
 
-    fn forget(&self, last: &mut Option<(u64, Bytes)>) {
+    fn forget(&self, last: &mut Option<(u64, Kept)>) {
         if let Some((_, kept)) = last.take() {
-            self.allowance.give(kept.len());
+            if kept.mapped {
+                crate::zerocopy::unregister(kept.bytes.as_ptr());
+            }
+            self.allowance.give(kept.bytes.len());
         }
     }
 }
@@ -140,8 +180,8 @@ mod tests {
         let big = record(RECENT_MIN, 2);
         r.wrote(100, &[small.clone(), big.clone()]);
         let at = 100 + FRAME_HEADER + 10 + FRAME_HEADER;
-        assert_eq!(r.get(at, RECENT_MIN as u64).unwrap(), big);
-        assert_eq!(r.get(at + 5, 7).unwrap(), big.slice(5..12));
+        assert_eq!(r.get(at, RECENT_MIN as u64).unwrap(), (big.clone(), false));
+        assert_eq!(r.get(at + 5, 7).unwrap().0, big.slice(5..12));
         // Outside the payload (the frame header, past its end, the small
         // record): not kept.
         assert!(r.get(at - 1, 4).is_none());
@@ -175,8 +215,34 @@ mod tests {
         drop(a);
         assert_eq!(allowance.left(), RECENT_MIN * 3 / 2);
         b.wrote(0, &[record(RECENT_MIN, 4)]);
-        assert_eq!(b.get(FRAME_HEADER, 1).unwrap()[0], 4);
+        assert_eq!(b.get(FRAME_HEADER, 1).unwrap().0[0], 4);
         b.clear();
         assert_eq!(allowance.left(), RECENT_MIN * 3 / 2);
+    }
+
+    /// A record kept as other bytes than the appended ones (the mapping's)
+    /// is registered for sending by reference while kept, and only then.
+    #[test]
+    fn a_mapped_record_is_registered_while_kept() {
+        let r = Recent::new(Allowance::new(RECENT_BUDGET));
+        let appended = record(RECENT_MIN, 5);
+        let mapped = record(RECENT_MIN, 5);
+        r.wrote_with(0, std::slice::from_ref(&appended), |at, len| {
+            assert_eq!((at, len), (FRAME_HEADER, RECENT_MIN));
+            Some(mapped.clone())
+        });
+        let (got, by_mapping) = r.get(FRAME_HEADER, RECENT_MIN as u64).unwrap();
+        assert!(by_mapping);
+        assert_eq!(got.as_ptr(), mapped.as_ptr(), "the mapped bytes are kept");
+        assert!(crate::zerocopy::wants_splice(&got));
+        assert!(!crate::zerocopy::wants_splice(&appended));
+        // Bytes of the wrong length are not taken for the record.
+        let next = FRAME_HEADER + RECENT_MIN as u64;
+        r.wrote_with(next, std::slice::from_ref(&appended), |_, _| {
+            Some(record(10, 5))
+        });
+        assert!(!crate::zerocopy::wants_splice(&mapped), "forgotten");
+        let (_, by_mapping) = r.get(next + FRAME_HEADER, 1).unwrap();
+        assert!(!by_mapping);
     }
 }
