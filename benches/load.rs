@@ -930,23 +930,38 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     // with its previous answer, or its request waited to be read), and from
     // then (or from the send, for a poll already waiting) to the answer.
     let (mut until_asked, mut to_answer) = (Vec::new(), Vec::new());
+    // Deliveries by a poll that was waiting when the writer sent the
+    // message, and by one asked after it (its poller's previous poll came
+    // back without it): delays from the send, and how many of the first.
+    let (mut waited, mut asked_later) = (Vec::new(), Vec::new());
     let mut asked_at = std::mem::take(&mut *asked_at.lock().unwrap());
     for &(k, asked, got) in asked_at.0.iter() {
         let s = sent[k].at;
         until_asked.push(micros(asked.saturating_duration_since(s)));
         to_answer.push(micros(got.saturating_duration_since(asked.max(s))));
+        let d = micros(got.saturating_duration_since(s));
+        if asked <= s {
+            waited.push(d);
+        } else {
+            asked_later.push(d);
+        }
     }
     until_asked.sort_unstable();
     to_answer.sort_unstable();
+    waited.sort_unstable();
+    asked_later.sort_unstable();
     asked_at.1.sort_unstable();
     let split = format!(
-        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2}",
+        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2}",
         pct(&until_asked, 0.5),
         pct(&until_asked, 0.99),
         pct(&to_answer, 0.5),
         pct(&to_answer, 0.99),
         pct(&asked_at.1, 0.5),
-        pct(&asked_at.1, 0.99)
+        pct(&asked_at.1, 0.99),
+        waited.len() as f64 / (waited.len() + asked_later.len()).max(1) as f64,
+        pct(&waited, 0.99),
+        pct(&asked_later, 0.99)
     );
     // How the writer was paced: it waits for each ack, so a server that
     // acks slowly under load is sent fewer messages per second.
