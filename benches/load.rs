@@ -794,12 +794,25 @@ async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
             }
         }));
     }
+    // The server's CPU over the measured window (a figure the machine's
+    // noise moves less than the throughput).
+    let pid = std::env::var("DS_SERVER_PID").ok();
+    tokio::time::sleep_until(start.into()).await;
+    let cpu0 = pid.as_deref().and_then(cpu_us);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu1 = pid.as_deref().and_then(cpu_us);
     let mut total = 0u64;
     for t in tasks {
         total += t.await??;
     }
+    let per_gb = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if total > 0 => {
+            format!("{:.1}", (b - a) as f64 / 1e3 / (total as f64 / 1e9))
+        }
+        _ => "n/a".into(),
+    };
     println!(
-        "RESULT workload=tailread conns={conns} mbps={:.0} load1={}",
+        "RESULT workload=tailread conns={conns} mbps={:.0} server_cpu_ms_per_gb={per_gb} load1={}",
         total as f64 / secs / 1e6,
         uptime_load()
     );
