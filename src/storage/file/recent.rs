@@ -99,38 +99,42 @@ impl Recent {
         let Some((newest, earlier)) = records.split_last() else {
             return;
         };
-        let mut last = self.last.lock();
-        if let Some((at, kept)) = &*last
-            && at + kept.bytes.len() as u64 > offset
-        {
-            self.forget(&mut last);
-        }
         let len = newest.len();
-        if !(RECENT_MIN..=RECENT_MAX).contains(&len) {
+        let keep = (RECENT_MIN..=RECENT_MAX).contains(&len);
+        {
+            let mut last = self.last.lock();
+            let overwritten = last
+                .as_ref()
+                .is_some_and(|(at, kept)| at + kept.bytes.len() as u64 > offset);
+            if overwritten || keep {
+                self.forget(&mut last);
+            }
+        }
+        if !keep || !self.allowance.take(len) {
             return;
         }
-        self.forget(&mut last);
-        if self.allowance.take(len) {
-            let before: u64 = earlier.iter().map(|r| FRAME_HEADER + r.len() as u64).sum();
-            let at = offset + before + FRAME_HEADER;
-            let kept = match map(at, len).filter(|m| m.len() == len) {
-                Some(mapped) => {
-                    // The page cache's pages, never written again while
-                    // mapped: the native engine may send them without a
-                    // copy.
-                    crate::zerocopy::register(mapped.as_ptr(), len);
-                    Kept {
-                        bytes: mapped,
-                        mapped: true,
-                    }
+        let before: u64 = earlier.iter().map(|r| FRAME_HEADER + r.len() as u64).sum();
+        let at = offset + before + FRAME_HEADER;
+        // Mapped without the lock held: readers of the kept record do not
+        // wait for it (writers come one at a time, under the stream's lock).
+        let kept = match map(at, len).filter(|m| m.len() == len) {
+            Some(mapped) => {
+                // The page cache's pages, never written again while mapped:
+                // the native engine may send them without a copy.
+                crate::zerocopy::register(mapped.as_ptr(), len);
+                Kept {
+                    bytes: mapped,
+                    mapped: true,
                 }
-                None => Kept {
-                    bytes: newest.clone(),
-                    mapped: false,
-                },
-            };
-            *last = Some((at, kept));
-        }
+            }
+            None => Kept {
+                bytes: newest.clone(),
+                mapped: false,
+            },
+        };
+        let mut last = self.last.lock();
+        self.forget(&mut last);
+        *last = Some((at, kept));
     }
 
     /// `len` bytes at file offset `at`, if they lie within the kept
