@@ -371,6 +371,12 @@ impl Metrics {
                 "Long-polls and SSE connections (counted above) waiting parked, without a task.",
                 self.parked.load(Relaxed),
             ),
+            (
+                "ds_response_bytes_by_reference_total",
+                "counter",
+                "Response bytes the kernel sent from the data files' pages without a copy (vmsplice/splice).",
+                crate::zerocopy::sent(),
+            ),
         ];
         for (name, kind, help, v) in simple {
             let _ = write!(

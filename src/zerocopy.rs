@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -37,6 +38,14 @@ use tokio::net::TcpStream;
 
 /// The registered ranges: start address → length.
 static STABLE: RwLock<BTreeMap<usize, usize>> = RwLock::new(BTreeMap::new());
+
+/// Bytes sent by reference so far (`/metrics`).
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes sent by reference since the process started.
+pub fn sent() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
 
 /// Smallest buffer worth a pipe (four system calls) instead of a copy.
 pub const SPLICE_MIN: usize = 64 << 10;
@@ -156,7 +165,10 @@ impl Pipe {
             });
             match moved {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => left -= n,
+                Ok(n) => {
+                    left -= n;
+                    SENT.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match tokio::time::timeout(send, tcp.writable()).await {
                         Ok(r) => r?,

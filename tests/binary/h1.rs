@@ -574,6 +574,19 @@ fn the_last_large_record_sent_by_reference_arrives_whole() {
         r.join().unwrap();
     }
     let mut r = Conn::open(&s.addr);
+    r.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let metrics = String::from_utf8(r.read(false).body).unwrap();
+    let by_reference: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ds_response_bytes_by_reference_total "))
+        .expect("the counter is exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        by_reference >= 4 * 3 * 2 * b.len(),
+        "every read of the newest record went by reference: {by_reference}"
+    );
     // A later record: the one before it is read back from the file.
     let after_c = post(&c_rec);
     r.send(get(&after_a).as_bytes());
