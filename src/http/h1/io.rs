@@ -48,11 +48,17 @@ async fn write_spliced(tcp: &TcpStream, bufs: &[IoSlice<'_>], send: Duration) ->
         let mut run: Vec<IoSlice<'_>> = bufs[from..i].to_vec();
         write_copied(tcp, &mut run, send).await?;
         from = i + 1;
-        let p = match &mut pipe {
-            Some(p) => p,
-            None => pipe.insert(zerocopy::Pipe::new()?),
+        if pipe.is_none() {
+            // Without a pipe (out of descriptors), copies.
+            pipe = zerocopy::Pipe::new().ok();
+        }
+        let sent = match &pipe {
+            Some(p) => p.send(tcp, b, send).await?,
+            None => 0,
         };
-        p.send(tcp, b, send).await?;
+        if sent < b.len() {
+            write_copied(tcp, &mut [IoSlice::new(&b[sent..])], send).await?;
+        }
     }
     let mut run: Vec<IoSlice<'_>> = bufs[from..].to_vec();
     write_copied(tcp, &mut run, send).await
