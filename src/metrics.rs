@@ -321,7 +321,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4). `streams` is the
     /// backend's stream count, when it has one.
-    pub fn render(&self, streams: Option<u64>) -> String {
+    pub fn render(&self, streams: Option<u64>, gauges: &[crate::storage::Gauge]) -> String {
         let mut o = String::with_capacity(4096);
         o.push_str("# HELP ds_http_requests_total HTTP requests answered, by method, route kind and status.\n");
         o.push_str("# TYPE ds_http_requests_total counter\n");
@@ -383,6 +383,10 @@ impl Metrics {
                 o,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             );
+        }
+        for g in gauges {
+            let (name, help, v) = (g.name, g.help, g.value);
+            let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
         }
         if let Some(n) = streams {
             let _ = write!(
@@ -510,7 +514,13 @@ mod tests {
             assert_eq!(m.live_count(Live::Sse), 1);
         }
         assert_eq!(m.live_count(Live::Sse), 0);
-        let text = m.render(Some(7));
+        let gauge = crate::storage::Gauge {
+            name: "ds_test_gauge",
+            help: "A backend's gauge.",
+            value: 42,
+        };
+        let text = m.render(Some(7), &[gauge]);
+        assert!(text.contains("# TYPE ds_test_gauge gauge\nds_test_gauge 42\n"));
         for line in [
             "ds_http_requests_total{method=\"GET\",route=\"stream\",status=\"200\"} 2",
             "ds_http_requests_total{method=\"POST\",route=\"other\",status=\"404\"} 1",

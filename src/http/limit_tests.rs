@@ -57,7 +57,7 @@ fn a_bucket_of_burst_refills_at_the_rate() {
         assert!(l.admit("k".into(), false, t2).is_ok());
     }
     assert!(l.admit("k".into(), false, t2).is_err());
-    let text = l.metrics.render(None);
+    let text = l.metrics.render(None, &[]);
     assert!(
         text.contains("ds_rate_limited_total{limit=\"requests\"} 3"),
         "{text}"
@@ -77,7 +77,7 @@ fn live_reads_are_capped_per_key_until_their_slots_drop() {
     assert!(l.admit("j".into(), true, now).is_ok());
     drop(a);
     assert!(l.admit("k".into(), true, now).is_ok());
-    let text = l.metrics.render(None);
+    let text = l.metrics.render(None, &[]);
     assert!(
         text.contains("ds_rate_limited_total{limit=\"live_readers\"} 1"),
         "{text}"

@@ -53,7 +53,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(state.storage.backend().stream_count());
+    let backend = state.storage.backend();
+    let body = state
+        .metrics
+        .render(backend.stream_count(), &backend.gauges());
     (
         [
             (

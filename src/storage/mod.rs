@@ -494,4 +494,17 @@ pub trait Storage: Send + Sync + 'static {
     fn stream_count(&self) -> Option<u64> {
         None
     }
+
+    /// Gauges of the backend's own state, read cheaply (metrics only).
+    fn gauges(&self) -> Vec<Gauge> {
+        Vec::new()
+    }
+}
+
+/// A backend's gauge for `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
 }

@@ -134,7 +134,7 @@ async fn pipes_an_sse_upstream_into_a_closed_stream() {
     )
     .await;
     assert_eq!(res.status(), 404);
-    let m = st.metrics.render(None);
+    let m = st.metrics.render(None, &[]);
     assert!(m.contains("ds_proxy_active_pipes 0"), "{m}");
     assert!(
         m.contains(&format!("ds_proxy_piped_bytes_total {}", tokens(40).len())),
@@ -179,7 +179,7 @@ async fn upstream_failures_mid_body_and_idle_bodies_close_with_what_arrived() {
     assert_eq!(read_to_end(&app, &loc).await, tokens(3));
     let loc = location(&app, &up.url("/stall-body?n=2")).await;
     assert_eq!(read_to_end(&app, &loc).await, tokens(2));
-    let m = st.metrics.render(None);
+    let m = st.metrics.render(None, &[]);
     assert!(
         m.contains("ds_proxy_upstream_errors_total{kind=\"body\"} 1"),
         "{m}"
@@ -208,7 +208,7 @@ async fn upstream_answers_that_create_no_stream() {
     let res = create(&app, "http://127.0.0.1:9/x").await;
     assert_eq!(res.status(), 502);
     assert_eq!(code(res).await, "UPSTREAM_UNREACHABLE");
-    let m = st.metrics.render(None);
+    let m = st.metrics.render(None, &[]);
     for kind in ["redirect", "status", "header_timeout", "unreachable"] {
         assert!(
             m.contains(&format!(
@@ -242,7 +242,7 @@ async fn abort_while_streaming_keeps_what_arrived_and_is_idempotent() {
     let n = got.matches("data: ").count();
     assert!(n > 3 && n < 100000, "{n} tokens");
     assert_eq!(send(&app, abort()).await.status(), 204);
-    let m = st.metrics.render(None);
+    let m = st.metrics.render(None, &[]);
     assert!(m.contains("ds_proxy_active_pipes 0"), "{m}");
     // Unknown actions are refused.
     let res = send(

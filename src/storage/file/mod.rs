@@ -89,6 +89,7 @@ mod range;
 mod read;
 mod recent;
 mod recover;
+mod space;
 mod wal;
 mod write;
 
@@ -376,6 +377,10 @@ impl Storage for FileStorage {
     /// From the in-memory map: includes soft-deleted streams kept for forks.
     fn stream_count(&self) -> Option<u64> {
         Some(self.inner.streams.read().len() as u64)
+    }
+
+    fn gauges(&self) -> Vec<super::Gauge> {
+        self.inner.files.gauges()
     }
 
     checked! {

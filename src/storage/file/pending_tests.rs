@@ -113,3 +113,28 @@ fn an_append_that_must_write_the_buffer_first_fails_cleanly_when_that_fails() {
     let store = open(dir.path());
     assert_eq!(read_all(&store, "s").unwrap().0, want);
 }
+
+/// The backend's gauges follow what the data files hold in memory: the
+/// buffered frames until the checkpoint writes them, and the kept last
+/// large record.
+#[test]
+fn the_gauges_count_buffered_frames_and_the_kept_record() {
+    let (_dir, store) = with_empty_s();
+    let gauge = |name: &str| {
+        store
+            .gauges()
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.value)
+            .expect("the gauge is there")
+    };
+    assert_eq!(gauge("ds_file_buffered_bytes"), 0);
+    append_many(&store, 3, 100);
+    assert_eq!(gauge("ds_file_buffered_bytes"), 3 * 108);
+    store.checkpoint().unwrap();
+    assert_eq!(gauge("ds_file_buffered_bytes"), 0);
+    assert_eq!(gauge("ds_file_kept_record_bytes"), 0);
+    let large = 1 << 20;
+    store.append("s", append(vec![b'x'; large])).unwrap();
+    assert_eq!(gauge("ds_file_kept_record_bytes"), large as u64);
+}

@@ -49,7 +49,6 @@ impl Allowance {
     }
 
     /// The bytes left.
-    #[cfg(test)]
     pub fn left(&self) -> usize {
         self.0.load(Ordering::Acquire)
     }
