@@ -16,8 +16,9 @@ impl Files {
     /// that cannot punch holes (`EOPNOTSUPP`) keeps the bytes: unreachable
     /// all the same, only not reclaimed. While bytes of the file are lent
     /// out of its mapping (a hole would turn them into zeros on their way
-    /// to a socket), the punch is put off until [`Files::retry_punches`]
-    /// finds none.
+    /// to a socket), and for [`GRACE`](super::lends::GRACE) after bytes of
+    /// it were handed out to be sent by reference, the punch is put off
+    /// until [`Files::retry_punches`] finds it free.
     pub fn punch(&self, id: u64, to: u64) -> Result<(), StorageError> {
         // Whole pages only: a hole's partial pages are zeroed in place, and
         // the kernel may still hold pages of a mapping that were sent
