@@ -90,6 +90,18 @@ pub fn wants_splice(buf: &[u8]) -> bool {
     buf.len() >= SPLICE_MIN && is_stable(buf)
 }
 
+/// Waits until `tcp` takes bytes again; a stall of `send` is an error
+/// (the client takes no response bytes).
+pub async fn writable_within(tcp: &TcpStream, send: Duration) -> io::Result<()> {
+    match tokio::time::timeout(send, tcp.writable()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client accepted no response bytes within send_timeout",
+        )),
+    }
+}
+
 /// A pipe for one answer's spliced buffers; empty between them.
 pub struct Pipe {
     read: OwnedFd,
@@ -172,15 +184,7 @@ impl Pipe {
                     SENT.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match tokio::time::timeout(send, tcp.writable()).await {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the client accepted no response bytes within send_timeout",
-                            ));
-                        }
-                    }
+                    writable_within(tcp, send).await?
                 }
                 Err(e) => return Err(e),
             }
@@ -193,6 +197,14 @@ impl Pipe {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A connected pair on loopback: (server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap());
+        let (client, server) = tokio::join!(client, l.accept());
+        (server.unwrap().0, client.unwrap())
+    }
 
     #[test]
     fn only_buffers_wholly_inside_a_registered_range_qualify() {
@@ -212,10 +224,7 @@ mod tests {
     /// reader that takes its time: every byte arrives, in order.
     #[tokio::test]
     async fn a_pipe_sends_a_large_buffer_whole_to_a_slow_reader() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap());
-        let (client, server) = tokio::join!(client, l.accept());
-        let (mut client, (server, _)) = (client.unwrap(), server.unwrap());
+        let (server, mut client) = pair().await;
         let data: Vec<u8> = (0..(5 << 20)).map(|i| (i % 253) as u8).collect();
         let want = data.clone();
         let reader = tokio::spawn(async move {
@@ -241,10 +250,7 @@ mod tests {
     /// A reader that takes nothing: the send fails after the stall timeout.
     #[tokio::test]
     async fn a_send_nobody_reads_times_out() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap());
-        let (_client, server) = tokio::join!(client, l.accept());
-        let (server, _) = server.unwrap();
+        let (server, _client) = pair().await;
         let data = vec![1u8; 64 << 20];
         let pipe = Pipe::new().unwrap();
         let e = pipe
@@ -258,10 +264,7 @@ mod tests {
     /// socket is untouched.
     #[tokio::test]
     async fn a_refused_vmsplice_sends_nothing() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap());
-        let (_client, server) = tokio::join!(client, l.accept());
-        let (server, _) = server.unwrap();
+        let (server, _client) = pair().await;
         let mut pipe = Pipe::new().unwrap();
         // Not a pipe: vmsplice fails.
         pipe.write = std::fs::File::open("/dev/null").unwrap().into();

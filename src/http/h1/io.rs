@@ -75,15 +75,7 @@ async fn write_copied(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(send, tcp.writable()).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client accepted no response bytes within send_timeout",
-                        ));
-                    }
-                }
+                zerocopy::writable_within(tcp, send).await?
             }
             Err(e) => return Err(e),
         }
