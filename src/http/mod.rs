@@ -176,7 +176,7 @@ pub fn router(state: AppState) -> Router {
             auth::require,
         ))
         .layer(cors)
-        .layer(axum::middleware::from_fn(preflight_no_content))
+        .layer(axum::middleware::from_fn(cors_answer))
         // Compresses only catch-up reads (see `compress`); the next layer
         // sees the encoded response and weakens its ETag.
         .layer(compress::layer(state.config.compression_min_bytes))
@@ -197,17 +197,27 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// CORS preflights answer `204 No Content` (tower-http's layer answers
-/// them `200` with an empty body): nothing follows, and some proxies and
-/// caches treat an empty 200 as content.
-async fn preflight_no_content(req: Request, next: axum::middleware::Next) -> Response {
+/// What the router's answers take from tower-http's CORS layer, amended:
+/// preflights answer `204 No Content` (the layer answers them `200` with an
+/// empty body: nothing follows, and some proxies and caches treat an empty
+/// 200 as content); an answer to a request without an `Origin` keeps no
+/// `access-control-allow-origin` or `access-control-expose-headers` (only
+/// browsers read them, and they send an `Origin` cross-origin; see
+/// `front::Cors`, which answers the fast path's requests the same way).
+async fn cors_answer(req: Request, next: axum::middleware::Next) -> Response {
     let preflight = req.method() == Method::OPTIONS
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let origin = req.headers().contains_key(header::ORIGIN);
     let mut res = next.run(req).await;
     if preflight && res.status() == StatusCode::OK {
         *res.status_mut() = StatusCode::NO_CONTENT;
+    }
+    if !origin {
+        let h = res.headers_mut();
+        h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        h.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
     }
     res
 }

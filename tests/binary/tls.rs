@@ -171,7 +171,17 @@ async fn h2_and_http1_by_alpn_through_the_same_request_path() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
-    assert!(res.headers().contains_key("access-control-allow-origin"));
+    // CORS answers a browser's request (it has an `Origin`), not curl's.
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(text(res).await, "one");
+    let mut from_page = req("GET", "/v1/stream/a?offset=-1", "r", b"");
+    from_page
+        .headers_mut()
+        .insert("origin", "https://app.example".parse().unwrap());
+    let res = h2.send_request(from_page).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(res.headers().contains_key("access-control-expose-headers"));
     assert_eq!(text(res).await, "one");
     let preflight = Request::builder()
         .method("OPTIONS")
