@@ -839,7 +839,9 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     // Per message delivered: its number, when the poll that brought it was
     // sent, when it arrived.
     // And every poller's turn-arounds.
-    type Asked = (Vec<(usize, Instant, Instant)>, Vec<u32>);
+    // And every poller's count of answered polls (how evenly the server
+    // shares its answers out).
+    type Asked = (Vec<(usize, Instant, Instant)>, Vec<u32>, Vec<u32>);
     let asked_at = Arc::new(std::sync::Mutex::new(Asked::default()));
     let mut tasks = Vec::new();
     for i in 0..subs {
@@ -853,6 +855,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
             // (the load generator's share of a delay).
             let mut turns: Vec<u32> = Vec::with_capacity(msgs * 2);
             let mut answered: Option<Instant> = None;
+            let mut mine = 0u32;
             let go = async {
                 let mut conn = Conn::connect(cfg.addr_for(i)).await?;
                 // The tail first, so that the polls below start there.
@@ -883,6 +886,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     let now = Instant::now();
                     answered = Some(now);
                     polls.fetch_add(1, Ordering::Relaxed);
+                    mine += 1;
                     if let Some(next) = head.get("stream-next-offset") {
                         offset = next.to_string();
                     }
@@ -917,6 +921,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     .map(|(&(k, got), &asked)| (k, asked, got)),
             );
             a.1.extend(turns);
+            a.2.push(mine);
             drop(a);
             seen
         }));
@@ -947,6 +952,8 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     // message, and by one asked after it (its poller's previous poll came
     // back without it): delays from the send, and how many of the first.
     let (mut waited, mut asked_later) = (Vec::new(), Vec::new());
+    // For the second: from the ask to the answer.
+    let mut later_to_answer = Vec::new();
     let mut asked_at = std::mem::take(&mut *asked_at.lock().unwrap());
     for &(k, asked, got) in asked_at.0.iter() {
         let s = sent[k].at;
@@ -957,15 +964,29 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
             waited.push(d);
         } else {
             asked_later.push(d);
+            later_to_answer.push(micros(got.saturating_duration_since(asked)));
         }
     }
     until_asked.sort_unstable();
     to_answer.sort_unstable();
     waited.sort_unstable();
     asked_later.sort_unstable();
+    later_to_answer.sort_unstable();
+    let mut acks: Vec<u32> = sent
+        .iter()
+        .map(|x| micros(x.ack.saturating_duration_since(x.at)))
+        .collect();
+    acks.sort_unstable();
     asked_at.1.sort_unstable();
+    asked_at.2.sort_unstable();
+    let share = |q: f64| {
+        let v = &asked_at.2;
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let split = format!(
-        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2}",
+        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2} poller_polls_p1={} poller_polls_p50={} poller_polls_p99={} asked_later_to_answer_p50_ms={:.2} asked_later_to_answer_p99_ms={:.2} ack_p50_ms={:.2} ack_max_ms={:.2}",
         pct(&until_asked, 0.5),
         pct(&until_asked, 0.99),
         pct(&to_answer, 0.5),
@@ -974,7 +995,14 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         pct(&asked_at.1, 0.99),
         waited.len() as f64 / (waited.len() + asked_later.len()).max(1) as f64,
         pct(&waited, 0.99),
-        pct(&asked_later, 0.99)
+        pct(&asked_later, 0.99),
+        share(0.01),
+        share(0.5),
+        share(0.99),
+        pct(&later_to_answer, 0.5),
+        pct(&later_to_answer, 0.99),
+        pct(&acks, 0.5),
+        pct(&acks, 1.0)
     );
     // How the writer was paced: it waits for each ack, so a server that
     // acks slowly under load is sent fewer messages per second.
