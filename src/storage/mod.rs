@@ -75,9 +75,13 @@ pub use model::{Expiry, ProducerState, StreamMeta};
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
-/// The current wall-clock time in milliseconds.
+/// The current wall-clock time in milliseconds (0 before the epoch). Read
+/// per request: `SystemTime` directly, without `chrono`'s calendar
+/// conversions (they were ~0.25 % of a memory append's CPU).
 pub fn now_ms() -> Millis {
-    chrono::Utc::now().timestamp_millis().max(0) as Millis
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as Millis)
 }
 
 /// Checks that `records` lead from the stream's own retained start
