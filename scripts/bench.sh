@@ -16,6 +16,12 @@
 # writer use the first node; ours-postgres-2nodes-rr is the same two nodes
 # behind examples/rr_proxy.rs (round robin per request).
 #
+# BENCH_SERVER_CPUS / BENCH_LOAD_CPUS (taskset lists, e.g. 0 and 1): pin every
+# server process (all its threads) and the load generator to those CPUs, so
+# that neither takes the other's CPU time (on a small machine a server that
+# answers faster can otherwise starve the load generator, whose own queue then
+# shows up as the server's latency: BENCHMARKS.md, thirteenth session).
+#
 # Results: one `RESULT server=... workload=...` line each in $BENCH_OUT/results.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +39,8 @@ LONGPOLL_SUBS=${BENCH_LONGPOLL_SUBS:-1000}
 SPREAD_STREAMS=${BENCH_SPREAD_STREAMS:-100000}
 PORT=${BENCH_PORT:-18400}
 PGSH=$ROOT/scripts/pg.sh
+SERVER_CPUS=${BENCH_SERVER_CPUS:-}
+LOAD_CPUS=${BENCH_LOAD_CPUS:-}
 
 # 10,000 SSE subscribers need 10,000 sockets on each side.
 ulimit -n "$(ulimit -Hn)"
@@ -161,6 +169,16 @@ start_server() {
   wait_listening "$name" "$logf" $SERVER_PID
 }
 
+# pin_server: pins every thread of every server process to $SERVER_CPUS
+# (threads started later inherit it), when set.
+pin_server() {
+  [ -n "$SERVER_CPUS" ] || return 0
+  local pid
+  for pid in ${SERVER_PID//,/ }; do
+    taskset -a -p -c "$SERVER_CPUS" "$pid" >/dev/null || log "could not pin $pid to $SERVER_CPUS"
+  done
+}
+
 # stop_server [GRACE_S]: SIGTERM, then SIGKILL after GRACE_S (default 10) s.
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
@@ -184,7 +202,10 @@ load() {
   local name=$1 label=$2
   shift 2
   log "$name $label ($(cut -d' ' -f1-3 /proc/loadavg))"
-  env DS_LOAD_TARGET="$ADDR" DS_SERVER_PID="$SERVER_PID" DS_LOAD_SECS="$SECS" "$@" "$LOAD" 2>>"$OUT/$name.load.err" |
+  local pin=()
+  [ -n "$LOAD_CPUS" ] && pin=(taskset -c "$LOAD_CPUS")
+  pin_server
+  env DS_LOAD_TARGET="$ADDR" DS_SERVER_PID="$SERVER_PID" DS_LOAD_SECS="$SECS" "$@" "${pin[@]}" "$LOAD" 2>>"$OUT/$name.load.err" |
     grep '^RESULT' | sed "s/^RESULT /RESULT server=$name label=$label /" | tee -a "$RESULTS" >&2
 }
 
