@@ -262,12 +262,15 @@ impl Cfg {
     }
 }
 
+/// The `p` quantile of `sorted` (none of an empty list).
+fn nth(sorted: &[u32], p: f64) -> Option<u32> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[((last as f64) * p).round() as usize])
+}
+
+/// The `p` quantile of `sorted` microseconds, in milliseconds.
 fn pct(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+    nth(sorted, p).map_or(f64::NAN, |v| v as f64 / 1000.0)
 }
 
 fn uptime_load() -> String {
@@ -979,12 +982,6 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     acks.sort_unstable();
     asked_at.1.sort_unstable();
     asked_at.2.sort_unstable();
-    let share = |q: f64| {
-        let v = &asked_at.2;
-        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     let split = format!(
         "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2} poller_polls_p1={} poller_polls_p50={} poller_polls_p99={} asked_later_to_answer_p50_ms={:.2} asked_later_to_answer_p99_ms={:.2} ack_p50_ms={:.2} ack_max_ms={:.2}",
         pct(&until_asked, 0.5),
@@ -996,9 +993,9 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         waited.len() as f64 / (waited.len() + asked_later.len()).max(1) as f64,
         pct(&waited, 0.99),
         pct(&asked_later, 0.99),
-        share(0.01),
-        share(0.5),
-        share(0.99),
+        nth(&asked_at.2, 0.01).unwrap_or(0),
+        nth(&asked_at.2, 0.5).unwrap_or(0),
+        nth(&asked_at.2, 0.99).unwrap_or(0),
         pct(&later_to_answer, 0.5),
         pct(&later_to_answer, 0.99),
         pct(&acks, 0.5),

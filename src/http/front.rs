@@ -34,10 +34,10 @@ use super::{AppState, MOUNT, auth, dispatch, headers, limit, ops, router};
 /// `access-control-expose-headers` only answer a request with an `Origin`
 /// (only browsers read them, and a cross-origin browser request always has
 /// one). Without them an answer to `curl` or a client library is ~430 bytes
-/// shorter (the list of exposed headers alone is 300), which cost the load
-/// generator's parsing and the loopback copies ~8 % of a durable append's
-/// CPU (BENCHMARKS.md). `Vary: Origin` stays on every answer, so a cache
-/// keeps the two apart.
+/// shorter (the list of exposed headers alone is 300): less for every
+/// client to parse and copy (a few per cent of an append on this machine,
+/// within its noise on one stream: BENCHMARKS.md). `Vary: Origin` stays on
+/// every answer, so a cache keeps the two apart.
 struct Cors {
     /// `None`: any origin (`*`); otherwise the allowed origins, echoed.
     origins: Option<Vec<HeaderValue>>,
