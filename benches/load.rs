@@ -824,6 +824,26 @@ async fn tailread(cfg: Arc<Cfg>) -> Res<()> {
 
 /// 1 writer, N long-pollers on one `text/plain` stream: each polls from
 /// `offset=now`, then follows `Stream-Next-Offset`. Delay as in [`fanout`].
+/// What the long-pollers saw, gathered over all of them.
+#[derive(Default)]
+struct PollLog {
+    /// Per message delivered: its number, when the poll that brought it
+    /// was sent, when it arrived.
+    deliveries: Vec<(usize, Instant, Instant)>,
+    /// Every poller's turn-arounds (from an answer to its next ask: the
+    /// load generator's share of a delay), µs.
+    turns: Vec<u32>,
+    /// Every poller's count of answered polls (how evenly the server
+    /// shares its answers out).
+    polls: Vec<u32>,
+    /// The time between two answers with messages to one poller, µs: a
+    /// message sent in such a gap waits for its end, so the longest gaps
+    /// set the p99 (a server that serves pollers unevenly, in short and
+    /// long turns, has a p99 above one that serves them in even turns of
+    /// the same mean).
+    gaps: Vec<u32>,
+}
+
 async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let subs: usize = env_or("DS_LOAD_SUBS", 1000);
     let msgs: usize = env_or("DS_LOAD_MSGS", 100);
@@ -839,17 +859,11 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let failed = Arc::new(AtomicUsize::new(0));
     // Long-polls answered, over all pollers.
     let polls = Arc::new(AtomicUsize::new(0));
-    // Per message delivered: its number, when the poll that brought it was
-    // sent, when it arrived.
-    // And every poller's turn-arounds.
-    // And every poller's count of answered polls (how evenly the server
-    // shares its answers out).
-    type Asked = (Vec<(usize, Instant, Instant)>, Vec<u32>, Vec<u32>);
-    let asked_at = Arc::new(std::sync::Mutex::new(Asked::default()));
+    let plog = Arc::new(std::sync::Mutex::new(PollLog::default()));
     let mut tasks = Vec::new();
     for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
-        let (polls, asked_at) = (polls.clone(), asked_at.clone());
+        let (polls, plog) = (polls.clone(), plog.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             // When the poll that brought each of `seen` was sent.
@@ -857,6 +871,8 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
             // The poller's own turn-around: from an answer to its next ask
             // (the load generator's share of a delay).
             let mut turns: Vec<u32> = Vec::with_capacity(msgs * 2);
+            let mut gaps: Vec<u32> = Vec::with_capacity(msgs);
+            let mut last_data: Option<Instant> = None;
             let mut answered: Option<Instant> = None;
             let mut mine = 0u32;
             let go = async {
@@ -900,6 +916,9 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                             asks.push(asked);
                             last |= k + 1 == msgs;
                         });
+                        if let Some(t) = last_data.replace(now) {
+                            gaps.push(micros(now - t));
+                        }
                         if last {
                             return Ok::<(), Box<dyn std::error::Error + Send + Sync>>(());
                         }
@@ -917,14 +936,15 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                     eprintln!("long-poller error: {e}");
                 }
             }
-            let mut a = asked_at.lock().unwrap();
-            a.0.extend(
+            let mut a = plog.lock().unwrap();
+            a.deliveries.extend(
                 seen.iter()
                     .zip(&asks)
                     .map(|(&(k, got), &asked)| (k, asked, got)),
             );
-            a.1.extend(turns);
-            a.2.push(mine);
+            a.turns.extend(turns);
+            a.gaps.extend(gaps);
+            a.polls.push(mine);
             drop(a);
             seen
         }));
@@ -957,8 +977,8 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let (mut waited, mut asked_later) = (Vec::new(), Vec::new());
     // For the second: from the ask to the answer.
     let mut later_to_answer = Vec::new();
-    let mut asked_at = std::mem::take(&mut *asked_at.lock().unwrap());
-    for &(k, asked, got) in asked_at.0.iter() {
+    let mut plog = std::mem::take(&mut *plog.lock().unwrap());
+    for &(k, asked, got) in plog.deliveries.iter() {
         let s = sent[k].at;
         until_asked.push(micros(asked.saturating_duration_since(s)));
         to_answer.push(micros(got.saturating_duration_since(asked.max(s))));
@@ -980,26 +1000,31 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
         .map(|x| micros(x.ack.saturating_duration_since(x.at)))
         .collect();
     acks.sort_unstable();
-    asked_at.1.sort_unstable();
-    asked_at.2.sort_unstable();
+    plog.turns.sort_unstable();
+    plog.polls.sort_unstable();
+    plog.gaps.sort_unstable();
     let split = format!(
-        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2} poller_polls_p1={} poller_polls_p50={} poller_polls_p99={} asked_later_to_answer_p50_ms={:.2} asked_later_to_answer_p99_ms={:.2} ack_p50_ms={:.2} ack_max_ms={:.2}",
+        "until_asked_p50_ms={:.2} until_asked_p99_ms={:.2} to_answer_p50_ms={:.2} to_answer_p99_ms={:.2} turn_p50_ms={:.2} turn_p99_ms={:.2} waited_share={:.2} waited_p99_ms={:.2} asked_later_p99_ms={:.2} poller_polls_p1={} poller_polls_p50={} poller_polls_p99={} asked_later_to_answer_p50_ms={:.2} asked_later_to_answer_p99_ms={:.2} ack_p50_ms={:.2} ack_max_ms={:.2} gap_p10_ms={:.2} gap_p50_ms={:.2} gap_p90_ms={:.2} gap_p99_ms={:.2}",
         pct(&until_asked, 0.5),
         pct(&until_asked, 0.99),
         pct(&to_answer, 0.5),
         pct(&to_answer, 0.99),
-        pct(&asked_at.1, 0.5),
-        pct(&asked_at.1, 0.99),
+        pct(&plog.turns, 0.5),
+        pct(&plog.turns, 0.99),
         waited.len() as f64 / (waited.len() + asked_later.len()).max(1) as f64,
         pct(&waited, 0.99),
         pct(&asked_later, 0.99),
-        nth(&asked_at.2, 0.01).unwrap_or(0),
-        nth(&asked_at.2, 0.5).unwrap_or(0),
-        nth(&asked_at.2, 0.99).unwrap_or(0),
+        nth(&plog.polls, 0.01).unwrap_or(0),
+        nth(&plog.polls, 0.5).unwrap_or(0),
+        nth(&plog.polls, 0.99).unwrap_or(0),
         pct(&later_to_answer, 0.5),
         pct(&later_to_answer, 0.99),
         pct(&acks, 0.5),
-        pct(&acks, 1.0)
+        pct(&acks, 1.0),
+        pct(&plog.gaps, 0.1),
+        pct(&plog.gaps, 0.5),
+        pct(&plog.gaps, 0.9),
+        pct(&plog.gaps, 0.99),
     );
     // How the writer was paced: it waits for each ack, so a server that
     // acks slowly under load is sent fewer messages per second.
