@@ -212,6 +212,84 @@ fn rs256_es256_and_eddsa_verify_with_the_jwks_and_only_with_it() {
 }
 
 #[test]
+fn a_verified_token_is_remembered_until_its_exp_and_refused_after() {
+    let v = verifier(&config());
+    let good = hs(&claims("read:a"));
+    let first = v.verify(&good).unwrap();
+    assert_eq!(v.seen.lock().tokens.len(), 1);
+    // Answered from memory, the same grant.
+    assert_eq!(v.verify(&good).unwrap(), first);
+    assert_eq!(v.seen.lock().tokens.len(), 1);
+    // Refused tokens are not remembered.
+    assert!(v.verify(&hs(&json!({"sub": "x"}))).is_err());
+    assert!(v.verify("a.b.c").is_err());
+    assert_eq!(v.seen.lock().tokens.len(), 1);
+    // A token remembered past its exp (plus the leeway) is checked again,
+    // and refused as expired.
+    let old = hs(&json!({"sub": "bob", "exp": now() - 3600, "scope": "read:a"}));
+    {
+        let mut seen = v.seen.lock();
+        seen.tokens
+            .insert(old.as_str().into(), (first.clone(), now() - 3600));
+        seen.bytes += old.len();
+    }
+    assert_eq!(
+        v.verify(&old).unwrap_err(),
+        Refused("the token has expired")
+    );
+    let seen = v.seen.lock();
+    assert!(!seen.tokens.contains_key(old.as_str()));
+    assert_eq!(seen.bytes, good.len());
+}
+
+#[test]
+fn a_jwks_refresh_forgets_the_tokens_it_admitted() {
+    let k = keys();
+    let v = verifier(&JwtConfig {
+        hs256_secret: None,
+        jwks_url: Some("https://idp.example/jwks".into()),
+        ..JwtConfig::default()
+    });
+    v.set_fetched(&k.jwks).unwrap();
+    let token = signed(Algorithm::RS256, Some("rsa"), &k.rsa, &claims("read:**"));
+    assert!(v.verify(&token).is_ok());
+    // The provider rotated the RSA key out.
+    let rest: Value = serde_json::from_str(&k.jwks).unwrap();
+    let kept: Vec<Value> = rest["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|key| key["kty"] != "RSA")
+        .cloned()
+        .collect();
+    assert_eq!(
+        v.set_fetched(&json!({"keys": kept}).to_string()).unwrap(),
+        2
+    );
+    assert!(v.verify(&token).is_err());
+}
+
+#[test]
+fn remembered_tokens_stay_within_their_bytes() {
+    let v = verifier(&config());
+    let mut last = String::new();
+    for i in 0..100 {
+        last = hs(&json!({"sub": format!("user-{i}"), "exp": now() + 600}));
+        assert!(v.verify(&last).is_ok());
+        let seen = v.seen.lock();
+        assert!(seen.bytes <= SEEN_BYTES, "{} bytes", seen.bytes);
+        assert_eq!(
+            seen.bytes,
+            seen.tokens.keys().map(|t| t.len()).sum::<usize>()
+        );
+    }
+    // Forgotten and started again along the way; the newest is there.
+    let seen = v.seen.lock();
+    assert!(seen.tokens.len() < 100);
+    assert!(seen.tokens.contains_key(last.as_str()));
+}
+
+#[test]
 fn a_jwks_file_is_read_at_start() {
     let k = keys();
     let dir = tempfile::tempdir().unwrap();
