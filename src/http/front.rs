@@ -49,9 +49,10 @@ struct Cors {
     bare: Vec<u8>,
 }
 
-const VARY: HeaderValue = HeaderValue::from_static(
-    "origin, access-control-request-method, access-control-request-headers",
-);
+/// Only `Origin` decides the CORS headers of an answer that is not a
+/// preflight (tower-http's triple, with the `Access-Control-Request-*`
+/// headers, matters only to preflights, which the router answers).
+const VARY: HeaderValue = HeaderValue::from_static("origin");
 static ANY: HeaderValue = HeaderValue::from_static("*");
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static("cross-origin");

@@ -397,6 +397,9 @@ fn the_native_engine_writes_the_headers_hyper_writes() {
                 let want = usize::from(i >= 7 || name != "access-control-expose-headers");
                 assert_eq!(n, want, "{status} {name} in {lines:?}");
             }
+            // Only `Origin` varies the answer of a request that is not a
+            // preflight.
+            assert!(lines.contains(&"vary: origin".to_string()), "{lines:?}");
         }
         let allowed: Vec<_> = ours
             .iter()
