@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::Deserialize;
 
 use crate::config::JwtConfig;
@@ -134,7 +134,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
-    seen: Mutex<Seen>,
+    /// Read by every request; written when a token is first seen.
+    seen: RwLock<Seen>,
 }
 
 impl Verifier {
@@ -169,7 +170,7 @@ impl Verifier {
             issuer: c.issuer.clone(),
             audience: c.audience.clone(),
             leeway: c.leeway.as_secs(),
-            seen: Mutex::default(),
+            seen: RwLock::default(),
         })))
     }
 
@@ -181,7 +182,7 @@ impl Verifier {
         let n = keys.len();
         *self.fetched.write() = Arc::new(keys);
         // A key that is gone no longer admits the tokens it verified.
-        *self.seen.lock() = Seen::default();
+        *self.seen.write() = Seen::default();
         Ok(n)
     }
 
@@ -190,21 +191,24 @@ impl Verifier {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        {
-            let mut seen = self.seen.lock();
-            match seen.tokens.get(token) {
-                // Valid until `exp` plus the leeway, as the validation
-                // judges it; after that, checked again (and refused).
-                Some((v, exp)) if now <= exp.saturating_add(self.leeway) => return Ok(v.clone()),
-                Some(_) => {
-                    seen.tokens.remove(token);
-                    seen.bytes -= token.len();
-                }
-                None => {}
+        // Valid until `exp` plus the leeway, as the validation judges it;
+        // after that, checked again (and refused).
+        let fresh = |exp: u64| now <= exp.saturating_add(self.leeway);
+        let stale = match self.seen.read().tokens.get(token) {
+            Some((v, exp)) if fresh(*exp) => return Ok(v.clone()),
+            Some(_) => true,
+            None => false,
+        };
+        if stale {
+            let mut seen = self.seen.write();
+            if seen.tokens.get(token).is_some_and(|(_, exp)| !fresh(*exp))
+                && seen.tokens.remove(token).is_some()
+            {
+                seen.bytes -= token.len();
             }
         }
         let (verified, exp) = self.check(token)?;
-        let mut seen = self.seen.lock();
+        let mut seen = self.seen.write();
         if seen.bytes + token.len() > SEEN_BYTES {
             *seen = Seen::default();
         }

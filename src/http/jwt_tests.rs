@@ -216,19 +216,19 @@ fn a_verified_token_is_remembered_until_its_exp_and_refused_after() {
     let v = verifier(&config());
     let good = hs(&claims("read:a"));
     let first = v.verify(&good).unwrap();
-    assert_eq!(v.seen.lock().tokens.len(), 1);
+    assert_eq!(v.seen.read().tokens.len(), 1);
     // Answered from memory, the same grant.
     assert_eq!(v.verify(&good).unwrap(), first);
-    assert_eq!(v.seen.lock().tokens.len(), 1);
+    assert_eq!(v.seen.read().tokens.len(), 1);
     // Refused tokens are not remembered.
     assert!(v.verify(&hs(&json!({"sub": "x"}))).is_err());
     assert!(v.verify("a.b.c").is_err());
-    assert_eq!(v.seen.lock().tokens.len(), 1);
+    assert_eq!(v.seen.read().tokens.len(), 1);
     // A token remembered past its exp (plus the leeway) is checked again,
     // and refused as expired.
     let old = hs(&json!({"sub": "bob", "exp": now() - 3600, "scope": "read:a"}));
     {
-        let mut seen = v.seen.lock();
+        let mut seen = v.seen.write();
         seen.tokens
             .insert(old.as_str().into(), (first.clone(), now() - 3600));
         seen.bytes += old.len();
@@ -237,7 +237,7 @@ fn a_verified_token_is_remembered_until_its_exp_and_refused_after() {
         v.verify(&old).unwrap_err(),
         Refused("the token has expired")
     );
-    let seen = v.seen.lock();
+    let seen = v.seen.read();
     assert!(!seen.tokens.contains_key(old.as_str()));
     assert_eq!(seen.bytes, good.len());
 }
@@ -276,7 +276,7 @@ fn remembered_tokens_stay_within_their_bytes() {
     for i in 0..100 {
         last = hs(&json!({"sub": format!("user-{i}"), "exp": now() + 600}));
         assert!(v.verify(&last).is_ok());
-        let seen = v.seen.lock();
+        let seen = v.seen.read();
         assert!(seen.bytes <= SEEN_BYTES, "{} bytes", seen.bytes);
         assert_eq!(
             seen.bytes,
@@ -284,7 +284,7 @@ fn remembered_tokens_stay_within_their_bytes() {
         );
     }
     // Forgotten and started again along the way; the newest is there.
-    let seen = v.seen.lock();
+    let seen = v.seen.read();
     assert!(seen.tokens.len() < 100);
     assert!(seen.tokens.contains_key(last.as_str()));
 }
