@@ -163,11 +163,14 @@ impl Front {
     }
 
     /// The body limit when the HTTP/1 engine may answer plain appends
-    /// itself (`h1::append`): only without auth and rate limits, whose
-    /// checks read the request as axum sees it; `None` otherwise.
+    /// itself (`h1::append`, which checks auth as [`auth::admit`] does):
+    /// only without rate limits, whose checks read the request as axum
+    /// sees it; `None` otherwise.
     pub fn append_limit(&self) -> Option<usize> {
         let s = &self.state;
-        (!s.config.auth.enabled && s.limiter.is_none()).then_some(s.config.limits.max_body_bytes)
+        s.limiter
+            .is_none()
+            .then_some(s.config.limits.max_body_bytes)
     }
 
     /// The server state.

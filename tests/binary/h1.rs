@@ -526,6 +526,96 @@ fn appends_the_engine_answers_itself_match_the_general_path() {
 /// and `splice`): every reader gets every byte of it, in order, on
 /// keep-alive and pipelined connections, also after later appends made it
 /// an older record and after a trim.
+/// Appends with auth on: tokens missing, unknown, of the wrong scope,
+/// right; with bad names, missing streams, an `Origin`.
+fn authed_append_script(addr: &str) -> Vec<(u16, Vec<String>, String)> {
+    let mut c = Conn::open(addr);
+    let post = |name: &str, extra: &str| {
+        format!(
+            "POST /v1/stream/{name} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
+    };
+    let reqs = vec![
+        "PUT /v1/stream/t HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer w-token\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n".to_string(),
+        post("t", ""),
+        post("t", "Authorization: Bearer nope\r\n"),
+        post("t", "Authorization: Bearer r-token\r\n"),
+        post("t", "Authorization: Basic w-token\r\n"),
+        post("t", "Authorization: Bearer \r\n"),
+        post("t", "Authorization: Bearer w-token\r\n"),
+        post("t", "authorization: bearer   w-token  \r\n"),
+        // The first header counts.
+        post("t", "Authorization: Bearer nope\r\nAuthorization: Bearer w-token\r\n"),
+        post("t", "Authorization: Bearer w-token\r\nAuthorization: Bearer nope\r\n"),
+        post("nope", "Authorization: Bearer w-token\r\n"),
+        post("nope", ""),
+        post("%ff", "Authorization: Bearer w-token\r\n"),
+        post("%ff", ""),
+        post("t", "Authorization: Bearer w-token\r\nOrigin: https://a.example\r\n"),
+        post("t", "Origin: https://a.example\r\n"),
+        post(
+            "t",
+            "Authorization: Bearer w-token\r\nProducer-Id: p\r\nProducer-Epoch: 0\r\nProducer-Seq: 0\r\n",
+        ),
+        post("t", "Authorization: Bearer w-token\r\nStream-Seq: \r\n"),
+        "GET /v1/stream/t?offset=-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer r-token\r\n\r\n".to_string(),
+    ];
+    reqs.into_iter()
+        .map(|raw| {
+            c.send(raw.as_bytes());
+            let r = c.read(false);
+            (
+                r.status,
+                lines(&r),
+                String::from_utf8_lossy(&r.body).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn authenticated_appends_the_engine_answers_itself_match_the_general_path() {
+    let args = ["--storage", "memory", "--cors-origin", "https://a.example"];
+    let env = [
+        ("DS_AUTH_ENABLED", "true"),
+        ("DS_AUTH_WRITE_TOKENS", "w-token"),
+        ("DS_AUTH_READ_TOKENS", "r-token"),
+    ];
+    let native = common::Server::start_with_env(&args, &env);
+    let hyper =
+        common::Server::start_with_env(&[&args[..], &["--http-engine", "hyper"]].concat(), &env);
+    let ours = authed_append_script(&native.addr);
+    let theirs = authed_append_script(&hyper.addr);
+    assert_eq!(ours.len(), theirs.len());
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a, b, "answer {i}");
+    }
+    let status: Vec<u16> = ours.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        status,
+        [
+            201, 401, 401, 403, 401, 401, 204, 204, 401, 204, 404, 401, 400, 401, 204, 401, 200,
+            400, 200
+        ]
+    );
+    // Answers to a token are for its client only (refusals are never
+    // stored at all).
+    for (i, want) in [
+        (6, "cache-control: private"),
+        (16, "cache-control: private"),
+        (10, "cache-control: no-store"),
+        (17, "cache-control: no-store"),
+    ] {
+        assert!(
+            ours[i].1.contains(&want.to_string()),
+            "answer {i}: {:?}",
+            ours[i].1
+        );
+    }
+    // Every accepted append is there, once.
+    assert_eq!(ours.last().unwrap().2, "hi".repeat(5));
+}
+
 #[test]
 fn the_last_large_record_sent_by_reference_arrives_whole() {
     let s = common::Server::start(&["--storage", "file"]);

@@ -16,13 +16,16 @@
 //! `POST /v1/stream/{name}` on HTTP/1.1, no query, a path of plain URL
 //! characters, exactly one `Content-Length` and the whole body already
 //! read, at most the body limit; no `Transfer-Encoding`, no `Expect`; and a
-//! server with neither auth nor rate limits (their checks read the request
-//! as axum sees it: [`Front::append_limit`]).
+//! server without rate limits (their checks read the request as axum sees
+//! it: [`Front::append_limit`]). With auth on, the token of its first
+//! `Authorization` header is checked as the fast path checks it
+//! ([`auth::check`], before anything else), and an answer for a private
+//! access is made private as there ([`auth::privatize`]).
 
 use std::io::{self, IoSlice};
 use std::time::Instant;
 
-use axum::http::{HeaderValue, Method, StatusCode, Version};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::IntoResponse;
 use bytes::{Buf, Bytes};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +37,7 @@ use crate::http::error::ApiError;
 use crate::http::front::{Common, CommonLines, Front};
 use crate::http::headers::{self as h, Raw};
 use crate::http::write::{AppendFields, Appended, append};
-use crate::http::{MOUNT, ops};
+use crate::http::{AppState, MOUNT, auth, ops};
 
 /// Buffered bodies up to this are copied out of the read buffer (see
 /// `dispatch`).
@@ -47,6 +50,8 @@ pub(super) struct AppendHead {
     /// Its headers, read; or why they are refused.
     fields: Result<AppendFields, ApiError>,
     origin: Option<HeaderValue>,
+    /// The first `Authorization` header (read only with auth on).
+    authorization: Option<HeaderValue>,
     body_len: usize,
     keep_alive: bool,
 }
@@ -77,7 +82,7 @@ pub(super) fn append_head(
     if name.is_empty() || name.starts_with("__ds") || !path.bytes().all(plain) {
         return None;
     }
-    let (mut length, mut close, mut origin) = (None, false, None);
+    let (mut length, mut close, mut origin, mut authorization) = (None, false, None, None);
     // Values need no check here: httparse takes exactly the bytes
     // `HeaderValue::from_bytes` takes (tab, 0x20-0x7e, 0x80-0xff).
     for h in req.headers.iter() {
@@ -95,6 +100,9 @@ pub(super) fn append_head(
         } else if n.eq_ignore_ascii_case("origin") && origin.is_none() {
             // The first, as `HeaderMap::get` gives it to the general way.
             origin = Some(HeaderValue::from_bytes(h.value).ok()?);
+        } else if n.eq_ignore_ascii_case("authorization") && authorization.is_none() {
+            // The first, as the general way's `bearer` reads it.
+            authorization = Some(HeaderValue::from_bytes(h.value).ok()?);
         }
     }
     let body_len = length?;
@@ -105,6 +113,7 @@ pub(super) fn append_head(
         path: path.to_string(),
         fields: AppendFields::read(&Raw::new(req.headers)),
         origin,
+        authorization,
         body_len,
         keep_alive: !close,
     })
@@ -130,6 +139,7 @@ impl Conn {
             path,
             fields,
             origin,
+            authorization,
             body_len,
             keep_alive,
         } = *a;
@@ -143,14 +153,20 @@ impl Conn {
             self.buf.split_to(body_len).freeze()
         };
         let state = front.state();
-        // In the handler's order: the name, then the headers.
-        let result = match h::stream_name(&path[MOUNT.len()..], state.config.limits.max_name_bytes)
-        {
-            Ok(name) => match fields {
-                Ok(fields) => append(state, &name, fields, body).await,
+        // In the fast path's order: the token, then (the handler's) the
+        // name, then the headers.
+        let access = authorize(state, &path, authorization);
+        let private = access.as_ref().is_ok_and(|a| a.private);
+        let result = match access {
+            Err(e) => Err(e),
+            Ok(_) => match h::stream_name(&path[MOUNT.len()..], state.config.limits.max_name_bytes)
+            {
+                Ok(name) => match fields {
+                    Ok(fields) => append(state, &name, fields, body).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
-            Err(e) => Err(e),
         };
         if self.buf.is_empty() {
             self.buf = bytes::BytesMut::new();
@@ -161,12 +177,15 @@ impl Conn {
         match result {
             Ok(done) => {
                 ops::record(state, &Method::POST, &path, done.status, started);
-                let head = encode_appended(&done, &lines, keep);
+                let head = encode_appended(&done, &lines, keep, private);
                 write_all(&self.tcp, &mut [IoSlice::new(&head)], self.t.send).await?;
                 Ok(keep)
             }
             Err(e) => {
-                let res = e.into_response();
+                let mut res = e.into_response();
+                if private {
+                    auth::privatize(res.headers_mut());
+                }
                 ops::record(state, &Method::POST, &path, res.status(), started);
                 match self
                     .respond(res, false, Version::HTTP_11, keep, Some(lines))
@@ -180,9 +199,36 @@ impl Conn {
     }
 }
 
+/// Who may make the append to `path` ([`auth::check`] on its token),
+/// when auth is on.
+fn authorize(
+    state: &AppState,
+    path: &str,
+    authorization: Option<HeaderValue>,
+) -> Result<auth::Access, ApiError> {
+    if !state.config.auth.enabled {
+        return Ok(auth::Access::default());
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(a) = authorization {
+        headers.insert(header::AUTHORIZATION, a);
+    }
+    // (A path of plain characters, no query: always a `Uri`.)
+    let uri = Uri::try_from(path).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "the request path is not valid",
+        )
+    })?;
+    auth::check(state, &Method::POST, &uri, &headers)
+}
+
 /// The head of a successful append's answer (it has no body), as
-/// `encode_head` writes the handler's response.
-fn encode_appended(a: &Appended, common: &CommonLines<'_>, keep: bool) -> Vec<u8> {
+/// `encode_head` writes the handler's response; `private`: made private
+/// as [`auth::privatize`] makes it (an append's answer has no
+/// `Cache-Control` of its own).
+fn encode_appended(a: &Appended, common: &CommonLines<'_>, keep: bool, private: bool) -> Vec<u8> {
     let mut b = Vec::with_capacity(320 + common.lines.len());
     status_line(&mut b, a.status);
     // The names as `HeaderName::as_str` writes them (the test checks).
@@ -201,6 +247,9 @@ fn encode_appended(a: &Appended, common: &CommonLines<'_>, keep: bool) -> Vec<u8
         b.extend_from_slice(b"\r\nproducer-seq: ");
         b.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         b.extend_from_slice(b"\r\n");
+    }
+    if private {
+        b.extend_from_slice(b"cache-control: private\r\n");
     }
     // A 204 has no body; the 200 of a producer's new data an empty one.
     let out = if a.status == StatusCode::NO_CONTENT {
@@ -287,7 +336,10 @@ mod tests {
             closed: true,
             producer: Some((2, 7)),
         };
-        let head = String::from_utf8(encode_appended(&a, &lines, false)).unwrap();
+        let head = String::from_utf8(encode_appended(&a, &lines, false, false)).unwrap();
+        assert!(!head.contains("cache-control"), "{head}");
+        let private = String::from_utf8(encode_appended(&a, &lines, false, true)).unwrap();
+        assert!(private.contains("cache-control: private\r\n"), "{private}");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         let o = String::from_utf8(a.tail.encode().to_vec()).unwrap();
         for want in [
