@@ -115,6 +115,9 @@ struct Claims {
 struct Seen {
     tokens: HashMap<Box<str>, (Verified, u64)>,
     bytes: usize,
+    /// Counts the JWKS refreshes: a token checked against the keys before
+    /// one is not remembered after it.
+    keys: u64,
 }
 
 /// One public key and the algorithm it verifies.
@@ -182,7 +185,11 @@ impl Verifier {
         let n = keys.len();
         *self.fetched.write() = Arc::new(keys);
         // A key that is gone no longer admits the tokens it verified.
-        *self.seen.write() = Seen::default();
+        let mut seen = self.seen.write();
+        *seen = Seen {
+            keys: seen.keys.wrapping_add(1),
+            ..Seen::default()
+        };
         Ok(n)
     }
 
@@ -194,10 +201,12 @@ impl Verifier {
         // Valid until `exp` plus the leeway, as the validation judges it;
         // after that, checked again (and refused).
         let fresh = |exp: u64| now <= exp.saturating_add(self.leeway);
-        let stale = match self.seen.read().tokens.get(token) {
-            Some((v, exp)) if fresh(*exp) => return Ok(v.clone()),
-            Some(_) => true,
-            None => false,
+        let (stale, keys) = {
+            let seen = self.seen.read();
+            match seen.tokens.get(token) {
+                Some((v, exp)) if fresh(*exp) => return Ok(v.clone()),
+                hit => (hit.is_some(), seen.keys),
+            }
         };
         if stale {
             let mut seen = self.seen.write();
@@ -209,8 +218,15 @@ impl Verifier {
         }
         let (verified, exp) = self.check(token)?;
         let mut seen = self.seen.write();
+        if seen.keys != keys {
+            // Checked against keys a refresh has replaced meanwhile.
+            return Ok(verified);
+        }
         if seen.bytes + token.len() > SEEN_BYTES {
-            *seen = Seen::default();
+            *seen = Seen {
+                keys,
+                ..Seen::default()
+            };
         }
         if seen
             .tokens
