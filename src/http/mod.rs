@@ -203,7 +203,10 @@ pub fn router(state: AppState) -> Router {
 /// 200 as content); an answer to a request without an `Origin` keeps no
 /// `access-control-allow-origin` or `access-control-expose-headers` (only
 /// browsers read them, and they send an `Origin` cross-origin; see
-/// `front::Cors`, which answers the fast path's requests the same way).
+/// `front::Cors`, which answers the fast path's requests the same way);
+/// and only a preflight's answer varies with the `Access-Control-Request-*`
+/// headers (the layer's `Vary` names them on every answer), so the others
+/// say `Vary: origin`, as the fast path's do.
 async fn cors_answer(req: Request, next: axum::middleware::Next) -> Response {
     let preflight = req.method() == Method::OPTIONS
         && req
@@ -214,10 +217,30 @@ async fn cors_answer(req: Request, next: axum::middleware::Next) -> Response {
     if preflight && res.status() == StatusCode::OK {
         *res.status_mut() = StatusCode::NO_CONTENT;
     }
+    let h = res.headers_mut();
     if !origin {
-        let h = res.headers_mut();
         h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
         h.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+    }
+    if !preflight && let header::Entry::Occupied(mut vary) = h.entry(header::VARY) {
+        const LAYER: &str = "origin, access-control-request-method, access-control-request-headers";
+        let values: Vec<HeaderValue> = vary
+            .iter()
+            .map(|v| {
+                if v == LAYER {
+                    HeaderValue::from_static("origin")
+                } else {
+                    v.clone()
+                }
+            })
+            .collect();
+        let mut values = values.into_iter();
+        if let Some(first) = values.next() {
+            vary.insert(first);
+            for v in values {
+                vary.append(v);
+            }
+        }
     }
     res
 }

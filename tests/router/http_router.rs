@@ -315,6 +315,28 @@ async fn cors_preflight_allows_protocol_headers() {
         .unwrap()
         .to_lowercase();
     assert!(allowed.contains("if-none-match") && allowed.contains("producer-id"));
+    // A preflight's answer varies with what it asks; other answers only
+    // with the `Origin` (their CORS headers depend on nothing else).
+    let vary = |res: &axum::http::Response<Body>| {
+        res.headers()
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        vary(&res),
+        ["origin, access-control-request-method, access-control-request-headers"]
+    );
+    let res = send(
+        &app,
+        req("GET", "/v1/stream/__ds/jwks.json")
+            .header("origin", "https://example.com")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(vary(&res), ["origin"]);
 }
 
 #[tokio::test]
