@@ -21,6 +21,8 @@
 //! - `DS_LOAD_SUBS`     SSE subscribers (default 1000)
 //! - `DS_LOAD_MSGS`     fan-out messages (default 100, one every 50 ms)
 //! - `DS_LOAD_COUNT`    streams to create (default 100000)
+//! - `DS_LOAD_TOKEN`    a bearer token every request carries (a server with
+//!   auth on)
 //! - `DS_SERVER_PID`    server pid, to read its VmRSS and its CPU time
 //!   (`/proc/PID/stat`: `server_cpu_us_per_req` over the measured window of
 //!   the appends, `server_cpu_us_per_delivery` over the live phase of
@@ -54,6 +56,18 @@ struct Conn {
     /// per response cost the generator more than some servers spend on
     /// the request (it shares the machine with them).
     buf: Vec<u8>,
+}
+
+/// `DS_LOAD_TOKEN`, read once.
+fn token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            std::env::var("DS_LOAD_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        })
+        .as_deref()
 }
 
 struct Head {
@@ -98,6 +112,9 @@ impl Conn {
         )?;
         if method != "GET" || !body.is_empty() {
             write!(self.req, "Content-Length: {}\r\n", body.len())?;
+        }
+        if let Some(t) = token() {
+            write!(self.req, "Authorization: Bearer {t}\r\n")?;
         }
         for (k, v) in headers {
             write!(self.req, "{k}: {v}\r\n")?;
