@@ -195,11 +195,22 @@ impl Verifier {
 
     /// Verifies `token` and returns what it grants.
     pub fn verify(&self, token: &str) -> Result<Verified, Refused> {
+        let keys = match self.remembered(token) {
+            Ok(v) => return Ok(v),
+            Err(keys) => keys,
+        };
+        let (verified, exp) = self.check(token)?;
+        self.remember(token, &verified, exp, keys);
+        Ok(verified)
+    }
+
+    /// What `token` grants, if it verified before and its `exp` (plus the
+    /// leeway, as the validation judges it) has not passed; else (the
+    /// token forgotten if it had) the key generation to check it under.
+    fn remembered(&self, token: &str) -> Result<Verified, u64> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        // Valid until `exp` plus the leeway, as the validation judges it;
-        // after that, checked again (and refused).
         let fresh = |exp: u64| now <= exp.saturating_add(self.leeway);
         let (stale, keys) = {
             let seen = self.seen.read();
@@ -216,11 +227,15 @@ impl Verifier {
                 seen.bytes -= token.len();
             }
         }
-        let (verified, exp) = self.check(token)?;
+        Err(keys)
+    }
+
+    /// Remembers that `token` verified (under key generation `keys`).
+    fn remember(&self, token: &str, verified: &Verified, exp: u64, keys: u64) {
         let mut seen = self.seen.write();
         if seen.keys != keys {
             // Checked against keys a refresh has replaced meanwhile.
-            return Ok(verified);
+            return;
         }
         if seen.bytes + token.len() > SEEN_BYTES {
             *seen = Seen {
@@ -235,7 +250,6 @@ impl Verifier {
         {
             seen.bytes += token.len();
         }
-        Ok(verified)
     }
 
     /// Verifies `token` (its signature and claims): what it grants, and

@@ -267,6 +267,17 @@ fn a_jwks_refresh_forgets_the_tokens_it_admitted() {
         2
     );
     assert!(v.verify(&token).is_err());
+    // A token checked just before a refresh is not remembered after it.
+    let ed = signed(Algorithm::EdDSA, Some("ed"), &k.ed, &claims("read:**"));
+    let keys = v.remembered(&ed).unwrap_err();
+    let (grant, exp) = v.check(&ed).unwrap();
+    v.set_fetched(&k.jwks).unwrap();
+    v.remember(&ed, &grant, exp, keys);
+    assert!(v.seen.read().tokens.is_empty());
+    // Checked after it, it is.
+    let keys = v.remembered(&ed).unwrap_err();
+    v.remember(&ed, &grant, exp, keys);
+    assert_eq!(v.seen.read().tokens.len(), 1);
 }
 
 #[test]
