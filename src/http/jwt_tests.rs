@@ -45,6 +45,15 @@ fn verifier(c: &JwtConfig) -> Arc<Verifier> {
     Verifier::open(c).unwrap().unwrap()
 }
 
+/// A verifier of public keys only, fetched from a JWKS URL (none yet).
+fn jwks_verifier() -> Arc<Verifier> {
+    verifier(&JwtConfig {
+        hs256_secret: None,
+        jwks_url: Some("https://idp.example/jwks".into()),
+        ..JwtConfig::default()
+    })
+}
+
 /// The three kinds of public key: a signer per algorithm and the JWKS of
 /// their public halves (kids `rsa`, `ec`, `ed`).
 struct Keys {
@@ -177,11 +186,7 @@ fn issuer_and_audience_must_match_when_configured() {
 #[test]
 fn rs256_es256_and_eddsa_verify_with_the_jwks_and_only_with_it() {
     let k = keys();
-    let v = verifier(&JwtConfig {
-        hs256_secret: None,
-        jwks_url: Some("https://idp.example/jwks".into()),
-        ..JwtConfig::default()
-    });
+    let v = jwks_verifier();
     let c = claims("read:**");
     // Before any keys arrive, nothing verifies.
     assert!(
@@ -245,11 +250,7 @@ fn a_verified_token_is_remembered_until_its_exp_and_refused_after() {
 #[test]
 fn a_jwks_refresh_forgets_the_tokens_it_admitted() {
     let k = keys();
-    let v = verifier(&JwtConfig {
-        hs256_secret: None,
-        jwks_url: Some("https://idp.example/jwks".into()),
-        ..JwtConfig::default()
-    });
+    let v = jwks_verifier();
     v.set_fetched(&k.jwks).unwrap();
     let token = signed(Algorithm::RS256, Some("rsa"), &k.rsa, &claims("read:**"));
     assert!(v.verify(&token).is_ok());

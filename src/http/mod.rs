@@ -155,7 +155,9 @@ pub fn router(state: AppState) -> Router {
         ]))
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers(headers::EXPOSED.to_vec())
-        .max_age(std::time::Duration::from_secs(86400));
+        .max_age(std::time::Duration::from_secs(86400))
+        // Preflights add the `Access-Control-Request-*` names (`cors_answer`).
+        .vary([header::ORIGIN]);
     Router::new()
         .merge(subscriptions::routes(state.clone()))
         .route("/v1/stream/__ds/trim/{*path}", post(trim::trim))
@@ -205,8 +207,7 @@ pub fn router(state: AppState) -> Router {
 /// browsers read them, and they send an `Origin` cross-origin; see
 /// `front::Cors`, which answers the fast path's requests the same way);
 /// and only a preflight's answer varies with the `Access-Control-Request-*`
-/// headers (the layer's `Vary` names them on every answer), so the others
-/// say `Vary: origin`, as the fast path's do.
+/// headers too (the layer names only `Origin`, as the fast path does).
 async fn cors_answer(req: Request, next: axum::middleware::Next) -> Response {
     let preflight = req.method() == Method::OPTIONS
         && req
@@ -222,25 +223,15 @@ async fn cors_answer(req: Request, next: axum::middleware::Next) -> Response {
         h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
         h.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
     }
-    if !preflight && let header::Entry::Occupied(mut vary) = h.entry(header::VARY) {
-        const LAYER: &str = "origin, access-control-request-method, access-control-request-headers";
-        let values: Vec<HeaderValue> = vary
-            .iter()
-            .map(|v| {
-                if v == LAYER {
-                    HeaderValue::from_static("origin")
-                } else {
-                    v.clone()
-                }
-            })
-            .collect();
-        let mut values = values.into_iter();
-        if let Some(first) = values.next() {
-            vary.insert(first);
-            for v in values {
-                vary.append(v);
-            }
-        }
+    if preflight {
+        // What a preflight's answer (methods, mirrored headers) depends on
+        // besides the `Origin` the layer names.
+        h.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "access-control-request-method, access-control-request-headers",
+            ),
+        );
     }
     res
 }
