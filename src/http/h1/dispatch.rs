@@ -185,12 +185,19 @@ async fn run(mut c: Conn, peer: SocketAddr, ctx: Arc<Ctx>, token: ConnToken, mut
         if tag {
             head.parts.extensions.insert(ClientAddr(peer));
         }
+        let mut poll = false;
         if ctx.park.is_some() && may_park(&head) {
             head.parts.extensions.insert(ParkOffer);
+            poll = head
+                .parts
+                .uri
+                .query()
+                .is_some_and(|q| q.contains("live=long-poll"));
         }
         // Boxed: the handler's state machine exists only during a request,
         // not in every idle connection's task.
         match Box::pin(c.exchange(head, &ctx.front, &ctx.shutdown)).await {
+            Ok(Keep::Yes) if poll && c.buf.is_empty() => return wait_next(c, peer, &ctx, token),
             Ok(Keep::Yes) => {}
             Ok(Keep::No { unread }) => return c.close(unread).await,
             Ok(Keep::Park(sent)) => return park(c, peer, &ctx, token, sent),
@@ -243,6 +250,22 @@ fn park(c: Conn, peer: SocketAddr, ctx: &Arc<Ctx>, token: ConnToken, sent: Sent)
     p.park(h, ticket, finish, ctx.front.state(), spawn);
 }
 
+/// Hands a connection whose long-poll was answered to the parking, to
+/// wait there for its next request ([`Parking::hold`]).
+fn wait_next(c: Conn, peer: SocketAddr, ctx: &Arc<Ctx>, token: ConnToken) {
+    let Some((p, spawn)) = &ctx.park else {
+        return;
+    };
+    let h = Handover {
+        tcp: c.tcp,
+        peer,
+        keep: true,
+        token,
+        input: false,
+    };
+    p.hold(h, ctx.t.header_read, ctx.front.state(), spawn);
+}
+
 /// Runs a connection whose reader was parked (or was to be) again.
 async fn resume(ctx: Arc<Ctx>, r: Resumed) {
     let Ok(tcp) = TcpStream::from_std(r.tcp) else {
@@ -269,6 +292,14 @@ async fn go_on(
     no_park: bool,
 ) {
     let state = ctx.front.state().clone();
+    // A long-poll answered here: the connection then waits in the parking
+    // for its next request ([`wait_next`]).
+    let polled = matches!(
+        resume,
+        Resume::Active(Ticket::LongPoll { .. })
+            | Resume::LongPoll { .. }
+            | Resume::Answered { leftover: Some(_) }
+    );
     let sent = match resume {
         Resume::Active(Ticket::Sse { live, enc, cursor }) => {
             let cell = ParkCell::default();
@@ -344,6 +375,9 @@ async fn go_on(
         }
     };
     match sent {
+        Ok(Sent::Done(true)) if polled && c.buf.is_empty() && !ctx.shutdown.is_cancelled() => {
+            wait_next(c, peer, &ctx, token)
+        }
         Ok(Sent::Done(true)) if !ctx.shutdown.is_cancelled() => {
             if c.buf.is_empty() {
                 c.buf = BytesMut::new();

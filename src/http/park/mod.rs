@@ -20,7 +20,9 @@
 //!   cursor) and written to every parked subscriber at that offset, which
 //!   stays parked; the groups write in parallel. A long-poller is answered
 //!   the same way, and its connection then waits in the group for its next
-//!   request ([`Kind::Answered`]).
+//!   request ([`Kind::Answered`]); so does the connection of a long-poll
+//!   answered at once by its task ([`Parking::hold`]), so that every next
+//!   poll comes back the same way.
 //!
 //! Everything else makes the reader active again (a new task, the same
 //! code path as before it parked): a write the socket did not take whole
@@ -205,6 +207,22 @@ pub(super) struct Inner {
     pub(super) closed: bool,
 }
 
+impl Group {
+    fn new(id: u32, name: String, shard: u16) -> Group {
+        Group {
+            id,
+            name,
+            shard,
+            inner: Mutex::new(Inner {
+                members: Slab::new(),
+                info: None,
+                closed: false,
+            }),
+            emptied: Notify::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Groups {
     /// By stream name and shard.
@@ -228,6 +246,10 @@ pub struct Parking {
     /// between appends: each loopback write runs the receive path too).
     shards: u16,
     next_shard: AtomicUsize,
+    /// Groups of no stream (no task, never retired) where a connection
+    /// whose long-poll was answered at once waits for its next request
+    /// ([`Parking::hold`]).
+    idle: Vec<Arc<Group>>,
 }
 
 /// Groups per stream and runtime worker.
@@ -251,16 +273,27 @@ impl Parking {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let shards = (tokio::runtime::Handle::current().metrics().num_workers() * SHARDS_PER_WORKER)
+            .clamp(1, 256) as u16;
+        let mut groups = Groups::default();
+        let idle: Vec<Arc<Group>> = (0..shards)
+            .map(|shard| {
+                let g = Arc::new(Group::new(u32::from(shard), String::new(), shard));
+                groups.by_id.insert(g.id, Arc::clone(&g));
+                g
+            })
+            .collect();
+        groups.next_id = u32::from(shards);
         let p = Parking {
-            groups: RwLock::default(),
+            groups: RwLock::new(groups),
             registry,
             waker,
             epoch: std::time::Instant::now(),
             next_scan: AtomicU64::new(u64::MAX),
             metrics,
-            shards: (tokio::runtime::Handle::current().metrics().num_workers() * SHARDS_PER_WORKER)
-                .clamp(1, 256) as u16,
+            shards,
             next_shard: AtomicUsize::new(0),
+            idle,
         };
         Ok((p, poll))
     }
@@ -317,17 +350,7 @@ impl Parking {
             id = id.wrapping_add(1);
         }
         gs.next_id = id.wrapping_add(1);
-        let g = Arc::new(Group {
-            id,
-            name: name.to_string(),
-            shard,
-            inner: Mutex::new(Inner {
-                members: Slab::new(),
-                info: None,
-                closed: false,
-            }),
-            emptied: Notify::new(),
-        });
+        let g = Arc::new(Group::new(id, name.to_string(), shard));
         gs.by_name.insert(key, Arc::clone(&g));
         gs.by_id.insert(id, Arc::clone(&g));
         (g, true)
@@ -454,6 +477,77 @@ impl Parking {
             };
             self.due(due);
             return;
+        }
+    }
+}
+
+impl Parking {
+    /// Takes a connection whose long-poll was just answered at once: it
+    /// waits here for its next request, as one answered by its group does
+    /// (until `idle` passes).
+    ///
+    /// Every poller's next poll thus comes the same way, through this
+    /// lot's reactor (see [`reactor`]): at 10,000 pollers on a saturated
+    /// server, polls answered at once and polls answered by a group's pass
+    /// came back by two paths that waited unequally long for a worker, and
+    /// pollers were served in uneven turns (BENCHMARKS.md, issue 15).
+    pub fn hold(
+        self: &Arc<Self>,
+        h: Handover,
+        idle: Duration,
+        state: &super::AppState,
+        spawn: &Spawn,
+    ) {
+        let Ok(tcp) = h.tcp.into_std() else {
+            return;
+        };
+        let n = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.idle.len();
+        let g = &self.idle[n];
+        let mut inner = g.inner.lock();
+        let key = inner.members.vacant_key();
+        let fd = tcp.as_raw_fd();
+        // Under the lock: a shutdown from here on finds the member
+        // ([`reactor::start`] releases these groups' members).
+        if state.shutdown.is_cancelled()
+            || self
+                .registry
+                .register(&mut SourceFd(&fd), token(g.id, key), Interest::READABLE)
+                .is_err()
+        {
+            drop(inner);
+            return spawn.resume(Resumed {
+                tcp,
+                peer: h.peer,
+                keep: h.keep,
+                token: h.token,
+                finish: None,
+                resume: Resume::Answered { leftover: None },
+            });
+        }
+        let deadline = self.tick() + idle.as_millis() as u64;
+        inner.members.insert(Member {
+            tcp,
+            next: Offset::ZERO,
+            id: 0,
+            deadline,
+            last_write: 0,
+            kind: Kind::Answered,
+            keep: h.keep,
+            peer: h.peer,
+            token: h.token,
+            live: None,
+            finish: None,
+        });
+        drop(inner);
+        self.due(deadline);
+    }
+
+    /// At shutdown: every connection [`Parking::hold`] keeps goes back to
+    /// a task of its own, which closes it.
+    pub(super) fn release_held(&self, spawn: &Spawn) {
+        for g in &self.idle {
+            let list = fanout::take_all(self, &mut g.inner.lock(), false);
+            self.unpark(g, list, spawn);
         }
     }
 }

@@ -36,10 +36,12 @@ pub(in crate::http) fn start(
 ) -> io::Result<()> {
     let shutdown = state.shutdown.clone();
     let q = Arc::downgrade(&p);
+    let conns = Arc::clone(&spawn);
     tokio::spawn(async move {
         shutdown.cancelled().await;
         if let Some(q) = q.upgrade() {
             q.poke();
+            q.release_held(&conns);
         }
     });
     std::thread::Builder::new()

@@ -211,6 +211,55 @@ async fn a_parked_long_poll_is_answered_and_its_connection_goes_on() {
     assert!(!seen.contains("hellohello"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
+    let s = server(|c| c.header_read_timeout = Duration::from_millis(700)).await;
+    s.append("a").await;
+    // Answered at once (the data is there): the connection then waits
+    // for its next request in the parking (`Parking::hold`).
+    let mut c = s.get(POLL).await;
+    c.until("\r\n\r\na", 1).await;
+    let mut idle = s.get(POLL).await;
+    idle.until("\r\n\r\na", 1).await;
+    // Its next poll is read, parks, and is answered by the next append.
+    let next = "/v1/stream/s?offset=0000000000000001_0000000000000001&live=long-poll";
+    c.tcp
+        .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.until("the next poll parked", |s| s.parked() == 1).await;
+    s.append("b").await;
+    c.until("\r\n\r\nb", 1).await;
+    // Two polls in one write: the first is answered at once, the second
+    // waits in the buffer and is answered after it, in order.
+    let two =
+        format!("GET {POLL} HTTP/1.1\r\nHost: x\r\n\r\nGET {next} HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.tcp.write_all(two.as_bytes()).await.unwrap();
+    let seen = c.until("\r\n\r\nb", 2).await.to_string();
+    assert!(seen.contains("\r\n\r\nab"), "{seen}");
+    assert_eq!(seen.matches("HTTP/1.1 200").count(), 4, "{seen}");
+    // A connection without a next request closes once the head deadline
+    // passed, as an idle one does.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(n, 0, "closed, nothing more sent");
+    // One waiting at shutdown is closed, and serve returns.
+    s.state.shutdown.cancel();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.tcp.read(&mut buf))
+        .await
+        .expect("closed at shutdown")
+        .unwrap();
+    assert_eq!(n, 0);
+    tokio::time::timeout(Duration::from_secs(5), s.served)
+        .await
+        .expect("serve returns once every connection closed")
+        .unwrap()
+        .unwrap();
+}
+
 /// The lines of a response head, lowercased, without `date` and with the
 /// cursor's value left out (it moves with the clock).
 fn head_lines(res: &str) -> Vec<String> {
