@@ -18,7 +18,7 @@ use super::append::COPY_BODY;
 use super::body::{ReqBody, Slot, feed};
 use super::conn::{Conn, DRAIN_MAX, Encoder, Next, Sent, encode_ready};
 use super::decode::Decoder;
-use super::io::write_all;
+use super::io::{READ_CHUNK, write_all};
 use super::role::Out;
 use super::role::{Framing, Head};
 use crate::http::error::ApiError;
@@ -268,10 +268,26 @@ fn wait_next(c: Conn, peer: SocketAddr, ctx: &Arc<Ctx>, token: ConnToken) {
 
 /// Runs a connection whose reader was parked (or was to be) again.
 async fn resume(ctx: Arc<Ctx>, r: Resumed) {
+    // Running: the next poll in line may start (`park::Turn`).
+    drop(r.turn);
+    // The parking saw the next request come: read it before tokio takes
+    // the socket, which knows no readiness of it until its reactor's next
+    // turn (see `io::writev` for the answer's side).
+    let mut buf = BytesMut::new();
+    if let Resume::Answered { leftover: None } = r.resume {
+        buf.resize(READ_CHUNK, 0);
+        match std::io::Read::read(&mut &r.tcp, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => buf.truncate(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = BytesMut::new(),
+            Err(_) => return,
+        }
+    }
     let Ok(tcp) = TcpStream::from_std(r.tcp) else {
         return;
     };
-    let c = Conn::new(tcp, ctx.t, &ctx.shutdown);
+    let mut c = Conn::new(tcp, ctx.t, &ctx.shutdown);
+    c.buf = buf;
     Box::pin(go_on(
         c, r.peer, ctx, r.token, r.keep, r.finish, r.resume, false,
     ))

@@ -71,7 +71,11 @@ async fn write_copied(
     send: Duration,
 ) -> io::Result<()> {
     while !bufs.is_empty() {
-        match tcp.try_write_vectored(bufs) {
+        let wrote = match tcp.try_write_vectored(bufs) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writev(tcp, bufs),
+            other => other,
+        };
+        match wrote {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -82,6 +86,34 @@ async fn write_copied(
     }
     Ok(())
 }
+
+/// One `writev` of `bufs` to the socket itself, for when tokio does not
+/// know it writable: a connection just taken back from the parking has no
+/// readiness yet (its first event comes with the reactor's next turn), and
+/// waiting for that event cost every resumed long-poller a second wait for
+/// a worker (BENCHMARKS.md, issue 15). A real `WouldBlock` from here is
+/// waited out as tokio's: its next readiness event comes when the socket
+/// takes data again (edge-triggered).
+fn writev(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let n = bufs.len().min(MAX_IOV);
+    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, the slices
+    // outlive the call, and the descriptor is open while `tcp` is borrowed.
+    let r = unsafe {
+        libc::writev(
+            tcp.as_raw_fd(),
+            bufs.as_ptr().cast::<libc::iovec>(),
+            n as i32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Most slices one `writev` takes (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
 
 /// Reads at least one byte into `buf` (reserving up to `want`); the end of
 /// the stream is an error.
@@ -199,6 +231,48 @@ mod tests {
         assert!(waited.is_ok(), "readiness lost after a full read");
         let mut rest = BytesMut::with_capacity(200);
         assert_eq!(try_read(&tcp, &mut rest).unwrap(), 100 - n);
+    }
+
+    /// A socket tokio has only just taken (no readiness known yet) is
+    /// written at once, without waiting for its reactor; one whose buffer
+    /// fills waits for room, and every byte arrives in order.
+    #[tokio::test]
+    async fn a_socket_without_known_readiness_is_written_at_once_and_in_full() {
+        use tokio::io::AsyncReadExt;
+        let (tcp, mut client) = socket_pair().await;
+        let tcp = TcpStream::from_std(tcp.into_std().unwrap()).unwrap();
+        let e = tcp.try_write(b"x").unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::WouldBlock,
+            "tokio knows no readiness yet"
+        );
+        // Written by `writev` before anything awaits: the future completes
+        // on its first poll.
+        let mut small = [IoSlice::new(b"hello")];
+        let first = futures_util::FutureExt::now_or_never(write_copied(
+            &tcp,
+            &mut small,
+            Duration::from_secs(1),
+        ));
+        assert!(matches!(first, Some(Ok(()))), "written at once");
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // More than the socket's buffers hold: waits for the reader.
+        let body: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+        let want = body.clone();
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut got = vec![0u8; want.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == want, "bytes differ");
+        });
+        let mut big = [IoSlice::new(&body)];
+        write_copied(&tcp, &mut big, Duration::from_secs(10))
+            .await
+            .unwrap();
+        reader.await.unwrap();
     }
 
     /// An answer whose large buffers may go by reference: copied and

@@ -62,9 +62,11 @@ pub(super) mod reactor;
 mod resume;
 #[cfg(test)]
 mod tests;
+mod turns;
 
 pub use resume::{Conns, Handover, Resume, Resumed, Spawn};
 use resume::{Unpark, Why};
+pub use turns::Turn;
 
 /// A connection's share in the server's shutdown wait: held while the
 /// connection lives, parked or not.
@@ -250,10 +252,16 @@ pub struct Parking {
     /// whose long-poll was answered at once waits for its next request
     /// ([`Parking::hold`]).
     idle: Vec<Arc<Group>>,
+    /// The next polls of answered connections, resumed in turn.
+    turns: Arc<turns::Turns>,
 }
 
 /// Groups per stream and runtime worker.
 const SHARDS_PER_WORKER: usize = 4;
+
+/// Next polls whose tasks may wait for a worker at once, per group shard
+/// ([`turns`]): 256 on two workers.
+const NEXT_POLLS_PER_SHARD: usize = 32;
 
 /// The reactor's own token, for [`Parking::poke`].
 const WAKER: Token = Token(usize::MAX);
@@ -294,6 +302,7 @@ impl Parking {
             shards,
             next_shard: AtomicUsize::new(0),
             idle,
+            turns: turns::Turns::new(usize::from(shards) * NEXT_POLLS_PER_SHARD),
         };
         Ok((p, poll))
     }
@@ -404,6 +413,7 @@ impl Parking {
                 token,
                 finish: finish.map(Box::new),
                 resume: Resume::Active(ticket),
+                turn: None,
             })
         };
         if h.input || state.shutdown.is_cancelled() {
@@ -522,6 +532,7 @@ impl Parking {
                 token: h.token,
                 finish: None,
                 resume: Resume::Answered { leftover: None },
+                turn: None,
             });
         }
         let deadline = self.tick() + idle.as_millis() as u64;
@@ -549,5 +560,6 @@ impl Parking {
             let list = fanout::take_all(self, &mut g.inner.lock(), false);
             self.unpark(g, list, spawn);
         }
+        self.turns.flush(spawn);
     }
 }

@@ -111,7 +111,9 @@ fn check(p: &Parking, ev: &mio::event::Event, spawn: &Spawn) {
     let empty = inner.members.is_empty();
     drop(inner);
     if let Some(member) = member {
-        if input {
+        if input && matches!(member.kind, Kind::Answered) {
+            p.next_poll(&g, member, spawn);
+        } else if input {
             let why = Why::Reread { park: false };
             p.unpark(&g, vec![Unpark { member, why }], spawn);
         } else {

@@ -86,6 +86,9 @@ pub struct Resumed {
     pub token: ConnToken,
     pub finish: Option<Box<Finish>>,
     pub resume: Resume,
+    /// A next poll's turn ([`super::turns`]): the engine drops it when the
+    /// connection's task starts.
+    pub turn: Option<super::turns::Turn>,
 }
 
 /// What the parking needs of the HTTP engine whose connections it holds
@@ -114,6 +117,15 @@ pub trait Conns: Send + Sync {
 pub type Spawn = Arc<dyn Conns>;
 
 impl Parking {
+    /// An answered connection's next request came: its task starts in
+    /// turn ([`super::turns`]).
+    pub(super) fn next_poll(&self, group: &Group, member: Member, spawn: &Spawn) {
+        let why = Why::Reread { park: false };
+        if let Some(r) = resumed(group, member, why, self) {
+            self.turns.push(r, spawn);
+        }
+    }
+
     /// Makes `list` active again: each gets a task of its own.
     pub(super) fn unpark(&self, group: &Group, list: Vec<Unpark>, spawn: &Spawn) {
         for Unpark { member, why } in list {
@@ -171,5 +183,6 @@ fn resumed(group: &Group, m: Member, why: Why, p: &Parking) -> Option<Resumed> {
         token: m.token,
         finish: m.finish,
         resume,
+        turn: None,
     })
 }
