@@ -233,6 +233,9 @@ pub struct Metrics {
     sse: AtomicU64,
     /// Live readers parked now (`http::park`), of those counted above.
     pub parked: AtomicU64,
+    /// Keep-alive connections waiting in the parking for a long-poller's
+    /// next request (`http::park`, answered members).
+    pub between_polls: AtomicU64,
     storage_errors: Box<[AtomicU64]>,
     writes: [Histogram; WriteOp::ALL.len()],
     limited: [AtomicU64; Limited::ALL.len()],
@@ -249,6 +252,7 @@ impl Default for Metrics {
             long_polls: AtomicU64::new(0),
             sse: AtomicU64::new(0),
             parked: AtomicU64::new(0),
+            between_polls: AtomicU64::new(0),
             storage_errors: counters(ERROR_CODES.len()),
             writes: std::array::from_fn(|_| Histogram::new()),
             limited: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -370,6 +374,12 @@ impl Metrics {
                 "gauge",
                 "Long-polls and SSE connections (counted above) waiting parked, without a task.",
                 self.parked.load(Relaxed),
+            ),
+            (
+                "ds_long_poll_connections_between_polls",
+                "gauge",
+                "Keep-alive connections of answered long-pollers waiting parked for their next request.",
+                self.between_polls.load(Relaxed),
             ),
             (
                 "ds_response_bytes_by_reference_total",

@@ -359,9 +359,12 @@ fn fan_out(
         }
     }
     if to.answered > 0 {
-        // No longer parked readers (`Parking::remove` counts them out no
-        // more).
+        // No longer parked readers: connections between polls
+        // (`Parking::remove` counts them out of that).
         p.metrics.parked.fetch_sub(to.answered, Ordering::Relaxed);
+        p.metrics
+            .between_polls
+            .fetch_add(to.answered, Ordering::Relaxed);
         p.due(idle);
     }
     let mut list = Vec::with_capacity(leaving.len());

@@ -383,9 +383,11 @@ impl Parking {
     pub(super) fn remove(&self, inner: &mut Inner, key: usize) -> Option<Member> {
         let m = inner.members.try_remove(key)?;
         let _ = self.registry.deregister(&mut SourceFd(&m.tcp.as_raw_fd()));
-        if !matches!(m.kind, Kind::Answered) {
-            self.metrics.parked.fetch_sub(1, Ordering::Relaxed);
-        }
+        let gauge = match m.kind {
+            Kind::Answered => &self.metrics.between_polls,
+            _ => &self.metrics.parked,
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
         Some(m)
     }
 }
@@ -549,6 +551,7 @@ impl Parking {
             live: None,
             finish: None,
         });
+        self.metrics.between_polls.fetch_add(1, Ordering::Relaxed);
         drop(inner);
         self.due(deadline);
     }

@@ -63,6 +63,10 @@ impl Server {
         self.state.metrics.parked.load(Relaxed)
     }
 
+    fn between_polls(&self) -> u64 {
+        self.state.metrics.between_polls.load(Relaxed)
+    }
+
     fn live(&self, kind: Live) -> u64 {
         self.state.metrics.live_count(kind)
     }
@@ -221,15 +225,24 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
     c.until("\r\n\r\na", 1).await;
     let mut idle = s.get(POLL).await;
     idle.until("\r\n\r\na", 1).await;
+    s.until("both wait between polls", |s| s.between_polls() == 2)
+        .await;
     // Its next poll is read, parks, and is answered by the next append.
     let next = "/v1/stream/s?offset=0000000000000001_0000000000000001&live=long-poll";
     c.tcp
         .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    s.until("the next poll parked", |s| s.parked() == 1).await;
+    s.until("the next poll parked", |s| {
+        s.parked() == 1 && s.between_polls() == 1
+    })
+    .await;
     s.append("b").await;
     c.until("\r\n\r\nb", 1).await;
+    s.until("answered by its group", |s| {
+        s.parked() == 0 && s.between_polls() == 2
+    })
+    .await;
     // Two polls in one write: the first is answered at once, the second
     // waits in the buffer and is answered after it, in order.
     let two =
@@ -246,6 +259,7 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
         .expect("closed in time")
         .unwrap();
     assert_eq!(n, 0, "closed, nothing more sent");
+    s.until("one left", |s| s.between_polls() == 1).await;
     // One waiting at shutdown is closed, and serve returns.
     s.state.shutdown.cancel();
     let n = tokio::time::timeout(Duration::from_secs(5), c.tcp.read(&mut buf))
@@ -253,6 +267,7 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
         .expect("closed at shutdown")
         .unwrap();
     assert_eq!(n, 0);
+    s.until("none left", |s| s.between_polls() == 0).await;
     tokio::time::timeout(Duration::from_secs(5), s.served)
         .await
         .expect("serve returns once every connection closed")
