@@ -127,6 +127,14 @@ struct Client {
 }
 
 impl Client {
+    /// Sends `GET path` on this connection.
+    async fn ask(&mut self, path: &str) {
+        self.tcp
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
     /// Reads until `needle` has been received `times` times in all.
     async fn until(&mut self, needle: &str, times: usize) -> &str {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -204,10 +212,7 @@ async fn a_parked_long_poll_is_answered_and_its_connection_goes_on() {
     .await;
     // The same connection asks again, from the new offset, and parks again.
     let next = "/v1/stream/s?offset=0000000000000001_0000000000000005&live=long-poll";
-    c.tcp
-        .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.ask(&next).await;
     s.until("parked again", |s| s.parked() == 1).await;
     s.append("world").await;
     let seen = c.until("world", 1).await.to_string();
@@ -229,10 +234,7 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
         .await;
     // Its next poll is read, parks, and is answered by the next append.
     let next = "/v1/stream/s?offset=0000000000000001_0000000000000001&live=long-poll";
-    c.tcp
-        .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.ask(&next).await;
     s.until("the next poll parked", |s| {
         s.parked() == 1 && s.between_polls() == 1
     })
@@ -251,6 +253,12 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
     let seen = c.until("\r\n\r\nb", 2).await.to_string();
     assert!(seen.contains("\r\n\r\nab"), "{seen}");
     assert_eq!(seen.matches("HTTP/1.1 200").count(), 4, "{seen}");
+    // A lone poll that finds data, answered at once from where it waits,
+    // twice.
+    for n in [2, 3] {
+        c.ask(POLL).await;
+        c.until("\r\n\r\nab", n).await;
+    }
     // A connection without a next request closes once the head deadline
     // passed, as an idle one does.
     let mut buf = [0u8; 64];
@@ -315,14 +323,23 @@ async fn an_answer_from_the_group_is_the_answer_a_task_gives() {
     let from_task = direct.until("hello", 1).await.to_string();
     assert!(from_group.ends_with("\r\n\r\nhello"), "{from_group}");
     assert_eq!(head_lines(&from_group), head_lines(&from_task));
+    // Asked again on either connection, which now waits in the parking
+    // (`Parking::hold`): the same answer.
+    for c in [&mut direct, &mut parked] {
+        c.tcp.write_all(ask(POLL).as_bytes()).await.unwrap();
+        let seen = c.until("hello", 2).await;
+        let second = &seen[seen.find("hello").unwrap() + 5..];
+        assert!(second.starts_with("HTTP/1.1 200"), "{seen}");
+        assert_eq!(head_lines(second), head_lines(&from_task));
+    }
     // Answered, the connection is no reader any more.
     s.until("answered", |s| {
         s.parked() == 0 && s.live(Live::LongPoll) == 0
     })
     .await;
-    // And both answers were counted as requests.
+    // And every answer was counted as a request.
     let metrics = s.request("GET", "/metrics", "text/plain", "").await;
-    let counted = "ds_http_requests_total{method=\"GET\",route=\"stream\",status=\"200\"} 2";
+    let counted = "ds_http_requests_total{method=\"GET\",route=\"stream\",status=\"200\"} 4";
     assert!(metrics.contains(counted), "{metrics}");
 }
 
@@ -389,10 +406,7 @@ async fn an_answer_the_socket_does_not_take_whole_is_finished_by_a_task() {
         "/v1/stream/s?offset=0000000000000001_{:016x}&live=long-poll",
         big.len()
     );
-    c.tcp
-        .write_all(format!("GET {next} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.ask(&next).await;
     s.until("parked again", |s| s.parked() == 1).await;
 }
 
