@@ -212,7 +212,7 @@ async fn a_parked_long_poll_is_answered_and_its_connection_goes_on() {
     .await;
     // The same connection asks again, from the new offset, and parks again.
     let next = "/v1/stream/s?offset=0000000000000001_0000000000000005&live=long-poll";
-    c.ask(&next).await;
+    c.ask(next).await;
     s.until("parked again", |s| s.parked() == 1).await;
     s.append("world").await;
     let seen = c.until("world", 1).await.to_string();
@@ -234,7 +234,7 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
         .await;
     // Its next poll is read, parks, and is answered by the next append.
     let next = "/v1/stream/s?offset=0000000000000001_0000000000000001&live=long-poll";
-    c.ask(&next).await;
+    c.ask(next).await;
     s.until("the next poll parked", |s| {
         s.parked() == 1 && s.between_polls() == 1
     })
