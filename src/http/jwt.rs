@@ -16,7 +16,8 @@
 //! items are ignored. Write implies nothing about read.
 //!
 //! A token that verified is remembered, by its exact text, until its `exp`
-//! (within [`SEEN_BYTES`]; a JWKS refresh forgets them all): a client
+//! (within [`SEEN_BYTES`], where tokens unused the longest are forgotten
+//! first; a JWKS refresh forgets them all): a client
 //! sends the same token with every request, and checking its signature
 //! each time (RS256 tens of microseconds, ES256 and EdDSA more) would cost
 //! more than the request it admits. Refused tokens are not remembered.
@@ -40,9 +41,9 @@ pub const MAX_TOKEN: usize = 8 * 1024;
 /// Most keys a JWKS may hold (the rest are ignored).
 const MAX_KEYS: usize = 64;
 
-/// Most bytes of token text the verifier remembers; past it, it forgets
-/// them all and starts again (so a flood of distinct valid tokens costs
-/// what it did without the memory, never more).
+/// Most bytes of token text the verifier remembers, over both generations
+/// of [`Seen`] (so a flood of distinct valid tokens costs what it did
+/// without the memory, never more).
 const SEEN_BYTES: usize = if cfg!(test) { 4096 } else { 4 << 20 };
 
 /// What a verified token grants.
@@ -110,14 +111,59 @@ struct Claims {
     exp: Option<f64>,
 }
 
-/// Tokens that verified, by their text ([`Verifier::verify`]).
+/// Tokens that verified, by their text ([`Verifier::verify`]), with their
+/// `exp`, in two generations. When the newer one would pass half of
+/// [`SEEN_BYTES`], the older one is forgotten and the newer one takes its
+/// place; a token found in the older one moves back into the newer one. So
+/// only tokens unused for a whole generation are forgotten: forgetting all
+/// of them at once, as a full memory did before, made every client's next
+/// request pay a signature check together.
 #[derive(Default)]
 struct Seen {
+    /// The newer generation.
     tokens: HashMap<Box<str>, (Verified, u64)>,
+    /// Bytes of token text in `tokens`.
     bytes: usize,
+    older: HashMap<Box<str>, (Verified, u64)>,
+    older_bytes: usize,
     /// Counts the JWKS refreshes: a token checked against the keys before
     /// one is not remembered after it.
     keys: u64,
+}
+
+impl Seen {
+    /// `token`'s entry, and whether it is in the older generation.
+    fn get(&self, token: &str) -> Option<(&(Verified, u64), bool)> {
+        match self.tokens.get(token) {
+            Some(e) => Some((e, false)),
+            None => self.older.get(token).map(|e| (e, true)),
+        }
+    }
+
+    /// Forgets `token`, in whichever generation it is.
+    fn remove(&mut self, token: &str) {
+        if self.tokens.remove(token).is_some() {
+            self.bytes -= token.len();
+        }
+        if self.older.remove(token).is_some() {
+            self.older_bytes -= token.len();
+        }
+    }
+
+    /// Remembers `token` in the newer generation (making that one the
+    /// older first when it is full).
+    fn insert(&mut self, token: &str, entry: (Verified, u64)) {
+        if self.older.remove(token).is_some() {
+            self.older_bytes -= token.len();
+        }
+        if !self.tokens.contains_key(token) && self.bytes + token.len() > SEEN_BYTES / 2 {
+            self.older = std::mem::take(&mut self.tokens);
+            self.older_bytes = std::mem::take(&mut self.bytes);
+        }
+        if self.tokens.insert(token.into(), entry).is_none() {
+            self.bytes += token.len();
+        }
+    }
 }
 
 /// One public key and the algorithm it verifies.
@@ -212,22 +258,31 @@ impl Verifier {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let fresh = |exp: u64| now <= exp.saturating_add(self.leeway);
-        let (stale, keys) = {
+        {
             let seen = self.seen.read();
-            match seen.tokens.get(token) {
-                Some((v, exp)) if fresh(*exp) => return Ok(v.clone()),
-                hit => (hit.is_some(), seen.keys),
-            }
-        };
-        if stale {
-            let mut seen = self.seen.write();
-            if seen.tokens.get(token).is_some_and(|(_, exp)| !fresh(*exp))
-                && seen.tokens.remove(token).is_some()
-            {
-                seen.bytes -= token.len();
+            match seen.get(token) {
+                Some(((v, exp), false)) if fresh(*exp) => return Ok(v.clone()),
+                None => return Err(seen.keys),
+                Some(_) => {}
             }
         }
-        Err(keys)
+        // Stale, or in the older generation.
+        let mut seen = self.seen.write();
+        match seen.get(token) {
+            Some(((v, exp), older)) if fresh(*exp) => {
+                let (v, exp) = (v.clone(), *exp);
+                if older {
+                    // In use: back into the newer generation.
+                    seen.insert(token, (v.clone(), exp));
+                }
+                Ok(v)
+            }
+            Some(_) => {
+                seen.remove(token);
+                Err(seen.keys)
+            }
+            None => Err(seen.keys),
+        }
     }
 
     /// Remembers that `token` verified (under key generation `keys`).
@@ -237,19 +292,7 @@ impl Verifier {
             // Checked against keys a refresh has replaced meanwhile.
             return;
         }
-        if seen.bytes + token.len() > SEEN_BYTES {
-            *seen = Seen {
-                keys,
-                ..Seen::default()
-            };
-        }
-        if seen
-            .tokens
-            .insert(token.into(), (verified.clone(), exp))
-            .is_none()
-        {
-            seen.bytes += token.len();
-        }
+        seen.insert(token, (verified.clone(), exp));
     }
 
     /// Verifies `token` (its signature and claims): what it grants, and
