@@ -256,12 +256,15 @@ pub struct Parking {
     turns: Arc<turns::Turns>,
 }
 
-/// Groups per stream and runtime worker.
-const SHARDS_PER_WORKER: usize = 4;
+/// Groups per stream and runtime worker. One: with four, each append woke
+/// four group tasks per worker, each writing every fourth subscriber, and
+/// an SSE delivery cost the server ~20 % more CPU with its cores to itself
+/// (BENCHMARKS.md, sixteenth session).
+const SHARDS_PER_WORKER: usize = 1;
 
-/// Next polls whose tasks may wait for a worker at once, per group shard
-/// ([`turns`]): 256 on two workers.
-const NEXT_POLLS_PER_SHARD: usize = 32;
+/// Next polls whose tasks may wait for a worker at once, per runtime
+/// worker ([`turns`]): 256 on two workers.
+const NEXT_POLLS_PER_WORKER: usize = 128;
 
 /// The reactor's own token, for [`Parking::poke`].
 const WAKER: Token = Token(usize::MAX);
@@ -281,8 +284,8 @@ impl Parking {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
-        let shards = (tokio::runtime::Handle::current().metrics().num_workers() * SHARDS_PER_WORKER)
-            .clamp(1, 256) as u16;
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let shards = (workers * SHARDS_PER_WORKER).clamp(1, 256) as u16;
         let mut groups = Groups::default();
         let idle: Vec<Arc<Group>> = (0..shards)
             .map(|shard| {
@@ -302,7 +305,7 @@ impl Parking {
             shards,
             next_shard: AtomicUsize::new(0),
             idle,
-            turns: turns::Turns::new(usize::from(shards) * NEXT_POLLS_PER_SHARD),
+            turns: turns::Turns::new(workers * NEXT_POLLS_PER_WORKER),
         };
         Ok((p, poll))
     }
