@@ -258,8 +258,8 @@ pub struct Parking {
 
 /// Groups per stream and runtime worker. One: with four, each append woke
 /// four group tasks per worker, each writing every fourth subscriber, and
-/// an SSE delivery cost the server ~20 % more CPU with its cores to itself
-/// (BENCHMARKS.md, sixteenth session).
+/// an SSE delivery cost as much or more CPU (up to ~17 % more in one of
+/// two sittings; BENCHMARKS.md, sixteenth session).
 const SHARDS_PER_WORKER: usize = 1;
 
 /// Next polls whose tasks may wait for a worker at once, per runtime
