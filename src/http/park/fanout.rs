@@ -20,6 +20,7 @@
 //! chunk, and pollers whose answer it did not take whole, become active.
 
 use std::io::{self, IoSlice, Write};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -80,12 +81,21 @@ async fn run(p: Arc<Parking>, g: Arc<Group>, mut sub: Subscription, state: AppSt
     }
 }
 
-/// Hands `lane` to every member, in batches, yielding between them: a
-/// fan-out to 10,000 sockets is tens of milliseconds of writes, and the
-/// writer's next append (and parks, and other streams) must not wait for
-/// all of it. Wakes that arrive meanwhile join the lane between batches;
-/// when it grew after a pass began, another pass takes the members behind
-/// its tail (and those that joined the group meanwhile) to it. Returns a
+/// Hands `lane` to every member. A fan-out to 10,000 sockets is tens of
+/// milliseconds of writes, and the writer's next append (and parks, and
+/// other streams) must not wait for all of it. A pass over more than
+/// [`BATCH`] SSE subscribers runs off the runtime's workers
+/// ([`block_in_place`](tokio::task::block_in_place): the worker's other
+/// tasks move to a fresh thread, and the kernel shares the cores between
+/// the two) while at most one per worker does so ([`Parking::aside`]):
+/// an SSE delivery cost ~8 % less CPU that way (BENCHMARKS.md, seventeenth
+/// session). Any other pass yields between batches of [`BATCH`]: answered
+/// long-pollers send their next polls at once, and those must find the
+/// workers (aside, the long-poll p99 was worse in four rounds of four).
+///
+/// Wakes that arrive meanwhile join the lane every [`PULL`] members; when
+/// it grew after a pass began, another pass takes the members behind its
+/// tail (and those that joined the group meanwhile) to it. Returns a
 /// queued wake that does not continue the lane.
 async fn hand_out(
     p: &Arc<Parking>,
@@ -114,28 +124,35 @@ async fn hand_out(
         // Before the members are listed: a wake taken from here on is
         // for every member in the list.
         pull(&mut lane, &mut variants);
-        let keys: Vec<usize> = g.inner.lock().members.iter().map(|(k, _)| k).collect();
+        let (keys, sse) = {
+            let inner = g.inner.lock();
+            let keys: Vec<usize> = inner.members.iter().map(|(k, _)| k).collect();
+            (keys, inner.sse)
+        };
         let mut behind = false;
-        for (n, batch) in keys.chunks(PULL).enumerate() {
-            if n > 0 && pull(&mut lane, &mut variants) {
-                behind = true;
+        // Hands the lane to the members of batches `range` (of `PULL`).
+        let mut batches = |range: Range<usize>, lane: &mut Lane, variants: &mut Vec<Variant>| {
+            for n in range {
+                if n > 0 && pull(lane, variants) {
+                    behind = true;
+                }
+                let batch = &keys[n * PULL..keys.len().min((n + 1) * PULL)];
+                let list = {
+                    let mut inner = g.inner.lock();
+                    fan_out(p, state, &g.name, spawn, &mut inner, lane, batch, variants)
+                };
+                p.unpark(g, list, spawn);
             }
-            let list = {
-                let mut inner = g.inner.lock();
-                fan_out(
-                    p,
-                    state,
-                    &g.name,
-                    spawn,
-                    &mut inner,
-                    &mut lane,
-                    batch,
-                    &mut variants,
-                )
-            };
-            p.unpark(g, list, spawn);
-            if (n + 1) % (BATCH / PULL) == 0 {
-                tokio::task::yield_now().await;
+        };
+        let (n, per) = (keys.len().div_ceil(PULL), BATCH / PULL);
+        if let Some(_aside) = (sse > BATCH).then(|| p.aside()).flatten() {
+            tokio::task::block_in_place(|| batches(0..n, &mut lane, &mut variants));
+        } else {
+            for at in (0..n).step_by(per) {
+                if at > 0 {
+                    tokio::task::yield_now().await;
+                }
+                batches(at..n.min(at + per), &mut lane, &mut variants);
             }
         }
         if !behind {
@@ -315,7 +332,7 @@ enum Then {
 
 /// Members handed one wake between two yields (~10-20 ms of writes: other
 /// tasks on this worker wait no longer than that; yielding every 256 cost
-/// fan-out p99 ~30 %).
+/// fan-out p99 ~30 %), and the most a pass hands out on the worker.
 /// (Tests use small batches, so that their few members make passes of
 /// several batches and lanes that grow in the middle of one.)
 const BATCH: usize = if cfg!(test) { 2 } else { 1024 };

@@ -207,6 +207,9 @@ pub(super) struct Inner {
     pub(super) info: Option<StreamInfo>,
     /// The group task ended; park elsewhere.
     pub(super) closed: bool,
+    /// Members that are SSE subscribers (a fan-out to many of them runs
+    /// off the runtime's workers, [`fanout`]).
+    pub(super) sse: usize,
 }
 
 impl Group {
@@ -219,6 +222,7 @@ impl Group {
                 members: Slab::new(),
                 info: None,
                 closed: false,
+                sse: 0,
             }),
             emptied: Notify::new(),
         }
@@ -254,6 +258,19 @@ pub struct Parking {
     idle: Vec<Arc<Group>>,
     /// The next polls of answered connections, resumed in turn.
     turns: Arc<turns::Turns>,
+    /// Fan-outs running off the runtime's workers now, and the most that
+    /// may (one per worker; none on a current-thread runtime, which cannot).
+    aside: AtomicUsize,
+    aside_max: usize,
+}
+
+/// A fan-out's leave to run off the runtime's workers, given back on drop.
+pub(super) struct Aside<'a>(&'a AtomicUsize);
+
+impl Drop for Aside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Groups per stream and runtime worker. One: with four, each append woke
@@ -284,7 +301,12 @@ impl Parking {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let rt = tokio::runtime::Handle::current();
+        let workers = rt.metrics().num_workers();
+        let aside_max = match rt.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => 0,
+            _ => workers,
+        };
         let shards = (workers * SHARDS_PER_WORKER).clamp(1, 256) as u16;
         let mut groups = Groups::default();
         let idle: Vec<Arc<Group>> = (0..shards)
@@ -306,8 +328,21 @@ impl Parking {
             next_shard: AtomicUsize::new(0),
             idle,
             turns: turns::Turns::new(workers * NEXT_POLLS_PER_WORKER),
+            aside: AtomicUsize::new(0),
+            aside_max,
         };
         Ok((p, poll))
+    }
+
+    /// Leave for a fan-out to run off the runtime's workers, while fewer
+    /// than one per worker do ([`fanout`]).
+    pub(super) fn aside(&self) -> Option<Aside<'_>> {
+        self.aside
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.aside_max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Aside(&self.aside))
     }
 
     /// Milliseconds since this lot opened.
@@ -388,7 +423,11 @@ impl Parking {
         let _ = self.registry.deregister(&mut SourceFd(&m.tcp.as_raw_fd()));
         let gauge = match m.kind {
             Kind::Answered => &self.metrics.between_polls,
-            _ => &self.metrics.parked,
+            Kind::Sse { .. } => {
+                inner.sse -= 1;
+                &self.metrics.parked
+            }
+            Kind::LongPoll { .. } => &self.metrics.parked,
         };
         gauge.fetch_sub(1, Ordering::Relaxed);
         Some(m)
@@ -482,6 +521,7 @@ impl Parking {
                 finish,
             });
             inner.info = Some(parked.info);
+            inner.sse += usize::from(matches!(kind, Kind::Sse { .. }));
             self.metrics.parked.fetch_add(1, Ordering::Relaxed);
             drop(inner);
             let due = match kind {
