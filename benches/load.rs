@@ -614,9 +614,14 @@ async fn delays_after(
         after_send: Vec::with_capacity(tasks.len() * sent.len()),
         early: 0,
     };
+    // `DS_LOAD_PER_MSG=1`: each message's delays after send, apart.
+    let mut per = std::env::var_os("DS_LOAD_PER_MSG").map(|_| vec![Vec::new(); sent.len()]);
     for t in tasks {
         for (k, at) in t.await? {
             if let Some(s) = sent.get(k) {
+                if let Some(per) = per.as_mut() {
+                    per[k].push(micros(at.saturating_duration_since(s.at)));
+                }
                 match at.checked_duration_since(s.ack) {
                     Some(x) => d.after_ack.push(micros(x)),
                     None => {
@@ -631,6 +636,19 @@ async fn delays_after(
     }
     d.after_ack.sort_unstable();
     d.after_send.sort_unstable();
+    for (k, mut v) in per.into_iter().flatten().enumerate() {
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_unstable();
+        println!(
+            "DETAIL msg={k} n={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+            v.len(),
+            pct(&v, 0.5),
+            pct(&v, 0.99),
+            v.last().map_or(f64::NAN, |&m| m as f64 / 1000.0)
+        );
+    }
     Ok(d)
 }
 
