@@ -541,6 +541,45 @@ async fn wait_ready(ready: &AtomicUsize, failed: &AtomicUsize, subs: usize) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Live readers that saw the last message keep their connections until
+/// every reader has (or failed), then all hang up: otherwise the first to
+/// finish hang up while the others still wait for it, and thousands of
+/// hang-ups (the server's work and the load generator's) land on the last
+/// message's deliveries, whose median was ~3x the others' for every
+/// server (`DS_LOAD_PER_MSG`).
+struct Hold {
+    done: AtomicUsize,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hold {
+    fn new() -> Arc<Hold> {
+        Arc::new(Hold {
+            done: AtomicUsize::new(0),
+            release: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// A reader saw the last message: waits for the others.
+    async fn finished(&self) {
+        let mut rx = self.release.subscribe();
+        self.done.fetch_add(1, Ordering::SeqCst);
+        let _ = rx.wait_for(|&r| r).await;
+    }
+
+    /// Waits (at most 30 s) until every reader finished or failed, then
+    /// lets them all go.
+    async fn release(&self, failed: &AtomicUsize, readers: usize) {
+        let t = Instant::now();
+        while self.done.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < readers
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.release.send_replace(true);
+    }
+}
+
 /// When the live workloads' writer sent an append, and when its ack came.
 #[derive(Clone, Copy)]
 struct Sent {
@@ -669,9 +708,11 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let rss0 = pid.as_deref().and_then(vm_rss_kib);
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let hold = Hold::new();
     let mut tasks = Vec::new();
     for node in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
+        let hold = hold.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             let go = async {
@@ -704,6 +745,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
                         last |= k + 1 == msgs;
                     });
                     if last {
+                        hold.finished().await;
                         return Ok(());
                     }
                 }
@@ -729,6 +771,7 @@ async fn fanout(cfg: Arc<Cfg>) -> Res<()> {
     let connected = ready.load(Ordering::SeqCst);
     let cpu0 = pid.as_deref().and_then(cpu_us);
     let sent = write_live(&mut writer, &path, ct, msgs, gap, "fan-out").await?;
+    hold.release(&failed, subs).await;
     // With several nodes, the subscribers on the writer's node and those on
     // the others (woken through the database) are also reported apart.
     let nodes = cfg.addrs.len();
@@ -895,10 +938,11 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     // Long-polls answered, over all pollers.
     let polls = Arc::new(AtomicUsize::new(0));
     let plog = Arc::new(std::sync::Mutex::new(PollLog::default()));
+    let hold = Hold::new();
     let mut tasks = Vec::new();
     for i in 0..subs {
         let (cfg, path, ready, failed) = (cfg.clone(), path.clone(), ready.clone(), failed.clone());
-        let (polls, plog) = (polls.clone(), plog.clone());
+        let (polls, plog, hold) = (polls.clone(), plog.clone(), hold.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<(usize, Instant)> = Vec::with_capacity(msgs);
             // When the poll that brought each of `seen` was sent.
@@ -955,6 +999,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
                             gaps.push(micros(now - t));
                         }
                         if last {
+                            hold.finished().await;
                             return Ok::<(), Box<dyn std::error::Error + Send + Sync>>(());
                         }
                     } else if head.status != 204 {
@@ -998,6 +1043,7 @@ async fn longpoll(cfg: Arc<Cfg>) -> Res<()> {
     let polls0 = polls.load(Ordering::Relaxed);
     let cpu0 = pid.as_deref().and_then(cpu_us);
     let sent = write_live(&mut writer, &path, ct, msgs, gap, "long-poll").await?;
+    hold.release(&failed, subs).await;
     let d = delays_after(tasks, &sent).await?;
     let cpu1 = pid.as_deref().and_then(cpu_us);
     let polls = polls.load(Ordering::Relaxed) - polls0;
