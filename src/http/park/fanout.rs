@@ -22,7 +22,7 @@
 use std::io::{self, IoSlice, Write};
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -160,6 +160,28 @@ async fn hand_out(
         }
     }
     pending
+}
+
+/// A fan-out's leave to run off the runtime's workers, given back on drop.
+pub(super) struct Aside<'a>(&'a AtomicUsize);
+
+impl Drop for Aside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Parking {
+    /// Leave for a fan-out to run off the runtime's workers, while fewer
+    /// than one per worker do ([`hand_out`]).
+    pub(super) fn aside(&self) -> Option<Aside<'_>> {
+        self.aside
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.aside_max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Aside(&self.aside))
+    }
 }
 
 /// Takes every member out, to read for itself (and park again if
@@ -485,5 +507,33 @@ fn deliver(
                 Wrote::Failed => Then::Drop,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Parking;
+
+    /// One pass per worker at most runs off the workers; a leave given
+    /// back makes room for the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_one_pass_per_worker_runs_aside() {
+        let (p, _poll) = Parking::new(crate::metrics::Metrics::new()).unwrap();
+        let a = p.aside().expect("first");
+        let b = p.aside().expect("second");
+        assert!(p.aside().is_none(), "two workers, two leaves");
+        drop(a);
+        let c = p.aside().expect("one given back");
+        assert!(p.aside().is_none());
+        drop((b, c));
+        assert!(p.aside().is_some());
+    }
+
+    /// A current-thread runtime cannot lend its one worker
+    /// (`block_in_place` would panic there): every pass yields instead.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_runs_no_pass_aside() {
+        let (p, _poll) = Parking::new(crate::metrics::Metrics::new()).unwrap();
+        assert!(p.aside().is_none());
     }
 }

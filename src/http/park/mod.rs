@@ -266,15 +266,6 @@ pub struct Parking {
     aside_max: usize,
 }
 
-/// A fan-out's leave to run off the runtime's workers, given back on drop.
-pub(super) struct Aside<'a>(&'a AtomicUsize);
-
-impl Drop for Aside<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Groups per stream and runtime worker. One: with four, each append woke
 /// four group tasks per worker, each writing every fourth subscriber, and
 /// an SSE delivery cost as much or more CPU (up to ~17 % more in one of
@@ -334,17 +325,6 @@ impl Parking {
             aside_max,
         };
         Ok((p, poll))
-    }
-
-    /// Leave for a fan-out to run off the runtime's workers, while fewer
-    /// than one per worker do ([`fanout`]).
-    pub(super) fn aside(&self) -> Option<Aside<'_>> {
-        self.aside
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.aside_max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Aside(&self.aside))
     }
 
     /// Milliseconds since this lot opened.
