@@ -542,8 +542,8 @@ async fn wait_ready(ready: &AtomicUsize, failed: &AtomicUsize, subs: usize) {
 }
 
 /// Live readers that saw the last message keep their connections until
-/// every reader has (or failed), then all hang up: otherwise the first to
-/// finish hang up while the others still wait for it, and thousands of
+/// every reader has (or failed), then all hang up: otherwise the first
+/// readers to finish hang up while the others still wait for it, and thousands of
 /// hang-ups (the server's work and the load generator's) land on the last
 /// message's deliveries, whose median was ~3x the others' for every
 /// server (`DS_LOAD_PER_MSG`).

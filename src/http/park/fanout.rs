@@ -354,7 +354,8 @@ enum Then {
 
 /// Members handed one wake between two yields (~10-20 ms of writes: other
 /// tasks on this worker wait no longer than that; yielding every 256 cost
-/// fan-out p99 ~30 %), and the most a pass hands out on the worker.
+/// fan-out p99 ~30 %). A pass over more SSE subscribers than this runs
+/// off the workers instead ([`hand_out`]).
 /// (Tests use small batches, so that their few members make passes of
 /// several batches and lanes that grow in the middle of one.)
 const BATCH: usize = if cfg!(test) { 2 } else { 1024 };
