@@ -223,7 +223,8 @@ async fn a_parked_long_poll_is_answered_and_its_connection_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
-    let s = server(|c| c.header_read_timeout = Duration::from_millis(700)).await;
+    const HEAD: Duration = Duration::from_millis(1500);
+    let s = server(|c| c.header_read_timeout = HEAD).await;
     s.append("a").await;
     // Answered at once (the data is there): the connection then waits
     // for its next request in the parking (`Parking::hold`).
@@ -231,6 +232,7 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
     c.until("\r\n\r\na", 1).await;
     let mut idle = s.get(POLL).await;
     idle.until("\r\n\r\na", 1).await;
+    let idle_at = tokio::time::Instant::now();
     s.until("both wait between polls", |s| s.between_polls() == 2)
         .await;
     // Its next poll is read, parks, and is answered by the next append.
@@ -255,7 +257,10 @@ async fn a_poll_answered_at_once_waits_in_the_parking_for_the_next() {
     assert!(seen.contains("\r\n\r\nab"), "{seen}");
     assert_eq!(seen.matches("HTTP/1.1 200").count(), 4, "{seen}");
     // A lone poll that finds data, answered at once from where it waits,
-    // twice.
+    // twice; half a head deadline after `idle` was answered, so that
+    // `c` waits well past `idle`'s deadline below, however slow the
+    // machine.
+    tokio::time::sleep_until(idle_at + HEAD / 2).await;
     for n in [2, 3] {
         c.ask(POLL).await;
         c.until("\r\n\r\nab", n).await;
