@@ -152,6 +152,14 @@ impl Client {
     }
 }
 
+/// The `data:` lines of an SSE body that `keep` takes, joined.
+fn data_of(seen: &str, keep: impl Fn(&str) -> bool) -> String {
+    seen.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter(|d| keep(d))
+        .collect()
+}
+
 const SSE: &str = "/v1/stream/s?offset=-1&live=sse";
 const POLL: &str = "/v1/stream/s?offset=-1&live=long-poll";
 
@@ -169,10 +177,7 @@ async fn parked_subscribers_get_every_event_once_and_stay_parked() {
     let tail = "\"streamNextOffset\":\"0000000000000014_0000000000000032\"";
     for c in [&mut a, &mut b] {
         let seen = c.until(tail, 1).await.to_string();
-        let data: String = seen
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:").filter(|d| d.starts_with('m')))
-            .collect();
+        let data = data_of(&seen, |d| d.starts_with('m'));
         let want: String = (0..20).map(|i| format!("m{i}")).collect();
         assert_eq!(data, want, "{seen}");
     }
@@ -435,11 +440,7 @@ async fn a_full_socket_makes_the_subscriber_active_and_nothing_is_lost() {
     s.append("end").await;
     // "end" may share an event with the last chunk (queued wakes merge).
     let seen = c.until("end\n\n", 1).await.to_string();
-    let data: String = seen
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter(|d| !d.starts_with('{'))
-        .collect();
+    let data = data_of(&seen, |d| !d.starts_with('{'));
     assert!(data.ends_with("end"), "end last");
     let xs = data.len() - 3;
     assert!(data[..xs].bytes().all(|b| b == b'x'), "only chunks before");

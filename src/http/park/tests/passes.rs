@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{SSE, Server, server};
+use super::{SSE, Server, data_of, server};
 use crate::notify::Wake;
 
 /// Four writers append 25 records each (`<w.i>`) at once; returns the
@@ -43,11 +43,7 @@ async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
     s.until("parked", |s| s.parked() == 1).await;
     let tail = burst(&s).await;
     let seen = c.until(&tail, 1).await.to_string();
-    let data: String = seen
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter(|d| d.starts_with('<'))
-        .collect();
+    let data = data_of(&seen, |d| d.starts_with('<'));
     // The stream's own order, from a catch-up read.
     let all = s
         .request("GET", "/v1/stream/s?offset=-1", "text/plain", "")
@@ -82,11 +78,7 @@ async fn appends_joining_a_pass_reach_every_subscriber_once_in_order() {
     assert_eq!(body.matches('<').count(), 100);
     for c in &mut clients {
         let seen = c.until(&tail, 1).await.to_string();
-        let data: String = seen
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter(|d| d.starts_with('<'))
-            .collect();
+        let data = data_of(&seen, |d| d.starts_with('<'));
         assert_eq!(data, body);
     }
     // They all stayed parked.
