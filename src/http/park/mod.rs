@@ -14,13 +14,12 @@
 //!   readers whose reconnect interval or long-poll timeout passed;
 //! * the reader's state becomes a [`Member`] of its stream's [`Group`]:
 //!   socket, offset, mode, encoding, cursor, deadlines;
-//! * a stream's parked readers are spread over one group per runtime
-//!   worker; each group's task ([`fanout`]) holds one subscription. An
-//!   append's records are encoded once per SSE variant (encoding and
-//!   cursor) and written to every parked subscriber at that offset, which
-//!   stays parked; the groups write in parallel (a pass over more than a
-//!   thousand subscribers off the runtime's workers, so that appends and
-//!   other requests keep them). A long-poller is answered the same way,
+//! * a stream's parked readers are one group, whose task ([`fanout`])
+//!   holds one subscription. An append's records are encoded once per SSE
+//!   variant (encoding and cursor) and written to every parked subscriber
+//!   at that offset, which stays parked (a pass over more than a thousand
+//!   subscribers runs off the runtime's workers, so that appends and other
+//!   requests keep them). A long-poller is answered the same way,
 //!   and its connection then waits in the group for its next request
 //!   ([`Kind::Answered`]); so does the connection of a long-poll answered
 //!   at once by its task ([`Parking::hold`]), so that every next poll
@@ -194,8 +193,6 @@ pub(super) struct Member {
 pub(super) struct Group {
     pub(super) id: u32,
     pub(super) name: String,
-    /// Which of the stream's groups this is ([`Parking::shards`]).
-    pub(super) shard: u16,
     pub(super) inner: Mutex<Inner>,
     /// Told when a member left outside the group task (so an empty group
     /// ends).
@@ -215,11 +212,10 @@ pub(super) struct Inner {
 }
 
 impl Group {
-    fn new(id: u32, name: String, shard: u16) -> Group {
+    fn new(id: u32, name: String) -> Group {
         Group {
             id,
             name,
-            shard,
             inner: Mutex::new(Inner {
                 members: Slab::new(),
                 info: None,
@@ -233,8 +229,8 @@ impl Group {
 
 #[derive(Default)]
 struct Groups {
-    /// By stream name and shard.
-    by_name: HashMap<(String, u16), Arc<Group>>,
+    /// By stream name.
+    by_name: HashMap<String, Arc<Group>>,
     by_id: HashMap<u32, Arc<Group>>,
     next_id: u32,
 }
@@ -248,16 +244,11 @@ pub struct Parking {
     /// When the reactor next looks at deadlines (parking clock).
     next_scan: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
-    /// Groups per stream: its parked readers are spread over this many,
-    /// one per runtime worker, so that the writes of a fan-out run on every
-    /// core (one task writing 10,000 sockets took longer than the 50 ms
-    /// between appends: each loopback write runs the receive path too).
-    shards: u16,
-    next_shard: AtomicUsize,
-    /// Groups of no stream (no task, never retired) where a connection
-    /// whose long-poll was answered at once waits for its next request
-    /// ([`Parking::hold`]).
+    /// Groups of no stream (no task, never retired), one per runtime
+    /// worker, where a connection whose long-poll was answered at once
+    /// waits for its next request ([`Parking::hold`]), taken in turn.
     idle: Vec<Arc<Group>>,
+    next_idle: AtomicUsize,
     /// The next polls of answered connections, resumed in turn.
     turns: Arc<turns::Turns>,
     /// Fan-outs running off the runtime's workers now, and the most that
@@ -265,12 +256,6 @@ pub struct Parking {
     aside: AtomicUsize,
     aside_max: usize,
 }
-
-/// Groups per stream and runtime worker. One: with four, each append woke
-/// four group tasks per worker, each writing every fourth subscriber, and
-/// an SSE delivery cost as much or more CPU (up to ~17 % more in one of
-/// two sittings; BENCHMARKS.md, sixteenth session).
-const SHARDS_PER_WORKER: usize = 1;
 
 /// Next polls whose tasks may wait for a worker at once, per runtime
 /// worker ([`turns`]): 256 on two workers.
@@ -300,16 +285,15 @@ impl Parking {
             tokio::runtime::RuntimeFlavor::CurrentThread => 0,
             _ => workers,
         };
-        let shards = (workers * SHARDS_PER_WORKER).clamp(1, 256) as u16;
         let mut groups = Groups::default();
-        let idle: Vec<Arc<Group>> = (0..shards)
-            .map(|shard| {
-                let g = Arc::new(Group::new(u32::from(shard), String::new(), shard));
+        let idle: Vec<Arc<Group>> = (0..workers.clamp(1, 256) as u32)
+            .map(|id| {
+                let g = Arc::new(Group::new(id, String::new()));
                 groups.by_id.insert(g.id, Arc::clone(&g));
                 g
             })
             .collect();
-        groups.next_id = u32::from(shards);
+        groups.next_id = idle.len() as u32;
         let p = Parking {
             groups: RwLock::new(groups),
             registry,
@@ -317,9 +301,8 @@ impl Parking {
             epoch: std::time::Instant::now(),
             next_scan: AtomicU64::new(u64::MAX),
             metrics,
-            shards,
-            next_shard: AtomicUsize::new(0),
             idle,
+            next_idle: AtomicUsize::new(0),
             turns: turns::Turns::new(workers * NEXT_POLLS_PER_WORKER),
             aside: AtomicUsize::new(0),
             aside_max,
@@ -365,13 +348,11 @@ impl Parking {
     /// The group of `name`; `true` with a group just made, whose task the
     /// caller starts.
     fn group(&self, name: &str) -> (Arc<Group>, bool) {
-        let shard = (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards as usize) as u16;
-        let key = (name.to_string(), shard);
-        if let Some(g) = self.groups.read().by_name.get(&key) {
+        if let Some(g) = self.groups.read().by_name.get(name) {
             return (Arc::clone(g), false);
         }
         let mut gs = self.groups.write();
-        if let Some(g) = gs.by_name.get(&key) {
+        if let Some(g) = gs.by_name.get(name) {
             return (Arc::clone(g), false);
         }
         let mut id = gs.next_id;
@@ -379,8 +360,8 @@ impl Parking {
             id = id.wrapping_add(1);
         }
         gs.next_id = id.wrapping_add(1);
-        let g = Arc::new(Group::new(id, name.to_string(), shard));
-        gs.by_name.insert(key, Arc::clone(&g));
+        let g = Arc::new(Group::new(id, name.to_string()));
+        gs.by_name.insert(name.to_string(), Arc::clone(&g));
         gs.by_id.insert(id, Arc::clone(&g));
         (g, true)
     }
@@ -394,7 +375,7 @@ impl Parking {
         }
         inner.closed = true;
         inner.members = Slab::new();
-        gs.by_name.remove(&(g.name.clone(), g.shard));
+        gs.by_name.remove(&g.name);
         gs.by_id.remove(&g.id);
         true
     }
@@ -538,7 +519,7 @@ impl Parking {
         let Ok(tcp) = h.tcp.into_std() else {
             return;
         };
-        let n = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.idle.len();
+        let n = self.next_idle.fetch_add(1, Ordering::Relaxed) % self.idle.len();
         let g = &self.idle[n];
         let mut inner = g.inner.lock();
         let key = inner.members.vacant_key();
