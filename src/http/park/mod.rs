@@ -14,12 +14,14 @@
 //!   readers whose reconnect interval or long-poll timeout passed;
 //! * the reader's state becomes a [`Member`] of its stream's [`Group`]:
 //!   socket, offset, mode, encoding, cursor, deadlines;
-//! * a stream's parked readers are one group, whose task ([`fanout`])
-//!   holds one subscription. An append's records are encoded once per SSE
-//!   variant (encoding and cursor) and written to every parked subscriber
-//!   at that offset, which stays parked (a pass over more than a thousand
-//!   subscribers runs off the runtime's workers, so that appends and other
-//!   requests keep them). A long-poller is answered the same way,
+//! * a stream's parked readers are spread over one group per runtime
+//!   worker but one (one group on two workers); each group's task
+//!   ([`fanout`]) holds one subscription. An append's records are encoded
+//!   once per SSE variant (encoding and cursor) and written to every
+//!   parked subscriber at that offset, which stays parked; the groups
+//!   write in parallel (a pass over more than a thousand subscribers off
+//!   the runtime's workers, so that appends and other requests keep them).
+//!   A long-poller is answered the same way,
 //!   and its connection then waits in the group for its next request
 //!   ([`Kind::Answered`]); so does the connection of a long-poll answered
 //!   at once by its task ([`Parking::hold`]), so that every next poll
@@ -193,6 +195,8 @@ pub(super) struct Member {
 pub(super) struct Group {
     pub(super) id: u32,
     pub(super) name: String,
+    /// Which of the stream's groups this is ([`Parking::shards`]).
+    pub(super) shard: u16,
     pub(super) inner: Mutex<Inner>,
     /// Told when a member left outside the group task (so an empty group
     /// ends).
@@ -212,10 +216,11 @@ pub(super) struct Inner {
 }
 
 impl Group {
-    fn new(id: u32, name: String) -> Group {
+    fn new(id: u32, name: String, shard: u16) -> Group {
         Group {
             id,
             name,
+            shard,
             inner: Mutex::new(Inner {
                 members: Slab::new(),
                 info: None,
@@ -229,8 +234,8 @@ impl Group {
 
 #[derive(Default)]
 struct Groups {
-    /// By stream name.
-    by_name: HashMap<String, Arc<Group>>,
+    /// By stream name and shard.
+    by_name: HashMap<(String, u16), Arc<Group>>,
     by_id: HashMap<u32, Arc<Group>>,
     next_id: u32,
 }
@@ -244,9 +249,13 @@ pub struct Parking {
     /// When the reactor next looks at deadlines (parking clock).
     next_scan: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Groups per stream: its parked readers are spread over this many
+    /// ([`groups_per_stream`]).
+    shards: u16,
+    next_shard: AtomicUsize,
     /// Groups of no stream (no task, never retired), one per runtime
     /// worker, where a connection whose long-poll was answered at once
-    /// waits for its next request ([`Parking::hold`]), taken in turn.
+    /// waits for its next request ([`Parking::hold`]).
     idle: Vec<Arc<Group>>,
     next_idle: AtomicUsize,
     /// The next polls of answered connections, resumed in turn.
@@ -255,6 +264,21 @@ pub struct Parking {
     /// may (one per worker; none on a current-thread runtime, which cannot).
     aside: AtomicUsize,
     aside_max: usize,
+}
+
+/// Groups per stream on `workers` runtime workers: one per worker but
+/// one, so that a hot stream's fan-out writes on the cores in parallel
+/// and leaves one to appends, other streams and the readers' side.
+///
+/// On two workers that is one group: two groups of 5,000 SSE subscribers
+/// each wrote for 50-120 ms on both cores at once, every loopback write
+/// running the reader's receive path on the writer's core, and the
+/// readers read late; with one, the fan-out p99 at 10,000 subscribers fell
+/// from 128-171 ms to 92-117 at ~9 % less CPU per delivery, and long-poll
+/// was not worse (BENCHMARKS.md, eighteenth session). Four per worker had
+/// been worse than one (sixteenth session).
+fn groups_per_stream(workers: usize) -> u16 {
+    workers.saturating_sub(1).clamp(1, 256) as u16
 }
 
 /// Next polls whose tasks may wait for a worker at once, per runtime
@@ -285,10 +309,11 @@ impl Parking {
             tokio::runtime::RuntimeFlavor::CurrentThread => 0,
             _ => workers,
         };
+        let shards = groups_per_stream(workers);
         let mut groups = Groups::default();
         let idle: Vec<Arc<Group>> = (0..workers.clamp(1, 256) as u32)
             .map(|id| {
-                let g = Arc::new(Group::new(id, String::new()));
+                let g = Arc::new(Group::new(id, String::new(), 0));
                 groups.by_id.insert(g.id, Arc::clone(&g));
                 g
             })
@@ -301,6 +326,8 @@ impl Parking {
             epoch: std::time::Instant::now(),
             next_scan: AtomicU64::new(u64::MAX),
             metrics,
+            shards,
+            next_shard: AtomicUsize::new(0),
             idle,
             next_idle: AtomicUsize::new(0),
             turns: turns::Turns::new(workers * NEXT_POLLS_PER_WORKER),
@@ -348,11 +375,13 @@ impl Parking {
     /// The group of `name`; `true` with a group just made, whose task the
     /// caller starts.
     fn group(&self, name: &str) -> (Arc<Group>, bool) {
-        if let Some(g) = self.groups.read().by_name.get(name) {
+        let shard = (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards as usize) as u16;
+        let key = (name.to_string(), shard);
+        if let Some(g) = self.groups.read().by_name.get(&key) {
             return (Arc::clone(g), false);
         }
         let mut gs = self.groups.write();
-        if let Some(g) = gs.by_name.get(name) {
+        if let Some(g) = gs.by_name.get(&key) {
             return (Arc::clone(g), false);
         }
         let mut id = gs.next_id;
@@ -360,8 +389,8 @@ impl Parking {
             id = id.wrapping_add(1);
         }
         gs.next_id = id.wrapping_add(1);
-        let g = Arc::new(Group::new(id, name.to_string()));
-        gs.by_name.insert(name.to_string(), Arc::clone(&g));
+        let g = Arc::new(Group::new(id, name.to_string(), shard));
+        gs.by_name.insert(key, Arc::clone(&g));
         gs.by_id.insert(id, Arc::clone(&g));
         (g, true)
     }
@@ -375,7 +404,7 @@ impl Parking {
         }
         inner.closed = true;
         inner.members = Slab::new();
-        gs.by_name.remove(&g.name);
+        gs.by_name.remove(&(g.name.clone(), g.shard));
         gs.by_id.remove(&g.id);
         true
     }

@@ -60,8 +60,9 @@ async fn bursts_of_appends_reach_parked_subscribers_once_in_order() {
 /// Appends that arrive while a group writes join its pass (members not
 /// yet written get them at once, those written before get them in the
 /// next pass): many subscribers, passes of several batches, every byte
-/// once and in order for each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// once and in order for each. Three workers: the readers are spread
+/// over two groups, whose passes run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn appends_joining_a_pass_reach_every_subscriber_once_in_order() {
     const READERS: usize = 40;
     let s = Arc::new(server(|_| {}).await);
@@ -102,4 +103,17 @@ async fn a_wake_without_records_is_read_once_for_the_group() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.parked(), 2, "the group read for them");
+}
+
+/// A stream's readers are spread over one group per worker but one, and
+/// never fewer than one.
+#[test]
+fn groups_per_stream_leave_one_worker() {
+    use crate::http::park::groups_per_stream;
+    assert_eq!(groups_per_stream(0), 1);
+    assert_eq!(groups_per_stream(1), 1);
+    assert_eq!(groups_per_stream(2), 1);
+    assert_eq!(groups_per_stream(3), 2);
+    assert_eq!(groups_per_stream(16), 15);
+    assert_eq!(groups_per_stream(1000), 256);
 }
