@@ -244,6 +244,13 @@ for name in $TARGETS; do
       idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
       create)
         load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
+        # A server that failed to create them all has no restart to time
+        # (the wait below is for the last one created).
+        if tail -n 1 "$RESULTS" | grep -q "server=$name label=create error="; then
+          stop_server
+          rm -rf "$dir"
+          continue
+        fi
         # Restart time, measured twice on the same data: after a graceful
         # stop (up to 120 s, timed), and after kill -9 of the restarted
         # server once 1,000 more appends (to every 100th stream) were
@@ -258,8 +265,14 @@ for name in $TARGETS; do
           t0=$(date +%s%N)
           start_server "$name" "$dir" || return 1
           listen_ms=$((($(date +%s%N) - t0) / 1000000))
+          local waited=0
           until curl -sf -o /dev/null "http://$ADDR/v1/stream/bench-c$((CREATE_COUNT - 1))?offset=-1"; do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
+            kill -0 "$SERVER_PID" 2>/dev/null || return 1
+            # A stream that never answers is a failed restart, not a hang.
+            ((waited++ < 12000)) || {
+              echo "RESULT server=$name label=$label error=\"no answer for the last stream in 120 s\"" | tee -a "$RESULTS" >&2
+              return 1
+            }
             sleep 0.01
           done
           t1=$(date +%s%N)
