@@ -195,33 +195,53 @@ def subs(label, default):
     return default
 
 
+def best_official(label):
+    """The lower p99 from the writer's send of the official server's two modes."""
+    vals = [f(s, label, "send_p99_ms") for s in ("peer-memory", "peer-wal")]
+    vals = [v for v in vals if v is not None]
+    return min(vals) if vals else None
+
+
+def send_cols(s, label):
+    """From the writer's send: p50 / p99, and the p99 against the official server's best."""
+    r = rows.get((s, label), {})
+    best = best_official(label)
+    p99 = f(s, label, "send_p99_ms")
+    rel = f"{p99 / best:.2f}×" if p99 is not None and best else "—"
+    return f"{r.get('send_p50_ms', '—')} / {r.get('send_p99_ms', '—')} | {rel}"
+
+
 print("### Long-poll fan-out: 1 writer, " + subs("longpoll", "1,000") + " long-pollers, 100 appends 50 ms apart\n")
-print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack |")
-print("|---|---:|---:|---:|---:|---:|")
+print("Delay = poller receipt − writer's ack; *from send*: − the writer's send (the official "
+      "server's best p99 of its two modes is the *p99 / official* base). RSS per poller: while all wait.\n")
+print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack | from send p50 / p99 ms | p99 / official | KiB per waiting poller | CPU µs per poll |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     r = rows.get((s, "longpoll"))
     if r and "error" in r:
-        print(f"| {s} | failed: {r['error']} | — | — | — | — |")
+        print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — | — |")
     elif r:
-        print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | {r.get('before_ack')} |")
+        print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | {r.get('before_ack')} | "
+              f"{send_cols(s, 'longpoll')} | {r.get('rss_per_poller_kib', '—')} | {r.get('server_cpu_us_per_poll', '—')} |")
 print()
 
 print("### SSE fan-out: 1 writer, " + subs("fanout", "1,000") + " subscribers, 100 appends 50 ms apart\n")
 print("Delay = subscriber receipt − writer's ack (0 when the event beat the ack; counted in *before ack*).\n")
-print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack | RSS before KiB | RSS after KiB | KiB per idle subscriber | KiB per idle keep-alive conn |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| server | delivered / expected | p50 ms | p99 ms | max ms | before ack | from send p50 / p99 ms | p99 / official | RSS before KiB | RSS after KiB | KiB per idle subscriber | KiB per idle keep-alive conn | CPU µs per delivery |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in SERVERS:
     r = rows.get((s, "fanout"))
     idle = rows.get((s, "idle"), {}).get("rss_per_conn_kib", "—")
     if r and "error" in r:
-        print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — | {idle} |")
+        print(f"| {s} | failed: {r['error']} | — | — | — | — | — | — | — | — | — | {idle} | — |")
         continue
     if not r:
         if idle != "—":
-            print(f"| {s} | — | — | — | — | — | — | — | — | {idle} |")
+            print(f"| {s} | — | — | — | — | — | — | — | — | — | — | {idle} | — |")
         continue
     print(f"| {s} | {r.get('delivered')} / {r.get('expected')} | {r.get('p50_ms')} | {r.get('p99_ms')} | {r.get('max_ms')} | "
-          f"{r.get('before_ack')} | {r.get('rss_before_kib')} | {r.get('rss_after_kib')} | {r.get('rss_per_sub_kib')} | {idle} |")
+          f"{r.get('before_ack')} | {send_cols(s, 'fanout')} | {r.get('rss_before_kib')} | {r.get('rss_after_kib')} | {r.get('rss_per_sub_kib')} | {idle} | "
+          f"{r.get('server_cpu_us_per_delivery', '—')} |")
 print()
 
 count = next((r.get("count") for (_, l), r in rows.items() if l == "create"), "10000")
