@@ -21,11 +21,10 @@
 //!   parked subscriber at that offset, which stays parked; the groups
 //!   write in parallel (a pass over more than a thousand subscribers off
 //!   the runtime's workers, so that appends and other requests keep them).
-//!   A long-poller is answered the same way,
-//!   and its connection then waits in the group for its next request
-//!   ([`Kind::Answered`]); so does the connection of a long-poll answered
-//!   at once by its task ([`Parking::hold`]), so that every next poll
-//!   comes back the same way.
+//!   A long-poller is answered the same way, and its connection then waits
+//!   in the group for its next request ([`Kind::Answered`]); so does the
+//!   connection of a long-poll answered at once by its task
+//!   ([`Parking::hold`]), so that every next poll comes back the same way.
 //!
 //! Everything else makes the reader active again (a new task, the same
 //! code path as before it parked): a write the socket did not take whole
