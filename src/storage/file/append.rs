@@ -38,7 +38,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Inner, Stream, entry_bin, wake_of, wal};
+use super::{Durable, Inner, Stream, entry_bin, wake_of, wal};
 use crate::notify::{Appended, Wake};
 use crate::storage::txn;
 use crate::storage::{AppendOutcome, AppendRequest, Staged, Staging, StorageError};
@@ -161,8 +161,10 @@ impl Inner {
             starts,
             slot,
             last_lsn,
+            durable,
             ..
         } = &mut *s;
+        let before = (meta.tail, meta.closed);
         let mut lsn = seen;
         let applied = txn::append_to(meta, req, |m, plan| -> Result<(), Declined> {
             let records = &plan.records;
@@ -233,6 +235,13 @@ impl Inner {
             });
         }
         *last_lsn = lsn;
+        if self.wal.is_committed(seen) {
+            *durable = Some(Durable {
+                before: lsn,
+                tail: before.0,
+                closed: before.1,
+            });
+        }
         let mut wake = wake_of(meta);
         if !applied.records.is_empty() {
             wake.appended = Some(Appended::new(meta.id, applied.from, applied.records));

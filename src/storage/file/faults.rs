@@ -26,6 +26,9 @@ pub enum Point {
 pub struct Faults {
     #[cfg(test)]
     armed: parking_lot::Mutex<Vec<(Point, u32, i32)>>,
+    /// WAL syncs wait while this is set ([`Faults::hold_syncs`]).
+    #[cfg(test)]
+    held: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
 
 impl Faults {
@@ -36,11 +39,28 @@ impl Faults {
         self.armed.lock().push((point, after, errno));
     }
 
-    /// Fails if a fault is armed here and due.
+    /// Makes every WAL sync wait from now until called with `false`: a
+    /// test sees appends staged and not yet committed.
+    #[cfg(test)]
+    pub fn hold_syncs(&self, hold: bool) {
+        *self.held.0.lock() = hold;
+        if !hold {
+            self.held.1.notify_all();
+        }
+    }
+
+    /// Fails if a fault is armed here and due (waits while syncs are
+    /// held, at [`Point::WalSync`]).
     #[inline]
     pub fn check(&self, _point: Point) -> std::io::Result<()> {
         #[cfg(test)]
         {
+            if _point == Point::WalSync {
+                let mut held = self.held.0.lock();
+                while *held {
+                    self.held.1.wait(&mut held);
+                }
+            }
             let mut armed = self.armed.lock();
             if let Some(i) = armed.iter().position(|(p, _, _)| *p == _point) {
                 if armed[i].1 == 0 {

@@ -136,9 +136,31 @@ struct Stream {
     slot: files::Slot,
     /// LSN of the last WAL entry that changed this stream.
     last_lsn: u64,
+    /// The stream as it was before an append whose commit may still be
+    /// pending: what a poll is answered from meanwhile ([`Durable`]).
+    durable: Option<Durable>,
     /// Set (under the lock) when the stream leaves the map: a caller that
     /// found it just before must not write to it.
     removed: bool,
+}
+
+/// A stream's tail and closure just before the change logged at
+/// `before`, all of whose earlier changes were committed.
+///
+/// While `before` is not committed, that is the stream as every
+/// acknowledged write left it (the WAL commits in LSN order, and nothing
+/// after an uncommitted entry is acknowledged), so a poll answered from it
+/// is the answer a read just before that change would have given: a
+/// reader that asks while an append waits for its `fdatasync` is answered
+/// at once instead of waiting on a blocking thread for the sync (at
+/// 10,000 long-pollers on one stream, every poll in that window did).
+/// Once `before` is committed it says nothing (later changes may be
+/// acknowledged too) until the next append made on a committed state.
+#[derive(Clone, Copy)]
+struct Durable {
+    before: u64,
+    tail: Offset,
+    closed: bool,
 }
 
 type StreamRef = Arc<Mutex<Stream>>;
@@ -264,6 +286,7 @@ impl FileStorage {
                     starts: None,
                     slot: files::Slot::default(),
                     last_lsn: 0,
+                    durable: None,
                     removed: false,
                 };
                 (name, Arc::new(Mutex::new(s)))

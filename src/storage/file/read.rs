@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::range::MAP_MIN;
-use super::{Guard, Inner, Stream, StreamRef, files, format, recover};
+use super::{Durable, Guard, Inner, Stream, StreamRef, files, format, recover};
 use crate::offset::Offset;
 use crate::storage::model::{self, StreamMeta};
 use crate::storage::view::{self, Budget, Layout};
@@ -353,22 +353,29 @@ impl Inner {
     pub(super) fn read(&self, name: &str, req: ReadRequest) -> Result<ReadOutcome, StorageError> {
         let s = self.find(name)?;
         let seen = s.last_lsn;
-        let r = self.read_from(s, &req, Io::Wait);
+        let r = self.read_from(s, &req, Io::Wait, None);
         self.answer(seen, r)
     }
 
     /// [`Self::read`] without blocking: only when everything the stream's
-    /// state reflects is committed, its index is loaded and the bytes are
-    /// in the page cache (a live reader's poll, at the tail or just behind
-    /// it). `None` otherwise, and for errors (which `read` then answers);
-    /// also while an append holds the stream (it may be in a `pwrite`).
+    /// state reflects is committed, or an append's commit is pending and
+    /// the state before it is known ([`Durable`]: answered from that), its
+    /// index is loaded and the bytes are in the page cache (a live
+    /// reader's poll, at the tail or just behind it). `None` otherwise,
+    /// and for errors (which `read` then answers); also while an append
+    /// holds the stream (it may be in a `pwrite`).
     pub(super) fn read_now(&self, name: &str, req: &ReadRequest) -> Option<ReadOutcome> {
         let s = self.get(name).ok()?.try_lock_arc()?;
-        if s.removed || !self.wal.is_committed(s.last_lsn) {
+        if s.removed {
             return None;
         }
+        let before = match s.durable {
+            _ if self.wal.is_committed(s.last_lsn) => None,
+            Some(d) if !self.wal.is_committed(d.before) => Some(d),
+            _ => return None,
+        };
         let blocked = Cell::new(false);
-        let r = self.read_from(s, req, Io::Now(&blocked));
+        let r = self.read_from(s, req, Io::Now(&blocked), before);
         if blocked.get() {
             return None;
         }
@@ -376,18 +383,24 @@ impl Inner {
     }
 
     /// The read of `s` (locked, present), not yet waiting for what it
-    /// reflects to be durable.
+    /// reflects to be durable; as the stream was before a pending append
+    /// with `before`.
     fn read_from(
         &self,
         mut s: Guard,
         req: &ReadRequest,
         io: Io,
+        before: Option<Durable>,
     ) -> Result<ReadOutcome, StorageError> {
         s.meta.check_visible(req.now)?;
         // Kept in memory only (and in the next checkpoint): a crash may
         // forget a read's TTL renewal, never data.
         s.meta.last_access = req.now;
-        let (info, json) = (s.meta.info(), model::is_json(&s.meta.content_type));
+        let (mut info, json) = (s.meta.info(), model::is_json(&s.meta.content_type));
+        if let Some(d) = before {
+            info.tail = d.tail;
+            info.closed = d.closed;
+        }
         let stream = std::sync::Arc::clone(parking_lot::ArcMutexGuard::mutex(&s));
         drop(s);
         let access = Locking(self);

@@ -180,3 +180,85 @@ fn the_last_large_record_is_answered_from_memory() {
         .unwrap();
     assert_eq!(old.chunks[0], big);
 }
+
+/// While an append waits for its `fdatasync`, a poll is answered at once
+/// with the stream as acknowledged writes left it (the pending bytes are
+/// not there yet); once the append is acknowledged, polls see it.
+#[test]
+fn a_poll_during_a_pending_commit_is_answered_from_the_acknowledged_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("ab")).unwrap();
+    s.append("s", append("c")).unwrap();
+    let acked = now(&s, "s", ReadFrom::Start, 3).unwrap();
+    s.inner.files.faults.hold_syncs(true);
+    std::thread::scope(|scope| {
+        let pending = scope.spawn(|| s.append("s", append("d")).unwrap());
+        // Staged (the stream's state moved past the commit point).
+        let staged = || {
+            let st = s.inner.get("s").unwrap();
+            let st = st.lock();
+            st.meta.tail.pos == 4 && !s.inner.wal.is_committed(st.last_lsn)
+        };
+        let t0 = std::time::Instant::now();
+        while !staged() {
+            assert!(t0.elapsed().as_secs() < 10, "the append never staged");
+            std::thread::yield_now();
+        }
+        for from in [
+            ReadFrom::Start,
+            ReadFrom::Tail,
+            ReadFrom::At(Offset::new(1, 2)),
+        ] {
+            let got = now(&s, "s", from, 3).unwrap_or_else(|| panic!("{from:?}: declined"));
+            assert_eq!(got.info, acked.info, "{from:?}");
+            assert_eq!(got.next, Offset::new(2, 3), "{from:?}");
+            assert!(got.up_to_date(), "{from:?}");
+            assert!(
+                !got.concat().contains(&b'd'),
+                "{from:?}: unacknowledged bytes"
+            );
+        }
+        assert_eq!(now(&s, "s", ReadFrom::Start, 3).unwrap().concat(), b"abc");
+        // Past the acknowledged tail: left to `read`, which waits.
+        assert!(now(&s, "s", ReadFrom::At(Offset::new(3, 4)), 3).is_none());
+        s.inner.files.faults.hold_syncs(false);
+        pending.join().unwrap();
+    });
+    let after = now(&s, "s", ReadFrom::Start, 3).unwrap();
+    assert_eq!(after.concat(), b"abcd");
+    assert_eq!(after.next, Offset::new(3, 4));
+    answers_as_read(&s, "s", ReadFrom::Start, 3);
+}
+
+/// An append staged while an earlier one still waits for its commit:
+/// polls are answered from the state before the earlier one (the last
+/// one known acknowledged), never with either's bytes.
+#[test]
+fn a_second_pending_append_answers_from_the_first_ones_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create("s", create("ab")).unwrap();
+    s.inner.files.faults.hold_syncs(true);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| s.append("s", append("c")).unwrap());
+        let tail_is = |pos| {
+            let t0 = std::time::Instant::now();
+            while s.inner.get("s").unwrap().lock().meta.tail.pos != pos {
+                assert!(t0.elapsed().as_secs() < 10, "the append never staged");
+                std::thread::yield_now();
+            }
+        };
+        tail_is(3);
+        let second = scope.spawn(|| s.append("s", append("d")).unwrap());
+        tail_is(4);
+        let got = now(&s, "s", ReadFrom::Start, 3).expect("answered");
+        assert_eq!(got.concat(), b"ab");
+        assert_eq!(got.next, Offset::new(1, 2));
+        s.inner.files.faults.hold_syncs(false);
+        first.join().unwrap();
+        second.join().unwrap();
+    });
+    answers_as_read(&s, "s", ReadFrom::Start, 3);
+    assert_eq!(now(&s, "s", ReadFrom::Start, 3).unwrap().concat(), b"abcd");
+}

@@ -198,6 +198,7 @@ impl Txn for FileTxn<'_> {
             starts: Some(starts),
             slot: files::Slot::default(),
             last_lsn: 0,
+            durable: None,
             removed: false,
         }));
         let records = starts_len;
