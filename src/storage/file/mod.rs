@@ -45,7 +45,9 @@
 //! Every call remembers the LSN of the last entry that touched what it looked
 //! at and waits for it before answering, so nothing a client is told (data,
 //! tails, closure, existence) can be undone by a crash in `always` mode.
-//! Wakes are sent after that wait.
+//! Wakes are sent after that wait. A poll answered without waiting
+//! (`read_now`) while an append's entry is in flight answers from the
+//! stream as it was before that append ([`Durable`]), which is durable.
 //!
 //! # Checkpoints and recovery
 //!
