@@ -366,7 +366,7 @@ pub struct ServerConfig {
     pub database_ca_file: Option<PathBuf>,
     /// The URL at which the other nodes of a shared (postgres) store reach
     /// this node, to forward subscription requests to the leader; `None`:
-    /// derived from the bound address (the host name for 0.0.0.0 / [::]).
+    /// derived from the bound address (the host name for 0.0.0.0 / `[::]`).
     pub advertise_url: Option<String>,
     pub sync: SyncMode,
     /// Background fsync period for `SyncMode::Interval`.
