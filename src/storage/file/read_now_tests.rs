@@ -181,6 +181,21 @@ fn the_last_large_record_is_answered_from_memory() {
     assert_eq!(old.chunks[0], big);
 }
 
+/// Waits (at most 10 s) until stream "s" has an append staged up to byte
+/// `tail` whose commit is still pending (its syncs held).
+fn until_staged(s: &FileStorage, tail: u64) {
+    let staged = || {
+        let st = s.inner.get("s").unwrap();
+        let st = st.lock();
+        st.meta.tail.pos == tail && !s.inner.wal.is_committed(st.last_lsn)
+    };
+    let t0 = std::time::Instant::now();
+    while !staged() {
+        assert!(t0.elapsed().as_secs() < 10, "the append never staged");
+        std::thread::yield_now();
+    }
+}
+
 /// While an append waits for its `fdatasync`, a poll is answered at once
 /// with the stream as acknowledged writes left it (the pending bytes are
 /// not there yet); once the append is acknowledged, polls see it.
@@ -194,17 +209,7 @@ fn a_poll_during_a_pending_commit_is_answered_from_the_acknowledged_state() {
     s.inner.files.faults.hold_syncs(true);
     std::thread::scope(|scope| {
         let pending = scope.spawn(|| s.append("s", append("d")).unwrap());
-        // Staged (the stream's state moved past the commit point).
-        let staged = || {
-            let st = s.inner.get("s").unwrap();
-            let st = st.lock();
-            st.meta.tail.pos == 4 && !s.inner.wal.is_committed(st.last_lsn)
-        };
-        let t0 = std::time::Instant::now();
-        while !staged() {
-            assert!(t0.elapsed().as_secs() < 10, "the append never staged");
-            std::thread::yield_now();
-        }
+        until_staged(&s, 4);
         for from in [
             ReadFrom::Start,
             ReadFrom::Tail,
@@ -242,16 +247,9 @@ fn a_second_pending_append_answers_from_the_first_ones_start() {
     s.inner.files.faults.hold_syncs(true);
     std::thread::scope(|scope| {
         let first = scope.spawn(|| s.append("s", append("c")).unwrap());
-        let tail_is = |pos| {
-            let t0 = std::time::Instant::now();
-            while s.inner.get("s").unwrap().lock().meta.tail.pos != pos {
-                assert!(t0.elapsed().as_secs() < 10, "the append never staged");
-                std::thread::yield_now();
-            }
-        };
-        tail_is(3);
+        until_staged(&s, 3);
         let second = scope.spawn(|| s.append("s", append("d")).unwrap());
-        tail_is(4);
+        until_staged(&s, 4);
         let got = now(&s, "s", ReadFrom::Start, 3).expect("answered");
         assert_eq!(got.concat(), b"ab");
         assert_eq!(got.next, Offset::new(1, 2));
