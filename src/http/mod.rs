@@ -27,6 +27,7 @@ pub mod proxy_stream;
 pub mod read;
 pub mod secure;
 pub mod serve;
+pub mod sock;
 pub mod sse;
 pub mod subscriptions;
 pub mod transport;

@@ -2,7 +2,7 @@
 //! timeout, reads into the connection's buffer that grow it only as
 //! needed, and waiting for a response body's next frame while watching
 //! for a client that hangs up. The socket is used directly
-//! (`try_read_buf`/`try_write_vectored` on readiness), so no buffer is held
+//! (`try_read_buf` and [`sock::send`] on readiness), so no buffer is held
 //! between reads (see the [module docs](super)).
 
 use std::io::{self, IoSlice};
@@ -12,8 +12,10 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::http::sock;
 use crate::zerocopy;
 
 /// The first allocation for a request head, and the smallest read.
@@ -71,8 +73,9 @@ async fn write_copied(
     send: Duration,
 ) -> io::Result<()> {
     while !bufs.is_empty() {
-        let wrote = match tcp.try_write_vectored(bufs) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writev(tcp, bufs),
+        // `send`, not tokio's `try_write_vectored` (a `writev`: [`sock`]).
+        let wrote = match tcp.try_io(Interest::WRITABLE, || send_now(tcp, bufs)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => send_now(tcp, bufs),
             other => other,
         };
         match wrote {
@@ -87,33 +90,17 @@ async fn write_copied(
     Ok(())
 }
 
-/// One `writev` of `bufs` to the socket itself, for when tokio does not
+/// One send of `bufs` to the socket itself, for when tokio does not
 /// know it writable: a connection just taken back from the parking has no
 /// readiness yet (its first event comes with the reactor's next turn), and
 /// waiting for that event cost every resumed long-poller a second wait for
 /// a worker (BENCHMARKS.md, issue 15). A real `WouldBlock` from here is
 /// waited out as tokio's: its next readiness event comes when the socket
 /// takes data again (edge-triggered).
-fn writev(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let n = bufs.len().min(MAX_IOV);
-    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, the slices
-    // outlive the call, and the descriptor is open while `tcp` is borrowed.
-    let r = unsafe {
-        libc::writev(
-            tcp.as_raw_fd(),
-            bufs.as_ptr().cast::<libc::iovec>(),
-            n as i32,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r as usize)
+fn send_now(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsFd;
+    sock::send(tcp.as_fd(), bufs)
 }
-
-/// Most slices one `writev` takes (Linux's `IOV_MAX`).
-const MAX_IOV: usize = 1024;
 
 /// Reads at least one byte into `buf` (reserving up to `want`); the end of
 /// the stream is an error.
@@ -247,7 +234,7 @@ mod tests {
             io::ErrorKind::WouldBlock,
             "tokio knows no readiness yet"
         );
-        // Written by `writev` before anything awaits: the future completes
+        // Written by `send_now` before anything awaits: the future completes
         // on its first poll.
         let mut small = [IoSlice::new(b"hello")];
         let first = futures_util::FutureExt::now_or_never(write_copied(

@@ -19,8 +19,9 @@
 //! pollers, BENCHMARKS.md). Subscribers whose socket took only part of a
 //! chunk, and pollers whose answer it did not take whole, become active.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -311,10 +312,7 @@ pub(super) fn write_now<B: AsRef<[u8]>>(tcp: &std::net::TcpStream, parts: &[B]) 
     }
     let slices = &slices[..parts.len()];
     let written = loop {
-        let wrote = match slices {
-            [one] => (&mut &*tcp).write(one),
-            _ => (&mut &*tcp).write_vectored(slices),
-        };
+        let wrote = crate::http::sock::send(tcp.as_fd(), slices);
         match wrote {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
