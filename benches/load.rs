@@ -415,10 +415,13 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((lat, errors))
         }));
     }
+    // The load generator's own CPU over the same window: it shares the
+    // machine, so throughput follows the sum of both (BENCHMARKS.md).
+    let me = std::process::id().to_string();
     tokio::time::sleep_until(start.into()).await;
-    let cpu0 = pid.as_deref().and_then(cpu_us);
+    let (cpu0, own0) = (pid.as_deref().and_then(cpu_us), cpu_us_one(&me));
     tokio::time::sleep_until(end.into()).await;
-    let cpu1 = pid.as_deref().and_then(cpu_us);
+    let (cpu1, own1) = (pid.as_deref().and_then(cpu_us), cpu_us_one(&me));
     let mut lat = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -428,12 +431,13 @@ async fn append(cfg: Arc<Cfg>, producer: bool) -> Res<()> {
     }
     lat.sort_unstable();
     println!(
-        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} server_cpu_us_per_req={} rss_after_create_kib={} load1={}",
+        "RESULT workload={} conns={conns} streams={streams} rps={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} server_cpu_us_per_req={} load_cpu_us_per_req={} rss_after_create_kib={} load1={}",
         if producer { "producer" } else { "append" },
         lat.len() as f64 / secs,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         cpu_per(cpu0, cpu1, lat.len()),
+        cpu_per(own0, own1, lat.len()),
         rss.map_or("n/a".into(), |v| v.to_string()),
         uptime_load()
     );

@@ -141,17 +141,19 @@ for label, title in [("append1", "Appends, 100 B, 64 connections, 1 stream"),
                      ("append100k", f"Appends, 100 B, 64 connections, spread over {streams('append100k', '100,000')} streams"),
                      ("producer", "Idempotent-producer appends, 64 producers, 1 stream")]:
     print(f"### {title}\n")
-    print("| server | req/s | p50 ms | p99 ms | errors | load1 | ours-memory / it | ours-file / it | ours-acid / it |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | req/s | p50 ms | p99 ms | errors | server CPU µs / req | load generator CPU µs / req | load1 | ours-memory / it | ours-file / it | ours-acid / it |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     om, of, oa = (f(s, label, "rps") for s in ("ours-memory", "ours-file", "ours-acid"))
     for s in SERVERS:
         v = f(s, label, "rps")
         if v is None:
             if "error" in rows.get((s, label), {}):
-                print(f"| {s} | failed: {rows[(s, label)]['error']} | — | — | — | — | — | — | — |")
+                print(f"| {s} | failed: {rows[(s, label)]['error']} | — | — | — | — | — | — | — | — | — |")
             continue
         print(f"| {s} | {fmt(v)} | {fmt(f(s, label, 'p50_ms'), 2)} | {fmt(f(s, label, 'p99_ms'), 2)} | "
-              f"{fmt(f(s, label, 'errors'))} | {rows[(s, label)].get('load1', '')} | {ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
+              f"{fmt(f(s, label, 'errors'))} | {rows[(s, label)].get('server_cpu_us_per_req', '—')} | "
+              f"{rows[(s, label)].get('load_cpu_us_per_req', '—')} | {rows[(s, label)].get('load1', '')} | "
+              f"{ratio(om, v)} | {ratio(of, v)} | {ratio(oa, v)} |")
     print()
 
 print("### Catch-up read of a 64 MiB stream (best of 3 reads)\n")
