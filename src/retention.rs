@@ -7,11 +7,14 @@
 //!   `max_bytes` bytes are dropped (the record the limit falls inside is
 //!   kept, as a trim inside a record keeps it).
 //! * `max_age`: records do not carry their append time, so the sweeper
-//!   samples each stream's tail on every pass: a tail seen at time `t`
-//!   means every record before it was appended by `t`. Records are
-//!   dropped once a sample at least `max_age` old covers them: within one
-//!   sweep interval of their age, measured from when this process first
-//!   saw them (after a restart, data already there ages from the start).
+//!   samples each stream's tail on every pass it changed: a tail dated `t`
+//!   means every record before it was appended by `t`. The date is the
+//!   stream's last access, not the pass's time: every append sets it and
+//!   is stored with it, so it is never earlier than the newest record's
+//!   append, and data already stored when the process starts ages from its
+//!   last write (or read), not from the start. Records are dropped once a
+//!   sample at least `max_age` old covers them: within one sweep interval
+//!   of their age, never early.
 //!
 //! Streams matched by several policies get the furthest trim of them. The
 //! sweeper reads and trims "at" each stream's last access, so it never
@@ -102,10 +105,14 @@ impl Sweeper {
         }
         let samples = &mut entry.1;
         if samples.back().is_none_or(|&(_, tail)| tail != meta.tail) {
-            samples.push_back((now, meta.tail));
+            // Dated by the last access (module docs), kept in order and
+            // never after now (another node's clock may run ahead).
+            let last = samples.back().map_or(0, |&(t, _)| t);
+            samples.push_back((meta.last_access.min(now).max(last), meta.tail));
         }
         let shortest = policies.iter().filter_map(|p| p.max_age).min()?;
-        let cutoff = now.saturating_sub(shortest.as_millis() as Millis);
+        // Nothing can be `max_age` old before `max_age` has passed.
+        let cutoff = now.checked_sub(shortest.as_millis() as Millis)?;
         // Samples older than the newest one before the cutoff are covered
         // by it: drop them.
         while samples.len() > 1 && samples[1].0 <= cutoff {
@@ -237,13 +244,43 @@ mod tests {
         append(&s, "logs/a", "new;", 5_000);
         sw.run(&s, 5_000).unwrap();
         assert_eq!(all(&s, "logs/a", 5_000), "old;new;");
-        // 10 s after `old;` was first seen, it goes; `new;` stays.
+        // 10 s after `old;` was written, it goes; `new;` stays.
         assert_eq!(sw.run(&s, 11_000).unwrap(), 1);
         assert_eq!(all(&s, "logs/a", 11_000), "new;");
         sw.run(&s, 15_500).unwrap();
         // A pass renews no sliding TTL: the last access is the test's read.
         assert_eq!(s.list_streams().unwrap()[0].1.last_access, 11_000);
         assert_eq!(all(&s, "logs/a", 15_500), "", "new; is 10 s old too");
+    }
+
+    #[test]
+    fn data_stored_before_a_start_ages_from_its_last_access() {
+        let s = MemoryStorage::new(WakeHub::new());
+        for name in ["idle", "read"] {
+            s.create(name, CreateRequest::new(Some("text/plain"), "old;", 0))
+                .unwrap();
+        }
+        // `read` was read at 15 s: its records may be as new as that.
+        all(&s, "read", 15_000);
+        // A sweeper that starts (as after a restart) at 20 s, max_age 10 s:
+        // `idle` was last written at 0, so it all goes at once.
+        let mut sw = Sweeper::new(vec![policy("**", Some(10), None)]);
+        assert_eq!(sw.run(&s, 20_000).unwrap(), 1);
+        assert_eq!(all(&s, "idle", 20_000), "");
+        assert_eq!(all(&s, "read", 20_000), "old;", "never before 25 s");
+        append(&s, "read", "new;", 21_000);
+        sw.run(&s, 21_000).unwrap();
+        assert_eq!(sw.run(&s, 25_000).unwrap(), 1);
+        assert_eq!(all(&s, "read", 25_000), "new;");
+        // Within the first `max_age` of the clock nothing is old enough,
+        // not even what was written at its zero.
+        let fresh = MemoryStorage::new(WakeHub::new());
+        fresh
+            .create("t", CreateRequest::new(Some("text/plain"), "x", 0))
+            .unwrap();
+        let mut early = Sweeper::new(vec![policy("**", Some(10), None)]);
+        assert_eq!(early.run(&fresh, 9_999).unwrap(), 0);
+        assert_eq!(all(&fresh, "t", 9_999), "x");
     }
 
     #[test]

@@ -164,9 +164,9 @@ settings! {
     "retention", retention, Policies, None,
         "retention policies, none by default: drop the oldest whole records of the\n\
          matching streams (subscription glob syntax: `*` one segment, `**` any depth)\n\
-         once they are older than max_age (\"7d\", \"12h\"; measured from when this\n\
-         server first saw them) or lie wholly before the newest max_bytes bytes; either\n\
-         alone or both. As arrays of tables:\n\
+         once they are older than max_age (\"7d\", \"12h\"; dated by their stream's\n\
+         last write or read, restarts included) or lie wholly before the newest\n\
+         max_bytes bytes; either alone or both. As arrays of tables:\n\
            [[retention]]\n\
            streams = \"logs/*\"\n\
            max_age = \"7d\"\n\
