@@ -7,8 +7,10 @@
 #    installing Debian's package when root); its URL is exported as
 #    DS_TEST_DATABASE_URL for the Rust tests (tests/common/pg.rs). If this
 #    script started it, it stops it on exit.
-# 1. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`:
-#    unformatted code or a lint fails the run before any test
+# 1. `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings` and
+#    the developer docs (`cargo doc --document-private-items`, warnings
+#    denied: a broken intra-doc link): unformatted code, a lint or a broken
+#    link fails the run before any test
 # 2. cargo unit/integration tests (all targets, then doc tests)
 # 3. the upstream Durable Streams conformance suite against the release
 #    binary, once per backend in $DS_BACKENDS (space separated, default
@@ -56,6 +58,9 @@ cargo fmt --check
 
 echo "==> cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+echo "==> cargo doc --no-deps --document-private-items (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked
 
 echo "==> cargo test --all-targets --locked"
 cargo test --all-targets --locked 2>&1 | tee -a "$SUMMARY_LOG"

@@ -78,6 +78,12 @@
 //! - [`healthcheck`]: the `durable-streams health` probe used by the container.
 //! - [`backup`]: `export` / `import` / `list` over any backend; the portable
 //!   archive format is documented in `docs/archive-format.md`.
+//!
+//! These docs are for the server's developers (the library has no users of
+//! its own beyond the binary and the tests): read them with
+//! `cargo doc --no-deps --document-private-items`, where the links to
+//! private modules and items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
 /// Where streams are mounted: every stream URL is this prefix and the
 /// stream's name. The HTTP layer routes on it and the metrics classify

@@ -1,5 +1,5 @@
 //! The service each connection calls: a fast path for stream requests in
-//! front of the [`router`](super::router).
+//! front of the [`router`].
 //!
 //! The router wraps every request in seven layers (observe, security
 //! headers ×2, ETag weakening, compression, CORS, auth), each cloning the

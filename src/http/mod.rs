@@ -1,6 +1,6 @@
 //! The HTTP surface: routing, shared state, and the helpers handlers share.
 //!
-//! Request flow: [`router`] → a thin handler in [`write`], [`read`] or
+//! Request flow: [`router`] → a thin handler in [`write`](mod@write), [`read`] or
 //! [`sse`] → parsing in [`headers`] → [`Storage`] (off the async workers when
 //! the backend may block) → response. [`error::ApiError`] is the single place
 //! errors become HTTP.

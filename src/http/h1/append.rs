@@ -7,7 +7,7 @@
 //! around them, the response's map and then encoding it cost ~6,000 of
 //! the ~20,000 user-space instructions of a memory append (callgrind,
 //! BENCHMARKS.md). The append itself is the handler's
-//! ([`write::append`]): the same header checks ([`AppendFields::read`] over
+//! ([`write::append`](crate::http::write::append)): the same header checks ([`AppendFields::read`] over
 //! the raw lines), the same storage call and metrics, the same request
 //! log; only the representation differs. The `the_native_engine_writes_the_headers_hyper_writes`
 //! test compares its answers with hyper's, which goes the general way.

@@ -19,7 +19,7 @@ impl Parking {
     /// (until `idle` passes).
     ///
     /// Every poller's next poll thus comes the same way, through this
-    /// lot's reactor (see [`reactor`]): at 10,000 pollers on a saturated
+    /// lot's reactor (see [`reactor`](super::reactor)): at 10,000 pollers on a saturated
     /// server, polls answered at once and polls answered by a group's pass
     /// came back by two paths that waited unequally long for a worker, and
     /// pollers were served in uneven turns (BENCHMARKS.md, issue 15).

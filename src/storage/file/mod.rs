@@ -10,7 +10,7 @@
 //!   shared decisions of [`txn`](super::txn);
 //! * `read`: reads through fork chains, head, listing, export;
 //! * `checkpoint`: the checkpoint and its thread, finding garbage files;
-//! * `recover`, `wal`, `files`, `pending`, [`format`], [`control`],
+//! * `recover`, `wal`, `files`, `pending`, [`format`](mod@format), [`control`],
 //!   `faults`: recovery, the log, the stream files, small appends' frames
 //!   on their way to them, the byte layout, control records, injected
 //!   failures (tests).

@@ -3,9 +3,9 @@
 //! are checked against.
 //!
 //! The protocol decisions are not made here: an append is
-//! [`txn::append_to`] on the locked stream's metadata, in place, and create
+//! [`txn::append_to`](crate::storage::txn::append_to) on the locked stream's metadata, in place, and create
 //! (fork included), delete (soft delete and cascade), restore and the sweep
-//! are [`txn`]'s shared functions run on a [`MemTxn`]. This module keeps
+//! are [`txn`](crate::storage::txn)'s shared functions run on a [`MemTxn`]. This module keeps
 //! only how streams are stored, locked, accounted against the memory limit
 //! and read.
 //!
@@ -15,7 +15,7 @@
 //! the stream's mutex alone. A multi-stream call (create, delete, restore,
 //! sweep) holds the map's write lock throughout, so that a fork source
 //! cannot disappear while a fork is attached to it, and locks each stream it
-//! touches once, until it ends ([`txn`](self::txn)). No lock is ever taken
+//! touches once, until it ends ([`txn`]). No lock is ever taken
 //! twice, and no thread holding a stream's mutex waits for the map lock.
 
 mod txn;

@@ -1,7 +1,7 @@
 //! One writer transaction's view of the database ([`Batch`]): the stream
 //! rows it locked, overlaid with the changes its ops made, written out in
 //! a few array statements at the end ([`Batch::persist`]). The shared
-//! decision logic ([`txn`]) runs against it through the [`Txn`] traits.
+//! decision logic ([`txn`](crate::storage::txn)) runs against it through the [`Txn`] traits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};

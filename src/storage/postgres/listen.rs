@@ -5,7 +5,7 @@
 //! at commit. This thread turns each one from another node into a wake of
 //! the local readers of that stream (this node's own commits wake its
 //! readers directly). Whenever the connection is (re-)established, every
-//! local reader is told to re-read ([`WakeHub::wake_all`]), because
+//! local reader is told to re-read ([`WakeHub::wake_all`](crate::notify::WakeHub::wake_all)), because
 //! notifications sent while it was down are lost; so nothing is missed.
 
 use std::sync::Arc;
