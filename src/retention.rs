@@ -7,14 +7,14 @@
 //!   `max_bytes` bytes are dropped (the record the limit falls inside is
 //!   kept, as a trim inside a record keeps it).
 //! * `max_age`: records do not carry their append time, so the sweeper
-//!   samples each stream's tail on every pass it changed: a tail dated `t`
-//!   means every record before it was appended by `t`. The date is the
-//!   stream's last access, not the pass's time: every append sets it and
-//!   is stored with it, so it is never earlier than the newest record's
-//!   append, and data already stored when the process starts ages from its
-//!   last write (or read), not from the start. Records are dropped once a
-//!   sample at least `max_age` old covers them: within one sweep interval
-//!   of their age, never early.
+//!   samples each stream's tail on every pass that finds it moved: a tail
+//!   dated `t` means every record before it was appended by `t`. The date
+//!   is the stream's last access, not the pass's time: every append sets
+//!   it and is stored with it, so it is never earlier than the newest
+//!   record's append, and data already stored when the process starts ages
+//!   from its last write (or read), not from the start. Records are
+//!   dropped once a sample at least `max_age` old covers them: within one
+//!   sweep interval of their age, never early.
 //!
 //! Streams matched by several policies get the furthest trim of them. The
 //! sweeper reads and trims "at" each stream's last access, so it never
