@@ -12,7 +12,8 @@
 //!   is the stream's last access, not the pass's time: every append sets
 //!   it and is stored with it, so it is never earlier than the newest
 //!   record's append, and data already stored when the process starts ages
-//!   from its last write (or read), not from the start. Records are
+//!   from its last write (or read) before the start ([`Sweeper::seed`]
+//!   samples it before the first request), not from the start. Records are
 //!   dropped once a sample at least `max_age` old covers them: within one
 //!   sweep interval of their age, never early.
 //!
@@ -44,6 +45,34 @@ impl Sweeper {
         }
     }
 
+    /// Samples the tail of every stream a `max_age` policy matches, trimming
+    /// nothing: run once as the server starts, before it answers a request,
+    /// so that the samples of the data already stored are dated by the last
+    /// access stored with it, not by the first read after the start (a
+    /// reader reconnecting at once would renew it). Blocking, as [`run`].
+    ///
+    /// [`run`]: Sweeper::run
+    pub fn seed(&mut self, s: &dyn Storage, now: Millis) -> Result<(), StorageError> {
+        if self.policies.iter().all(|p| p.max_age.is_none()) {
+            return Ok(());
+        }
+        for (name, meta) in s.list_streams()? {
+            let policies = self.matching(&name);
+            if !policies.is_empty() && !meta.soft_deleted && !meta.is_expired(now) {
+                self.age_cut(&name, &meta, &policies, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn matching(&self, name: &str) -> Vec<RetentionPolicy> {
+        self.policies
+            .iter()
+            .filter(|p| glob::matches(&p.streams, name))
+            .cloned()
+            .collect()
+    }
+
     /// One pass at time `now` over every stream; returns how many were
     /// trimmed. Blocking (storage calls): run it off the async workers. A
     /// stream that fails is logged and skipped; the pass goes on.
@@ -51,12 +80,7 @@ impl Sweeper {
         let mut trimmed = 0;
         let mut live = Vec::new();
         for (name, meta) in s.list_streams()? {
-            let policies: Vec<RetentionPolicy> = self
-                .policies
-                .iter()
-                .filter(|p| glob::matches(&p.streams, &name))
-                .cloned()
-                .collect();
+            let policies = self.matching(&name);
             if policies.is_empty() || meta.soft_deleted || meta.is_expired(now) {
                 continue;
             }
@@ -272,6 +296,17 @@ mod tests {
         sw.run(&s, 21_000).unwrap();
         assert_eq!(sw.run(&s, 25_000).unwrap(), 1);
         assert_eq!(all(&s, "read", 25_000), "new;");
+        // Seeded before a read renews the last access: the read does not
+        // move the date of what was there.
+        let seeded = MemoryStorage::new(WakeHub::new());
+        seeded
+            .create("s", CreateRequest::new(Some("text/plain"), "old;", 0))
+            .unwrap();
+        let mut sw = Sweeper::new(vec![policy("**", Some(10), None)]);
+        sw.seed(&seeded, 20_000).unwrap();
+        all(&seeded, "s", 20_001);
+        assert_eq!(sw.run(&seeded, 20_002).unwrap(), 1);
+        assert_eq!(all(&seeded, "s", 20_003), "");
         // Within the first `max_age` of the clock nothing is old enough,
         // not even what was written at its zero.
         let fresh = MemoryStorage::new(WakeHub::new());

@@ -149,8 +149,10 @@ fn spawn_sweeper(state: &AppState) {
 }
 
 /// Applies the retention policies every `sweep_interval` until shutdown
-/// (nothing to do, and no task, without policies).
-fn spawn_retention(state: &AppState) {
+/// (nothing to do, and no task, without policies), the stored streams'
+/// tails sampled first, before the server answers a request
+/// ([`Sweeper::seed`](crate::retention::Sweeper::seed)).
+async fn start_retention(state: &AppState) {
     if state.config.retention.is_empty() {
         return;
     }
@@ -158,6 +160,10 @@ fn spawn_retention(state: &AppState) {
     let sweeper = Arc::new(parking_lot::Mutex::new(crate::retention::Sweeper::new(
         state.config.retention.clone(),
     )));
+    let (now, seed) = (now_ms(), Arc::clone(&sweeper));
+    if let Err(e) = state.storage(move |s| seed.lock().seed(s, now)).await {
+        tracing::warn!(error = ?e, "retention: cannot sample the stored streams");
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(state.config.sweep_interval.max(MIN_RETENTION_TICK));
         loop {
@@ -203,7 +209,7 @@ pub async fn run(
     let state = assemble(config, storage, hub, subs, jwt);
     crate::http::jwks::spawn_refresh(&state);
     spawn_sweeper(&state);
-    spawn_retention(&state);
+    start_retention(&state).await;
     worker::spawn(state.clone());
     let front = Front::new(state.clone());
     if let Some(cluster) = state.storage.backend().cluster() {
