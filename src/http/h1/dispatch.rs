@@ -272,7 +272,7 @@ async fn resume(ctx: Arc<Ctx>, r: Resumed) {
     drop(r.turn);
     // The parking saw the next request come: read it before tokio takes
     // the socket, which knows no readiness of it until its reactor's next
-    // turn (see `io::writev` for the answer's side).
+    // turn (see `io::send_now` for the answer's side).
     let mut buf = BytesMut::new();
     if let Resume::Answered { leftover: None } = r.resume {
         buf.resize(READ_CHUNK, 0);

@@ -239,7 +239,7 @@ async fn group_read(state: &AppState, g: &Group, w: Option<Wake>) -> Option<Wake
 
 /// One SSE chunk for the records of a wake: the size line, the `data`
 /// event, the `control` event and the chunk's end, in one buffer (one
-/// `write` per subscriber: `writev` of the parts cost ~4 % more kernel
+/// `send` per subscriber: a `writev` of the parts cost ~4 % more kernel
 /// time per delivery at 10,000 subscribers).
 struct Variant {
     /// The lane's wake it starts at ([`Lane::start`]).
