@@ -231,6 +231,14 @@ mod tests {
         .unwrap();
     }
 
+    /// A store holding one stream, created with `body` at time zero.
+    fn written_at_zero(name: &str, body: &'static str) -> MemoryStorage {
+        let s = MemoryStorage::new(WakeHub::new());
+        s.create(name, CreateRequest::new(Some("text/plain"), body, 0))
+            .unwrap();
+        s
+    }
+
     fn all(s: &MemoryStorage, name: &str, now: Millis) -> String {
         let out = s
             .read(name, ReadRequest::all(ReadFrom::Start, now))
@@ -298,10 +306,7 @@ mod tests {
         assert_eq!(all(&s, "read", 25_000), "new;");
         // Seeded before a read renews the last access: the read does not
         // move the date of what was there.
-        let seeded = MemoryStorage::new(WakeHub::new());
-        seeded
-            .create("s", CreateRequest::new(Some("text/plain"), "old;", 0))
-            .unwrap();
+        let seeded = written_at_zero("s", "old;");
         let mut sw = Sweeper::new(vec![policy("**", Some(10), None)]);
         sw.seed(&seeded, 20_000).unwrap();
         all(&seeded, "s", 20_001);
@@ -309,10 +314,7 @@ mod tests {
         assert_eq!(all(&seeded, "s", 20_003), "");
         // Within the first `max_age` of the clock nothing is old enough,
         // not even what was written at its zero.
-        let fresh = MemoryStorage::new(WakeHub::new());
-        fresh
-            .create("t", CreateRequest::new(Some("text/plain"), "x", 0))
-            .unwrap();
+        let fresh = written_at_zero("t", "x");
         let mut early = Sweeper::new(vec![policy("**", Some(10), None)]);
         assert_eq!(early.run(&fresh, 9_999).unwrap(), 0);
         assert_eq!(all(&fresh, "t", 9_999), "x");
