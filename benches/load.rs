@@ -23,6 +23,8 @@
 //! - `DS_LOAD_COUNT`    streams to create (default 100000)
 //! - `DS_LOAD_TOKEN`    a bearer token every request carries (a server with
 //!   auth on)
+//! - `DS_LOAD_SPLIT`    `1`: a request's head and body go in two writes (two
+//!   segments, as Python's `http.client` sends them), not one
 //! - `DS_SERVER_PID`    server pid, to read its VmRSS and its CPU time
 //!   (`/proc/PID/stat`: `server_cpu_us_per_req` over the measured window of
 //!   the appends, `server_cpu_us_per_delivery` over the live phase of
@@ -56,6 +58,12 @@ struct Conn {
     /// per response cost the generator more than some servers spend on
     /// the request (it shares the machine with them).
     buf: Vec<u8>,
+}
+
+/// `DS_LOAD_SPLIT=1`, read once.
+fn split() -> bool {
+    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SPLIT.get_or_init(|| std::env::var("DS_LOAD_SPLIT").is_ok_and(|v| v == "1"))
 }
 
 /// `DS_LOAD_TOKEN`, read once.
@@ -120,6 +128,11 @@ impl Conn {
             write!(self.req, "{k}: {v}\r\n")?;
         }
         self.req.extend_from_slice(b"\r\n");
+        if split() && !body.is_empty() {
+            self.io.get_mut().write_all(&self.req).await?;
+            self.io.get_mut().write_all(body).await?;
+            return Ok(());
+        }
         self.req.extend_from_slice(body);
         self.io.get_mut().write_all(&self.req).await?;
         Ok(())

@@ -186,6 +186,39 @@ fn chunked_and_slow_request_bodies() {
 }
 
 #[test]
+fn an_append_body_sent_apart_from_its_head_lands_once() {
+    // The engine waits for a small body under the head's deadline; when
+    // that passes first, the general path takes the request and its body.
+    let s = server(&[("DS_HEADER_READ_TIMEOUT", "1s")]);
+    let mut c = Conn::open(&s.addr);
+    c.send(b"PUT /v1/stream/apart HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(c.read(false).status, 201);
+    let head = b"POST /v1/stream/apart HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n";
+    for (pause, body) in [(20, b"one.."), (1_500, b"two..")] {
+        c.send(head);
+        c.send(&body[..2]);
+        std::thread::sleep(Duration::from_millis(pause));
+        c.send(&body[2..]);
+        let r = c.read(false);
+        assert_eq!(r.status, 204, "after {pause} ms");
+        assert!(r.header("stream-next-offset").is_some());
+    }
+    c.send(b"GET /v1/stream/apart?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"one..two..");
+    // A client that stops sending inside the body appends nothing.
+    let mut cut = Conn::open(&s.addr);
+    cut.send(head);
+    cut.send(b"xy");
+    cut.w.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = cut.r.read_to_end(&mut rest);
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer:?}");
+    c.send(b"GET /v1/stream/apart?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read(false).body, b"one..two..");
+}
+
+#[test]
 fn http10_closes_unless_asked_to_keep_alive() {
     let s = server(&[]);
     let mut c = Conn::open(&s.addr);

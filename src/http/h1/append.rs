@@ -66,6 +66,24 @@ impl std::fmt::Debug for AppendHead {
     }
 }
 
+/// Bodies up to this that have not all arrived with their head are waited
+/// for by the engine rather than handed to the general path: clients such as
+/// Python's `http.client` send a head and its body in two writes, and under
+/// load the second was often not read yet (BENCHMARKS.md, twentieth
+/// session). Larger ones go the general way, under `body_read_timeout`.
+pub(super) const AWAIT_BODY: usize = 64 * 1024;
+
+/// What [`append_head`] makes of a request.
+pub(super) enum AppendKind {
+    /// An append the engine answers itself, its body all buffered.
+    Ready(Box<AppendHead>),
+    /// Would be one once the rest of its body (at most [`AWAIT_BODY`]) is
+    /// read.
+    Awaiting,
+    /// One for the general path.
+    General,
+}
+
 /// `req` as an append the engine answers itself, when it is one (see the
 /// module docs); `buffered`: the bytes after its head already read;
 /// `limit`: the body limit.
@@ -73,7 +91,22 @@ pub(super) fn append_head(
     req: &httparse::Request<'_, '_>,
     buffered: usize,
     limit: usize,
-) -> Option<AppendHead> {
+) -> AppendKind {
+    match append_parts(req, buffered, limit) {
+        Some(Ok(a)) => AppendKind::Ready(Box::new(a)),
+        Some(Err(Short)) => AppendKind::Awaiting,
+        None => AppendKind::General,
+    }
+}
+
+/// A fast-path append whose body is not all buffered yet.
+struct Short;
+
+fn append_parts(
+    req: &httparse::Request<'_, '_>,
+    buffered: usize,
+    limit: usize,
+) -> Option<Result<AppendHead, Short>> {
     if req.method? != "POST" || req.version? != 1 {
         return None;
     }
@@ -106,17 +139,20 @@ pub(super) fn append_head(
         }
     }
     let body_len = length?;
-    if body_len > buffered || body_len > limit {
+    if body_len > limit {
         return None;
     }
-    Some(AppendHead {
+    if body_len > buffered {
+        return (body_len <= AWAIT_BODY).then_some(Err(Short));
+    }
+    Some(Ok(AppendHead {
         path: path.to_string(),
         fields: AppendFields::read(&Raw::new(req.headers)),
         origin,
         authorization,
         body_len,
         keep_alive: !close,
-    })
+    }))
 }
 
 /// A byte of a path taken as is: unreserved, sub-delims, `:`, `@`, `/`
@@ -266,13 +302,20 @@ mod tests {
     use super::*;
     use axum::http::header;
 
-    fn parse(raw: &[u8], limit: usize) -> Option<AppendHead> {
+    fn kind(raw: &[u8], limit: usize) -> AppendKind {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut headers);
         let httparse::Status::Complete(n) = req.parse(raw).unwrap() else {
             panic!("partial head");
         };
         append_head(&req, raw.len() - n, limit)
+    }
+
+    fn parse(raw: &[u8], limit: usize) -> Option<AppendHead> {
+        match kind(raw, limit) {
+            AppendKind::Ready(a) => Some(*a),
+            AppendKind::Awaiting | AppendKind::General => None,
+        }
     }
 
     #[test]
@@ -303,15 +346,47 @@ mod tests {
             "POST /v1/stream/a HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nhi",
             "POST /v1/stream/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
             "POST /v1/stream/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
-            // The body not all here, or over the limit.
+            // The body not all here (waited for), or over the limit.
             "POST /v1/stream/a HTTP/1.1\r\nContent-Length: 3\r\n\r\nhi",
             "POST /v1/stream/a HTTP/1.1\r\nContent-Length: 2000\r\n\r\nhi",
         ] {
             assert!(!take(raw), "{raw:?}");
         }
         assert!(parse(ok.as_bytes(), 1).is_none(), "over the body limit");
+        assert!(matches!(kind(ok.as_bytes(), 1), AppendKind::General));
         let close = "POST /v1/stream/a HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert!(!parse(close.as_bytes(), 1024).unwrap().keep_alive);
+    }
+
+    #[test]
+    fn a_small_body_still_on_its_way_is_waited_for() {
+        let head = "POST /v1/stream/a HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        for raw in [head.to_string(), format!("{head}hi")] {
+            assert!(
+                matches!(kind(raw.as_bytes(), 1024), AppendKind::Awaiting),
+                "{raw:?}"
+            );
+        }
+        let whole = format!("{head}hello");
+        assert!(matches!(kind(whole.as_bytes(), 1024), AppendKind::Ready(_)));
+        // A large one goes the general way, under the body's own timeout.
+        let large = format!(
+            "POST /v1/stream/a HTTP/1.1\r\nContent-Length: {}\r\n\r\nhi",
+            AWAIT_BODY + 1
+        );
+        assert!(matches!(
+            kind(large.as_bytes(), usize::MAX),
+            AppendKind::General
+        ));
+        let at = format!("POST /v1/stream/a HTTP/1.1\r\nContent-Length: {AWAIT_BODY}\r\n\r\nhi");
+        assert!(matches!(
+            kind(at.as_bytes(), usize::MAX),
+            AppendKind::Awaiting
+        ));
+        // Nor is one waited for that the fast path would not take whole.
+        let expect =
+            "POST /v1/stream/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        assert!(matches!(kind(expect.as_bytes(), 1024), AppendKind::General));
     }
 
     #[test]

@@ -172,16 +172,20 @@ impl Conn {
     }
 
     /// Waits for and parses the next request head; `appends`: the body
-    /// limit when plain appends are answered by the engine itself.
+    /// limit when plain appends are answered by the engine itself. A small
+    /// append body still on its way is waited for here, under the head's
+    /// deadline; should that pass, or the client stop sending, the request
+    /// goes to the general path, which judges its body as it always has.
     pub(super) async fn read_head(
         &mut self,
         first: bool,
-        appends: Option<usize>,
+        mut appends: Option<usize>,
     ) -> io::Result<Next> {
         self.timer
             .as_mut()
             .reset(Instant::now() + self.t.header_read);
         loop {
+            let mut awaiting = false;
             if !self.buf.is_empty() {
                 let n = self.buf.len().min(PREFACE.len());
                 if first && self.buf[..n] == PREFACE[..n] {
@@ -200,6 +204,7 @@ impl Conn {
                         }
                         Parsed::Bad(s) => return Ok(Next::Bad(s)),
                         Parsed::Partial => {}
+                        Parsed::Body => awaiting = true,
                     }
                 }
             }
@@ -220,6 +225,7 @@ impl Conn {
                 self.buf.reserve(READ_CHUNK.max(self.buf.len()));
             }
             match try_read(&self.tcp, &mut self.buf) {
+                Ok(0) if awaiting => appends = None,
                 Ok(0) => return Ok(Next::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -227,7 +233,10 @@ impl Conn {
                         // Stale readiness: nothing came; wait without a buffer.
                         self.buf = BytesMut::new();
                     }
-                    if expired {
+                    if expired && awaiting {
+                        // Parsed again as a general request.
+                        appends = None;
+                    } else if expired {
                         return Ok(Next::Closed);
                     }
                 }

@@ -6,7 +6,7 @@ use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header, request,
 };
 
-use super::append::{AppendHead, append_head};
+use super::append::{AppendHead, AppendKind, append_head};
 use super::date::date;
 use crate::http::front::{CommonLines, Front};
 
@@ -41,6 +41,9 @@ pub(super) enum Parsed {
     /// An append the engine answers itself, and its head's length.
     Append(Box<AppendHead>, usize),
     Partial,
+    /// A whole head of an append the engine answers itself, once the rest
+    /// of its (small) body is read ([`AppendKind::Awaiting`]).
+    Body,
     Bad(StatusCode),
 }
 
@@ -59,10 +62,12 @@ pub(super) fn parse_head(buf: &[u8], appends: Option<usize>) -> Parsed {
         }
         Err(_) => return Parsed::Bad(StatusCode::BAD_REQUEST),
     };
-    if let Some(limit) = appends
-        && let Some(a) = append_head(&req, buf.len() - len, limit)
-    {
-        return Parsed::Append(Box::new(a), len);
+    if let Some(limit) = appends {
+        match append_head(&req, buf.len() - len, limit) {
+            AppendKind::Ready(a) => return Parsed::Append(a, len),
+            AppendKind::Awaiting => return Parsed::Body,
+            AppendKind::General => {}
+        }
     }
     match head_from(&req) {
         Some(h) => Parsed::Head(Box::new(h), len),
