@@ -1,5 +1,6 @@
 //! Whatever a client can send, over one connection, to a whole server
-//! (memory backend) running in this process: a panic anywhere in it (the
+//! running in this process (the memory backend, or `DS_FUZZ_STORAGE=file`
+//! or `acid` in a fresh temporary data directory): a panic anywhere in it (the
 //! hook below aborts, where tokio would catch it in the task) or a `500`
 //! as the first answer is a finding. Streams and producers persist across inputs, as on
 //! a server that has been up a while. See `fuzz/README.md`.
@@ -26,9 +27,16 @@ fn server() -> SocketAddr {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
+        let storage = match std::env::var("DS_FUZZ_STORAGE").as_deref() {
+            Ok("file") => StorageKind::File,
+            Ok("acid") => StorageKind::Acid,
+            _ => StorageKind::Memory,
+        };
+        let data_dir = std::env::temp_dir().join(format!("ds-fuzz-data.{}", std::process::id()));
         let config = ServerConfig {
             bind: addr,
-            storage: StorageKind::Memory,
+            storage,
+            data_dir,
             // Live reads end soon, so an input that opens one costs little.
             long_poll_timeout: Duration::from_millis(50),
             header_read_timeout: Duration::from_millis(500),

@@ -14,8 +14,9 @@
 //!
 //! What takes it (anything else goes the general way, unchanged):
 //! `POST /v1/stream/{name}` on HTTP/1.1, no query, a path of plain URL
-//! characters, exactly one `Content-Length` and the whole body already
-//! read, at most the body limit; no `Transfer-Encoding`, no `Expect`; and a
+//! characters, exactly one `Content-Length` and the whole body read (the
+//! rest of a body up to [`AWAIT_BODY`] is waited for with the head), at
+//! most the body limit; no `Transfer-Encoding`, no `Expect`; and a
 //! server without rate limits (their checks read the request as axum sees
 //! it: [`Front::append_limit`]). With auth on, the token of its first
 //! `Authorization` header is checked as the fast path checks it
@@ -68,9 +69,10 @@ impl std::fmt::Debug for AppendHead {
 
 /// Bodies up to this that have not all arrived with their head are waited
 /// for by the engine rather than handed to the general path: clients such as
-/// Python's `http.client` send a head and its body in two writes, and under
-/// load the second was often not read yet (BENCHMARKS.md, twentieth
-/// session). Larger ones go the general way, under `body_read_timeout`.
+/// Python's `http.client` send a head and its body in two writes, and on a
+/// busy server the second is sometimes not read yet (BENCHMARKS.md,
+/// twentieth session). Larger ones go the general way, under
+/// `body_read_timeout`.
 pub(super) const AWAIT_BODY: usize = 64 * 1024;
 
 /// What [`append_head`] makes of a request.
