@@ -3,8 +3,10 @@
 
     bench-table.py [RESULTS [MORE_RESULTS...]]
 
-The tables are of the first file. Further files (repeated runs of the same
-command) add, to the PostgreSQL section, each run's ratios and their median.
+The tables are of the first file (of its last round, when it was run with
+BENCH_ROUNDS; scripts/bench-rounds.py gives the medians over the rounds).
+Further files (repeated runs of the same command) add, to the PostgreSQL
+section, each run's ratios and their median.
 """
 import statistics
 import sys

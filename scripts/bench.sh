@@ -22,7 +22,14 @@
 # answers faster can otherwise starve the load generator, whose own queue then
 # shows up as the server's latency: BENCHMARKS.md, thirteenth session).
 #
-# Results: one `RESULT server=... workload=...` line each in $BENCH_OUT/results.txt.
+# BENCH_ROUNDS (default 1): repeat the whole set that many times. Within a
+# round every workload runs against each target in turn, so that ours and the
+# peers alternate and a drift of the machine (this one has modes ~20 % apart)
+# falls on all of them; scripts/bench-rounds.py turns the rounds into medians
+# of per-round ratios (issue 16's measure).
+#
+# Results: one `RESULT server=... round=... workload=...` line each in
+# $BENCH_OUT/results.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,6 +46,7 @@ LONGPOLL_SUBS=${BENCH_LONGPOLL_SUBS:-10000}
 SPREAD_STREAMS=${BENCH_SPREAD_STREAMS:-100000}
 PORT=${BENCH_PORT:-18400}
 PGSH=$ROOT/scripts/pg.sh
+ROUNDS=${BENCH_ROUNDS:-1}
 SERVER_CPUS=${BENCH_SERVER_CPUS:-}
 LOAD_CPUS=${BENCH_LOAD_CPUS:-}
 
@@ -206,93 +214,95 @@ load() {
   [ -n "$LOAD_CPUS" ] && pin=(taskset -c "$LOAD_CPUS")
   pin_server
   env DS_LOAD_TARGET="$ADDR" DS_SERVER_PID="$SERVER_PID" DS_LOAD_SECS="$SECS" "$@" "${pin[@]}" "$LOAD" 2>>"$OUT/$name.load.err" |
-    grep '^RESULT' | sed "s/^RESULT /RESULT server=$name label=$label /" | tee -a "$RESULTS" >&2
+    grep '^RESULT' | sed "s/^RESULT /RESULT server=$name round=$round label=$label /" | tee -a "$RESULTS" >&2
 }
 
 trap stop_server EXIT
 
-for name in $TARGETS; do
+for round in $(seq 1 "$ROUNDS"); do
   for w in $WORKLOADS; do
-    [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
-    [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
-    [ "$w" = append100k ] && [[ $name = axum-baseline || $name = node-memory ]] && continue
-    # The hyper engine row compares the HTTP layer only: appends, reads, live reads.
-    [ "$name" = ours-memory-hyper ] && [[ $w = append100k || $w = catchup || $w = longpoll ]] && continue
-    # rr_proxy holds two sockets per subscriber: 10,000 SSE subscribers
-    # exceed a hard limit of 20,000 descriptors.
-    [ "$name" = ours-postgres-2nodes-rr ] && [[ $w = fanout || $w = longpoll || $w = idle ]] && continue
-    dir=$SCRATCH/$name-$w
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    if [[ $name == ours-postgres* ]]; then
-      db=bench_${name//-/_}_$w # named after the target, for pg_stat_activity
-      DB_URL=$("$PGSH" createdb "$db") || {
-        echo "RESULT server=$name label=$w error=\"scripts/pg.sh createdb failed\"" >>"$RESULTS"
-        continue
-      }
-    fi
-    start_server "$name" "$dir" || { stop_server; continue; }
-    case $w in
-      append1) load "$name" append1 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=1 ;;
-      append256) load "$name" append256 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=256 ;;
-      append100k) load "$name" append100k DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS="$SPREAD_STREAMS" ;;
-      producer) load "$name" producer DS_LOAD_WORKLOAD=producer DS_LOAD_STREAMS=1 ;;
-      catchup) load "$name" catchup DS_LOAD_WORKLOAD=catchup ;;
-      tailread) load "$name" tailread DS_LOAD_WORKLOAD=tailread ;;
-      fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout DS_LOAD_SUBS="$FANOUT_SUBS" ;;
-      longpoll) load "$name" longpoll DS_LOAD_WORKLOAD=longpoll DS_LOAD_SUBS="$LONGPOLL_SUBS" ;;
-      idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
-      create)
-        load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
-        # A server that failed to create them all has no restart to time
-        # (the wait below is for the last one created).
-        if tail -n 1 "$RESULTS" | grep -q "server=$name label=create error="; then
-          stop_server
-          rm -rf "$dir"
+    for name in $TARGETS; do
+      [ "$name" = axum-baseline ] && [[ $w != append1 && $w != append256 && $w != idle ]] && continue
+      [ "$w" = create ] && [[ $name != ours-file && $name != ours-acid && $name != peer-wal ]] && continue
+      [ "$w" = append100k ] && [[ $name = axum-baseline || $name = node-memory ]] && continue
+      # The hyper engine row compares the HTTP layer only: appends, reads, live reads.
+      [ "$name" = ours-memory-hyper ] && [[ $w = append100k || $w = catchup || $w = longpoll ]] && continue
+      # rr_proxy holds two sockets per subscriber: 10,000 SSE subscribers
+      # exceed a hard limit of 20,000 descriptors.
+      [ "$name" = ours-postgres-2nodes-rr ] && [[ $w = fanout || $w = longpoll || $w = idle ]] && continue
+      dir=$SCRATCH/$name-$w
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      if [[ $name == ours-postgres* ]]; then
+        db=bench_${name//-/_}_$w # named after the target, for pg_stat_activity
+        DB_URL=$("$PGSH" createdb "$db") || {
+          echo "RESULT server=$name round=$round label=$w error=\"scripts/pg.sh createdb failed\"" >>"$RESULTS"
           continue
-        fi
-        # Restart time, measured twice on the same data: after a graceful
-        # stop (up to 120 s, timed), and after kill -9 of the restarted
-        # server once 1,000 more appends (to every 100th stream) were
-        # acknowledged, so recovery has a WAL to replay. Each: from exec
-        # until the listening line, and until a stream created before the
-        # restart answers.
-        t0=$(date +%s%N)
-        stop_server 120
-        stop_ms=$((($(date +%s%N) - t0) / 1000000))
-        restart_row() { # restart_row LABEL EXTRA_FIELDS
-          local label=$1 extra=$2 t0 t1 listen_ms
-          t0=$(date +%s%N)
-          start_server "$name" "$dir" || return 1
-          listen_ms=$((($(date +%s%N) - t0) / 1000000))
-          local waited=0
-          until curl -sf -o /dev/null "http://$ADDR/v1/stream/bench-c$((CREATE_COUNT - 1))?offset=-1"; do
-            kill -0 "$SERVER_PID" 2>/dev/null || return 1
-            # A stream that never answers is a failed restart, not a hang.
-            ((waited++ < 12000)) || {
-              echo "RESULT server=$name label=$label error=\"no answer for the last stream in 120 s\"" | tee -a "$RESULTS" >&2
-              return 1
-            }
-            sleep 0.01
-          done
-          t1=$(date +%s%N)
-          echo "RESULT server=$name label=$label streams=$CREATE_COUNT $extra listen_ms=$listen_ms restart_ms=$(((t1 - t0) / 1000000)) data_kib=$(du -sk "$dir" | cut -f1) load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS" >&2
         }
-        if restart_row restart "stop_ms=$stop_ms"; then
-          for i in $(seq 0 100 $((CREATE_COUNT - 1))); do
-            printf 'more' | curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' \
-              --data-binary @- "http://$ADDR/v1/stream/bench-c$i" || break
-          done
-          kill -9 "$SERVER_PID" 2>/dev/null
-          wait "$SERVER_PID" 2>/dev/null
-          SERVER_PID=
-          restart_row restart_kill "appended=$((CREATE_COUNT / 100))"
-        fi
-        ;;
-    esac
-    stop_server
-    rm -rf "$dir"
-    [[ $name == ours-postgres* ]] && "$PGSH" dropdb "$db"
+      fi
+      start_server "$name" "$dir" || { stop_server; continue; }
+      case $w in
+        append1) load "$name" append1 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=1 ;;
+        append256) load "$name" append256 DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS=256 ;;
+        append100k) load "$name" append100k DS_LOAD_WORKLOAD=append DS_LOAD_STREAMS="$SPREAD_STREAMS" ;;
+        producer) load "$name" producer DS_LOAD_WORKLOAD=producer DS_LOAD_STREAMS=1 ;;
+        catchup) load "$name" catchup DS_LOAD_WORKLOAD=catchup ;;
+        tailread) load "$name" tailread DS_LOAD_WORKLOAD=tailread ;;
+        fanout) load "$name" fanout DS_LOAD_WORKLOAD=fanout DS_LOAD_SUBS="$FANOUT_SUBS" ;;
+        longpoll) load "$name" longpoll DS_LOAD_WORKLOAD=longpoll DS_LOAD_SUBS="$LONGPOLL_SUBS" ;;
+        idle) load "$name" idle DS_LOAD_WORKLOAD=idle ;;
+        create)
+          load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
+          # A server that failed to create them all has no restart to time
+          # (the wait below is for the last one created).
+          if tail -n 1 "$RESULTS" | grep -q "server=$name label=create error="; then
+            stop_server
+            rm -rf "$dir"
+            continue
+          fi
+          # Restart time, measured twice on the same data: after a graceful
+          # stop (up to 120 s, timed), and after kill -9 of the restarted
+          # server once 1,000 more appends (to every 100th stream) were
+          # acknowledged, so recovery has a WAL to replay. Each: from exec
+          # until the listening line, and until a stream created before the
+          # restart answers.
+          t0=$(date +%s%N)
+          stop_server 120
+          stop_ms=$((($(date +%s%N) - t0) / 1000000))
+          restart_row() { # restart_row LABEL EXTRA_FIELDS
+            local label=$1 extra=$2 t0 t1 listen_ms
+            t0=$(date +%s%N)
+            start_server "$name" "$dir" || return 1
+            listen_ms=$((($(date +%s%N) - t0) / 1000000))
+            local waited=0
+            until curl -sf -o /dev/null "http://$ADDR/v1/stream/bench-c$((CREATE_COUNT - 1))?offset=-1"; do
+              kill -0 "$SERVER_PID" 2>/dev/null || return 1
+              # A stream that never answers is a failed restart, not a hang.
+              ((waited++ < 12000)) || {
+                echo "RESULT server=$name round=$round label=$label error=\"no answer for the last stream in 120 s\"" | tee -a "$RESULTS" >&2
+                return 1
+              }
+              sleep 0.01
+            done
+            t1=$(date +%s%N)
+            echo "RESULT server=$name round=$round label=$label streams=$CREATE_COUNT $extra listen_ms=$listen_ms restart_ms=$(((t1 - t0) / 1000000)) data_kib=$(du -sk "$dir" | cut -f1) load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS" >&2
+          }
+          if restart_row restart "stop_ms=$stop_ms"; then
+            for i in $(seq 0 100 $((CREATE_COUNT - 1))); do
+              printf 'more' | curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' \
+                --data-binary @- "http://$ADDR/v1/stream/bench-c$i" || break
+            done
+            kill -9 "$SERVER_PID" 2>/dev/null
+            wait "$SERVER_PID" 2>/dev/null
+            SERVER_PID=
+            restart_row restart_kill "appended=$((CREATE_COUNT / 100))"
+          fi
+          ;;
+      esac
+      stop_server
+      rm -rf "$dir"
+      [[ $name == ours-postgres* ]] && "$PGSH" dropdb "$db"
+    done
   done
 done
 echo "MACHINE uptime_end=\"$(uptime)\"" >>"$RESULTS"

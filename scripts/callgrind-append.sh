@@ -12,7 +12,9 @@
 # prints "instructions_per_append=X" (the dump's total over N: startup and
 # warm-up are excluded, idle background threads are not).
 # SERVER_ARGS (default "--log-level warn") are passed to `serve`; set it to
-# "" to count the defaults a user runs.
+# "" to count the defaults a user runs. PRODUCER=1 sends every append as an
+# idempotent producer's (Producer-Id, -Epoch, -Seq), as the load
+# generator's producer workload does.
 set -euo pipefail
 BIN="$(realpath "$1")"; STORAGE="$2"; N="${3:-3000}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ds-cg.XXXXXX")"
@@ -31,17 +33,23 @@ else
 fi
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" "$BIN" "${ARGS[@]}" >"$WORK/server.log" 2>&1 &
 PID=$!
-python3 - "$PORT" "$N" "$PID" <<'PY'
+python3 - "$PORT" "$N" "$PID" "${PRODUCER:-0}" <<'PY'
 import http.client, subprocess, sys, time
-port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, pid, producer = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 for _ in range(3000):
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120); c.connect(); break
     except OSError:
         time.sleep(0.1)
 body = b"x" * 100
+seq = 0
 def req(method, path, data=None):
-    c.request(method, path, body=data, headers={"Content-Type": "application/octet-stream"})
+    global seq
+    headers = {"Content-Type": "application/octet-stream"}
+    if producer and method == "POST":
+        headers.update({"Producer-Id": "cg", "Producer-Epoch": "0", "Producer-Seq": str(seq)})
+        seq += 1
+    c.request(method, path, body=data, headers=headers)
     r = c.getresponse(); r.read()
     assert r.status < 300, (method, r.status)
 req("PUT", "/v1/stream/cg")
@@ -52,4 +60,4 @@ subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True
 PY
 sleep 1
 total=$(grep -h '^summary:\|^totals:' "$WORK"/cg.out.* | awk '{print $2}' | sort -n | tail -1)
-echo "instructions_per_append=$(( total / N )) storage=$STORAGE n=$N binary=$BIN"
+echo "instructions_per_append=$(( total / N )) storage=$STORAGE producer=${PRODUCER:-0} n=$N binary=$BIN"
