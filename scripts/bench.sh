@@ -255,7 +255,7 @@ for round in $(seq 1 "$ROUNDS"); do
           load "$name" create DS_LOAD_WORKLOAD=create DS_LOAD_COUNT="$CREATE_COUNT" DS_LOAD_RUN=bench
           # A server that failed to create them all has no restart to time
           # (the wait below is for the last one created).
-          if tail -n 1 "$RESULTS" | grep -q "server=$name label=create error="; then
+          if tail -n 1 "$RESULTS" | grep -q "server=$name round=$round label=create error="; then
             stop_server
             rm -rf "$dir"
             continue
