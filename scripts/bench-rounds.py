@@ -43,6 +43,10 @@ def per_round(ours, peer, key):
     return out
 
 
+def each(ratios):
+    return " / ".join(f"{x:.2f}" for x in ratios)
+
+
 def main():
     runs = parse(sys.argv[1] if len(sys.argv) > 1 else "target/bench/results.txt")
     print("| ours vs official | workload | rounds | throughput (median, each round) "
@@ -59,7 +63,6 @@ def main():
                 continue
             mt = statistics.median(thr)
             mc = statistics.median(cpu) if cpu else None
-            each = lambda v: " / ".join(f"{x:.2f}" for x in v)
             met = mt >= 1.25 and mc is not None and mc <= 0.8
             print(f"| {ours} vs {peer} | {title} | {len(thr)} | **{mt:.3f}x** ({each(thr)}) "
                   f"| **{'—' if mc is None else f'{mc:.3f}x'}** ({each(cpu)}) | {'met' if met else 'not met'} |")
